@@ -1,0 +1,71 @@
+/**
+ * The op vocabulary that model files are written against.
+ *
+ * Models never import a tensor library: they receive an `Ops<T>` and call it. The tfjs engine implements it
+ * on real tensors (src/engine/tfjs-ops.ts); a graph engine can implement it on symbolic tensors and build a
+ * graph from the very same model code.
+ *
+ * Conventions:
+ * - Shapes are row-major; `axis` may be negative (counted from the end).
+ * - Linear weights are stored `[in, out]` (Hugging Face Conv1D layout); loaders transpose torch `nn.Linear`
+ *   weights (`[out, in]`) once at load time, so the hot path never transposes a weight.
+ * - Integer inputs (token ids, positions) are int32 tensors.
+ */
+export interface Ops<T> {
+  shape(x: T): number[];
+
+  // constants
+  scalar(v: number): T;
+  constInt(values: Int32Array | number[], shape: number[]): T;
+  constFloat(values: Float32Array | number[], shape: number[]): T;
+
+  // elementwise
+  add(a: T, b: T): T;
+  sub(a: T, b: T): T;
+  mul(a: T, b: T): T;
+  div(a: T, b: T): T;
+  scale(x: T, s: number): T;
+  neg(x: T): T;
+  exp(x: T): T;
+  sqrt(x: T): T;
+  tanh(x: T): T;
+  sigmoid(x: T): T;
+  relu(x: T): T;
+  /** Exact GELU: x * Φ(x) (BERT's "gelu"). */
+  gelu(x: T): T;
+  /** Tanh-approximated GELU (GPT-2's "gelu_new"). */
+  geluTanh(x: T): T;
+  silu(x: T): T;
+
+  // linear algebra
+  /** Batched matmul over the last two axes; `transposeB` multiplies by b's transpose. */
+  matmul(a: T, b: T, transposeB?: boolean): T;
+  /** x[..., in] @ w[in, out] (+ bias[out]). */
+  linear(x: T, w: T, bias?: T): T;
+
+  // reductions and normalisation
+  sum(x: T, axis: number, keepDims?: boolean): T;
+  mean(x: T, axis: number, keepDims?: boolean): T;
+  max(x: T, axis: number, keepDims?: boolean): T;
+  softmax(x: T, axis?: number): T;
+  logSoftmax(x: T, axis?: number): T;
+  layerNorm(x: T, gamma: T, beta: T, eps: number): T;
+  rmsNorm(x: T, weight: T, eps: number): T;
+
+  // indexing and layout
+  /** Rows of `table` (axis 0) at integer `ids` of any shape: result shape ids.shape + table.shape[1:]. */
+  gather(table: T, ids: T, axis?: number): T;
+  concat(xs: T[], axis: number): T;
+  slice(x: T, begin: number[], size: number[]): T;
+  transpose(x: T, perm: number[]): T;
+  reshape(x: T, shape: number[]): T;
+  expandDims(x: T, axis: number): T;
+  cast(x: T, dtype: 'float32' | 'int32'): T;
+
+  /**
+   * Rotary position embedding on x [B, heads, S, headDim]. `cos`/`sin` are [B or 1, 1, S, headDim/2] for the
+   * positions of x. 'interleaved' rotates pairs (2i, 2i+1) (llama2.c, Meta's reference); 'half' rotates
+   * (i, i + headDim/2) (Hugging Face's rotate_half).
+   */
+  rope(x: T, cos: T, sin: T, style: 'interleaved' | 'half'): T;
+}

@@ -1,0 +1,123 @@
+import * as tf from '@tensorflow/tfjs-core';
+import type { Ops } from './ops.js';
+
+type T = tf.Tensor;
+
+const SQRT1_2 = Math.SQRT1_2;
+const GELU_TANH_C = Math.sqrt(2 / Math.PI);
+
+function norm(axis: number, rank: number): number {
+  return axis < 0 ? rank + axis : axis;
+}
+
+function gelu(x: T): T {
+  return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, SQRT1_2)))));
+}
+
+function geluTanh(x: T): T {
+  return tf.tidy(() => {
+    const inner = tf.mul(tf.add(x, tf.mul(tf.pow(x, 3), 0.044715)), GELU_TANH_C);
+    return tf.mul(tf.mul(x, 0.5), tf.add(1, tf.tanh(inner)));
+  });
+}
+
+/**
+ * Matmul that never asks the kernel for a transposed operand: the wasm backend's transposed BatchMatMul is
+ * 8-15x slower than an explicit transpose followed by the plain kernel.
+ */
+function matmul(a: T, b: T, transposeB = false): T {
+  if (!transposeB) return tf.matMul(a, b);
+  const r = b.rank;
+  const perm = [...Array(r).keys()];
+  [perm[r - 1], perm[r - 2]] = [perm[r - 2]!, perm[r - 1]!];
+  return tf.matMul(a, tf.transpose(b, perm));
+}
+
+function linear(x: T, w: T, bias?: T): T {
+  const inDim = x.shape[x.rank - 1]!;
+  const outDim = w.shape[1]!;
+  const lead = x.shape.slice(0, -1) as number[];
+  const flat = x.rank === 2 ? x : tf.reshape(x, [-1, inDim]);
+  let y = tf.matMul(flat, w);
+  if (bias) y = tf.add(y, bias);
+  return x.rank === 2 ? y : tf.reshape(y, [...lead, outDim]);
+}
+
+function layerNorm(x: T, gamma: T, beta: T, eps: number): T {
+  const ax = x.rank - 1;
+  const mu = tf.mean(x, ax, true);
+  const xc = tf.sub(x, mu);
+  const v = tf.mean(tf.square(xc), ax, true);
+  return tf.add(tf.mul(tf.mul(xc, tf.rsqrt(tf.add(v, eps))), gamma), beta);
+}
+
+function rmsNorm(x: T, weight: T, eps: number): T {
+  const ms = tf.mean(tf.square(x), x.rank - 1, true);
+  return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), weight);
+}
+
+function rope(x: T, cos: T, sin: T, style: 'interleaved' | 'half'): T {
+  const [b, h, s, d] = x.shape;
+  const half = d / 2;
+  let x1: T, x2: T;
+  if (style === 'interleaved') {
+    const pairs = tf.reshape(x, [b, h, s, half, 2]);
+    x1 = tf.reshape(tf.slice(pairs, [0, 0, 0, 0, 0], [b, h, s, half, 1]), [b, h, s, half]);
+    x2 = tf.reshape(tf.slice(pairs, [0, 0, 0, 0, 1], [b, h, s, half, 1]), [b, h, s, half]);
+  } else {
+    x1 = tf.slice(x, [0, 0, 0, 0], [b, h, s, half]);
+    x2 = tf.slice(x, [0, 0, 0, half], [b, h, s, half]);
+  }
+  const r1 = tf.sub(tf.mul(x1, cos), tf.mul(x2, sin));
+  const r2 = tf.add(tf.mul(x1, sin), tf.mul(x2, cos));
+  if (style === 'interleaved') {
+    return tf.reshape(tf.stack([r1, r2], 4), [b, h, s, d]);
+  }
+  return tf.concat([r1, r2], 3);
+}
+
+/** The op vocabulary on tfjs tensors. Every op is differentiable through tfjs's tape. */
+export const tfOps: Ops<T> = {
+  shape: (x) => x.shape.slice(),
+  scalar: (v) => tf.scalar(v),
+  constInt: (values, shape) => tf.tensor(Int32Array.from(values), shape, 'int32'),
+  constFloat: (values, shape) => tf.tensor(Float32Array.from(values), shape, 'float32'),
+
+  add: (a, b) => tf.add(a, b),
+  sub: (a, b) => tf.sub(a, b),
+  mul: (a, b) => tf.mul(a, b),
+  div: (a, b) => tf.div(a, b),
+  scale: (x, s) => tf.mul(x, s),
+  neg: (x) => tf.neg(x),
+  exp: (x) => tf.exp(x),
+  sqrt: (x) => tf.sqrt(x),
+  tanh: (x) => tf.tanh(x),
+  sigmoid: (x) => tf.sigmoid(x),
+  relu: (x) => tf.relu(x),
+  gelu,
+  geluTanh,
+  silu: (x) => tf.mul(x, tf.sigmoid(x)),
+
+  matmul,
+  linear,
+
+  sum: (x, axis, keepDims = false) => tf.sum(x, axis, keepDims),
+  mean: (x, axis, keepDims = false) => tf.mean(x, axis, keepDims),
+  max: (x, axis, keepDims = false) => tf.max(x, axis, keepDims),
+  softmax: (x, axis = -1) => {
+    if (norm(axis, x.rank) === x.rank - 1) return tf.softmax(x);
+    return tf.exp(tf.logSoftmax(x, axis));
+  },
+  logSoftmax: (x, axis = -1) => tf.logSoftmax(x, axis),
+  layerNorm,
+  rmsNorm,
+
+  gather: (table, ids, axis = 0) => tf.gather(table, ids, axis),
+  concat: (xs, axis) => tf.concat(xs, axis),
+  slice: (x, begin, size) => tf.slice(x, begin, size),
+  transpose: (x, perm) => tf.transpose(x, perm),
+  reshape: (x, shape) => tf.reshape(x, shape),
+  expandDims: (x, axis) => tf.expandDims(x, axis),
+  cast: (x, dtype) => tf.cast(x, dtype),
+  rope,
+};
