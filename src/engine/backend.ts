@@ -1,4 +1,6 @@
 import * as tf from '@tensorflow/tfjs-core';
+// the union package registers every op's gradient (tfjs-core alone registers a dozen)
+import '@tensorflow/tfjs';
 import '@tensorflow/tfjs-backend-cpu';
 import '@tensorflow/tfjs-backend-wasm';
 import { installWasmKernelFixes } from './wasm-kernels.js';

@@ -10,6 +10,15 @@ function norm(axis: number, rank: number): number {
   return axis < 0 ? rank + axis : axis;
 }
 
+/** tfjs's softmax kernels only reduce over the last axis: move `axis` there and back. */
+function alongLastAxis(x: T, axis: number, f: (t: T) => T): T {
+  const ax = norm(axis, x.rank);
+  if (ax === x.rank - 1) return f(x);
+  const perm = [...Array(x.rank).keys()];
+  [perm[ax], perm[x.rank - 1]] = [x.rank - 1, ax];
+  return tf.transpose(f(tf.transpose(x, perm)), perm);
+}
+
 function gelu(x: T): T {
   return tf.tidy(() => tf.mul(tf.mul(x, 0.5), tf.add(1, tf.erf(tf.mul(x, SQRT1_2)))));
 }
@@ -104,11 +113,8 @@ export const tfOps: Ops<T> = {
   sum: (x, axis, keepDims = false) => tf.sum(x, axis, keepDims),
   mean: (x, axis, keepDims = false) => tf.mean(x, axis, keepDims),
   max: (x, axis, keepDims = false) => tf.max(x, axis, keepDims),
-  softmax: (x, axis = -1) => {
-    if (norm(axis, x.rank) === x.rank - 1) return tf.softmax(x);
-    return tf.exp(tf.logSoftmax(x, axis));
-  },
-  logSoftmax: (x, axis = -1) => tf.logSoftmax(x, axis),
+  softmax: (x, axis = -1) => alongLastAxis(x, axis, (t) => tf.softmax(t)),
+  logSoftmax: (x, axis = -1) => alongLastAxis(x, axis, (t) => tf.logSoftmax(t)),
   layerNorm,
   rmsNorm,
 
