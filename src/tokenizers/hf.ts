@@ -1,0 +1,138 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { Tokenizer } from '@huggingface/tokenizers';
+import type { TextTokenizer } from './tokenizer.js';
+
+interface TokenizerJson {
+  normalizer?: NormalizerJson | null;
+  pre_tokenizer?: PreTokenizerJson | null;
+  added_tokens?: { id: number; content: string; special?: boolean }[];
+  model: { type?: string; vocab?: Record<string, number> | [string, number][] };
+}
+interface NormalizerJson {
+  type: string;
+  lowercase?: boolean;
+  normalizers?: NormalizerJson[];
+}
+interface PreTokenizerJson {
+  type: string;
+  pretokenizers?: PreTokenizerJson[];
+}
+
+/** Special-token roles named in tokenizer_config.json / special_tokens_map.json. */
+export type SpecialRole = 'pad' | 'unk' | 'bos' | 'eos' | 'cls' | 'sep' | 'mask';
+const ROLES: SpecialRole[] = ['pad', 'unk', 'bos', 'eos', 'cls', 'sep', 'mask'];
+
+/**
+ * A Hugging Face `tokenizer.json` tokenizer (WordPiece, byte-level BPE, SentencePiece-style BPE/Unigram).
+ *
+ * `encodeWord(word)` returns the ids of `word` as it appears after a space inside a sentence:
+ * - byte-level BPE (GPT-2 style, a `ByteLevel` pre-tokenizer): `encode(' ' + word)`, i.e. the `Ġword` form;
+ * - everything else (WordPiece, and SentencePiece-style tokenizers that put `▁` before every word themselves):
+ *   `encode(word)`.
+ */
+export class HfTokenizer implements TextTokenizer {
+  readonly vocabSize: number;
+  readonly lowercase: boolean;
+  /** true for byte-level BPE, where a word after a space has its own `Ġ` form */
+  readonly byteLevel: boolean;
+  /** ids of the special tokens the tokenizer config names (absent roles are left out) */
+  readonly special: Partial<Record<SpecialRole, number>>;
+  private readonly inner: Tokenizer;
+  private readonly idToTok: (string | undefined)[];
+  private readonly tokToId: Map<string, number>;
+
+  constructor(json: TokenizerJson, config: Record<string, unknown> = {}) {
+    // the library insists on these keys; tokenizer.json files written by hand often omit the null ones
+    const complete = { normalizer: null, pre_tokenizer: null, post_processor: null, decoder: null, ...json };
+    this.inner = new Tokenizer(complete, config);
+    this.tokToId = new Map();
+    const vocab = json.model.vocab ?? {};
+    if (Array.isArray(vocab)) vocab.forEach(([tok], id) => this.tokToId.set(tok, id));
+    else for (const [tok, id] of Object.entries(vocab)) this.tokToId.set(tok, id);
+    for (const t of json.added_tokens ?? []) this.tokToId.set(t.content, t.id);
+    this.idToTok = [];
+    for (const [tok, id] of this.tokToId) this.idToTok[id] = tok;
+    this.vocabSize = this.idToTok.length;
+    this.lowercase = normalizerLowercases(json.normalizer);
+    this.byteLevel = preTokenizerTypes(json.pre_tokenizer).includes('ByteLevel');
+    this.special = {};
+    for (const role of ROLES) {
+      const tok = tokenString(config[`${role}_token`]);
+      const id = tok === undefined ? undefined : this.tokToId.get(tok);
+      if (id !== undefined) this.special[role] = id;
+    }
+  }
+
+  /** Reads `tokenizer.json` and, when present, `tokenizer_config.json` and `special_tokens_map.json`. */
+  static fromDir(dir: string): HfTokenizer {
+    const file = path.join(dir, 'tokenizer.json');
+    if (!fs.existsSync(file)) throw new Error(`${file}: tokenizer file not found`);
+    const json = readJson(file) as TokenizerJson;
+    if (typeof json !== 'object' || json === null || typeof json.model !== 'object') {
+      throw new Error(`${file}: no "model" object (not a Hugging Face tokenizer.json)`);
+    }
+    const mapFile = path.join(dir, 'special_tokens_map.json');
+    const cfgFile = path.join(dir, 'tokenizer_config.json');
+    const config = {
+      ...(fs.existsSync(mapFile) ? (readJson(mapFile) as object) : {}),
+      ...(fs.existsSync(cfgFile) ? (readJson(cfgFile) as object) : {}),
+    };
+    try {
+      return new HfTokenizer(json, config);
+    } catch (err) {
+      throw new Error(`${file}: ${(err as Error).message.split('\n')[0]}`);
+    }
+  }
+
+  encode(text: string): number[] {
+    return this.inner.encode(text, { add_special_tokens: false }).ids;
+  }
+
+  decode(ids: number[], opts: { skipSpecial?: boolean } = {}): string {
+    return this.inner.decode(ids, { skip_special_tokens: opts.skipSpecial ?? false });
+  }
+
+  idToToken(id: number): string | undefined {
+    return this.idToTok[id];
+  }
+
+  tokenToId(token: string): number | undefined {
+    return this.tokToId.get(token);
+  }
+
+  encodeWord(word: string): number[] {
+    return this.encode(this.byteLevel ? ` ${word}` : word);
+  }
+}
+
+function readJson(file: string): unknown {
+  try {
+    return JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (err) {
+    throw new Error(`${file}: cannot read JSON (${(err as Error).message.split('\n')[0]})`);
+  }
+}
+
+/** tokenizer_config.json spells special tokens as strings or as AddedToken objects `{ content }`. */
+function tokenString(v: unknown): string | undefined {
+  if (typeof v === 'string') return v;
+  if (typeof v === 'object' && v !== null && typeof (v as { content?: unknown }).content === 'string') {
+    return (v as { content: string }).content;
+  }
+  return undefined;
+}
+
+function normalizerLowercases(n: NormalizerJson | null | undefined): boolean {
+  if (!n) return false;
+  if (n.type === 'Lowercase') return true;
+  if (n.type === 'BertNormalizer') return n.lowercase ?? true;
+  if (n.type === 'Sequence') return (n.normalizers ?? []).some(normalizerLowercases);
+  return false;
+}
+
+function preTokenizerTypes(p: PreTokenizerJson | null | undefined): string[] {
+  if (!p) return [];
+  if (p.type === 'Sequence') return (p.pretokenizers ?? []).flatMap(preTokenizerTypes);
+  return [p.type];
+}
