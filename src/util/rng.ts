@@ -1,0 +1,54 @@
+/**
+ * Seeded pseudo-random numbers, independent of any global state: the same seed always gives the same stream.
+ * xoshiro128** (Blackman & Vigna) seeded through splitmix32, so nearby seeds give unrelated streams.
+ */
+
+function splitmix32(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x9e3779b9) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 16), 0x85ebca6b);
+    z = Math.imul(z ^ (z >>> 13), 0xc2b2ae35);
+    return (z ^ (z >>> 16)) >>> 0;
+  };
+}
+
+/** Uniform numbers in [0, 1) with 32 random bits each. */
+export function makeRng(seed: number): () => number {
+  if (!Number.isFinite(seed)) throw new Error(`makeRng: seed must be a finite number, got ${seed}`);
+  const init = splitmix32(Math.floor(seed) ^ Math.floor(seed / 0x100000000));
+  let a = init(), b = init(), c = init(), d = init();
+  return () => {
+    const result = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
+    const t = b << 9;
+    c ^= a;
+    d ^= b;
+    b ^= c;
+    a ^= d;
+    c ^= t;
+    d = rotl(d, 11);
+    return result / 0x100000000;
+  };
+}
+
+function rotl(x: number, k: number): number {
+  return (x << k) | (x >>> (32 - k));
+}
+
+/** Standard normal samples (Box–Muller) drawn from `rng`. */
+export function makeNormal(rng: () => number): () => number {
+  let spare: number | null = null;
+  return () => {
+    if (spare !== null) {
+      const s = spare;
+      spare = null;
+      return s;
+    }
+    const u1 = 1 - rng(); // (0, 1]: log stays finite
+    const u2 = rng();
+    const r = Math.sqrt(-2 * Math.log(u1));
+    spare = r * Math.sin(2 * Math.PI * u2);
+    return r * Math.cos(2 * Math.PI * u2);
+  };
+}
