@@ -1,0 +1,284 @@
+import { tf } from '../engine/index.js';
+import { makeNormal, makeRng } from '../util/rng.js';
+
+/**
+ * Prompt encoders: the trainable module that produces the continuous prompt embeddings [n, tokenDim].
+ *
+ * - `lstm`: embedding [n, tokenDim] → bidirectional LSTM (`lstmLayers` layers) → Linear → ReLU → Linear.
+ *   Presets fix what `hiddenSize` means:
+ *   - 'thudm' (THUDM P-tuning LAMA / FewGLUE): `hiddenSize` (default tokenDim) is the LSTM's output width, so
+ *     each direction has hiddenSize/2 units; MLP Linear(hiddenSize, hiddenSize) → ReLU → Linear(hiddenSize, tokenDim).
+ *   - 'peft' (PEFT's PromptEncoder): `hiddenSize` (default tokenDim) is the width of each direction;
+ *     MLP Linear(2·hiddenSize, 2·hiddenSize) → ReLU → Linear(2·hiddenSize, tokenDim).
+ * - `mlp` (PEFT): embedding → Linear(tokenDim, h) → ReLU → Linear(h, h) → ReLU → Linear(h, tokenDim).
+ * - `embedding`: the table itself (prompt tuning without reparametrization).
+ *
+ * The LSTM reads the embeddings of ids 0..n-1 as one sequence (batch 1), so the output does not depend on the
+ * batch: compute it once per step and broadcast it into every example.
+ *
+ * Variables are named and shaped exactly like the PyTorch state_dict of THUDM's / PEFT's encoder
+ * (`embedding.weight`, `lstm_head.weight_ih_l0[_reverse]`, `mlp_head.0.weight`, ...): Linear weights are
+ * [out, in], LSTM weights [4h, in] / [4h, h] with gate order i, f, g, o. This module keeps torch's layout (unlike
+ * the engine's [in, out] convention) so checkpoints move between the two without conversion.
+ *
+ * Initialisation follows PyTorch's defaults with our own seeded PRNG, drawn in a fixed order (the order of
+ * `variables()`): Embedding N(0, 1); LSTM weights and biases U(-1/√h, 1/√h) with h the per-direction width;
+ * Linear weight and bias U(-1/√fan_in, 1/√fan_in). The same seed gives bit-identical weights.
+ *
+ * Dropout (`dropout`, lstm only) acts as nn.LSTM's: on the outputs of every LSTM layer except the last, only
+ * when forward(training = true), with masks from a PRNG seeded by `seed`.
+ */
+export type PromptEncoderType = 'lstm' | 'mlp' | 'embedding';
+export type LstmPreset = 'thudm' | 'peft';
+
+export interface PromptEncoderConfig {
+  type: PromptEncoderType;
+  numVirtualTokens: number;
+  tokenDim: number;
+  hiddenSize?: number;
+  /** lstm only; default 2 */
+  lstmLayers?: number;
+  /** lstm only; default 0 */
+  dropout?: number;
+  /** lstm only; default 'thudm' */
+  preset?: LstmPreset;
+  seed: number;
+}
+
+export interface TensorState {
+  shape: number[];
+  data: Float32Array;
+}
+
+type Init = { kind: 'normal' } | { kind: 'uniform'; bound: number };
+
+interface ParamSpec {
+  name: string;
+  shape: number[];
+  init: Init;
+}
+
+interface LstmDims {
+  layers: number;
+  /** units per direction */
+  hidden: number;
+  /** MLP width after the LSTM (= 2 · hidden) */
+  mlpWidth: number;
+}
+
+export class PromptEncoder {
+  readonly config: Readonly<Required<Omit<PromptEncoderConfig, 'hiddenSize'>>> & { hiddenSize: number };
+  private readonly vars = new Map<string, tf.Variable>();
+  private readonly lstm: LstmDims | null;
+  private readonly dropoutRng: () => number;
+
+  constructor(cfg: PromptEncoderConfig) {
+    this.config = normalise(cfg);
+    this.lstm = this.config.type === 'lstm' ? lstmDims(this.config) : null;
+    const rng = makeRng(this.config.seed);
+    const normal = makeNormal(rng);
+    for (const spec of paramSpecs(this.config, this.lstm)) {
+      const size = spec.shape.reduce((a, b) => a * b, 1);
+      const data = new Float32Array(size);
+      if (spec.init.kind === 'normal') for (let i = 0; i < size; i++) data[i] = normal();
+      else {
+        const bound = spec.init.bound;
+        for (let i = 0; i < size; i++) data[i] = (2 * rng() - 1) * bound;
+      }
+      // the variable shares the initial tensor's data; tidy releases the tensor handle itself
+      this.vars.set(spec.name, tf.tidy(() => tf.variable(tf.tensor(data, spec.shape, 'float32'), true)));
+    }
+    this.dropoutRng = makeRng(this.config.seed ^ 0x5eed_d50f);
+  }
+
+  /** The prompt embeddings [numVirtualTokens, tokenDim]. Call inside tf.tidy (or dispose the result). */
+  forward(training = false): tf.Tensor2D {
+    return tf.tidy(() => {
+      const emb = this.v('embedding.weight');
+      if (this.config.type === 'embedding') return emb.clone() as tf.Tensor2D;
+      if (this.config.type === 'mlp') {
+        let x = tf.relu(this.linear(emb, 'mlp_head.0'));
+        x = tf.relu(this.linear(x, 'mlp_head.2'));
+        return this.linear(x, 'mlp_head.4') as tf.Tensor2D;
+      }
+      const dims = this.lstm!;
+      let x: tf.Tensor2D = emb;
+      for (let l = 0; l < dims.layers; l++) {
+        const fwd = this.lstmDirection(x, `l${l}`, false);
+        const bwd = this.lstmDirection(x, `l${l}_reverse`, true);
+        x = tf.concat([fwd, bwd], 1);
+        if (training && this.config.dropout > 0 && l < dims.layers - 1) x = this.dropout(x);
+      }
+      const h = tf.relu(this.linear(x, 'mlp_head.0'));
+      return this.linear(h, 'mlp_head.2') as tf.Tensor2D;
+    });
+  }
+
+  /** Trainable variables by PyTorch state_dict name, in initialisation order. */
+  variables(): Map<string, tf.Variable> {
+    return new Map(this.vars);
+  }
+
+  parameterCount(): number {
+    let n = 0;
+    for (const v of this.vars.values()) n += v.size;
+    return n;
+  }
+
+  /** A copy of every variable's values (torch layout), for checkpoints. */
+  state(): Map<string, TensorState> {
+    const out = new Map<string, TensorState>();
+    for (const [name, v] of this.vars) {
+      out.set(name, { shape: v.shape.slice(), data: Float32Array.from(v.dataSync() as Float32Array) });
+    }
+    return out;
+  }
+
+  /** Loads values saved by `state()` or converted from a PyTorch state_dict; every tensor must be present. */
+  loadState(map: Map<string, TensorState>): void {
+    for (const name of map.keys()) {
+      if (!this.vars.has(name)) throw new Error(`prompt encoder state: unexpected tensor '${name}'`);
+    }
+    for (const [name, v] of this.vars) {
+      const t = map.get(name);
+      if (!t) throw new Error(`prompt encoder state: missing tensor '${name}'`);
+      const want = v.shape.join(',');
+      if (t.shape.join(',') !== want) {
+        throw new Error(`prompt encoder state: '${name}' has shape [${t.shape}], expected [${want}]`);
+      }
+      const size = v.size;
+      if (t.data.length !== size) {
+        throw new Error(`prompt encoder state: '${name}' has ${t.data.length} values, expected ${size}`);
+      }
+    }
+    for (const [name, v] of this.vars) {
+      const t = map.get(name)!;
+      tf.tidy(() => v.assign(tf.tensor(t.data, t.shape, 'float32')));
+    }
+  }
+
+  dispose(): void {
+    for (const v of this.vars.values()) v.dispose();
+    this.vars.clear();
+  }
+
+  private v(name: string): tf.Tensor2D {
+    const v = this.vars.get(name);
+    if (!v) throw new Error(`prompt encoder: no variable '${name}'`);
+    return v as unknown as tf.Tensor2D;
+  }
+
+  private linear(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
+    const w = this.vars.get(`${prefix}.weight`)!;
+    const b = this.vars.get(`${prefix}.bias`)!;
+    return tf.add(tf.matMul(x, w as tf.Tensor2D, false, true), b);
+  }
+
+  /**
+   * One direction of one LSTM layer over the whole sequence x [n, in] → [n, h], as torch.nn.LSTM with zero
+   * initial state: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
+   */
+  private lstmDirection(x: tf.Tensor2D, suffix: string, reverse: boolean): tf.Tensor2D {
+    const hs = this.lstm!.hidden;
+    const n = x.shape[0];
+    const wih = this.v(`lstm_head.weight_ih_${suffix}`);
+    const whhT = tf.transpose(this.v(`lstm_head.weight_hh_${suffix}`));
+    const bias = tf.add(this.v(`lstm_head.bias_ih_${suffix}`), this.v(`lstm_head.bias_hh_${suffix}`));
+    const inputGates = tf.add(tf.matMul(x, wih, false, true), bias); // [n, 4h], all steps at once
+    const outs: tf.Tensor[] = new Array(n);
+    let h: tf.Tensor | null = null;
+    let c: tf.Tensor | null = null;
+    for (let k = 0; k < n; k++) {
+      const t = reverse ? n - 1 - k : k;
+      let gates: tf.Tensor = tf.slice(inputGates, [t, 0], [1, 4 * hs]);
+      if (h) gates = tf.add(gates, tf.matMul(h as tf.Tensor2D, whhT));
+      const i = tf.sigmoid(tf.slice(gates, [0, 0], [1, hs]));
+      const f = tf.sigmoid(tf.slice(gates, [0, hs], [1, hs]));
+      const g = tf.tanh(tf.slice(gates, [0, 2 * hs], [1, hs]));
+      const o = tf.sigmoid(tf.slice(gates, [0, 3 * hs], [1, hs]));
+      c = c ? tf.add(tf.mul(f, c), tf.mul(i, g)) : tf.mul(i, g);
+      h = tf.mul(o, tf.tanh(c));
+      outs[t] = h;
+    }
+    return tf.concat(outs, 0) as tf.Tensor2D;
+  }
+
+  private dropout(x: tf.Tensor2D): tf.Tensor2D {
+    const p = this.config.dropout;
+    const mask = new Float32Array(x.size);
+    const keep = 1 / (1 - p);
+    for (let i = 0; i < mask.length; i++) mask[i] = this.dropoutRng() < p ? 0 : keep;
+    return tf.mul(x, tf.tensor(mask, x.shape, 'float32'));
+  }
+}
+
+function normalise(cfg: PromptEncoderConfig): PromptEncoder['config'] {
+  const where = 'prompt encoder config';
+  if (!['lstm', 'mlp', 'embedding'].includes(cfg.type)) {
+    throw new Error(`${where}: type must be 'lstm', 'mlp' or 'embedding', got '${cfg.type}'`);
+  }
+  positiveInt(cfg.numVirtualTokens, `${where}: numVirtualTokens`);
+  positiveInt(cfg.tokenDim, `${where}: tokenDim`);
+  const hiddenSize = cfg.hiddenSize ?? cfg.tokenDim;
+  positiveInt(hiddenSize, `${where}: hiddenSize`);
+  const lstmLayers = cfg.lstmLayers ?? 2;
+  positiveInt(lstmLayers, `${where}: lstmLayers`);
+  const dropout = cfg.dropout ?? 0;
+  if (!(dropout >= 0 && dropout < 1)) throw new Error(`${where}: dropout must be in [0, 1), got ${dropout}`);
+  if (dropout > 0 && cfg.type !== 'lstm') {
+    throw new Error(`${where}: dropout applies between LSTM layers only; type '${cfg.type}' has none`);
+  }
+  const preset = cfg.preset ?? 'thudm';
+  if (preset !== 'thudm' && preset !== 'peft') {
+    throw new Error(`${where}: preset must be 'thudm' or 'peft', got '${preset}'`);
+  }
+  if (cfg.type === 'lstm' && preset === 'thudm' && hiddenSize % 2 !== 0) {
+    throw new Error(`${where}: hiddenSize ${hiddenSize} must be even for the 'thudm' preset (split over 2 directions)`);
+  }
+  if (!Number.isFinite(cfg.seed)) throw new Error(`${where}: seed must be a finite number, got ${cfg.seed}`);
+  return { type: cfg.type, numVirtualTokens: cfg.numVirtualTokens, tokenDim: cfg.tokenDim, hiddenSize, lstmLayers, dropout, preset, seed: cfg.seed };
+}
+
+function positiveInt(v: number, what: string): void {
+  if (!Number.isInteger(v) || v <= 0) throw new Error(`${what} must be a positive integer, got ${v}`);
+}
+
+function lstmDims(cfg: PromptEncoder['config']): LstmDims {
+  const hidden = cfg.preset === 'thudm' ? cfg.hiddenSize / 2 : cfg.hiddenSize;
+  return { layers: cfg.lstmLayers, hidden, mlpWidth: 2 * hidden };
+}
+
+function linearSpecs(prefix: string, inDim: number, outDim: number): ParamSpec[] {
+  const init: Init = { kind: 'uniform', bound: 1 / Math.sqrt(inDim) };
+  return [
+    { name: `${prefix}.weight`, shape: [outDim, inDim], init },
+    { name: `${prefix}.bias`, shape: [outDim], init },
+  ];
+}
+
+/** Parameters in PyTorch's registration order (which is also our initialisation order). */
+function paramSpecs(cfg: PromptEncoder['config'], lstm: LstmDims | null): ParamSpec[] {
+  const { numVirtualTokens: n, tokenDim: d } = cfg;
+  const specs: ParamSpec[] = [{ name: 'embedding.weight', shape: [n, d], init: { kind: 'normal' } }];
+  if (cfg.type === 'mlp') {
+    const h = cfg.hiddenSize;
+    specs.push(...linearSpecs('mlp_head.0', d, h), ...linearSpecs('mlp_head.2', h, h), ...linearSpecs('mlp_head.4', h, d));
+  } else if (lstm) {
+    const h = lstm.hidden;
+    const init: Init = { kind: 'uniform', bound: 1 / Math.sqrt(h) };
+    for (let l = 0; l < lstm.layers; l++) {
+      const inDim = l === 0 ? d : 2 * h;
+      for (const sfx of [`l${l}`, `l${l}_reverse`]) {
+        specs.push(
+          { name: `lstm_head.weight_ih_${sfx}`, shape: [4 * h, inDim], init },
+          { name: `lstm_head.weight_hh_${sfx}`, shape: [4 * h, h], init },
+          { name: `lstm_head.bias_ih_${sfx}`, shape: [4 * h], init },
+          { name: `lstm_head.bias_hh_${sfx}`, shape: [4 * h], init },
+        );
+      }
+    }
+    const w = lstm.mlpWidth;
+    specs.push(...linearSpecs('mlp_head.0', w, w), ...linearSpecs('mlp_head.2', w, d));
+  }
+  return specs;
+}
