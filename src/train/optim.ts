@@ -1,0 +1,229 @@
+import { tf } from '../engine/index.js';
+
+/**
+ * Adam and AdamW with torch.optim semantics, parameter groups, exact resume, and torch's clip_grad_norm_.
+ *
+ * Per parameter, with g its gradient, lr = group lr · lrScale, t its own step count (a parameter without a
+ * gradient in a step is skipped, as torch skips `grad is None`):
+ *   Adam (L2):      g ← g + wd·θ
+ *   AdamW:          θ ← θ·(1 − lr·wd)             (decoupled, before the update, as torch.optim.AdamW)
+ *   m ← β1·m + (1−β1)·g;  v ← β2·v + (1−β2)·g²
+ *   θ ← θ − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
+ */
+
+export interface ParamGroup {
+  /** variables by name; names must be unique across groups */
+  params: Map<string, tf.Variable>;
+  lr: number;
+  /** default: 0 for Adam, 0.01 for AdamW (torch's defaults) */
+  weightDecay?: number;
+  /** for messages and logs */
+  name?: string;
+}
+
+export interface AdamOptions {
+  betas?: [number, number];
+  eps?: number;
+}
+
+export interface ParamOptimState {
+  step: number;
+  m: Float32Array;
+  v: Float32Array;
+}
+
+export interface OptimizerState {
+  kind: 'adam' | 'adamw';
+  /** per parameter name */
+  params: Map<string, ParamOptimState>;
+}
+
+interface Slot {
+  param: tf.Variable;
+  group: ParamGroup;
+  step: number;
+  m: tf.Variable | null;
+  v: tf.Variable | null;
+}
+
+class AdamBase {
+  readonly groups: ParamGroup[];
+  private readonly slots = new Map<string, Slot>();
+  private readonly beta1: number;
+  private readonly beta2: number;
+  private readonly eps: number;
+
+  protected constructor(
+    readonly kind: 'adam' | 'adamw',
+    groups: ParamGroup[],
+    opts: AdamOptions,
+    defaultWeightDecay: number,
+  ) {
+    const where = kind === 'adam' ? 'Adam' : 'AdamW';
+    [this.beta1, this.beta2] = opts.betas ?? [0.9, 0.999];
+    this.eps = opts.eps ?? 1e-8;
+    for (const b of [this.beta1, this.beta2]) {
+      if (!(b >= 0 && b < 1)) throw new Error(`${where}: betas must be in [0, 1), got ${b}`);
+    }
+    if (!(this.eps >= 0)) throw new Error(`${where}: eps must be >= 0, got ${this.eps}`);
+    this.groups = groups.map((g, i) => {
+      const label = g.name ?? `group ${i}`;
+      if (!(g.lr >= 0)) throw new Error(`${where}: ${label}: lr must be >= 0, got ${g.lr}`);
+      const weightDecay = g.weightDecay ?? defaultWeightDecay;
+      if (!(weightDecay >= 0)) throw new Error(`${where}: ${label}: weightDecay must be >= 0, got ${weightDecay}`);
+      return { ...g, weightDecay };
+    });
+    for (const group of this.groups) {
+      for (const [name, param] of group.params) {
+        if (this.slots.has(name)) throw new Error(`${where}: parameter '${name}' is in more than one group`);
+        this.slots.set(name, { param, group, step: 0, m: null, v: null });
+      }
+    }
+  }
+
+  /**
+   * One update from `grads` (by parameter name; the caller keeps ownership of them). `lrScale` multiplies every
+   * group's lr (a schedule's multiplier). Parameters without a gradient are left untouched.
+   */
+  step(grads: Map<string, tf.Tensor>, lrScale = 1): void {
+    for (const [name, g] of grads) {
+      const slot = this.slots.get(name);
+      if (!slot) throw new Error(`optimizer step: gradient for unknown parameter '${name}'`);
+      if (g.shape.join(',') !== slot.param.shape.join(',')) {
+        throw new Error(`optimizer step: gradient of '${name}' has shape [${g.shape}], parameter has [${slot.param.shape}]`);
+      }
+    }
+    const { beta1, beta2, eps } = this;
+    tf.tidy(() => {
+      for (const [name, g] of grads) {
+        const slot = this.slots.get(name)!;
+        const p = slot.param;
+        if (!slot.m || !slot.v) {
+          slot.m = tf.variable(tf.zerosLike(p), false);
+          slot.v = tf.variable(tf.zerosLike(p), false);
+        }
+        const t = ++slot.step;
+        const lr = slot.group.lr * lrScale;
+        const wd = slot.group.weightDecay!;
+        let grad: tf.Tensor = g;
+        let theta: tf.Tensor = p;
+        if (wd !== 0 && this.kind === 'adam') grad = tf.add(grad, tf.mul(p, wd));
+        if (wd !== 0 && this.kind === 'adamw') theta = tf.mul(p, 1 - lr * wd);
+        const m = tf.add(tf.mul(slot.m, beta1), tf.mul(grad, 1 - beta1));
+        const v = tf.add(tf.mul(slot.v, beta2), tf.mul(tf.square(grad), 1 - beta2));
+        const stepSize = lr / (1 - beta1 ** t);
+        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(1 - beta2 ** t)), eps);
+        slot.m.assign(m);
+        slot.v.assign(v);
+        p.assign(tf.sub(theta, tf.mul(tf.div(m, denom), stepSize)));
+      }
+    });
+  }
+
+  /** Step counts and moments of every parameter that has taken a step (copies). */
+  state(): OptimizerState {
+    const params = new Map<string, ParamOptimState>();
+    for (const [name, s] of this.slots) {
+      if (!s.m || !s.v) continue;
+      params.set(name, {
+        step: s.step,
+        m: Float32Array.from(s.m.dataSync() as Float32Array),
+        v: Float32Array.from(s.v.dataSync() as Float32Array),
+      });
+    }
+    return { kind: this.kind, params };
+  }
+
+  /** Restores `state()`; parameters absent from it start fresh. Validates everything before changing anything. */
+  loadState(state: OptimizerState): void {
+    if (state.kind !== this.kind) throw new Error(`optimizer state: saved by ${state.kind}, loading into ${this.kind}`);
+    for (const [name, s] of state.params) {
+      const slot = this.slots.get(name);
+      if (!slot) throw new Error(`optimizer state: unknown parameter '${name}'`);
+      if (!Number.isInteger(s.step) || s.step < 1) throw new Error(`optimizer state: '${name}' has step ${s.step}`);
+      if (s.m.length !== slot.param.size || s.v.length !== slot.param.size) {
+        throw new Error(`optimizer state: '${name}' moments have ${s.m.length}/${s.v.length} values, parameter has ${slot.param.size}`);
+      }
+    }
+    this.disposeMoments();
+    for (const [name, s] of state.params) {
+      const slot = this.slots.get(name)!;
+      const shape = slot.param.shape;
+      slot.step = s.step;
+      slot.m = tf.tidy(() => tf.variable(tf.tensor(s.m, shape, 'float32'), false));
+      slot.v = tf.tidy(() => tf.variable(tf.tensor(s.v, shape, 'float32'), false));
+    }
+  }
+
+  dispose(): void {
+    this.disposeMoments();
+  }
+
+  private disposeMoments(): void {
+    for (const s of this.slots.values()) {
+      s.m?.dispose();
+      s.v?.dispose();
+      s.m = s.v = null;
+      s.step = 0;
+    }
+  }
+}
+
+/** torch.optim.Adam: weight decay is L2, added to the gradient. */
+export class Adam extends AdamBase {
+  constructor(groups: ParamGroup[], opts: AdamOptions = {}) {
+    super('adam', groups, opts, 0);
+  }
+}
+
+/** torch.optim.AdamW: decoupled weight decay. */
+export class AdamW extends AdamBase {
+  constructor(groups: ParamGroup[], opts: AdamOptions = {}) {
+    super('adamw', groups, opts, 0.01);
+  }
+}
+
+/**
+ * Two groups in the usual fine-tuning split: weight decay on matrices, none on biases and norm gains
+ * (`noDecay`; default: tensors of rank ≤ 1, which for BERT is exactly transformers' ['bias', 'LayerNorm.weight']).
+ * Empty groups are dropped.
+ */
+export function decayGroups(
+  params: Map<string, tf.Variable>,
+  opts: { lr: number; weightDecay: number; noDecay?: (name: string, v: tf.Variable) => boolean; name?: string },
+): ParamGroup[] {
+  const noDecay = opts.noDecay ?? ((_n: string, v: tf.Variable) => v.rank <= 1);
+  const decay = new Map<string, tf.Variable>();
+  const plain = new Map<string, tf.Variable>();
+  for (const [n, v] of params) (noDecay(n, v) ? plain : decay).set(n, v);
+  const prefix = opts.name ? `${opts.name} ` : '';
+  const groups: ParamGroup[] = [
+    { params: decay, lr: opts.lr, weightDecay: opts.weightDecay, name: `${prefix}decay` },
+    { params: plain, lr: opts.lr, weightDecay: 0, name: `${prefix}no decay` },
+  ];
+  return groups.filter((g) => g.params.size > 0);
+}
+
+/**
+ * torch.nn.utils.clip_grad_norm_: scales all gradients by min(1, maxNorm / (‖g‖ + 1e-6)), where ‖g‖ is the
+ * L2 norm over all of them together. Clipped tensors replace the map's entries (the originals are disposed).
+ * Returns the total norm before clipping.
+ */
+export function clipGradNorm(grads: Map<string, tf.Tensor>, maxNorm: number): number {
+  if (!(maxNorm > 0)) throw new Error(`clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);
+  if (grads.size === 0) return 0;
+  const total = tf.tidy(() => {
+    const squares = [...grads.values()].map((g) => tf.sum(tf.square(g)));
+    return tf.sqrt(tf.addN(squares));
+  });
+  const norm = total.dataSync()[0]!;
+  total.dispose();
+  const coef = maxNorm / (norm + 1e-6);
+  if (coef < 1) {
+    for (const [name, g] of grads) {
+      grads.set(name, tf.mul(g, coef));
+      g.dispose();
+    }
+  }
+  return norm;
+}
