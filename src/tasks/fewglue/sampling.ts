@@ -1,0 +1,67 @@
+import type { TaskExample } from './tasks.js';
+
+/** mulberry32: a tiny seeded PRNG; the same seed gives the same stream on every platform. */
+export function seededRandom(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Fisher–Yates shuffle into a new array. */
+export function shuffled<T>(items: readonly T[], rand: () => number): T[] {
+  const out = [...items];
+  for (let i = out.length - 1; i > 0; i--) {
+    const j = Math.floor(rand() * (i + 1));
+    [out[i], out[j]] = [out[j], out[i]];
+  }
+  return out;
+}
+
+export interface FewShotOptions {
+  /** examples per set (default 32) */
+  n?: number;
+  seed: number;
+  /**
+   * default true: every label gets n / #labels examples in each set (the first labels in sorted order take
+   * the remainder), so a 32-example set of a binary task is 16 + 16 whatever the corpus's label skew.
+   * false: a plain random sample that follows the corpus's label distribution.
+   */
+  stratified?: boolean;
+}
+
+/**
+ * Draws two disjoint few-shot sets (train and dev) of n examples each from one labeled pool, reproducibly
+ * from the seed. Each set comes back in shuffled order.
+ */
+export function fewShotSplit(pool: readonly TaskExample[], opts: FewShotOptions): { train: TaskExample[]; dev: TaskExample[] } {
+  const n = opts.n ?? 32;
+  if (!Number.isInteger(n) || n <= 0) throw new Error(`few-shot size must be a positive integer, got ${n}`);
+  const rand = seededRandom(opts.seed);
+  if (opts.stratified === false) {
+    if (pool.length < 2 * n) throw new Error(`few-shot sampling needs ${2 * n} examples, the pool has ${pool.length}`);
+    const order = shuffled(pool, rand);
+    return { train: order.slice(0, n), dev: order.slice(n, 2 * n) };
+  }
+  const byLabel = new Map<string, TaskExample[]>();
+  for (const ex of pool) {
+    if (ex.label === undefined) throw new Error(`stratified sampling needs labels; example ${ex.id} has none`);
+    byLabel.set(ex.label, [...(byLabel.get(ex.label) ?? []), ex]);
+  }
+  const labels = [...byLabel.keys()].sort();
+  const train: TaskExample[] = [];
+  const dev: TaskExample[] = [];
+  labels.forEach((label, i) => {
+    const quota = Math.floor(n / labels.length) + (i < n % labels.length ? 1 : 0);
+    const items = byLabel.get(label)!;
+    if (items.length < 2 * quota) throw new Error(`few-shot sampling needs ${2 * quota} examples of label "${label}", the pool has ${items.length}`);
+    const order = shuffled(items, rand);
+    train.push(...order.slice(0, quota));
+    dev.push(...order.slice(quota, 2 * quota));
+  });
+  return { train: shuffled(train, rand), dev: shuffled(dev, rand) };
+}
