@@ -52,6 +52,12 @@ function fail(src: string, column: number, what: string): never {
   throw new Error(`template column ${column}: ${what} in "${src}"`);
 }
 
+/** columns of a tuple template refer to its expansion, so messages quote that */
+function failIn(template: Template, column: number, what: string): never {
+  if (!template.tuple) fail(template.source, column, what);
+  throw new Error(`template column ${column}: ${what} in "${template.text}" (from "${template.source}")`);
+}
+
 /**
  * The tuple shorthand of THUDM P-tuning's LAMA `--template (a, b, c)`:
  * `[P*a] {sub_label} [P*b] [MASK] [P*c]` (zero groups omitted). With `legacyBertOrder`, the order THUDM's
@@ -60,7 +66,7 @@ function fail(src: string, column: number, what: string): never {
  */
 export function expandTuple(counts: readonly [number, number, number], opts: ParseOptions = {}): string {
   const subject = `{${opts.subjectField ?? 'sub_label'}}`;
-  const group = (k: number) => (k > 0 ? [`[P*${k}]`] : []);
+  const group = (k: number) => (k > 1 ? [`[P*${k}]`] : k === 1 ? ['[P]'] : []);
   const [a, b, c] = counts;
   const parts = opts.legacyBertOrder
     ? [...group(a), '[MASK]', ...group(b), subject, ...(c > 0 ? group(c) : ['.'])]
@@ -138,8 +144,8 @@ export function parseTemplate(src: string, opts: ParseOptions = {}): Template {
         parts.push({ type: 'mask', spaceBefore, column });
       } else if (inner === 'P') {
         parts.push({ type: 'pseudo', count: 1, spaceBefore, column });
-      } else if (inner.startsWith('P*')) {
-        const k = inner.slice(2).trim();
+      } else if (/^P\s*\*/.test(inner)) {
+        const k = inner.slice(inner.indexOf('*') + 1).trim();
         if (!/^\d+$/.test(k) || Number(k) < 1 || Number(k) > MAX_PSEUDO_GROUP) {
           fail(src, column, `bad pseudo-token count "${raw}" (expected [P*k], k = 1..${MAX_PSEUDO_GROUP})`);
         }
@@ -204,8 +210,8 @@ export function validateFor(template: Template, kind: LmKind): void {
   const after = template.parts[at + 1];
   if (!after) return;
   const hint = template.tuple ? ' (for a causal LM use a tuple ending in 0, e.g. "3,3,0")' : '';
-  fail(
-    template.source,
+  failIn(
+    template,
     after.column,
     `[MASK] must be the last part for a causal LM, found "${formatPart(after)}" after it${hint}`,
   );
