@@ -22,7 +22,7 @@ export interface BarChartSpec {
   colors?: readonly string[];
 }
 
-const PALETTE = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
+export const DEFAULT_COLORS: readonly string[] = ['#4e79a7', '#f28e2b', '#59a14f', '#e15759', '#76b7b2', '#edc948', '#b07aa1', '#ff9da7', '#9c755f', '#bab0ac'];
 const FONT = 'font-family="Helvetica, Arial, sans-serif"';
 const CHAR_W = 6.2; // rough width of one 11px character, for layout
 
@@ -61,7 +61,7 @@ function layoutLegend(names: readonly string[], minX: number, maxX: number): { x
 export function barChartSvg(spec: BarChartSpec): string {
   const { categories, series } = spec;
   const format = spec.format ?? defaultFormat;
-  const colors = spec.colors && spec.colors.length > 0 ? spec.colors : PALETTE;
+  const colors = spec.colors && spec.colors.length > 0 ? spec.colors : DEFAULT_COLORS;
   for (const s of series) {
     if (s.values.length !== categories.length) {
       throw new Error(`barChartSvg: series "${s.name}" has ${s.values.length} values for ${categories.length} categories`);
