@@ -145,31 +145,58 @@ function parseTemplate(json: unknown, at: string, fields: string[], fail: Fail):
   return { by: t.by as string, cases: cases as Record<string, string> };
 }
 
+interface Scan {
+  fields: string[];
+  pseudo: number;
+  masks: number;
+  /** the first problem found, if any */
+  problem?: string;
+}
+
+/**
+ * A light reading of the template language, enough to validate pattern files: backslash escapes (`\[`), `[MASK]`,
+ * `[P]` / `[P*k]` (spaces allowed around `*`), other `[NAME]` special tokens (e.g. `[SEP]`), `{field}`.
+ */
+function scanTemplate(text: string): Scan {
+  const scan: Scan = { fields: [], pseudo: 0, masks: 0 };
+  const note = (problem: string) => (scan.problem ??= problem);
+  for (const m of text.matchAll(/\\.|\[([^\][]*)\]|\{([^{}]*)\}|[[\]{}]/g)) {
+    const [token, slot, field] = m;
+    if (token.startsWith('\\')) continue;
+    if (field !== undefined) {
+      if (!/^[A-Za-z0-9_-]+$/.test(field)) note(`bad field name {${field}}`);
+      else if (!scan.fields.includes(field)) scan.fields.push(field);
+    } else if (slot !== undefined) {
+      const p = /^P(?:\s*\*\s*(\d+))?$/.exec(slot.trim());
+      if (slot === 'MASK') scan.masks++;
+      else if (p) {
+        const k = p[1] === undefined ? 1 : Number(p[1]);
+        if (k < 1) note(`[${slot}] needs at least one pseudo token`);
+        scan.pseudo += k;
+      } else if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(slot)) note(`unknown slot [${slot}] (use [MASK], [P], [P*k] or a special token like [SEP])`);
+    } else {
+      note(`unmatched "${token}" (escape it as \\${token})`);
+    }
+  }
+  return scan;
+}
+
 function checkTemplateText(text: string, at: string, fields: string[], fail: Fail): void {
   if (text.trim() === '') fail(at, 'is empty');
-  for (const m of text.matchAll(/\[([^\][]*)\]/g)) {
-    if (!/^(MASK|P|P\*[1-9]\d*)$/.test(m[1])) fail(at, `unknown slot [${m[1]}] (use [MASK], [P] or [P*n])`);
-  }
-  for (const m of text.matchAll(/\{([^{}]*)\}/g)) {
-    if (!fields.includes(m[1])) fail(at, `{${m[1]}} is not among the file's fields (${fields.join(', ')})`);
-  }
-  const rest = text.replace(/\[[^\][]*\]/g, '').replace(/\{[^{}]*\}/g, '');
-  if (/[[\]{}]/.test(rest)) fail(at, 'has an unmatched bracket or brace');
-  const masks = text.split('[MASK]').length - 1;
-  if (masks !== 1) fail(at, `must contain [MASK] exactly once (found ${masks})`);
+  const scan = scanTemplate(text);
+  if (scan.problem) fail(at, scan.problem);
+  for (const f of scan.fields) if (!fields.includes(f)) fail(at, `{${f}} is not among the file's fields (${fields.join(', ')})`);
+  if (scan.masks !== 1) fail(at, `must contain [MASK] exactly once (found ${scan.masks})`);
 }
 
 /** The `{field}` names a template string mentions, in order of first use. */
 export function templateFields(text: string): string[] {
-  return [...new Set([...text.matchAll(/\{(\w+)\}/g)].map((m) => m[1]))];
+  return scanTemplate(text).fields;
 }
 
-/** Pseudo tokens in a template ([P] counts 1, [P*n] counts n); for a case template, those of its first case. */
+/** Pseudo tokens in a template ([P] counts 1, [P*k] counts k); for a case template, those of its first case. */
 export function pseudoTokenCount(template: Template): number {
-  const text = variants(template)[0];
-  let n = 0;
-  for (const m of text.matchAll(/\[P(?:\*(\d+))?\]/g)) n += m[1] ? Number(m[1]) : 1;
-  return n;
+  return scanTemplate(variants(template)[0]).pseudo;
 }
 
 /**
