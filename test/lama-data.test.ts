@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
+import { HfTokenizer } from '../src/tokenizers/hf.js';
 import type { TextTokenizer } from '../src/tokenizers/tokenizer.js';
 import {
   answerTokenId,
@@ -23,24 +23,6 @@ import {
 const shared = path.resolve(process.cwd(), '../shared');
 const dataDir = path.join(shared, 'data/lama');
 const modelDir = path.join(shared, 'models/bert-mini-lama');
-
-/** Minimal TextTokenizer over the HF tokenizer files of the uncased WordPiece test model. */
-function wordPieceTokenizer(dir: string): TextTokenizer {
-  const json = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
-  const config = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
-  const hf = new Tokenizer(json, config);
-  const vocabSize = hf.get_vocab(true).size;
-  const encode = (text: string): number[] => hf.encode(text, { add_special_tokens: false }).ids;
-  return {
-    vocabSize,
-    lowercase: true,
-    encode,
-    encodeWord: encode,
-    decode: (ids, opts) => hf.decode(ids, { skip_special_tokens: opts?.skipSpecial ?? false }),
-    idToToken: (id) => hf.id_to_token(id),
-    tokenToId: (t) => hf.token_to_id(t),
-  };
-}
 
 /** A toy byte-level-BPE-like tokenizer: word-initial tokens carry 'Ġ', case kept. */
 function toyBpeTokenizer(words: string[]): TextTokenizer {
@@ -65,7 +47,7 @@ function toyBpeTokenizer(words: string[]): TextTokenizer {
   };
 }
 
-const tok = wordPieceTokenizer(modelDir);
+const tok = HfTokenizer.fromDir(modelDir);
 
 test('listRelations: 40 original relations, 28 complete, templates from relations.jsonl', () => {
   const rels = listRelations(dataDir, 'original');
