@@ -1,0 +1,35 @@
+import { Command, CommanderError } from 'commander';
+import { registerModelCommands } from './model-commands.js';
+import { UserError } from '../util/errors.js';
+
+/**
+ * `ptune` entry point. Returns the exit code; errors print one line (the stack only with --verbose).
+ */
+export async function main(argv: string[]): Promise<number> {
+  const program = new Command();
+  program
+    .name('ptune')
+    .description('P-tuning (GPT Understands, Too): continuous prompts for BERT, GPT-2 and Llama on Node')
+    .option('--verbose', 'print stack traces on errors')
+    .option('--backend <name>', 'tensor backend: wasm (default) or cpu')
+    .exitOverride()
+    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+  program.hook('preAction', (cmd) => {
+    const backend = cmd.opts().backend as string | undefined;
+    if (backend) process.env.PTUNE_BACKEND = backend;
+  });
+
+  registerModelCommands(program);
+
+  try {
+    await program.parseAsync(argv);
+    return 0;
+  } catch (err) {
+    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    const verbose = argv.includes('--verbose');
+    const msg = err instanceof Error ? err.message : String(err);
+    process.stderr.write(`ptune: ${msg.split('\n')[0]}\n`);
+    if (verbose && err instanceof Error && err.stack) process.stderr.write(err.stack + '\n');
+    return err instanceof UserError ? err.exitCode : 1;
+  }
+}

@@ -1,0 +1,152 @@
+import type { Command } from 'commander';
+import { tf, initEngine } from '../engine/index.js';
+import { loadModel } from '../models/load.js';
+import { generate } from '../models/generate.js';
+import type { LanguageModel } from '../models/lm.js';
+import { UserError } from '../util/errors.js';
+import { parseIntOption, parseFloatOption } from './options.js';
+
+export interface TopToken {
+  id: number;
+  token: string;
+  logit: number;
+  prob: number;
+}
+
+export interface FillPrediction {
+  position: number;
+  top: TopToken[];
+}
+
+/** Ids the model sees for `text`: [CLS] text [SEP] for a masked LM, BOS + text for a causal LM. */
+export function modelInputIds(lm: LanguageModel, text: string): number[] {
+  const ids = lm.tokenizer.encode(text);
+  const s = lm.info.special;
+  if (lm.info.kind === 'masked') return [s.cls ?? s.bos!, ...ids, s.sep ?? s.eos!];
+  return s.bos !== undefined ? [s.bos, ...ids] : ids;
+}
+
+/**
+ * Masked LM: predictions at every [MASK] of `text`; causal LM: the next token after `text`.
+ * Logits are over the full vocabulary, before softmax.
+ */
+export function fill(lm: LanguageModel, text: string, topK: number): FillPrediction[] {
+  const ids = modelInputIds(lm, text);
+  let positions: number[];
+  if (lm.info.kind === 'masked') {
+    const mask = lm.info.special.mask!;
+    positions = ids.flatMap((id, i) => (id === mask ? [i] : []));
+    if (positions.length === 0) throw new UserError(`text has no [MASK] token for the masked LM ${lm.info.source}: "${text}"`);
+  } else {
+    if (ids.length === 0) throw new UserError('empty text and the model has no BOS token');
+    positions = [ids.length - 1];
+  }
+  const { logits, logProbs } = tf.tidy(() => {
+    const idT = tf.tensor2d([ids], [1, ids.length], 'int32');
+    const hidden = lm.run({ embeds: lm.embed(idT), attentionMask: tf.onesLike(idT) });
+    const rows = tf.tile(hidden, [positions.length, 1, 1]);
+    const lg = lm.logitsAt(rows, tf.tensor1d(positions, 'int32'));
+    return { logits: lg.arraySync() as number[][], logProbs: tf.logSoftmax(lg).arraySync() as number[][] };
+  });
+  return positions.map((position, r) => {
+    const row = logits[r]!;
+    const order = topIndices(row, topK);
+    return {
+      position,
+      top: order.map((id) => ({
+        id,
+        token: lm.tokenizer.idToToken(id) ?? `<${id}>`,
+        logit: row[id]!,
+        prob: Math.exp(logProbs[r]![id]!),
+      })),
+    };
+  });
+}
+
+export function topIndices(values: ArrayLike<number>, k: number): number[] {
+  const idx: number[] = [];
+  for (let i = 0; i < values.length; i++) {
+    if (idx.length < k) {
+      idx.push(i);
+      idx.sort((a, b) => values[b]! - values[a]!);
+    } else if (values[i]! > values[idx[k - 1]!]!) {
+      idx[k - 1] = i;
+      idx.sort((a, b) => values[b]! - values[a]!);
+    }
+  }
+  return idx;
+}
+
+export function registerModelCommands(program: Command): void {
+  program
+    .command('info')
+    .description('show a model: family, parameter count, vocabulary, layers, hidden size, heads')
+    .argument('<model>', 'model directory (Hugging Face layout) or llama2.c checkpoint')
+    .option('--json', 'print JSON')
+    .action(async (model: string, opts: { json?: boolean }) => {
+      await initEngine();
+      const lm = await loadModel(model);
+      const i = lm.info;
+      if (opts.json) {
+        console.log(JSON.stringify(i, null, 2));
+      } else {
+        console.log(`${i.source}`);
+        console.log(`  family        ${i.family} (${i.kind} LM)`);
+        console.log(`  parameters    ${i.parameterCount.toLocaleString('en-US')}`);
+        console.log(`  vocabulary    ${i.vocabSize}`);
+        console.log(`  layers        ${i.numLayers}`);
+        console.log(`  hidden size   ${i.hiddenSize} (intermediate ${i.intermediateSize})`);
+        console.log(`  heads         ${i.numHeads}${i.numKvHeads !== i.numHeads ? ` (${i.numKvHeads} key/value)` : ''}`);
+        console.log(`  max positions ${i.maxPositions}`);
+      }
+      lm.dispose();
+    });
+
+  program
+    .command('fill')
+    .description('masked LM: top predictions at each [MASK]; causal LM: the next token after the text')
+    .argument('<model>', 'model directory or checkpoint')
+    .argument('<text>', 'input text, with [MASK] for a masked LM')
+    .option('--top <k>', 'predictions per position', parseIntOption, 10)
+    .option('--json', 'print JSON')
+    .action(async (model: string, text: string, opts: { top: number; json?: boolean }) => {
+      await initEngine();
+      const lm = await loadModel(model);
+      const predictions = fill(lm, text, opts.top);
+      if (opts.json) {
+        console.log(JSON.stringify({ predictions }));
+      } else {
+        for (const p of predictions) {
+          console.log(`position ${p.position}:`);
+          for (const t of p.top) console.log(`  ${t.token.padEnd(16)} ${t.prob.toFixed(4)}  (logit ${t.logit.toFixed(3)})`);
+        }
+      }
+      lm.dispose();
+    });
+
+  program
+    .command('generate')
+    .description('generate text with a causal LM (greedy at temperature 0, KV cache)')
+    .argument('<model>', 'model directory or checkpoint')
+    .option('--prompt <text>', 'prompt text (empty: start from BOS)', '')
+    .option('--max-new-tokens <n>', 'tokens to generate', parseIntOption, 64)
+    .option('--temperature <t>', 'sampling temperature; 0 = greedy', parseFloatOption, 0)
+    .option('--top-p <p>', 'nucleus sampling mass', parseFloatOption, 1)
+    .option('--seed <n>', 'sampling seed', parseIntOption, 0)
+    .action(async (model: string, opts: { prompt: string; maxNewTokens: number; temperature: number; topP: number; seed: number }) => {
+      await initEngine();
+      const lm = await loadModel(model);
+      if (lm.info.kind !== 'causal' || !lm.decodeStep) throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
+      const ids = opts.prompt ? modelInputIds(lm, opts.prompt) : [];
+      const out = generate(lm, ids, {
+        maxNewTokens: opts.maxNewTokens,
+        temperature: opts.temperature,
+        topP: opts.topP,
+        seed: opts.seed,
+        stopAtEos: true,
+      });
+      const text = lm.tokenizer.decode(out, { skipSpecial: true });
+      process.stdout.write((opts.prompt ? opts.prompt + (text.startsWith(' ') ? '' : ' ') : '') + text + '\n');
+      lm.dispose();
+    });
+}

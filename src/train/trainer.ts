@@ -1,0 +1,280 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { tf } from '../engine/index.js';
+import { makeRng } from '../util/rng.js';
+import type { Progress } from '../util/progress.js';
+import { clipGradNorm, type OptimizerState } from './optim.js';
+import {
+  loadOptimizerState,
+  saveOptimizerState,
+  loadVariables,
+  resolveCheckpointDir,
+  saveVariables,
+  writeCheckpointDir,
+  writeJsonAtomic,
+} from './checkpoint.js';
+
+/** What the training loop needs from an optimizer (Adam and AdamW in optim.ts). */
+export interface TrainOptimizer {
+  step(grads: Map<string, tf.Tensor>, lrScale: number): void;
+  state(): OptimizerState;
+  loadState(state: OptimizerState): void;
+}
+
+export interface TrainLoopConfig {
+  epochs: number;
+  /** stop after this many optimizer steps (0: no limit) */
+  maxSteps: number;
+  batchSize: number;
+  /** micro-batches per optimizer step */
+  gradAccum: number;
+  /** global L2 norm clip; 0 = off */
+  maxGradNorm: number;
+  /** evaluate every N optimizer steps; 0 = at the end of each epoch */
+  evalEvery: number;
+  /** stop after this many evaluations without a better dev score; 0 = never */
+  patience: number;
+  /** write `last/` every N optimizer steps (besides every evaluation); 0 = only at evaluations */
+  saveEvery: number;
+  /** log the training loss to metrics.jsonl every N optimizer steps */
+  logEvery: number;
+  seed: number;
+}
+
+export interface DevResult {
+  /** higher is better; drives model selection and early stopping */
+  score: number;
+  metrics: Record<string, number>;
+}
+
+export interface TrainTask<E> {
+  examples: E[];
+  /** mean loss of a micro-batch; runs under tf.variableGrads */
+  loss(batch: E[]): tf.Scalar;
+  evaluate(): DevResult;
+}
+
+export interface TrainState {
+  epoch: number;
+  /** micro-batches already done in `epoch` */
+  batchInEpoch: number;
+  step: number;
+  bestScore: number | null;
+  bestStep: number;
+  bestEpoch: number;
+  evalsWithoutGain: number;
+  finished: boolean;
+  stopReason: string;
+}
+
+export interface TrainResult extends TrainState {
+  lastDev: DevResult | null;
+  seconds: number;
+}
+
+export interface TrainLoopOptions<E> {
+  runDir: string;
+  config: TrainLoopConfig;
+  task: TrainTask<E>;
+  /** the variables being trained, by checkpoint name */
+  params: Map<string, tf.Variable>;
+  optimizer: TrainOptimizer;
+  /** learning-rate multiplier for optimizer step `step` (0-based) in epoch `epoch` */
+  lrScale(step: number, epoch: number): number;
+  /** continue from `runDir/last` when it exists */
+  resume: boolean;
+  progress?: Progress;
+  /** extra files for best/ (e.g. the exported prompt table) */
+  onSaveBest?(dir: string): void;
+}
+
+export class NonFiniteLossError extends Error {}
+
+function initialState(): TrainState {
+  return {
+    epoch: 0,
+    batchInEpoch: 0,
+    step: 0,
+    bestScore: null,
+    bestStep: -1,
+    bestEpoch: -1,
+    evalsWithoutGain: 0,
+    finished: false,
+    stopReason: '',
+  };
+}
+
+/** Order of the examples in `epoch`: a permutation that depends only on (seed, epoch), so resume reproduces it. */
+export function epochOrder(n: number, seed: number, epoch: number): number[] {
+  const rng = makeRng((seed * 1_000_003 + epoch * 7919) >>> 0);
+  const order = [...Array(n).keys()];
+  for (let i = n - 1; i > 0; i--) {
+    const j = Math.floor(rng() * (i + 1));
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
+
+/**
+ * The training loop: seeded epoch order, gradient accumulation and clipping, a schedule, evaluation every N
+ * steps or per epoch, early stopping with patience, `best/` and `last/` checkpoints written atomically,
+ * `metrics.jsonl`, exact resume from `last/`, and a stop on a non-finite loss that keeps the last good checkpoint.
+ */
+export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
+  const { config: c, task, params, optimizer, runDir } = o;
+  const t0 = Date.now();
+  const metricsFile = path.join(runDir, 'metrics.jsonl');
+  fs.mkdirSync(runDir, { recursive: true });
+  const logMetric = (rec: Record<string, unknown>) => fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
+
+  let state = initialState();
+  const lastDir = path.join(runDir, 'last');
+  const bestDir = path.join(runDir, 'best');
+  const resumeFrom = o.resume ? resolveCheckpointDir(lastDir) : null;
+  if (resumeFrom) {
+    loadVariables(path.join(resumeFrom, 'params.safetensors'), params);
+    optimizer.loadState(loadOptimizerState(path.join(resumeFrom, 'optimizer.safetensors')));
+    state = JSON.parse(fs.readFileSync(path.join(resumeFrom, 'state.json'), 'utf8')) as TrainState;
+    o.progress?.log(`resuming from ${resumeFrom}: epoch ${state.epoch + 1}, step ${state.step}`);
+  } else if (fs.existsSync(metricsFile)) {
+    fs.rmSync(metricsFile);
+  }
+
+  const saveLast = () =>
+    writeCheckpointDir(lastDir, (dir) => {
+      saveVariables(path.join(dir, 'params.safetensors'), params);
+      saveOptimizerState(path.join(dir, 'optimizer.safetensors'), optimizer.state());
+      writeJsonAtomic(path.join(dir, 'state.json'), state);
+    });
+  const saveBest = (dev: DevResult) =>
+    writeCheckpointDir(bestDir, (dir) => {
+      saveVariables(path.join(dir, 'params.safetensors'), params);
+      writeJsonAtomic(path.join(dir, 'state.json'), { ...state, dev });
+      o.onSaveBest?.(dir);
+    });
+
+  let lastDev: DevResult | null = null;
+  /** `epoch`: the epoch the evaluated weights are in (0-based) */
+  const evaluate = (epoch = state.epoch): boolean => {
+    const dev = task.evaluate();
+    lastDev = dev;
+    const better = state.bestScore === null || dev.score > state.bestScore;
+    if (better) {
+      state.bestScore = dev.score;
+      state.bestStep = state.step;
+      state.bestEpoch = epoch;
+      state.evalsWithoutGain = 0;
+    } else {
+      state.evalsWithoutGain++;
+    }
+    logMetric({ type: 'eval', step: state.step, epoch, score: dev.score, ...dev.metrics, best: better });
+    o.progress?.log(`eval step ${state.step} epoch ${epoch + 1}: score ${dev.score.toFixed(4)}${better ? ' (best)' : ''}`);
+    if (better) saveBest(dev);
+    return c.patience > 0 && state.evalsWithoutGain >= c.patience;
+  };
+
+  const n = task.examples.length;
+  const batchesPerEpoch = Math.ceil(n / c.batchSize);
+  const stepsPerEpoch = Math.ceil(batchesPerEpoch / c.gradAccum);
+  const totalSteps = c.maxSteps > 0 ? Math.min(c.maxSteps, stepsPerEpoch * c.epochs) : stepsPerEpoch * c.epochs;
+  o.progress?.start(totalSteps, 'train');
+  let lossSum = 0;
+  let lossCount = 0;
+
+  outer: while (!state.finished && state.epoch < c.epochs) {
+    const order = epochOrder(n, c.seed, state.epoch);
+    while (state.batchInEpoch < batchesPerEpoch) {
+      const accumulated = new Map<string, tf.Tensor>();
+      let stepLoss = 0;
+      let micro = 0;
+      while (micro < c.gradAccum && state.batchInEpoch < batchesPerEpoch) {
+        const start = state.batchInEpoch * c.batchSize;
+        const batch = order.slice(start, start + c.batchSize).map((i) => task.examples[i]!);
+        const { value, grads } = tf.variableGrads(() => task.loss(batch), [...params.values()]);
+        const lossValue = value.dataSync()[0]!;
+        value.dispose();
+        if (!Number.isFinite(lossValue)) {
+          Object.values(grads).forEach((g) => g.dispose());
+          accumulated.forEach((g) => g.dispose());
+          logMetric({ type: 'error', step: state.step, epoch: state.epoch, loss: lossValue });
+          o.progress?.stop();
+          throw new NonFiniteLossError(
+            `loss became ${lossValue} at step ${state.step + 1} (epoch ${state.epoch + 1}); training stopped, ` +
+              `the last good checkpoint is in ${lastDir}`,
+          );
+        }
+        for (const [name, v] of params) {
+          const g = grads[v.name];
+          if (!g) continue;
+          const prev = accumulated.get(name);
+          accumulated.set(name, prev ? tf.tidy(() => tf.add(prev, g)) : g);
+          if (prev) {
+            prev.dispose();
+            g.dispose();
+          }
+        }
+        stepLoss += lossValue;
+        micro++;
+        state.batchInEpoch++;
+      }
+      if (micro > 1) {
+        for (const [k, g] of accumulated) {
+          accumulated.set(k, tf.div(g, micro));
+          g.dispose();
+        }
+      }
+      const gradNorm = clipGradNorm(accumulated, c.maxGradNorm > 0 ? c.maxGradNorm : Infinity);
+      const lr = o.lrScale(state.step, state.epoch);
+      optimizer.step(accumulated, lr);
+      accumulated.forEach((g) => g.dispose());
+      state.step++;
+      lossSum += stepLoss / micro;
+      lossCount++;
+      if (c.logEvery > 0 && state.step % c.logEvery === 0) {
+        logMetric({ type: 'train', step: state.step, epoch: state.epoch, loss: lossSum / lossCount, lrScale: lr, gradNorm });
+      }
+      o.progress?.update(state.step, { epoch: state.epoch + 1, loss: lossSum / lossCount, ...(lastDev ? { dev: (lastDev as DevResult).score } : {}) });
+      if (c.logEvery > 0 && state.step % c.logEvery === 0) {
+        lossSum = 0;
+        lossCount = 0;
+      }
+      const atMax = c.maxSteps > 0 && state.step >= c.maxSteps;
+      if (c.evalEvery > 0 && state.step % c.evalEvery === 0) {
+        if (evaluate()) {
+          state.finished = true;
+          state.stopReason = `early stop: no dev gain in ${c.patience} evaluations`;
+          saveLast();
+          break outer;
+        }
+        saveLast();
+      } else if (c.saveEvery > 0 && state.step % c.saveEvery === 0) {
+        saveLast();
+      }
+      if (atMax) {
+        state.finished = true;
+        state.stopReason = `reached max steps ${c.maxSteps}`;
+        if (c.evalEvery === 0 || state.step % c.evalEvery !== 0) evaluate();
+        saveLast();
+        break outer;
+      }
+    }
+    state.epoch++;
+    state.batchInEpoch = 0;
+    if (c.evalEvery === 0) {
+      const stop = evaluate(state.epoch - 1);
+      if (stop) {
+        state.finished = true;
+        state.stopReason = `early stop: no dev gain in ${c.patience} evaluations`;
+      }
+    }
+    saveLast();
+  }
+  if (!state.finished) {
+    state.finished = true;
+    state.stopReason = `completed ${c.epochs} epochs`;
+    if (lastDev === null && state.bestScore === null) evaluate(state.epoch - 1);
+    saveLast();
+  }
+  o.progress?.stop();
+  return { ...state, lastDev, seconds: (Date.now() - t0) / 1000 };
+}
