@@ -97,7 +97,9 @@ test('stories260K loads from its directory and from the .bin with the documented
   assert.deepEqual(params.get('model.layers.0.self_attn.k_proj.weight')!.shape, [64, 32]);
   assert.deepEqual(params.get('model.layers.4.mlp.down_proj.weight')!.shape, [172, 64]);
   assert.equal(params.has('lm_head.weight'), false);
-  const fromFile = await loadLlama(CHECKPOINT);
+  assert.ok([...params.values()].every((v) => !v.trainable), 'frozen by default');
+  const fromFile = await loadLlama(CHECKPOINT, { trainable: true });
+  assert.ok([...fromFile.parameters().values()].every((v) => v.trainable));
   const ids = [1, ...tok.encode('Once upon a time')];
   assert.equal(maxAbsDiff(allLogits(fromFile, ids), allLogits(lm, ids)), 0);
   fromFile.dispose();

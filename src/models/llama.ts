@@ -28,6 +28,11 @@ export interface LlamaConfig {
   special: SpecialIds;
 }
 
+export interface LoadLlamaOptions {
+  /** make the weights trainable tf.Variables (full fine-tuning); default false (frozen LM) */
+  trainable?: boolean;
+}
+
 /** Large negative bias for masked attention scores: finite, so fully masked (padding) rows stay NaN-free. */
 const MASKED = -1e9;
 
@@ -205,12 +210,16 @@ export class LlamaLM implements LanguageModel {
   private readonly sinTable: Tensor;
   private readonly w: Weights<Tensor>;
 
-  /** `weights` in ptune's layout (Linear [in, out]), keyed by Hugging Face names; they become tf.Variables. */
+  /**
+   * `weights` in ptune's layout (Linear [in, out]), keyed by Hugging Face names; they become tf.Variables,
+   * trainable only with `trainable` (full fine-tuning; default: a frozen LM).
+   */
   constructor(
     readonly config: LlamaConfig,
     weights: Map<string, { shape: number[]; data: Float32Array }>,
     readonly tokenizer: TextTokenizer,
     source: string,
+    opts: LoadLlamaOptions = {},
   ) {
     if (tokenizer.vocabSize > config.vocabSize) {
       throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${config.vocabSize}`);
@@ -223,7 +232,7 @@ export class LlamaLM implements LanguageModel {
       if (t.shape.join(',') !== shape.join(',')) {
         throw new Error(`${source}: weight ${name} has shape [${t.shape}], expected [${shape}]`);
       }
-      this.vars.set(name, tf.tidy(() => tf.variable(tf.tensor(t.data, shape, 'float32'), true)));
+      this.vars.set(name, tf.tidy(() => tf.variable(tf.tensor(t.data, shape, 'float32'), opts.trainable ?? false)));
       parameterCount += t.data.length;
     }
     const { cos, sin } = ropeTables(config);
@@ -414,13 +423,13 @@ function findTokenizerBin(dir: string, vocabSize: number): string | undefined {
   return candidates.find((f) => f === 'tokenizer.bin' || f === `tok${vocabSize}.bin`) ?? candidates[0];
 }
 
-async function loadLegacy(file: string): Promise<LlamaLM> {
+async function loadLegacy(file: string, opts: LoadLlamaOptions): Promise<LlamaLM> {
   const { config, weights } = readLlama2cCheckpoint(file);
   const dir = path.dirname(file);
   const tokFile = findTokenizerBin(dir, config.vocabSize);
   if (!tokFile) throw new Error(`${dir}: no llama2.c tokenizer (tokenizer.bin or tok*.bin) beside ${path.basename(file)}`);
   const tokenizer = Llama2cTokenizer.fromFile(path.join(dir, tokFile), config.vocabSize);
-  return new LlamaLM(config, weights, tokenizer, file);
+  return new LlamaLM(config, weights, tokenizer, file, opts);
 }
 
 function hfConfig(dir: string, raw: Record<string, unknown>): LlamaConfig {
@@ -458,7 +467,7 @@ function hfConfig(dir: string, raw: Record<string, unknown>): LlamaConfig {
   };
 }
 
-async function loadHf(dir: string, raw: Record<string, unknown>): Promise<LlamaLM> {
+async function loadHf(dir: string, raw: Record<string, unknown>, opts: LoadLlamaOptions): Promise<LlamaLM> {
   const config = hfConfig(dir, raw);
   const stored = loadCheckpointTensors(dir);
   const get = (name: string) => stored.get(name) ?? stored.get(name.replace(/^model\./, ''));
@@ -481,7 +490,7 @@ async function loadHf(dir: string, raw: Record<string, unknown>): Promise<LlamaL
     if (!tokFile) throw new Error(`${dir}: no tokenizer.json, tokenizer.bin or tok*.bin`);
     tokenizer = Llama2cTokenizer.fromFile(path.join(dir, tokFile));
   }
-  return new LlamaLM(config, weights, tokenizer, dir);
+  return new LlamaLM(config, weights, tokenizer, dir, opts);
 }
 
 /**
@@ -489,11 +498,11 @@ async function loadHf(dir: string, raw: Record<string, unknown>): Promise<LlamaL
  * tokenizer.json or a llama2.c tokenizer), a llama2.c legacy `.bin` checkpoint, or a directory holding one
  * such checkpoint and its tok*.bin tokenizer.
  */
-export async function loadLlama(dirOrFile: string): Promise<LanguageModel> {
+export async function loadLlama(dirOrFile: string, opts: LoadLlamaOptions = {}): Promise<LanguageModel> {
   if (!fs.existsSync(dirOrFile)) throw new Error(`${dirOrFile}: no such file or directory`);
   if (fs.statSync(dirOrFile).isFile()) {
     if (!dirOrFile.endsWith('.bin')) throw new Error(`${dirOrFile}: expected a llama2.c .bin checkpoint or a model directory`);
-    return loadLegacy(dirOrFile);
+    return loadLegacy(dirOrFile, opts);
   }
   const configFile = path.join(dirOrFile, 'config.json');
   if (fs.existsSync(configFile)) {
@@ -503,14 +512,14 @@ export async function loadLlama(dirOrFile: string): Promise<LanguageModel> {
     } catch (err) {
       throw new Error(`${configFile}: invalid JSON (${(err as Error).message})`);
     }
-    if (raw.model_type === 'llama') return loadHf(dirOrFile, raw);
+    if (raw.model_type === 'llama') return loadHf(dirOrFile, raw, opts);
     if (raw.model_type !== undefined) throw new Error(`${configFile}: model_type ${JSON.stringify(raw.model_type)} is not llama`);
   }
   const checkpoints = fs.readdirSync(dirOrFile).filter((f) => f.endsWith('.bin') && !isTokenizerBin(f));
   if (checkpoints.length !== 1) {
     throw new Error(`${dirOrFile}: expected config.json with model_type "llama" or exactly one llama2.c .bin checkpoint, found ${checkpoints.length} .bin checkpoints`);
   }
-  return loadLegacy(path.join(dirOrFile, checkpoints[0]!));
+  return loadLegacy(path.join(dirOrFile, checkpoints[0]!), opts);
 }
 
 /**
