@@ -43,7 +43,7 @@ export function parseJsonl(text: string, file = 'data.jsonl'): DataRecord[] {
     try {
       value = JSON.parse(line);
     } catch (e) {
-      throw new Error(`${file} line ${i + 1}: ${(e as Error).message}`);
+      throw new Error(`${file} line ${i + 1}: ${oneLine((e as Error).message)}`);
     }
     if (!isObject(value)) throw new Error(`${file} line ${i + 1}: expected a JSON object, got ${describe(value)}`);
     records.push(value);
@@ -56,16 +56,90 @@ export function parseJsonArray(text: string, file = 'data.json'): DataRecord[] {
   try {
     value = JSON.parse(text);
   } catch (e) {
-    const message = (e as Error).message;
-    const at = /at position (\d+)/.exec(message);
-    const line = at ? text.slice(0, Number(at[1])).split('\n').length : undefined;
-    throw new Error(`${file}${line ? ` line ${line}` : ''}: ${message}`);
+    const at = jsonErrorOffset(text);
+    const before = text.slice(0, Math.max(at, 0)).split('\n');
+    const where = at >= 0 ? ` line ${before.length} column ${before[before.length - 1].length + 1}` : '';
+    throw new Error(`${file}${where}: ${oneLine((e as Error).message)}`);
   }
   if (!Array.isArray(value)) throw new Error(`${file}: expected a JSON array of objects, got ${describe(value)}`);
   value.forEach((item, i) => {
     if (!isObject(item)) throw new Error(`${file} item ${i + 1}: expected a JSON object, got ${describe(item)}`);
   });
   return value as DataRecord[];
+}
+
+const oneLine = (message: string) => message.replace(/\r?\n/g, '\\n');
+
+/**
+ * Offset of the first syntax error in JSON text, or -1: V8's JSON.parse does not always report a position
+ * (Node 20: "Unexpected token '}', ...") and the line number is what the reader of the message needs.
+ */
+export function jsonErrorOffset(text: string): number {
+  let i = 0;
+  const n = text.length;
+  const stop = Symbol('stop');
+  const fail = (): never => {
+    throw stop;
+  };
+  const ws = () => {
+    while (i < n && ' \t\n\r'.includes(text[i])) i++;
+  };
+  const expect = (ch: string) => (text[i] === ch ? i++ : fail());
+  const string = () => {
+    expect('"');
+    for (;;) {
+      if (i >= n || text.charCodeAt(i) < 0x20) fail();
+      const ch = text[i++];
+      if (ch === '"') return;
+      if (ch === '\\') {
+        if (text[i] === 'u') {
+          if (!/^[0-9a-fA-F]{4}$/.test(text.slice(i + 1, i + 5))) fail();
+          i += 5;
+        } else if ('"\\/bfnrt'.includes(text[i] ?? 'x')) i++;
+        else fail();
+      }
+    }
+  };
+  const number = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
+  const sequence = (close: string, item: () => void) => {
+    i++;
+    ws();
+    if (text[i] === close) return void i++;
+    for (;;) {
+      item();
+      ws();
+      if (text[i] === ',') {
+        i++;
+        ws();
+      } else return void expect(close);
+    }
+  };
+  const value = (): void => {
+    ws();
+    const ch = text[i];
+    if (ch === '{') {
+      return sequence('}', () => {
+        string();
+        ws();
+        expect(':');
+        value();
+      });
+    }
+    if (ch === '[') return sequence(']', value);
+    if (ch === '"') return string();
+    for (const word of ['true', 'false', 'null']) if (text.startsWith(word, i)) return void (i += word.length);
+    number.lastIndex = i;
+    if (number.test(text)) return void (i = number.lastIndex);
+    fail();
+  };
+  try {
+    value();
+    ws();
+    return i < n ? i : -1;
+  } catch (e) {
+    if (e === stop) return i;
+    throw e;
+  }
 }
 
 function describe(v: unknown): string {
