@@ -183,6 +183,10 @@ test('missing or non-text fields name the field and the record; unknown special 
   assert.throws(() => renderExample(t, { sub_label: 'x', obj_label: ['a'] }, tok, bert, { maxLength: 16, index: 0 }), /record 0: field "obj_label" is not text \(array\)/);
   const n = renderExample(t, { sub_label: 1905, obj_label: true }, tok, bert, { maxLength: 16 });
   assert.deepEqual(n?.ids, [101, ...tok.encode('1905'), 102, ...tok.encode('true'), 103, 102]);
+  assert.throws(
+    () => renderExample(t, { sub_label: 'the [MASK] is', obj_label: 'x' }, tok, bert, { maxLength: 16, index: 2 }),
+    /record 2: field "sub_label" contains the mask token/,
+  );
   assert.throws(() => renderExample(parseTemplate('{sub_label} [FOO] [MASK]'), fact, tok, bert, { maxLength: 16 }), /template column 13: \[FOO\] is not a token of the tokenizer/);
 });
 

@@ -115,8 +115,13 @@ export function renderExample(
     switch (part.type) {
       case 'text':
         return { part, ids: encodePiece(tok, part.text, part.spaceBefore) };
-      case 'field':
-        return { part, ids: encodePiece(tok, fieldText(record, part.name, opts.index), part.spaceBefore) };
+      case 'field': {
+        const ids = encodePiece(tok, fieldText(record, part.name, opts.index), part.spaceBefore);
+        if (masked && ids.includes(special.mask as number)) {
+          throw new Error(`${describeRecord(record, opts.index)}: field "${part.name}" contains the mask token`);
+        }
+        return { part, ids };
+      }
       case 'special':
         return { part, ids: [specialId(tok, template, part)] };
       case 'pseudo':
