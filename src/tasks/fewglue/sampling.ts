@@ -50,7 +50,9 @@ export function fewShotSplit(pool: readonly TaskExample[], opts: FewShotOptions)
   const byLabel = new Map<string, TaskExample[]>();
   for (const ex of pool) {
     if (ex.label === undefined) throw new Error(`stratified sampling needs labels; example ${ex.id} has none`);
-    byLabel.set(ex.label, [...(byLabel.get(ex.label) ?? []), ex]);
+    const items = byLabel.get(ex.label);
+    if (items) items.push(ex);
+    else byLabel.set(ex.label, [ex]);
   }
   const labels = [...byLabel.keys()].sort();
   const train: TaskExample[] = [];
