@@ -7,7 +7,8 @@ type Converter = (row: Row, split: string, info: TaskInfo) => TaskExample[];
 
 /**
  * Reads `<dataDir>/<TaskDir>/<split>.jsonl` (dataDir is the FewGLUE root, e.g. ../shared/data/fewglue) into
- * normalized examples. Every example of a labeled split (train, dev32, val) must carry a label.
+ * normalized examples. Every example of a labeled split (train, dev32, val) must carry a label. Ids are
+ * `<split>-<idx>` and unique within the split (an idx seen before gets `-line<N>`).
  * MultiRC yields one example per answer option; ReCoRD one per query. Nothing is filtered or augmented
  * (see mirrorCopa for COPA's mirrored training examples).
  */
@@ -15,7 +16,15 @@ export function loadTask(dataDir: string, task: FewGlueTask | string, split: Few
   const info = taskInfo(task);
   if (info.name === 'sst2') throw new Error('sst2 is read with loadSst2(dataDir, split, opts)');
   const file = path.join(dataDir, info.dir, `${split}.jsonl`);
-  return readJsonl(file).flatMap((row) => CONVERTERS[info.name as FewGlueTask](row, split, info));
+  const seen = new Set<string>();
+  return readJsonl(file).flatMap((row) =>
+    CONVERTERS[info.name as FewGlueTask](row, split, info).map((ex) => {
+      // keep ids unique when a file repeats an idx (WiC's unlabeled set has one line twice)
+      const id = seen.has(ex.id) ? `${ex.id}-line${row.line}` : ex.id;
+      seen.add(id);
+      return id === ex.id ? ex : { ...ex, id };
+    }),
+  );
 }
 
 function labelOf(row: Row, split: string, read: () => string): string | undefined {
