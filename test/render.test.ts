@@ -118,7 +118,7 @@ test('causal LM: the answer slot must be last, and something must precede it', (
   const ex = renderExample(parseTemplate('{sub_label} [MASK]'), fact, tok, noBos, { maxLength: 8 });
   assert.deepEqual(ex?.ids, ALLAN_PEIPER);
   assert.equal(ex?.answerPosition, 2);
-  assert.throws(() => renderExample(parseTemplate('[MASK]'), fact, tok, noBos, { maxLength: 8, index: 4 }), /record 4 \(uuid "u-1"\): the prompt before \[MASK\] is empty/);
+  assert.throws(() => renderExample(parseTemplate('[MASK]'), fact, tok, noBos, { maxLength: 8, index: 4 }), /record 5 \(uuid "u-1"\): the prompt before \[MASK\] is empty/);
 });
 
 test('BPE-style spacing follows the template: a leading space only where the template has one', () => {
@@ -159,7 +159,7 @@ test('records that cannot fit: an error naming the record, or null with skipTooL
   assert.equal(renderExample(t, fact, tok, bert, { maxLength: 13 })?.ids.length, 13);
   assert.throws(
     () => renderExample(t, fact, tok, bert, { maxLength: 12, index: 17 }),
-    /^Error: record 17 \(uuid "u-1"\) cannot fit in 12 tokens: the template needs 15/,
+    /^Error: record 18 \(uuid "u-1"\) cannot fit in 12 tokens: the template needs 15/,
   );
   assert.equal(renderExample(t, fact, tok, bert, { maxLength: 12, skipTooLong: true }), null);
   const records = [fact, { sub_label: 'a' }, { sub_label: 'Jean Baptiste Emanuel Zorg' }];
@@ -178,14 +178,14 @@ test('missing or non-text fields name the field and the record; unknown special 
   const t = parseTemplate('{sub_label} [SEP] {obj_label} [MASK]');
   assert.throws(
     () => renderExample(t, { id: 7, sub_label: 'x' }, tok, bert, { maxLength: 16, index: 3 }),
-    /^Error: record 3 \(id 7\): missing field "obj_label" used by the template$/,
+    /^Error: record 4 \(id 7\): missing field "obj_label" used by the template$/,
   );
-  assert.throws(() => renderExample(t, { sub_label: 'x', obj_label: ['a'] }, tok, bert, { maxLength: 16, index: 0 }), /record 0: field "obj_label" is not text \(array\)/);
+  assert.throws(() => renderExample(t, { sub_label: 'x', obj_label: ['a'] }, tok, bert, { maxLength: 16, index: 0 }), /record 1: field "obj_label" is not text \(array\)/);
   const n = renderExample(t, { sub_label: 1905, obj_label: true }, tok, bert, { maxLength: 16 });
   assert.deepEqual(n?.ids, [101, ...tok.encode('1905'), 102, ...tok.encode('true'), 103, 102]);
   assert.throws(
     () => renderExample(t, { sub_label: 'the [MASK] is', obj_label: 'x' }, tok, bert, { maxLength: 16, index: 2 }),
-    /record 2: field "sub_label" contains the mask token/,
+    /record 3: field "sub_label" contains the mask token/,
   );
   assert.throws(() => renderExample(parseTemplate('{sub_label} [FOO] [MASK]'), fact, tok, bert, { maxLength: 16 }), /template column 13: \[FOO\] is not a token of the tokenizer/);
 });

@@ -33,18 +33,18 @@ export interface RenderOptions {
   maxLength: number;
   /** return null instead of throwing when the record cannot fit */
   skipTooLong?: boolean;
-  /** the record's index in its data set, for messages */
+  /** the record's 0-based index in its data set; messages count from 1 (`record 1` is the first) */
   index?: number;
 }
 
 export type RenderInfo = Pick<ModelInfo, 'kind' | 'special' | 'family'>;
 
-/** `record 17 (uuid "…")` — index plus the first id-like field present */
+/** `record 17 (uuid "…")` — the 1-based position (from a 0-based index) plus the first id-like field present */
 export function describeRecord(record: Record<string, unknown>, index?: number): string {
   const idKey = ['id', 'uuid', 'idx', 'guid'].find((k) => record[k] !== undefined && record[k] !== null);
   const id = idKey ? `${idKey} ${JSON.stringify(record[idKey])}` : '';
   if (index === undefined) return id ? `record (${id})` : 'record';
-  return id ? `record ${index} (${id})` : `record ${index}`;
+  return id ? `record ${index + 1} (${id})` : `record ${index + 1}`;
 }
 
 /** The text of a field, or an error naming the field and the record. */
