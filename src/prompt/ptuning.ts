@@ -1,18 +1,9 @@
 import { tf } from '../engine/index.js';
 import type { LanguageModel } from '../models/lm.js';
+import type { CollatedBatch } from './render.js';
 
-/** A padded batch of rendered prompts, as plain arrays (see render.ts `collate`). */
-export interface PromptBatch {
-  /** [B][S] token ids; ids at pseudo positions are placeholders */
-  ids: number[][];
-  /** [B][S] 1 = token, 0 = padding */
-  attentionMask: number[][];
-  /** [B][S] index of the pseudo token at each position, -1 where the position is not a pseudo token */
-  pseudoIndex: number[][];
-  /** [B] where the answer is read: the [MASK] (masked LM) or the last prefix token (causal LM) */
-  answerPositions: number[];
-  tokenTypeIds?: number[][];
-}
+/** A padded batch of rendered prompts, as plain arrays (render.ts `collate`). */
+export type PromptBatch = CollatedBatch;
 
 /**
  * Input embeddings of a batch with the pseudo-token rows replaced by the prompt table.
@@ -25,19 +16,14 @@ export function promptedEmbeds(lm: LanguageModel, batch: PromptBatch, prompts: t
   const ids = tf.tensor2d(batch.ids.flat(), [b, s], 'int32');
   const words = lm.embed(ids);
   if (!prompts) return words;
+  if (batch.pseudoIndex.length === 0) return words;
   const index = new Int32Array(b * s);
   const isPseudo = new Float32Array(b * s);
-  let any = false;
-  batch.pseudoIndex.forEach((row, r) =>
-    row.forEach((k, c) => {
-      if (k >= 0) {
-        index[r * s + c] = k;
-        isPseudo[r * s + c] = 1;
-        any = true;
-      }
-    }),
-  );
-  if (!any) return words;
+  batch.pseudoIndex.forEach((k, i) => {
+    const at = batch.pseudoRows[i]! * s + batch.pseudoCols[i]!;
+    index[at] = k;
+    isPseudo[at] = 1;
+  });
   const m = tf.tensor3d(isPseudo, [b, s, 1]);
   const pseudo = tf.gather(prompts, tf.tensor2d(index, [b, s], 'int32'));
   return tf.add(tf.mul(words, tf.sub(1, m)), tf.mul(pseudo, m));
@@ -50,7 +36,7 @@ export function promptedHidden(lm: LanguageModel, batch: PromptBatch, prompts: t
   return lm.run({
     embeds: promptedEmbeds(lm, batch, prompts),
     attentionMask: tf.tensor2d(batch.attentionMask.flat(), [b, s], 'int32'),
-    tokenTypeIds: batch.tokenTypeIds ? tf.tensor2d(batch.tokenTypeIds.flat(), [b, s], 'int32') : undefined,
+    tokenTypeIds: tf.tensor2d(batch.tokenTypeIds.flat(), [b, s], 'int32'),
   });
 }
 

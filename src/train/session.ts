@@ -1,0 +1,372 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { tf } from '../engine/index.js';
+import { loadModel } from '../models/load.js';
+import type { LanguageModel } from '../models/lm.js';
+import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
+import { makeHead, crossEntropy, type Head, type HeadSpec } from '../prompt/heads.js';
+import { answerLogits } from '../prompt/ptuning.js';
+import { collate, renderExample, type RenderedExample } from '../prompt/render.js';
+import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
+import { readRecords } from '../data/read.js';
+import type { Progress } from '../util/progress.js';
+import { Adam, AdamW, decayGroups, type ParamGroup } from '../train/optim.js';
+import { makeSchedule, type ScheduleConfig } from '../train/schedule.js';
+import { loadVariables, writeJsonAtomic } from './checkpoint.js';
+import { writeSafetensors } from '../engine/safetensors.js';
+import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
+import { UserError } from '../util/errors.js';
+
+export interface OptimConfig {
+  optimizer: 'adam' | 'adamw';
+  lr: number;
+  weightDecay: number;
+  schedule: 'constant' | 'linear' | 'exponential';
+  /** linear/constant warmup as a fraction of all steps */
+  warmupRatio: number;
+  /** exponential: lr multiplier per epoch */
+  gamma: number;
+  /** joint tuning: the LM's weights train too, with their own rate and decay */
+  tuneLm: boolean;
+  lmLr: number;
+  lmWeightDecay: number;
+}
+
+/** Everything needed to rebuild a P-tuning run; saved as `<run>/config.json`. */
+export interface RunConfig {
+  version: 1;
+  model: string;
+  template: string;
+  legacyBertOrder?: boolean;
+  head: HeadSpec;
+  encoder: Omit<PromptEncoderConfig, 'numVirtualTokens' | 'tokenDim'>;
+  maxLength: number;
+  skipTooLong: boolean;
+  /** PEFT placement: the virtual tokens go before everything, special tokens included (imported adapters) */
+  peftPrefix?: boolean;
+  data?: { train: string; dev: string };
+  loop: TrainLoopConfig;
+  optim: OptimConfig;
+}
+
+export const DEFAULT_LOOP: TrainLoopConfig = {
+  epochs: 10,
+  maxSteps: 0,
+  batchSize: 8,
+  gradAccum: 1,
+  maxGradNorm: 1,
+  evalEvery: 0,
+  patience: 0,
+  saveEvery: 50,
+  logEvery: 10,
+  seed: 13,
+};
+
+export const DEFAULT_OPTIM: OptimConfig = {
+  optimizer: 'adam',
+  lr: 3e-3,
+  weightDecay: 0,
+  schedule: 'constant',
+  warmupRatio: 0,
+  gamma: 0.98,
+  tuneLm: false,
+  lmLr: 1e-5,
+  lmWeightDecay: 0.1,
+};
+
+/** One rendered record with its target, ready to batch. */
+export interface Item {
+  ex: RenderedExample;
+  target: number;
+  index: number;
+}
+
+export interface EvalResult {
+  metrics: Record<string, number>;
+  /** predicted class per rendered record */
+  predictions: number[];
+  targets: number[];
+  /** records skipped as too long */
+  skipped: number;
+}
+
+export interface Prediction {
+  index: number;
+  prediction: string;
+  scores: { label: string; score: number }[];
+}
+
+/**
+ * A P-tuning run: a language model, a template with pseudo tokens, a prompt encoder and a head. The LM is
+ * reached only through the LanguageModel interface (embed, run from embeddings, logits at positions).
+ */
+export class PTuningSession {
+  readonly config: RunConfig;
+  readonly lm: LanguageModel;
+  readonly template: Template;
+  readonly encoder: PromptEncoder | null;
+  readonly head: Head;
+  private readonly candidates: tf.Tensor | null;
+
+  private constructor(config: RunConfig, lm: LanguageModel) {
+    this.config = config;
+    this.lm = lm;
+    this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
+    validateFor(this.template, lm.info.kind);
+    const n = numPseudo(this.template) + (config.peftPrefix ? this.peftTokens() : 0);
+    this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.hiddenSize }) : null;
+    this.head = makeHead(config.head, lm.tokenizer);
+    this.candidates = this.head.candidates ? tf.tensor1d(this.head.candidates, 'int32') : null;
+  }
+
+  private peftTokens(): number {
+    return (this.config.encoder as { numVirtualTokens?: number }).numVirtualTokens ?? 0;
+  }
+
+  static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
+    const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm }));
+    return new PTuningSession(config, model);
+  }
+
+  /** Rebuilds a run from its directory, with the weights of `best/` (default) or `last/`. */
+  static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel): Promise<PTuningSession> {
+    const cfgFile = path.join(runDir, 'config.json');
+    if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
+    const config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
+    const s = await PTuningSession.create(config, lm);
+    const weights = path.join(runDir, which, 'params.safetensors');
+    if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);
+    loadVariables(weights, s.trainedParams());
+    return s;
+  }
+
+  /** The variables training updates: the encoder's ("encoder.*"), and with tuneLm the LM's ("lm.*"). */
+  trainedParams(): Map<string, tf.Variable> {
+    const out = new Map<string, tf.Variable>();
+    for (const [k, v] of this.encoder?.variables() ?? []) out.set(`encoder.${k}`, v);
+    if (this.config.optim.tuneLm) for (const [k, v] of this.lm.parameters()) out.set(`lm.${k}`, v);
+    return out;
+  }
+
+  /** Renders records; too-long records are skipped (counted) or an error, as configured. */
+  prepare(records: readonly Record<string, unknown>[], source: string, withTargets = true): { items: Item[]; skipped: number } {
+    const items: Item[] = [];
+    let skipped = 0;
+    const info = this.lm.info;
+    records.forEach((record, index) => {
+      const where = `${source} record ${index + 1}`;
+      let ex: RenderedExample | null;
+      try {
+        ex = renderExample(this.template, record, this.lm.tokenizer, info, {
+          maxLength: this.config.maxLength - (this.config.peftPrefix ? this.peftTokens() : 0),
+          skipTooLong: this.config.skipTooLong,
+          index,
+        });
+      } catch (e) {
+        throw new UserError(`${source}: ${(e as Error).message}`);
+      }
+      if (!ex) {
+        skipped++;
+        return;
+      }
+      if (this.config.peftPrefix) ex = withPeftPrefix(ex, this.peftTokens(), info.special.pad);
+      let target = -1;
+      if (withTargets) {
+        try {
+          target = this.head.target(record, where);
+        } catch (e) {
+          throw new UserError((e as Error).message);
+        }
+      }
+      items.push({ ex, target, index });
+    });
+    return { items, skipped };
+  }
+
+  /** Per-class scores [B, K] for a batch of items (inside tf.tidy). */
+  scores(items: readonly Item[], training = false): tf.Tensor {
+    const batch = collate(
+      items.map((i) => i.ex),
+      this.lm.info,
+    );
+    const prompts = this.encoder ? this.encoder.forward(training) : null;
+    const logits = answerLogits(this.lm, batch, prompts, this.candidates ?? undefined);
+    return this.head.scores(logits);
+  }
+
+  loss(items: readonly Item[]): tf.Scalar {
+    return crossEntropy(
+      this.scores(items, true),
+      items.map((i) => i.target),
+    );
+  }
+
+  /** Argmax (restricted to the head's predictable classes) and top-k per item. */
+  rank(items: readonly Item[], topK: number, batchSize = 32): { top: number[][]; topScores: number[][] } {
+    const top: number[][] = [];
+    const topScores: number[][] = [];
+    const allowed = this.head.predictable;
+    const mask = allowed
+      ? tf.tidy(() => {
+          const m = new Float32Array(this.head.numClasses).fill(-Infinity);
+          for (const id of allowed) m[id] = 0;
+          return tf.tensor1d(m);
+        })
+      : null;
+    for (let i = 0; i < items.length; i += batchSize) {
+      const chunk = items.slice(i, i + batchSize);
+      const { values, indices } = tf.tidy(() => {
+        let s = tf.logSoftmax(this.scores(chunk));
+        if (mask) s = tf.add(s, mask);
+        const k = Math.min(topK, s.shape[1]!);
+        const r = tf.topk(s, k);
+        return { values: r.values.arraySync() as number[][], indices: r.indices.arraySync() as number[][] };
+      });
+      top.push(...indices);
+      topScores.push(...values);
+    }
+    mask?.dispose();
+    return { top, topScores };
+  }
+
+  evaluateItems(items: readonly Item[], skipped = 0): EvalResult {
+    const { top } = this.rank(items, 1);
+    const predictions = top.map((t) => t[0]!);
+    const targets = items.map((i) => i.target);
+    return { metrics: classificationMetrics(predictions, targets, this.head), predictions, targets, skipped };
+  }
+
+  evaluateFile(file: string): EvalResult {
+    const { items, skipped } = this.prepare(readRecords(file), file);
+    const r = this.evaluateItems(items, skipped);
+    r.metrics.skipped = skipped;
+    return r;
+  }
+
+  predict(records: readonly Record<string, unknown>[], source: string, topK: number): Prediction[] {
+    const { items } = this.prepare(records, source, false);
+    const { top, topScores } = this.rank(items, topK);
+    return items.map((it, r) => ({
+      index: it.index,
+      prediction: this.head.className(top[r]![0]!),
+      scores: top[r]!.map((k, j) => ({ label: this.head.className(k), score: Math.exp(topScores[r]![j]!) })),
+    }));
+  }
+
+  /** Trains on `config.data` (or the given records) and writes the run directory. */
+  train(opts: {
+    runDir: string;
+    resume?: boolean;
+    progress?: Progress;
+    train?: Record<string, unknown>[];
+    dev?: Record<string, unknown>[];
+  }): TrainResult & { trainSkipped: number; devSkipped: number } {
+    const { runDir } = opts;
+    const c = this.config;
+    const trainRecords = opts.train ?? readRecords(c.data!.train);
+    const devRecords = opts.dev ?? readRecords(c.data!.dev);
+    const tr = this.prepare(trainRecords, c.data?.train ?? 'train');
+    const dv = this.prepare(devRecords, c.data?.dev ?? 'dev');
+    if (tr.items.length === 0) throw new UserError('no training examples left after rendering');
+    fs.mkdirSync(runDir, { recursive: true });
+    writeJsonAtomic(path.join(runDir, 'config.json'), c);
+
+    const params = this.trainedParams();
+    const groups: ParamGroup[] = [];
+    if (this.encoder) {
+      groups.push({ name: 'prompt', params: prefixed(this.encoder.variables(), 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
+    }
+    if (c.optim.tuneLm) {
+      groups.push(...decayGroups(prefixed(this.lm.parameters(), 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
+    }
+    if (groups.length === 0) throw new UserError('nothing to train: the template has no pseudo tokens and --tune-lm is off');
+    const optimizer = c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
+    const stepsPerEpoch = Math.ceil(Math.ceil(tr.items.length / c.loop.batchSize) / c.loop.gradAccum);
+    const totalSteps = c.loop.maxSteps > 0 ? Math.min(c.loop.maxSteps, stepsPerEpoch * c.loop.epochs) : stepsPerEpoch * c.loop.epochs;
+    const warmupSteps = Math.round(c.optim.warmupRatio * totalSteps);
+    const schedule: ScheduleConfig =
+      c.optim.schedule === 'linear'
+        ? { kind: 'linear', warmupSteps, totalSteps }
+        : c.optim.schedule === 'exponential'
+          ? { kind: 'exponential', gamma: c.optim.gamma }
+          : { kind: 'constant', warmupSteps };
+    try {
+      const result = trainLoop<Item>({
+        runDir,
+        config: c.loop,
+        task: {
+          examples: tr.items,
+          loss: (batch) => this.loss(batch),
+          evaluate: (): DevResult => {
+            const r = this.evaluateItems(dv.items);
+            return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };
+          },
+        },
+        params,
+        optimizer,
+        lrScale: makeSchedule(schedule),
+        resume: opts.resume ?? false,
+        progress: opts.progress,
+        onSaveBest: (dir) => this.savePromptTable(path.join(dir, 'prompt_table.safetensors')),
+      });
+      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
+    } finally {
+      optimizer.dispose();
+    }
+  }
+
+  /** The frozen prompt table (encoder output): all inference needs. */
+  promptTable(): { shape: number[]; data: Float32Array } | null {
+    if (!this.encoder) return null;
+    return tf.tidy(() => {
+      const t = this.encoder!.forward(false);
+      return { shape: t.shape.slice(), data: t.dataSync() as Float32Array };
+    });
+  }
+
+  savePromptTable(file: string): void {
+    const table = this.promptTable();
+    if (table) writeSafetensors(file, { prompt_embeddings: table });
+  }
+
+  dispose(): void {
+    this.encoder?.dispose();
+    this.candidates?.dispose();
+    this.lm.dispose();
+  }
+}
+
+function prefixed(vars: Map<string, tf.Variable>, prefix: string): Map<string, tf.Variable> {
+  return new Map([...vars].map(([k, v]) => [prefix + k, v]));
+}
+
+/** PEFT's placement: the virtual tokens before the whole input. */
+function withPeftPrefix(ex: RenderedExample, n: number, pad: number): RenderedExample {
+  return {
+    ids: [...new Array<number>(n).fill(pad), ...ex.ids],
+    pseudoPositions: [...Array(n).keys(), ...ex.pseudoPositions.map((p) => p + n)],
+    pseudoIndex: [...Array(n).keys(), ...ex.pseudoIndex.map((k) => k + n)],
+    answerPosition: ex.answerPosition + n,
+    tokenTypeIds: ex.tokenTypeIds ? [...new Array<number>(n).fill(0), ...ex.tokenTypeIds] : undefined,
+  };
+}
+
+export function primaryMetric(head: Head): string {
+  return head.spec.kind === 'answer' ? 'p@1' : 'accuracy';
+}
+
+/** accuracy and macro-F1 (label heads), P@1 (answer heads). */
+export function classificationMetrics(pred: number[], gold: number[], head: Head): Record<string, number> {
+  const n = gold.length;
+  const correct = pred.filter((p, i) => p === gold[i]).length;
+  const acc = n ? correct / n : 0;
+  if (head.spec.kind === 'answer') return { 'p@1': acc, n };
+  let f1sum = 0;
+  for (let k = 0; k < head.numClasses; k++) {
+    const tp = pred.filter((p, i) => p === k && gold[i] === k).length;
+    const fp = pred.filter((p, i) => p === k && gold[i] !== k).length;
+    const fn = pred.filter((p, i) => p !== k && gold[i] === k).length;
+    f1sum += tp === 0 ? 0 : (2 * tp) / (2 * tp + fp + fn);
+  }
+  return { accuracy: acc, 'macro-f1': f1sum / head.numClasses, n };
+}
