@@ -93,6 +93,27 @@ export function bertConfigFromHf(json: Record<string, unknown>, file: string): B
   return cfg;
 }
 
+/** The config.json object Hugging Face writes for `cfg`. */
+export function bertConfigToHf(cfg: BertConfig): Record<string, unknown> {
+  return {
+    architectures: [cfg.modelType === 'roberta' ? 'RobertaForMaskedLM' : 'BertForMaskedLM'],
+    model_type: cfg.modelType,
+    vocab_size: cfg.vocabSize,
+    hidden_size: cfg.hiddenSize,
+    num_hidden_layers: cfg.numLayers,
+    num_attention_heads: cfg.numHeads,
+    intermediate_size: cfg.intermediateSize,
+    max_position_embeddings: cfg.maxPositions,
+    type_vocab_size: cfg.typeVocabSize,
+    layer_norm_eps: cfg.layerNormEps,
+    pad_token_id: cfg.padTokenId,
+    hidden_act: cfg.hiddenAct,
+    position_embedding_type: 'absolute',
+    tie_word_embeddings: true,
+    torch_dtype: 'float32',
+  };
+}
+
 /** RoBERTa numbers real tokens from padding_idx + 1; BERT from 0. */
 export function positionOffset(cfg: BertConfig): number {
   return cfg.modelType === 'roberta' ? cfg.padTokenId + 1 : 0;

@@ -74,6 +74,28 @@ export function gpt2ConfigFromHf(json: Record<string, unknown>, file: string): G
   return cfg;
 }
 
+/** The config.json object Hugging Face writes for `cfg` (special ids as given). */
+export function gpt2ConfigToHf(cfg: Gpt2Config, special: { bos?: number; eos?: number; pad?: number } = {}): Record<string, unknown> {
+  return {
+    architectures: ['GPT2LMHeadModel'],
+    model_type: 'gpt2',
+    vocab_size: cfg.vocabSize,
+    n_embd: cfg.hiddenSize,
+    n_layer: cfg.numLayers,
+    n_head: cfg.numHeads,
+    n_inner: cfg.intermediateSize,
+    n_positions: cfg.maxPositions,
+    n_ctx: cfg.maxPositions,
+    layer_norm_epsilon: cfg.layerNormEps,
+    activation_function: 'gelu_new',
+    bos_token_id: special.bos,
+    eos_token_id: special.eos,
+    pad_token_id: special.pad,
+    tie_word_embeddings: true,
+    torch_dtype: 'float32',
+  };
+}
+
 // ---------------------------------------------------------------------------------------------------------
 // Parameter names (Hugging Face) and the structured weights the forward pass reads.
 
