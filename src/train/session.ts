@@ -329,10 +329,11 @@ export class PTuningSession {
     if (table) writeSafetensors(file, { prompt_embeddings: table });
   }
 
-  dispose(): void {
+  /** Frees the encoder and, unless the LM is shared with other sessions (`keepLm`), the LM. */
+  dispose(opts: { keepLm?: boolean } = {}): void {
     this.encoder?.dispose();
     this.candidates?.dispose();
-    this.lm.dispose();
+    if (!opts.keepLm) this.lm.dispose();
   }
 }
 
