@@ -149,23 +149,24 @@ export function takeCheckpointTensors(
   return out;
 }
 
-/** Deterministic initial values for `specs` (normal via mulberry32 + Box-Muller). */
+/** Deterministic initial values for `specs` in ptune's layout (normal via mulberry32 + Box-Muller). */
 export function randomTensors(specs: ParamSpec[], seed: number): Map<string, Float32Array> {
   const next = mulberry32(seed);
-  const gaussian = () => {
-    const u = 1 - next();
-    return Math.sqrt(-2 * Math.log(u)) * Math.cos(2 * Math.PI * next());
-  };
   const out = new Map<string, Float32Array>();
   for (const spec of specs) {
     const data = new Float32Array(spec.shape.reduce((a, b) => a * b, 1));
     if (spec.init === 'ones') data.fill(1);
     if (spec.init === 'normal') {
       const std = spec.std ?? 0.02;
-      for (let i = 0; i < data.length; i++) data[i] = gaussian() * std;
+      // values are i.i.d., so they are drawn directly in the kept layout; each Box-Muller pair fills two
+      for (let i = 0; i < data.length; i += 2) {
+        const r = std * Math.sqrt(-2 * Math.log(1 - next()));
+        const a = 2 * Math.PI * next();
+        data[i] = r * Math.cos(a);
+        if (i + 1 < data.length) data[i + 1] = r * Math.sin(a);
+      }
     }
-    // random data is generated in the stored layout so that loading and init agree on what a value means
-    out.set(spec.name, spec.transposed ? transpose2d(data, spec.shape[0]!, spec.shape[1]!) : data);
+    out.set(spec.name, data);
   }
   return out;
 }
