@@ -233,6 +233,7 @@ export interface BertInputs<T> {
   embeds: T;
   /** [B, S] int32, 1 = real token */
   attentionMask: T;
+  /** 0-based positions (default: real tokens before each position); RoBERTa's offset is added here */
   positionIds?: T;
   tokenTypeIds?: T;
 }
@@ -245,7 +246,9 @@ function activation<T>(o: Ops<T>, cfg: BertConfig, x: T): T {
 
 /** word + position + token-type embeddings, then LayerNorm. */
 export function bertEmbeddings<T>(o: Ops<T>, w: BertWeights<T>, cfg: BertConfig, inp: BertInputs<T>): T {
-  const positions = inp.positionIds ?? positionsFromMask(o, inp.attentionMask, positionOffset(cfg));
+  const offset = positionOffset(cfg);
+  let positions = inp.positionIds ?? positionsFromMask(o, inp.attentionMask);
+  if (offset) positions = o.add(positions, o.constInt([offset], []));
   const h = cfg.hiddenSize;
   const types = inp.tokenTypeIds ? o.gather(w.typeEmb, inp.tokenTypeIds) : o.slice(w.typeEmb, [0, 0], [1, h]);
   const x = o.add(o.add(inp.embeds, o.gather(w.posEmb, positions)), types);

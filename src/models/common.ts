@@ -27,12 +27,12 @@ export function applyNorm<T>(o: Ops<T>, x: T, n: Norm<T>, eps: number): T {
 }
 
 /** Default positions: the number of real tokens before each position (right for left and right padding). */
-export function positionsFromMask<T>(o: Ops<T>, attentionMask: T, offset = 0): T {
+export function positionsFromMask<T>(o: Ops<T>, attentionMask: T): T {
   const s = o.shape(attentionMask)[1]!;
   const strictlyUpper = new Float32Array(s * s);
   for (let j = 0; j < s; j++) for (let i = j + 1; i < s; i++) strictlyUpper[j * s + i] = 1;
   const before = o.matmul(o.cast(attentionMask, 'float32'), o.constFloat(strictlyUpper, [s, s]));
-  return o.cast(offset ? o.add(before, o.scalar(offset)) : before, 'int32');
+  return o.cast(before, 'int32');
 }
 
 /**
