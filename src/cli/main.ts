@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { registerModelCommands } from './model-commands.js';
+import { registerTrainCommands } from './train-commands.js';
 import { UserError } from '../util/errors.js';
 
 /**
@@ -20,6 +21,7 @@ export async function main(argv: string[]): Promise<number> {
   });
 
   registerModelCommands(program);
+  registerTrainCommands(program);
 
   try {
     await program.parseAsync(argv);

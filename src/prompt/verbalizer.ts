@@ -110,8 +110,13 @@ export class Verbalizer {
    * `label:word,label2:word2` (several words: `label:w1|w2`, or the label repeated).
    */
   static load(spec: string, tok: TextTokenizer, opts: VerbalizerOptions = {}): Verbalizer {
+    return new Verbalizer(Verbalizer.parseSpec(spec), tok, opts);
+  }
+
+  /** Label words from a JSON file, inline JSON, or `neg:bad|awful,pos:good`. */
+  static parseSpec(spec: string): LabelWords {
     const trimmed = spec.trim();
-    if (trimmed.startsWith('{')) return new Verbalizer(parseJsonSpec(trimmed, 'inline verbalizer'), tok, opts);
+    if (trimmed.startsWith('{')) return parseJsonSpec(trimmed, 'inline verbalizer');
     if (/\.json$/i.test(trimmed) || (fs.existsSync(trimmed) && fs.statSync(trimmed).isFile())) {
       let text: string;
       try {
@@ -119,9 +124,9 @@ export class Verbalizer {
       } catch (e) {
         throw new Error(`verbalizer file ${trimmed}: ${(e as Error).message}`);
       }
-      return new Verbalizer(parseJsonSpec(text, `verbalizer file ${trimmed}`), tok, opts);
+      return parseJsonSpec(text, `verbalizer file ${trimmed}`);
     }
-    return new Verbalizer(parseInlineSpec(trimmed), tok, opts);
+    return parseInlineSpec(trimmed);
   }
 
   /** Flat, unique token ids of all label words: the candidate rows to restrict the LM head to. */

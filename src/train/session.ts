@@ -42,8 +42,8 @@ export interface RunConfig {
   encoder: Omit<PromptEncoderConfig, 'numVirtualTokens' | 'tokenDim'>;
   maxLength: number;
   skipTooLong: boolean;
-  /** PEFT placement: the virtual tokens go before everything, special tokens included (imported adapters) */
-  peftPrefix?: boolean;
+  /** PEFT placement: this many virtual tokens before everything, special tokens included (imported adapters) */
+  peftPrefix?: number;
   data?: { train: string; dev: string };
   loop: TrainLoopConfig;
   optim: OptimConfig;
@@ -113,14 +113,10 @@ export class PTuningSession {
     this.lm = lm;
     this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
     validateFor(this.template, lm.info.kind);
-    const n = numPseudo(this.template) + (config.peftPrefix ? this.peftTokens() : 0);
+    const n = numPseudo(this.template) + (config.peftPrefix ?? 0);
     this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.hiddenSize }) : null;
     this.head = makeHead(config.head, lm.tokenizer);
     this.candidates = this.head.candidates ? tf.tensor1d(this.head.candidates, 'int32') : null;
-  }
-
-  private peftTokens(): number {
-    return (this.config.encoder as { numVirtualTokens?: number }).numVirtualTokens ?? 0;
   }
 
   static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
@@ -158,7 +154,7 @@ export class PTuningSession {
       let ex: RenderedExample | null;
       try {
         ex = renderExample(this.template, record, this.lm.tokenizer, info, {
-          maxLength: this.config.maxLength - (this.config.peftPrefix ? this.peftTokens() : 0),
+          maxLength: this.config.maxLength - (this.config.peftPrefix ?? 0),
           skipTooLong: this.config.skipTooLong,
           index,
         });
@@ -169,7 +165,7 @@ export class PTuningSession {
         skipped++;
         return;
       }
-      if (this.config.peftPrefix) ex = withPeftPrefix(ex, this.peftTokens(), info.special.pad);
+      if (this.config.peftPrefix) ex = withPeftPrefix(ex, this.config.peftPrefix, info.special.pad);
       let target = -1;
       if (withTargets) {
         try {
