@@ -1,0 +1,108 @@
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+
+const shared = path.resolve(process.cwd(), '../shared');
+const bert = path.join(shared, 'models/bert-mini-lama');
+const rel = path.join(shared, 'data/lama/fact-retrieval/original/P103');
+const cli = path.resolve('bin/ptune.js');
+
+function tmp(): string {
+  return fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-cli-'));
+}
+
+/** a LAMA slice as JSONL files */
+function slice(dir: string): { train: string; dev: string } {
+  const take = (split: string, n: number) =>
+    fs.readFileSync(path.join(rel, `${split}.jsonl`), 'utf8').trim().split('\n').slice(0, n).join('\n') + '\n';
+  const train = path.join(dir, 'train.jsonl');
+  const dev = path.join(dir, 'dev.jsonl');
+  fs.writeFileSync(train, take('train', 96));
+  fs.writeFileSync(dev, take('dev', 40));
+  return { train, dev };
+}
+
+function trainArgs(data: { train: string; dev: string }, out: string): string[] {
+  return [cli, 'train', '--model', bert, '--train', data.train, '--dev', data.dev, '--template', '3,3,3',
+    '--answer-field', 'obj_label', '--epochs', '3', '--save-every', '2', '--seed', '5', '--out', out, '--quiet'];
+}
+
+function evalLines(run: string): unknown[] {
+  return fs.readFileSync(path.join(run, 'metrics.jsonl'), 'utf8').trim().split('\n')
+    .map((l) => JSON.parse(l)).filter((r) => r.type === 'eval').map((r) => [r.step, r.score]);
+}
+
+test('train killed with SIGKILL mid-epoch, then --resume, ends with the same metrics as an uninterrupted run', async () => {
+  const dir = tmp();
+  const data = slice(dir);
+  const full = path.join(dir, 'full');
+  const r = spawnSync('node', trainArgs(data, full), { encoding: 'utf8' });
+  assert.equal(r.status, 0, r.stderr);
+  const summary = JSON.parse(r.stdout.trim().split('\n').pop()!);
+
+  const cut = path.join(dir, 'cut');
+  const child = spawn('node', trainArgs(data, cut), { stdio: 'ignore' });
+  const state = path.join(cut, 'last', 'state.json');
+  await new Promise<void>((resolve, reject) => {
+    const t0 = Date.now();
+    const poll = setInterval(() => {
+      let step = 0;
+      try {
+        step = JSON.parse(fs.readFileSync(state, 'utf8')).step;
+      } catch {
+        /* not written yet */
+      }
+      if (step >= 16) {
+        clearInterval(poll);
+        child.kill('SIGKILL');
+        resolve();
+      } else if (Date.now() - t0 > 60_000) {
+        clearInterval(poll);
+        child.kill('SIGKILL');
+        reject(new Error('training did not reach step 16 in 60 s'));
+      }
+    }, 20);
+  });
+  await new Promise((res) => child.on('exit', res));
+  const killedAt = JSON.parse(fs.readFileSync(state, 'utf8'));
+  assert.ok(killedAt.step < 36 && !killedAt.finished, `killed too late: ${JSON.stringify(killedAt)}`);
+
+  const resumed = spawnSync('node', [...trainArgs(data, cut), '--resume'], { encoding: 'utf8' });
+  assert.equal(resumed.status, 0, resumed.stderr);
+  const after = JSON.parse(resumed.stdout.trim().split('\n').pop()!);
+  assert.equal(after.best, summary.best);
+  assert.equal(after.steps, summary.steps);
+  assert.deepEqual(evalLines(cut), evalLines(full));
+  assert.deepEqual(fs.readFileSync(path.join(cut, 'best/params.safetensors')), fs.readFileSync(path.join(full, 'best/params.safetensors')));
+});
+
+test('bad inputs give one-line errors naming the place', () => {
+  const dir = tmp();
+  const data = slice(dir);
+  const bad = path.join(dir, 'bad.jsonl');
+  fs.writeFileSync(bad, '{"sub_label": "a", "obj_label": "French"}\n{"sub_label": "b", \n');
+  const run = (args: string[]) => spawnSync('node', [cli, ...args], { encoding: 'utf8' });
+  const base = ['train', '--model', bert, '--dev', data.dev, '--answer-field', 'obj_label', '--out', path.join(dir, 'o'), '--quiet'];
+
+  let r = run([...base, '--train', bad, '--template', '3,3,3']);
+  assert.notEqual(r.status, 0);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /bad\.jsonl line 2/);
+
+  r = run([...base, '--train', data.train, '--template', '{sub_label [MASK]']);
+  assert.notEqual(r.status, 0);
+  assert.equal(r.stderr.trim().split('\n').length, 1, r.stderr);
+  assert.match(r.stderr, /template column \d+/);
+
+  r = run([...base, '--train', data.train, '--template', '{subject} [P] [MASK]']);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /subject/);
+  assert.ok(!fs.existsSync(path.join(dir, 'o', 'best')), 'a failed run must not leave a checkpoint');
+
+  r = run(['eval', '--run', path.join(dir, 'nothing'), '--data', data.dev]);
+  assert.notEqual(r.status, 0);
+  assert.match(r.stderr, /not a ptune run directory/);
+});
