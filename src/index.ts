@@ -1,0 +1,29 @@
+/**
+ * ptune: P-tuning ("GPT Understands, Too") for TypeScript.
+ *
+ * Data flows one way: data → template → token ids + prompt slots → LM → verbalizer/head → loss and metrics.
+ */
+export { tf, initEngine, backendName, tfOps, type Ops, type BackendName } from './engine/index.js';
+export { readSafetensors, writeSafetensors, loadCheckpointTensors } from './engine/safetensors.js';
+
+export type { LanguageModel, ModelInfo, LmBatch, KvCache, LmKind, ModelFamily, SpecialIds } from './models/lm.js';
+export { loadModel, createRandomModel, type LoadOptions } from './models/load.js';
+export { generate, type GenerateOptions } from './models/generate.js';
+export type { TextTokenizer } from './tokenizers/tokenizer.js';
+export { HfTokenizer } from './tokenizers/hf.js';
+export { Llama2cTokenizer } from './tokenizers/llama2c.js';
+
+export { parseTemplate, expandTuple, numPseudo, fields, fromLamaTemplate, withAnchorsAndPseudo, type Template } from './prompt/template.js';
+export { renderExample, renderAll, collate, renderText, type RenderedExample, type CollatedBatch } from './prompt/render.js';
+export { Verbalizer, answerVocabulary, type LabelWords, type TokenRule } from './prompt/verbalizer.js';
+export { PromptEncoder, type PromptEncoderConfig, type PromptEncoderType } from './prompt/encoder.js';
+export { promptedEmbeds, promptedHidden, answerLogits } from './prompt/ptuning.js';
+export { makeHead, crossEntropy, type Head, type HeadSpec } from './prompt/heads.js';
+
+export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
+export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
+export { trainLoop, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
+export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type OptimConfig, type Prediction } from './train/session.js';
+export { exportPeft, exportTable, importPeft } from './train/export.js';
+export { readRecords } from './data/read.js';
+export { makeProgress, type Progress } from './util/progress.js';
