@@ -110,6 +110,7 @@ export function registerModelCommands(program: Command): void {
     .option('--top <k>', 'predictions per position', parseIntOption, 10)
     .option('--json', 'print JSON')
     .action(async (model: string, text: string, opts: { top: number; json?: boolean }) => {
+      if (opts.top < 1) throw new UserError(`--top: expected a positive integer, got ${opts.top}`);
       await initEngine();
       const lm = await loadModel(model);
       const predictions = fill(lm, text, opts.top);
@@ -134,6 +135,7 @@ export function registerModelCommands(program: Command): void {
     .option('--top-p <p>', 'nucleus sampling mass', parseFloatOption, 1)
     .option('--seed <n>', 'sampling seed', parseIntOption, 0)
     .action(async (model: string, opts: { prompt: string; maxNewTokens: number; temperature: number; topP: number; seed: number }) => {
+      if (opts.maxNewTokens < 0) throw new UserError(`--max-new-tokens: expected a non-negative integer, got ${opts.maxNewTokens}`);
       await initEngine();
       const lm = await loadModel(model);
       if (lm.info.kind !== 'causal' || !lm.decodeStep) throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
