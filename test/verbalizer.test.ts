@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { Tokenizer } from '@huggingface/tokenizers';
+import { HfTokenizer } from '../src/tokenizers/hf.js';
 import type { TextTokenizer } from '../src/tokenizers/tokenizer.js';
 import { answerVocabulary, Verbalizer } from '../src/prompt/verbalizer.js';
 
@@ -11,19 +11,7 @@ const shared = path.resolve(process.cwd(), '../shared');
 
 /** bert-base-uncased WordPiece from the shared model directory */
 function bertTokenizer(): TextTokenizer {
-  const dir = path.join(shared, 'models/bert-mini-lama');
-  const read = (f: string) => JSON.parse(fs.readFileSync(path.join(dir, f), 'utf8'));
-  const t = new Tokenizer(read('tokenizer.json'), read('tokenizer_config.json'));
-  const encode = (text: string) => t.encode(text, { add_special_tokens: false }).ids;
-  return {
-    vocabSize: 30522,
-    lowercase: true,
-    encode,
-    decode: (ids, opts) => t.decode(ids, { skip_special_tokens: opts?.skipSpecial }),
-    idToToken: (id) => t.id_to_token(id),
-    tokenToId: (token) => t.token_to_id(token),
-    encodeWord: (word) => encode(word),
-  };
+  return HfTokenizer.fromDir(path.join(shared, 'models/bert-mini-lama'));
 }
 
 /** a cased fake: each word one token, `Ġ`-prefixed by encodeWord; `<unk>` for words with `?` */
