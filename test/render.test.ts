@@ -1,6 +1,5 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import fs from 'node:fs';
 import path from 'node:path';
 import { HfTokenizer } from '../src/tokenizers/hf.js';
 import type { TextTokenizer } from '../src/tokenizers/tokenizer.js';
