@@ -62,6 +62,8 @@ export function registerTrainCommands(program: Command): void {
     .option('--answer-vocab <file>', 'restrict answers to these words (one per line)')
     .option('--encoder <type>', 'prompt encoder: lstm|mlp|embedding', 'lstm')
     .option('--encoder-hidden <n>', 'encoder hidden size (default: the LM hidden size)', parseIntOption)
+    .option('--encoder-preset <p>', 'lstm shapes: thudm (hidden split over both directions) or peft (hidden per direction)', 'thudm')
+    .option('--encoder-dropout <x>', 'dropout between LSTM layers', parseFloatOption, 0)
     .option('--lr <x>', 'prompt encoder learning rate', parseFloatOption, DEFAULT_OPTIM.lr)
     .option('--weight-decay <x>', 'prompt encoder weight decay', parseFloatOption, DEFAULT_OPTIM.weightDecay)
     .option('--optimizer <name>', 'adam|adamw', DEFAULT_OPTIM.optimizer)
@@ -98,7 +100,13 @@ export function registerTrainCommands(program: Command): void {
           template: o.template,
           legacyBertOrder: o.legacyBertOrder ?? false,
           head: headFrom(o),
-          encoder: { type: o.encoder as PromptEncoderType, hiddenSize: o.encoderHidden, seed: o.seed },
+          encoder: {
+            type: o.encoder as PromptEncoderType,
+            hiddenSize: o.encoderHidden,
+            preset: o.encoderPreset,
+            dropout: o.encoderDropout,
+            seed: o.seed,
+          },
           maxLength: o.maxLength,
           skipTooLong: o.skipTooLong ?? false,
           data: { train: path.resolve(o.train), dev: path.resolve(o.dev) },

@@ -92,6 +92,8 @@ export interface EvalResult {
 
 export interface Prediction {
   index: number;
+  /** the record's own id field (id, uuid, idx or guid), when it has one */
+  id?: unknown;
   prediction: string;
   scores: { label: string; score: number }[];
 }
@@ -244,6 +246,7 @@ export class PTuningSession {
     const { top, topScores } = this.rank(items, topK);
     return items.map((it, r) => ({
       index: it.index,
+      ...recordId(records[it.index]!),
       prediction: this.head.className(top[r]![0]!),
       scores: top[r]!.map((k, j) => ({ label: this.head.className(k), score: Math.exp(topScores[r]![j]!) })),
     }));
@@ -346,6 +349,11 @@ function withPeftPrefix(ex: RenderedExample, n: number, pad: number): RenderedEx
     answerPosition: ex.answerPosition + n,
     tokenTypeIds: ex.tokenTypeIds ? [...new Array<number>(n).fill(0), ...ex.tokenTypeIds] : undefined,
   };
+}
+
+function recordId(record: Record<string, unknown>): { id?: unknown } {
+  const key = ['id', 'uuid', 'idx', 'guid'].find((k) => record[k] !== undefined);
+  return key ? { id: record[key] } : {};
 }
 
 export function primaryMetric(head: Head): string {
