@@ -1,0 +1,199 @@
+import { Sym } from './graph.js';
+import type { GraphNode } from './graph.js';
+import { GELU_TANH, OnnxOps, swapLast } from './ops.js';
+
+type Rule = (o: OnnxOps, n: GraphNode, g: Sym, needs: boolean[]) => (Sym | undefined)[];
+
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+
+/** Gradient of a MatMul operand product, reduced to the operand's shape (2-D weights fold the batch in). */
+function matmulGrads(o: OnnxOps, a: Sym, b: Sym, g: Sym, needs: boolean[]): (Sym | undefined)[] {
+  const ga = needs[0] ? o.sumTo(o.matmul(g, b, true), a.shape) : undefined;
+  let gb: Sym | undefined;
+  if (needs[1]) {
+    if (b.rank === 2 && a.rank > 2) {
+      const k = a.shape[a.rank - 1]!;
+      const n = g.shape[g.rank - 1]!;
+      const a2 = o.reshape(a, [-1, k]);
+      gb = o.matmul(o.transpose(a2, [1, 0]), o.reshape(g, [-1, n]));
+    } else {
+      gb = o.sumTo(o.matmul(o.transpose(a, swapLast(a.rank)), g), b.shape);
+    }
+  }
+  return [ga, gb];
+}
+
+const RULES: Record<string, Rule> = {
+  Add: (o, n, g) => [o.sumTo(g, n.inputSyms[0]!.shape), o.sumTo(g, n.inputSyms[1]!.shape)],
+  Sub: (o, n, g, needs) => [o.sumTo(g, n.inputSyms[0]!.shape), needs[1] ? o.sumTo(o.neg(g), n.inputSyms[1]!.shape) : undefined],
+  Mul: (o, n, g, needs) => {
+    const [a, b] = n.inputSyms as [Sym, Sym];
+    return [needs[0] ? o.sumTo(o.mul(g, b), a.shape) : undefined, needs[1] ? o.sumTo(o.mul(g, a), b.shape) : undefined];
+  },
+  Div: (o, n, g, needs) => {
+    const [a, b] = n.inputSyms as [Sym, Sym];
+    const y = n.outputSyms[0]!;
+    return [
+      needs[0] ? o.sumTo(o.div(g, b), a.shape) : undefined,
+      needs[1] ? o.sumTo(o.neg(o.div(o.mul(g, y), b)), b.shape) : undefined,
+    ];
+  },
+  Neg: (o, _n, g) => [o.neg(g)],
+  Exp: (o, n, g) => [o.mul(g, n.outputSyms[0]!)],
+  Sqrt: (o, n, g) => [o.div(o.scale(g, 0.5), n.outputSyms[0]!)],
+  Tanh: (o, n, g) => {
+    const y = n.outputSyms[0]!;
+    return [o.mul(g, o.sub(o.scalar(1), o.mul(y, y)))];
+  },
+  Sigmoid: (o, n, g) => {
+    const y = n.outputSyms[0]!;
+    return [o.mul(g, o.mul(y, o.sub(o.scalar(1), y)))];
+  },
+  Relu: (o, n, g) => {
+    const positive = o.greater(n.outputSyms[0]!, o.scalar(0));
+    return [o.graph.op1('Where', [positive, g, o.scalar(0)], g.shape, 'float32')];
+  },
+  Erf: (o, n, g) => {
+    const x = n.inputSyms[0]!;
+    return [o.mul(g, o.scale(o.exp(o.neg(o.mul(x, x))), 2 / Math.sqrt(Math.PI)))];
+  },
+  // d/dx x·Φ(x) = Φ(x) + x·φ(x)
+  Gelu: (o, n, g) => {
+    const x = n.inputSyms[0]!;
+    const cdf = o.scale(o.add(o.scalar(1), o.erf(o.scale(x, Math.SQRT1_2))), 0.5);
+    const pdf = o.scale(o.exp(o.scale(o.mul(x, x), -0.5)), INV_SQRT_2PI);
+    return [o.mul(g, o.add(cdf, o.mul(x, pdf)))];
+  },
+  // y = 0.5x(1 + tanh(u)), u = c(x + a x³): dy/dx = 0.5(1 + t) + 0.5x(1 - t²)·c(1 + 3a x²)
+  FastGelu: (o, n, g) => {
+    const x = n.inputSyms[0]!;
+    const x2 = o.mul(x, x);
+    const u = o.scale(o.mul(x, o.add(o.scalar(1), o.scale(x2, GELU_TANH.cubic))), GELU_TANH.c);
+    const t = o.tanh(u);
+    const du = o.scale(o.add(o.scalar(1), o.scale(x2, 3 * GELU_TANH.cubic)), GELU_TANH.c);
+    const dt = o.mul(o.sub(o.scalar(1), o.mul(t, t)), du);
+    const dy = o.scale(o.add(o.add(o.scalar(1), t), o.mul(x, dt)), 0.5);
+    return [o.mul(g, dy)];
+  },
+  MatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs),
+  Transpose: (o, n, g) => {
+    const perm = n.attrs!.perm as number[];
+    const inverse = perm.map((_, i) => perm.indexOf(i));
+    return [o.transpose(g, inverse)];
+  },
+  Reshape: (o, n, g) => [o.reshape(g, n.inputSyms[0]!.shape)],
+  Identity: (_o, _n, g) => [g],
+  Cast: (o, n, g) => [n.inputSyms[0]!.dtype === 'float32' ? g : undefined],
+  Slice: (o, n, g) => {
+    const x = n.inputSyms[0]!;
+    const starts = readInts(n.inputSyms[1]!);
+    const axes = readInts(n.inputSyms[3]!);
+    const before = x.shape.map(() => 0);
+    axes.forEach((ax, i) => (before[ax] = starts[i]!));
+    const after = x.shape.map((d, i) => d - before[i]! - g.shape[i]!);
+    return [o.pad(g, before, after)];
+  },
+  Concat: (o, n, g) => {
+    const axis = n.attrs!.axis as number;
+    let offset = 0;
+    return n.inputSyms.map((x) => {
+      const begin = g.shape.map((_, i) => (i === axis ? offset : 0));
+      offset += x.shape[axis]!;
+      return o.slice(g, begin, x.shape);
+    });
+  },
+  Gather: (o, n, g, needs) => {
+    if (!needs[0]) return [];
+    const [table, ids] = n.inputSyms as [Sym, Sym];
+    if ((n.attrs!.axis as number) !== 0) throw new Error('onnx autodiff: Gather is differentiable along axis 0 only');
+    const idx = o.reshape(o.cast(ids, 'int64'), [...ids.shape, 1]);
+    const grad = o.graph.op1('ScatterND', [o.zeros(table.shape), idx, g], table.shape, 'float32', { reduction: 'add' });
+    return [grad];
+  },
+  ReduceSum: (o, n, g) => [o.expandTo(o.reshape(g, keptShape(n)), n.inputSyms[0]!.shape)],
+  ReduceMean: (o, n, g) => {
+    const x = n.inputSyms[0]!;
+    const count = x.size / n.outputSyms[0]!.size;
+    return [o.expandTo(o.reshape(o.scale(g, 1 / count), keptShape(n)), x.shape)];
+  },
+  ReduceMax: (o, n, g) => {
+    const x = n.inputSyms[0]!;
+    const hit = o.cast(o.equal(x, o.reshape(n.outputSyms[0]!, keptShape(n))), 'float32');
+    return [o.mul(o.expandTo(o.reshape(g, keptShape(n)), x.shape), hit)];
+  },
+  Softmax: (o, n, g) => {
+    const y = n.outputSyms[0]!;
+    const axis = n.attrs!.axis as number;
+    return [o.mul(y, o.sub(g, o.sum(o.mul(g, y), axis, true)))];
+  },
+  LogSoftmax: (o, n, g) => {
+    const y = n.outputSyms[0]!;
+    return [o.sub(g, o.mul(o.exp(y), o.sum(g, n.attrs!.axis as number, true)))];
+  },
+  LayerNormalization: (o, n, g, needs) => {
+    const [x, gamma, beta] = n.inputSyms as [Sym, Sym, Sym];
+    const [, mean, invStd] = n.outputSyms as [Sym, Sym, Sym];
+    const xhat = o.mul(o.sub(x, mean), invStd);
+    let gx: Sym | undefined;
+    if (needs[0]) {
+      const gxhat = o.mul(g, gamma);
+      const centered = o.sub(gxhat, o.mean(gxhat, -1, true));
+      gx = o.mul(invStd, o.sub(centered, o.mul(xhat, o.mean(o.mul(gxhat, xhat), -1, true))));
+    }
+    return [gx, needs[1] ? o.sumTo(o.mul(g, xhat), gamma.shape) : undefined, needs[2] ? o.sumTo(g, beta.shape) : undefined];
+  },
+};
+
+/** shape of a reduction's output with the reduced axes kept as 1 */
+function keptShape(n: GraphNode): number[] {
+  const x = n.inputSyms[0]!;
+  const axes = n.op === 'ReduceSum' ? readInts(n.inputSyms[1]!) : (n.attrs!.axes as number[]);
+  return x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+}
+
+function readInts(s: Sym): number[] {
+  const data = s.graph.constantData(s);
+  if (!data) throw new Error(`onnx autodiff: "${s.name}" is not a constant`);
+  return Array.from(data as ArrayLike<number | bigint>, Number);
+}
+
+/**
+ * Reverse-mode gradients of scalar-seeded `y` (seed `dy`, same shape) with respect to `wrt`: appends the
+ * gradient nodes to y's graph. Only nodes on a path from some `wrt` to `y` get gradient nodes; a `wrt` that `y`
+ * does not depend on gets zeros.
+ */
+export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[]): Sym[] {
+  const graph = o.graph;
+  const active = new Set(wrt.map((s) => s.name));
+  const nodes = graph.nodes.slice();
+  for (const n of nodes) {
+    if (n.inputs.some((i) => active.has(i))) for (const s of n.outputSyms) if (s.dtype === 'float32') active.add(s.name);
+  }
+  const pending = new Map<string, Sym[]>([[y.name, [dy]]]);
+  const total = (name: string): Sym | undefined => {
+    const parts = pending.get(name);
+    if (!parts) return undefined;
+    const sum = parts.reduce((a, b) => o.add(a, b));
+    pending.set(name, [sum]);
+    return sum;
+  };
+  for (let i = nodes.length - 1; i >= 0; i--) {
+    const n = nodes[i]!;
+    // gradients flow through the first output only (LayerNormalization's statistics are not differentiated)
+    const g = total(n.outputs[0]!);
+    if (!g) continue;
+    const needs = n.inputs.map((name) => active.has(name));
+    if (!needs.some(Boolean)) continue;
+    const rule = RULES[n.domain === 'com.microsoft' || !n.domain ? n.op : ''];
+    if (!rule) throw new Error(`onnx autodiff: no gradient rule for ${n.domain ? n.domain + '.' : ''}${n.op}`);
+    const grads = rule(o, n, g, needs);
+    n.inputSyms.forEach((s, k) => {
+      const gk = grads[k];
+      if (!needs[k] || !gk) return;
+      const list = pending.get(s.name) ?? [];
+      list.push(gk);
+      pending.set(s.name, list);
+    });
+  }
+  return wrt.map((s) => total(s.name) ?? o.zeros(s.shape));
+}

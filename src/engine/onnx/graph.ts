@@ -1,0 +1,135 @@
+import { encodeModel, type AttrValue, type ElemType, type NodeSpec, type TensorSpec } from './proto.js';
+
+export type DType = 'float32' | 'int32' | 'int64' | 'bool';
+
+/** A symbolic tensor: a named value of a Graph with a static shape. */
+export class Sym {
+  constructor(
+    readonly graph: Graph,
+    readonly name: string,
+    readonly shape: number[],
+    readonly dtype: DType,
+  ) {}
+
+  get rank(): number {
+    return this.shape.length;
+  }
+
+  get size(): number {
+    return this.shape.reduce((a, b) => a * b, 1);
+  }
+}
+
+export interface GraphNode extends NodeSpec {
+  inputSyms: Sym[];
+  outputSyms: Sym[];
+}
+
+type ConstData = Float32Array | Int32Array | BigInt64Array | Uint8Array;
+
+const OPSET = 17;
+
+/**
+ * An ONNX graph under construction. Nodes are appended in topological order (every input exists before the
+ * node that reads it), which the autodiff relies on. Shapes are static: one graph per input shape.
+ */
+export class Graph {
+  readonly nodes: GraphNode[] = [];
+  readonly inputs: Sym[] = [];
+  private readonly consts = new Map<string, { sym: Sym; data: ConstData | (() => ConstData) }>();
+  private readonly constCache = new Map<string, Sym>();
+  private counter = 0;
+
+  private fresh(prefix: string): string {
+    return `${prefix}_${this.counter++}`;
+  }
+
+  input(name: string, shape: number[], dtype: DType): Sym {
+    if (this.inputs.some((s) => s.name === name)) throw new Error(`onnx graph: input "${name}" declared twice`);
+    const s = new Sym(this, name, shape.slice(), dtype);
+    this.inputs.push(s);
+    return s;
+  }
+
+  /**
+   * An initializer. Small constants are shared by value; `name` keeps a weight's own name. `data` may be a
+   * function, called only if the serialised model needs the constant (weights the outputs never read).
+   */
+  constant(data: ConstData | (() => ConstData), shape: number[], dtype: DType, name?: string): Sym {
+    const small = typeof data !== 'function' && data.length <= 16 && !name;
+    const key = small ? `${dtype}:${shape.join(',')}:${Array.from(data as ArrayLike<number | bigint>).join(',')}` : '';
+    if (small && this.constCache.has(key)) return this.constCache.get(key)!;
+    const sym = new Sym(this, name ?? this.fresh('const'), shape.slice(), dtype);
+    if (this.consts.has(sym.name)) throw new Error(`onnx graph: constant "${sym.name}" declared twice`);
+    this.consts.set(sym.name, { sym, data });
+    if (small) this.constCache.set(key, sym);
+    return sym;
+  }
+
+  /** The values of a constant, or undefined when `s` is computed. */
+  constantData(s: Sym): ConstData | undefined {
+    const c = this.consts.get(s.name);
+    return typeof c?.data === 'function' ? c.data() : c?.data;
+  }
+
+  /** int64 vector constant (shapes, axes, pads) */
+  ints(values: number[]): Sym {
+    return this.constant(BigInt64Array.from(values.map(BigInt)), [values.length], 'int64');
+  }
+
+  node(op: string, inputs: Sym[], outs: { shape: number[]; dtype: DType }[], attrs?: Record<string, AttrValue>, domain?: string): Sym[] {
+    for (const i of inputs) if (i.graph !== this) throw new Error(`onnx graph: ${op} reads "${i.name}" from another graph`);
+    const outputSyms = outs.map((o) => new Sym(this, this.fresh(op), o.shape.slice(), o.dtype));
+    this.nodes.push({
+      op, domain, attrs,
+      inputs: inputs.map((s) => s.name),
+      outputs: outputSyms.map((s) => s.name),
+      inputSyms: inputs,
+      outputSyms,
+    });
+    return outputSyms;
+  }
+
+  /** One-output node. */
+  op1(op: string, inputs: Sym[], shape: number[], dtype: DType, attrs?: Record<string, AttrValue>, domain?: string): Sym {
+    return this.node(op, inputs, [{ shape, dtype }], attrs, domain)[0]!;
+  }
+
+  /**
+   * The serialised model computing `outputs` from the graph inputs; only the nodes and initializers they need
+   * are kept, and only the inputs they depend on are declared.
+   */
+  toModel(outputs: Record<string, Sym>): { bytes: Uint8Array; inputNames: string[] } {
+    const needed = new Set<string>();
+    const renamed: NodeSpec[] = [];
+    for (const s of Object.values(outputs)) needed.add(s.name);
+    const kept: GraphNode[] = [];
+    for (let i = this.nodes.length - 1; i >= 0; i--) {
+      const n = this.nodes[i]!;
+      if (!n.outputs.some((o) => needed.has(o))) continue;
+      kept.push(n);
+      for (const inp of n.inputs) if (inp) needed.add(inp);
+    }
+    kept.reverse();
+    // graph outputs get their requested names through Identity nodes
+    for (const [name, s] of Object.entries(outputs)) renamed.push({ op: 'Identity', inputs: [s.name], outputs: [name] });
+    const inputs = this.inputs.filter((s) => needed.has(s.name));
+    const initializers: TensorSpec[] = [];
+    for (const [name, { sym, data: source }] of this.consts) {
+      if (!needed.has(name)) continue;
+      const data = typeof source === 'function' ? source() : source;
+      const expected = sym.shape.reduce((a, b) => a * b, 1);
+      if (data.length !== expected) throw new Error(`onnx graph: constant "${name}" has ${data.length} values, shape [${sym.shape}] needs ${expected}`);
+      const raw = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw });
+    }
+    const bytes = encodeModel({
+      nodes: [...kept, ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),
+      initializers,
+      inputs: inputs.map((s) => ({ name: s.name, dtype: s.dtype as ElemType, dims: s.shape })),
+      outputs: Object.entries(outputs).map(([name, s]) => ({ name, dtype: s.dtype as ElemType, dims: s.shape })),
+      opsets: [{ domain: '', version: OPSET }, { domain: 'com.microsoft', version: 1 }],
+    });
+    return { bytes, inputNames: inputs.map((s) => s.name) };
+  }
+}

@@ -1,0 +1,246 @@
+import type { Ops } from '../ops.js';
+import { Graph, Sym, type DType } from './graph.js';
+
+const GELU_TANH_C = Math.sqrt(2 / Math.PI);
+const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9 };
+
+function norm(axis: number, rank: number): number {
+  const a = axis < 0 ? rank + axis : axis;
+  if (a < 0 || a >= rank) throw new Error(`onnx ops: axis ${axis} out of range for rank ${rank}`);
+  return a;
+}
+
+export function broadcastShape(a: number[], b: number[], what: string): number[] {
+  const r = Math.max(a.length, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < r; i++) {
+    const x = a[a.length - r + i] ?? 1;
+    const y = b[b.length - r + i] ?? 1;
+    if (x !== y && x !== 1 && y !== 1) throw new Error(`onnx ${what}: shapes [${a}] and [${b}] do not broadcast`);
+    out.push(x === 1 ? y : x);
+  }
+  return out;
+}
+
+/**
+ * The op vocabulary on symbolic tensors: every call appends ONNX nodes to `graph` and returns the result with
+ * its inferred shape. Helpers beyond Ops<Sym> (sumTo, expandTo, pad, ...) serve the gradient rules.
+ */
+export class OnnxOps implements Ops<Sym> {
+  constructor(readonly graph: Graph) {}
+
+  shape(x: Sym): number[] {
+    return x.shape.slice();
+  }
+
+  scalar(v: number): Sym {
+    return this.graph.constant(Float32Array.of(v), [], 'float32');
+  }
+
+  constInt(values: Int32Array | number[], shape: number[]): Sym {
+    return this.graph.constant(Int32Array.from(values), shape, 'int32');
+  }
+
+  constFloat(values: Float32Array | number[], shape: number[]): Sym {
+    return this.graph.constant(Float32Array.from(values), shape, 'float32');
+  }
+
+  private binary(op: string, a: Sym, b: Sym): Sym {
+    if (a.dtype !== b.dtype) throw new Error(`onnx ${op}: dtypes ${a.dtype} and ${b.dtype} differ`);
+    return this.graph.op1(op, [a, b], broadcastShape(a.shape, b.shape, op), a.dtype);
+  }
+
+  private unary(op: string, x: Sym, attrs?: Record<string, number>, domain?: string): Sym {
+    return this.graph.op1(op, [x], x.shape, x.dtype, attrs, domain);
+  }
+
+  add(a: Sym, b: Sym): Sym { return this.binary('Add', a, b); }
+  sub(a: Sym, b: Sym): Sym { return this.binary('Sub', a, b); }
+  mul(a: Sym, b: Sym): Sym { return this.binary('Mul', a, b); }
+  div(a: Sym, b: Sym): Sym { return this.binary('Div', a, b); }
+  scale(x: Sym, s: number): Sym { return this.mul(x, this.scalar(s)); }
+  neg(x: Sym): Sym { return this.unary('Neg', x); }
+  exp(x: Sym): Sym { return this.unary('Exp', x); }
+  sqrt(x: Sym): Sym { return this.unary('Sqrt', x); }
+  tanh(x: Sym): Sym { return this.unary('Tanh', x); }
+  sigmoid(x: Sym): Sym { return this.unary('Sigmoid', x); }
+  relu(x: Sym): Sym { return this.unary('Relu', x); }
+  /** ONNX Runtime's fused contrib kernels (com.microsoft): exact erf GELU and the tanh approximation. */
+  gelu(x: Sym): Sym { return this.unary('Gelu', x, undefined, 'com.microsoft'); }
+  geluTanh(x: Sym): Sym { return this.unary('FastGelu', x, undefined, 'com.microsoft'); }
+  silu(x: Sym): Sym { return this.mul(x, this.sigmoid(x)); }
+  erf(x: Sym): Sym { return this.unary('Erf', x); }
+
+  matmul(a: Sym, b: Sym, transposeB = false): Sym {
+    if (transposeB) b = this.transpose(b, swapLast(b.rank));
+    if (a.rank < 2 || b.rank < 2) throw new Error(`onnx MatMul: operands must have rank >= 2, got [${a.shape}] and [${b.shape}]`);
+    const [m, k] = a.shape.slice(-2) as [number, number];
+    const [k2, n] = b.shape.slice(-2) as [number, number];
+    if (k !== k2) throw new Error(`onnx MatMul: inner dimensions differ: [${a.shape}] x [${b.shape}]`);
+    const batch = broadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2), 'MatMul');
+    return this.graph.op1('MatMul', [a, b], [...batch, m, n], a.dtype);
+  }
+
+  linear(x: Sym, w: Sym, bias?: Sym): Sym {
+    const y = this.matmul(x, w);
+    return bias ? this.add(y, bias) : y;
+  }
+
+  sum(x: Sym, axis: number, keepDims = false): Sym {
+    return this.reduce('ReduceSum', x, [norm(axis, x.rank)], keepDims);
+  }
+
+  mean(x: Sym, axis: number, keepDims = false): Sym {
+    return this.reduce('ReduceMean', x, [norm(axis, x.rank)], keepDims);
+  }
+
+  max(x: Sym, axis: number, keepDims = false): Sym {
+    return this.reduce('ReduceMax', x, [norm(axis, x.rank)], keepDims);
+  }
+
+  /** Opset 17: ReduceSum takes axes as an input, ReduceMean/ReduceMax as an attribute. */
+  reduce(op: 'ReduceSum' | 'ReduceMean' | 'ReduceMax', x: Sym, axes: number[], keepDims: boolean): Sym {
+    const shape = keepDims ? x.shape.map((d, i) => (axes.includes(i) ? 1 : d)) : x.shape.filter((_, i) => !axes.includes(i));
+    const keepdims = keepDims ? 1 : 0;
+    if (op === 'ReduceSum') return this.graph.op1(op, [x, this.graph.ints(axes)], shape, x.dtype, { keepdims });
+    return this.graph.op1(op, [x], shape, x.dtype, { axes, keepdims });
+  }
+
+  softmax(x: Sym, axis = -1): Sym {
+    return this.unary('Softmax', x, { axis: norm(axis, x.rank) });
+  }
+
+  logSoftmax(x: Sym, axis = -1): Sym {
+    return this.unary('LogSoftmax', x, { axis: norm(axis, x.rank) });
+  }
+
+  /** LayerNormalization over the last axis; also outputs mean and 1/std, which its gradient reuses. */
+  layerNorm(x: Sym, gamma: Sym, beta: Sym, eps: number): Sym {
+    const stat = [...x.shape.slice(0, -1), 1];
+    return this.graph.node(
+      'LayerNormalization',
+      [x, gamma, beta],
+      [{ shape: x.shape, dtype: 'float32' }, { shape: stat, dtype: 'float32' }, { shape: stat, dtype: 'float32' }],
+      { axis: -1, epsilon: { float: eps } },
+    )[0]!;
+  }
+
+  rmsNorm(x: Sym, weight: Sym, eps: number): Sym {
+    const ms = this.mean(this.mul(x, x), -1, true);
+    return this.mul(this.div(x, this.sqrt(this.add(ms, this.scalar(eps)))), weight);
+  }
+
+  gather(table: Sym, ids: Sym, axis = 0): Sym {
+    const ax = norm(axis, table.rank);
+    const shape = [...table.shape.slice(0, ax), ...ids.shape, ...table.shape.slice(ax + 1)];
+    return this.graph.op1('Gather', [table, ids], shape, table.dtype, { axis: ax });
+  }
+
+  concat(xs: Sym[], axis: number): Sym {
+    if (xs.length === 1) return xs[0]!;
+    const ax = norm(axis, xs[0]!.rank);
+    const shape = xs[0]!.shape.slice();
+    shape[ax] = xs.reduce((n, x) => n + x.shape[ax]!, 0);
+    return this.graph.op1('Concat', xs, shape, xs[0]!.dtype, { axis: ax });
+  }
+
+  slice(x: Sym, begin: number[], size: number[]): Sym {
+    const sizes = size.map((s, i) => (s < 0 ? x.shape[i]! - begin[i]! : s));
+    const axes = [...begin.keys()];
+    const ends = begin.map((b, i) => b + sizes[i]!);
+    const g = this.graph;
+    return g.op1('Slice', [x, g.ints(begin), g.ints(ends), g.ints(axes)], sizes, x.dtype);
+  }
+
+  transpose(x: Sym, perm: number[]): Sym {
+    if (perm.every((p, i) => p === i)) return x;
+    return this.graph.op1('Transpose', [x], perm.map((p) => x.shape[p]!), x.dtype, { perm });
+  }
+
+  reshape(x: Sym, shape: number[]): Sym {
+    const known = shape.filter((d) => d !== -1).reduce((a, b) => a * b, 1);
+    const resolved = shape.map((d) => (d === -1 ? x.size / known : d));
+    if (resolved.reduce((a, b) => a * b, 1) !== x.size) {
+      throw new Error(`onnx Reshape: cannot reshape [${x.shape}] to [${shape}]`);
+    }
+    if (resolved.join(',') === x.shape.join(',')) return x;
+    return this.graph.op1('Reshape', [x, this.graph.ints(resolved)], resolved, x.dtype);
+  }
+
+  expandDims(x: Sym, axis: number): Sym {
+    const ax = axis < 0 ? x.rank + 1 + axis : axis;
+    const shape = [...x.shape.slice(0, ax), 1, ...x.shape.slice(ax)];
+    return this.reshape(x, shape);
+  }
+
+  cast(x: Sym, dtype: DType): Sym {
+    if (x.dtype === dtype) return x;
+    return this.graph.op1('Cast', [x], x.shape, dtype, { to: CAST_TO[dtype] });
+  }
+
+  rope(x: Sym, cos: Sym, sin: Sym, style: 'interleaved' | 'half'): Sym {
+    const [b, h, s, d] = x.shape as [number, number, number, number];
+    const half = d / 2;
+    let x1: Sym, x2: Sym;
+    if (style === 'interleaved') {
+      const pairs = this.reshape(x, [b, h, s, half, 2]);
+      x1 = this.reshape(this.slice(pairs, [0, 0, 0, 0, 0], [b, h, s, half, 1]), [b, h, s, half]);
+      x2 = this.reshape(this.slice(pairs, [0, 0, 0, 0, 1], [b, h, s, half, 1]), [b, h, s, half]);
+    } else {
+      x1 = this.slice(x, [0, 0, 0, 0], [b, h, s, half]);
+      x2 = this.slice(x, [0, 0, 0, half], [b, h, s, half]);
+    }
+    const r1 = this.sub(this.mul(x1, cos), this.mul(x2, sin));
+    const r2 = this.add(this.mul(x1, sin), this.mul(x2, cos));
+    if (style === 'interleaved') {
+      const stacked = this.concat([this.expandDims(r1, 4), this.expandDims(r2, 4)], 4);
+      return this.reshape(stacked, [b, h, s, d]);
+    }
+    return this.concat([r1, r2], 3);
+  }
+
+  // -------------------------------------------------------------------------------------------------------
+  // helpers for gradient rules
+
+  /** Sums broadcast axes of g away so it has `shape`. */
+  sumTo(g: Sym, shape: number[]): Sym {
+    if (g.shape.join(',') === shape.join(',')) return g;
+    const lead = g.rank - shape.length;
+    const axes: number[] = [];
+    for (let i = 0; i < g.rank; i++) if (i < lead || (shape[i - lead] === 1 && g.shape[i] !== 1)) axes.push(i);
+    const reduced = axes.length ? this.reduce('ReduceSum', g, axes, true) : g;
+    return this.reshape(reduced, shape);
+  }
+
+  expandTo(x: Sym, shape: number[]): Sym {
+    if (x.shape.join(',') === shape.join(',')) return x;
+    return this.graph.op1('Expand', [x, this.graph.ints(shape)], shape, x.dtype);
+  }
+
+  /** Zero padding: `before[i]` and `after[i]` elements around axis i. */
+  pad(x: Sym, before: number[], after: number[]): Sym {
+    const shape = x.shape.map((d, i) => d + before[i]! + after[i]!);
+    return this.graph.op1('Pad', [x, this.graph.ints([...before, ...after])], shape, x.dtype, { mode: 'constant' });
+  }
+
+  zeros(shape: number[]): Sym {
+    const zero = this.graph.constant(Float32Array.of(0), [1], 'float32');
+    return this.graph.op1('Expand', [zero, this.graph.ints(shape)], shape, 'float32');
+  }
+
+  greater(a: Sym, b: Sym): Sym {
+    return this.graph.op1('Greater', [a, b], broadcastShape(a.shape, b.shape, 'Greater'), 'bool');
+  }
+
+  equal(a: Sym, b: Sym): Sym {
+    return this.graph.op1('Equal', [a, b], broadcastShape(a.shape, b.shape, 'Equal'), 'bool');
+  }
+}
+
+export function swapLast(rank: number): number[] {
+  const perm = [...Array(rank).keys()];
+  [perm[rank - 1], perm[rank - 2]] = [perm[rank - 2]!, perm[rank - 1]!];
+  return perm;
+}
+
+export const GELU_TANH = { c: GELU_TANH_C, cubic: 0.044715 };
