@@ -127,6 +127,12 @@ test('generate greedily continues stories260K from BOS', () => {
   assert.ok(r.stdout.startsWith('Once upon a time, there was a little girl named Lily.'), JSON.stringify(r.stdout));
 });
 
+test('generate continues a prompt with the tokenizer\'s spacing', () => {
+  const r = ptune('generate', STORIES, '--prompt', 'Once upon a time', '--max-new-tokens', '10');
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok(r.stdout.startsWith('Once upon a time, there was a little girl named Lily'), JSON.stringify(r.stdout));
+});
+
 test('a missing model directory is a one-line error', () => {
   assertOneLineError(ptune('info', path.join(tmp, 'no-such-model')), /no-such-model: no such file or directory/);
 });

@@ -147,8 +147,10 @@ export function registerModelCommands(program: Command): void {
         seed: opts.seed,
         stopAtEos: true,
       });
-      const text = lm.tokenizer.decode(out, { skipSpecial: true });
-      process.stdout.write((opts.prompt ? opts.prompt + (text.startsWith(' ') ? '' : ' ') : '') + text + '\n');
+      // decode prompt + continuation together: spacing between them is the tokenizer's call ("time" + "," → "time,")
+      const head = lm.tokenizer.decode(ids, { skipSpecial: true });
+      const full = lm.tokenizer.decode([...ids, ...out], { skipSpecial: true });
+      process.stdout.write((full.startsWith(head) ? opts.prompt + full.slice(head.length) : full) + '\n');
       lm.dispose();
     });
 }
