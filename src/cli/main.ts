@@ -1,5 +1,6 @@
 import { Command, CommanderError } from 'commander';
 import { registerModelCommands } from './model-commands.js';
+import { registerLamaCommand } from './lama-command.js';
 import { registerTrainCommands } from './train-commands.js';
 import { UserError } from '../util/errors.js';
 
@@ -21,6 +22,7 @@ export async function main(argv: string[]): Promise<number> {
   });
 
   registerModelCommands(program);
+  registerLamaCommand(program);
   registerTrainCommands(program);
 
   try {

@@ -82,7 +82,7 @@ export function writeFileAtomic(file: string, text: string): void {
 }
 
 function checkName(kind: string, name: string): string {
-  if (!/^[A-Za-z0-9][A-Za-z0-9._-]*$/.test(name)) throw new Error(`invalid ${kind} name "${name}" (letters, digits, . _ -)`);
+  if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(name)) throw new Error(`invalid ${kind} name "${name}" (letters, digits, . _ + -)`);
   return name;
 }
 
