@@ -2,6 +2,7 @@ import { Command, CommanderError } from 'commander';
 import { registerModelCommands } from './model-commands.js';
 import { registerLamaCommand } from './lama-command.js';
 import { registerTrainCommands } from './train-commands.js';
+import { registerFewGlueCommand } from './fewglue-command.js';
 import { UserError } from '../util/errors.js';
 
 /**
@@ -24,6 +25,7 @@ export async function main(argv: string[]): Promise<number> {
   registerModelCommands(program);
   registerLamaCommand(program);
   registerTrainCommands(program);
+  registerFewGlueCommand(program);
 
   try {
     await program.parseAsync(argv);

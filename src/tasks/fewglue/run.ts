@@ -1,0 +1,345 @@
+import fs from 'node:fs';
+import path from 'node:path';
+import { loadModel } from '../../models/load.js';
+import type { LanguageModel } from '../../models/lm.js';
+import { loadVariables } from '../../train/checkpoint.js';
+import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
+import type { TrainLoopConfig } from '../../train/trainer.js';
+import type { Progress } from '../../util/progress.js';
+import { UserError } from '../../util/errors.js';
+import { LinearClassifier } from './classifier.js';
+import { loadTask } from './loaders.js';
+import { evaluate, majorityBaseline } from './metrics.js';
+import { loadPatterns, pseudoTokenCount, templateFor, type Pattern, type PatternFile } from './patterns.js';
+import { seededRandom, shuffled } from './sampling.js';
+import { loadSst2 } from './sst2.js';
+import { taskInfo, type TaskExample, type TaskName } from './tasks.js';
+import { writeReport } from './report.js';
+
+export const FEWGLUE_MODES = ['manual', 'ptune', 'ptune-lm', 'finetune', 'pet'] as const;
+export type FewGlueMode = (typeof FEWGLUE_MODES)[number];
+/** label tasks this driver runs; COPA, WSC and ReCoRD need choice / span scoring, not wired yet */
+export const RUNNABLE_TASKS: readonly TaskName[] = ['sst2', 'rte', 'cb', 'boolq', 'wic', 'multirc'];
+export const ALL_TASKS: readonly TaskName[] = ['sst2', 'rte', 'cb', 'boolq', 'wic', 'multirc', 'copa', 'wsc'];
+
+export interface FewGlueOptions {
+  model: string;
+  tasks: TaskName[];
+  modes: FewGlueMode[];
+  seeds: number[];
+  out: string;
+  /** root holding fewglue/ and sst2/ (default ../shared/data from the working directory) */
+  dataDir?: string;
+  /** default min(256, the model's max positions) */
+  maxLength?: number;
+  /** evaluation examples kept (a fixed seeded sample; MultiRC: whole questions); default 1000, 0 = all */
+  evalCap?: number;
+  /** cap the few-shot train / dev sets (tests); default 0 = all 32 */
+  trainCap?: number;
+  epochs?: number;
+  batchSize?: number;
+  /** evaluate on dev every N steps (0 = per epoch) */
+  evalEvery?: number;
+  patience?: number;
+  /** prompt-encoder lr with a frozen LM (ptune) */
+  promptLr?: number;
+  /** prompt-encoder lr when the LM is tuned too (ptune-lm) */
+  jointPromptLr?: number;
+  /** LM lr for ptune-lm, pet and finetune */
+  lmLr?: number;
+  lmWeightDecay?: number;
+  /** finetune: classification head lr */
+  headLr?: number;
+  warmupRatio?: number;
+  progress?: Progress;
+  log?: (line: string) => void;
+}
+
+export interface RunResult {
+  task: TaskName;
+  mode: FewGlueMode;
+  seed: number;
+  pattern: string;
+  scores: Record<string, number>;
+  baseline: Record<string, number> | null;
+  baselineLabel: string | null;
+  devScore: number | null;
+  bestEpoch: number | null;
+  steps: number;
+  seconds: number;
+  evalSplit: string;
+  nEval: number;
+  nTrain: number;
+}
+
+export interface Cell {
+  task: TaskName;
+  mode: FewGlueMode;
+  metrics: Record<string, { mean: number; std: number; values: number[] }>;
+  baseline: Record<string, number> | null;
+  runs: number;
+}
+
+export interface FewGlueReport {
+  model: string;
+  modelKind: string;
+  settings: Record<string, unknown>;
+  runs: RunResult[];
+  cells: Cell[];
+  notRun: { task: string; mode: string; reason: string }[];
+  seconds: number;
+}
+
+export function resolveOptions(o: FewGlueOptions) {
+  return {
+    dataDir: o.dataDir ?? path.resolve(process.cwd(), '../shared/data'),
+    evalCap: o.evalCap ?? 1000,
+    trainCap: o.trainCap ?? 0,
+    epochs: o.epochs ?? 20,
+    batchSize: o.batchSize ?? 8,
+    evalEvery: o.evalEvery ?? 0,
+    patience: o.patience ?? 6,
+    promptLr: o.promptLr ?? 3e-3,
+    jointPromptLr: o.jointPromptLr ?? 1e-3,
+    lmLr: o.lmLr ?? 1e-4,
+    lmWeightDecay: o.lmWeightDecay ?? 0.1,
+    headLr: o.headLr ?? 1e-3,
+    warmupRatio: o.warmupRatio ?? 0,
+  };
+}
+
+/** Keeps `cap` examples, a fixed seeded sample in the original order; MultiRC keeps whole questions. */
+export function capEval(examples: TaskExample[], cap: number, seed = 1): TaskExample[] {
+  if (cap <= 0 || examples.length <= cap) return examples;
+  const groups = [...new Set(examples.map((x) => x.group ?? x.id))];
+  const keep = new Set<string>();
+  let n = 0;
+  const size = new Map<string, number>();
+  for (const x of examples) size.set(x.group ?? x.id, (size.get(x.group ?? x.id) ?? 0) + 1);
+  for (const g of shuffled(groups, seededRandom(seed))) {
+    if (n + size.get(g)! > cap && n > 0) break;
+    keep.add(g);
+    n += size.get(g)!;
+  }
+  return examples.filter((x) => keep.has(x.group ?? x.id));
+}
+
+export interface TaskData {
+  train: TaskExample[];
+  dev: TaskExample[];
+  evalSet: TaskExample[];
+  evalSplit: string;
+}
+
+/** Few-shot train / dev and the evaluation set of a task for one seed. */
+export function loadTaskData(task: TaskName, seed: number, dataDir: string, evalCap: number, trainCap = 0): TaskData {
+  const cap = (xs: TaskExample[]) => (trainCap > 0 ? xs.slice(0, trainCap) : xs);
+  if (task === 'sst2') {
+    const dir = path.join(dataDir, 'sst2');
+    return {
+      train: cap(loadSst2(dir, 'train', { fewShot: { seed, n: 32 } })),
+      dev: cap(loadSst2(dir, 'dev', { fewShot: { seed, n: 32 } })),
+      evalSet: capEval(loadSst2(dir, 'test'), evalCap),
+      evalSplit: 'test',
+    };
+  }
+  const dir = path.join(dataDir, 'fewglue');
+  return {
+    train: cap(loadTask(dir, task, 'train')),
+    dev: cap(loadTask(dir, task, 'dev32')),
+    evalSet: capEval(loadTask(dir, task, 'val'), evalCap),
+    evalSplit: 'val',
+  };
+}
+
+export function records(examples: readonly TaskExample[]): Record<string, unknown>[] {
+  return examples.map((x) => ({ ...x.fields, label: x.label, id: x.id }));
+}
+
+export function patternFor(pf: PatternFile, mode: FewGlueMode): Pattern {
+  const wantPseudo = mode === 'ptune' || mode === 'ptune-lm';
+  const p = pf.patterns.find((q) => (pseudoTokenCount(q.template) > 0) === wantPseudo);
+  if (!p) throw new Error(`${pf.file}: no ${wantPseudo ? 'P-tuning' : 'manual'} pattern`);
+  return p;
+}
+
+function loopConfig(r: ReturnType<typeof resolveOptions>, seed: number, maxSteps = 0): TrainLoopConfig {
+  return {
+    ...DEFAULT_LOOP,
+    epochs: r.epochs,
+    maxSteps,
+    batchSize: r.batchSize,
+    evalEvery: r.evalEvery,
+    patience: r.patience,
+    saveEvery: 0,
+    logEvery: 5,
+    seed,
+  };
+}
+
+/** Session config for a pattern mode. */
+export function sessionConfig(model: string, lm: LanguageModel, pf: PatternFile, mode: FewGlueMode, seed: number, maxLength: number, r: ReturnType<typeof resolveOptions>, example: TaskExample): RunConfig {
+  const pattern = patternFor(pf, mode);
+  const tuneLm = mode === 'ptune-lm' || mode === 'pet';
+  return {
+    version: 1,
+    model,
+    template: templateFor(pattern, example, lm.info.kind),
+    head: { kind: 'label', labelField: 'label', labelWords: pf.verbalizer!, tokenRule: 'first' },
+    encoder: { type: 'lstm', seed },
+    maxLength,
+    skipTooLong: false,
+    loop: loopConfig(r, seed),
+    optim: {
+      ...DEFAULT_OPTIM,
+      optimizer: tuneLm ? 'adamw' : 'adam',
+      lr: tuneLm ? r.jointPromptLr : r.promptLr,
+      weightDecay: 0,
+      schedule: tuneLm ? 'linear' : 'constant',
+      warmupRatio: r.warmupRatio,
+      tuneLm,
+      lmLr: r.lmLr,
+      lmWeightDecay: r.lmWeightDecay,
+    },
+  };
+}
+
+function writePredictions(file: string, examples: readonly TaskExample[], preds: readonly string[]): void {
+  fs.mkdirSync(path.dirname(file), { recursive: true });
+  fs.writeFileSync(file, examples.map((x, i) => JSON.stringify({ id: x.id, gold: x.label, prediction: preds[i] })).join('\n') + '\n');
+}
+
+/** One (task, mode, seed) run: train when the mode trains, pick the best dev checkpoint, evaluate. */
+async function runOne(
+  o: FewGlueOptions, r: ReturnType<typeof resolveOptions>, task: TaskName, mode: FewGlueMode, seed: number,
+  frozenLm: LanguageModel, maxLength: number,
+): Promise<RunResult> {
+  const t0 = Date.now();
+  const data = loadTaskData(task, seed, r.dataDir, r.evalCap, r.trainCap);
+  const runDir = path.join(o.out, 'runs', `${task}-${mode}-seed${seed}`);
+  fs.rmSync(runDir, { recursive: true, force: true });
+  const base = majorityBaseline(task, data.train, data.evalSet);
+  let preds: string[];
+  let devScore: number | null = null, bestEpoch: number | null = null, steps = 0, pattern = '';
+
+  if (mode === 'finetune') {
+    const lm = await loadModel(o.model, { trainable: true });
+    const cls = new LinearClassifier(lm, {
+      task, maxLength, loop: loopConfig(r, seed), lmLr: r.lmLr, lmWeightDecay: r.lmWeightDecay, headLr: r.headLr,
+      warmupRatio: r.warmupRatio, seed,
+    });
+    try {
+      const res = cls.train(data.train, data.dev, runDir, o.progress);
+      devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
+      preds = cls.predict(cls.prepare(data.evalSet));
+      pattern = '(classifier head)';
+    } finally {
+      cls.dispose();
+      lm.dispose();
+    }
+  } else {
+    const pf = loadPatterns(task);
+    const tuneLm = mode === 'ptune-lm' || mode === 'pet';
+    const lm = tuneLm ? await loadModel(o.model, { trainable: true }) : frozenLm;
+    const config = sessionConfig(o.model, lm, pf, mode, seed, maxLength, r, data.train[0]!);
+    pattern = patternFor(pf, mode).name;
+    const session = await PTuningSession.create(config, lm);
+    try {
+      if (mode !== 'manual') {
+        const res = session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev) });
+        devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
+        loadVariables(path.join(runDir, 'best', 'params.safetensors'), session.trainedParams());
+      }
+      const { items } = session.prepare(records(data.evalSet), `${task} ${data.evalSplit}`);
+      const ev = session.evaluateItems(items);
+      preds = ev.predictions.map((k) => session.head.className(k));
+    } finally {
+      session.dispose({ keepLm: !tuneLm });
+    }
+  }
+  for (const d of ['best', 'last']) fs.rmSync(path.join(runDir, d), { recursive: true, force: true });
+  writePredictions(path.join(o.out, 'predictions', `${task}-${mode}-seed${seed}.jsonl`), data.evalSet, preds);
+  return {
+    task, mode, seed, pattern,
+    scores: evaluate(task, data.evalSet, preds),
+    baseline: base?.scores ?? null,
+    baselineLabel: base?.label ?? null,
+    devScore, bestEpoch, steps,
+    seconds: (Date.now() - t0) / 1000,
+    evalSplit: data.evalSplit,
+    nEval: data.evalSet.length,
+    nTrain: data.train.length,
+  };
+}
+
+export function meanStd(values: readonly number[]): { mean: number; std: number } {
+  const mean = values.reduce((s, v) => s + v, 0) / values.length;
+  const std = values.length > 1 ? Math.sqrt(values.reduce((s, v) => s + (v - mean) ** 2, 0) / (values.length - 1)) : 0;
+  return { mean, std };
+}
+
+export function summarize(runs: readonly RunResult[]): Cell[] {
+  const cells: Cell[] = [];
+  for (const run of runs) {
+    if (cells.some((c) => c.task === run.task && c.mode === run.mode)) continue;
+    const mine = runs.filter((x) => x.task === run.task && x.mode === run.mode);
+    const metrics: Cell['metrics'] = {};
+    for (const m of Object.keys(run.scores)) {
+      const values = mine.map((x) => x.scores[m]!);
+      metrics[m] = { ...meanStd(values), values };
+    }
+    const baseline = run.baseline
+      ? Object.fromEntries(Object.keys(run.baseline).map((m) => [m, meanStd(mine.map((x) => x.baseline![m]!)).mean]))
+      : null;
+    cells.push({ task: run.task, mode: run.mode, metrics, baseline, runs: mine.length });
+  }
+  return cells;
+}
+
+/**
+ * Runs the few-shot experiment: every task × mode × seed, writing `report.json`, `report.md` and
+ * `predictions/*.jsonl` to `out` (the report is rewritten after every run, so a partial one is readable).
+ * `manual` is zero-shot and seed-independent (fixed evaluation sets), so it runs once.
+ */
+export async function runFewGlue(o: FewGlueOptions): Promise<FewGlueReport> {
+  const t0 = Date.now();
+  const r = resolveOptions(o);
+  if (o.seeds.length === 0) throw new UserError('no seeds');
+  for (const t of o.tasks) taskInfo(t);
+  fs.mkdirSync(o.out, { recursive: true });
+  const frozenLm = await loadModel(o.model);
+  const maxLength = o.maxLength ?? Math.min(256, frozenLm.info.maxPositions);
+  const report: FewGlueReport = {
+    model: o.model, modelKind: `${frozenLm.info.family} (${frozenLm.info.kind})`,
+    settings: { ...r, dataDir: undefined, maxLength, seeds: o.seeds, tasks: o.tasks, modes: o.modes, stdOf: 'sample std (n-1) over seeds' },
+    runs: [], cells: [], notRun: [], seconds: 0,
+  };
+  const save = () => {
+    report.cells = summarize(report.runs);
+    report.seconds = (Date.now() - t0) / 1000;
+    writeReport(o.out, report);
+  };
+  try {
+    for (const task of o.tasks) {
+      if (!RUNNABLE_TASKS.includes(task)) {
+        for (const mode of o.modes) report.notRun.push({ task, mode, reason: 'choice/span scoring (COPA, WSC, ReCoRD) is not implemented' });
+        save();
+        continue;
+      }
+      for (const mode of o.modes) {
+        const seeds = mode === 'manual' ? o.seeds.slice(0, 1) : o.seeds;
+        for (const seed of seeds) {
+          const run = await runOne(o, r, task, mode, seed, frozenLm, maxLength);
+          report.runs.push(run);
+          const main = taskInfo(task).metrics[0]!;
+          o.log?.(`${task} ${mode} seed ${seed}: ${main} ${run.scores[main]!.toFixed(4)} (majority ${run.baseline?.[main]?.toFixed(4) ?? '-'}) dev ${run.devScore?.toFixed(3) ?? '-'} ${run.seconds.toFixed(0)}s`);
+          save();
+        }
+      }
+    }
+  } finally {
+    frozenLm.dispose();
+  }
+  save();
+  return report;
+}
