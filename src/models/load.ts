@@ -8,10 +8,27 @@ import { randomTensors, SyntheticTokenizer, takeCheckpointTensors } from './comm
 import { GPT2_SMALL, Gpt2LM, gpt2Aliases, gpt2ConfigFromHf, gpt2ParamSpecs, type Gpt2Config } from './gpt2.js';
 import type { LanguageModel, SpecialIds } from './lm.js';
 import { loadLlama } from './llama.js';
+import { OrtLM } from './ort.js';
+import { ortAvailable } from '../engine/onnx/session.js';
 
 export interface LoadOptions {
   /** make the LM weights trainable tf.Variables (full fine-tuning); default false (frozen LM) */
   trainable?: boolean;
+  /**
+   * where the LM forward and its gradient run: 'ort' (ONNX Runtime graphs compiled from the model code) or
+   * 'tfjs' (the reference). Default: `PTUNE_ENGINE`, else 'ort' when onnxruntime-node loads, else 'tfjs'.
+   */
+  engine?: 'tfjs' | 'ort';
+}
+
+/** The engine `opts` asks for, resolved against the environment and onnxruntime-node's availability. */
+export function resolveEngine(opts: LoadOptions = {}): 'tfjs' | 'ort' {
+  const asked = opts.engine ?? process.env.PTUNE_ENGINE;
+  if (asked !== undefined && asked !== 'tfjs' && asked !== 'ort') {
+    throw new Error(`engine: expected "tfjs" or "ort", got ${JSON.stringify(asked)}`);
+  }
+  if (asked === 'ort' && !ortAvailable()) throw new Error('engine "ort": onnxruntime-node cannot be loaded');
+  return asked ?? (ortAvailable() ? 'ort' : 'tfjs');
 }
 
 const SUPPORTED = 'bert, roberta, gpt2, llama';
@@ -21,9 +38,15 @@ const SUPPORTED = 'bert, roberta, gpt2, llama';
  * - a Hugging Face directory (config.json + model.safetensors or a sharded index + tokenizer.json) of
  *   model_type bert, roberta, gpt2 or llama;
  * - a llama2.c `.bin` checkpoint, or a directory holding one (with a config.json without model_type, or none).
- * Call initEngine() first.
+ * The returned model runs on `opts.engine` (see LoadOptions). Call initEngine() first.
  */
 export async function loadModel(dirOrFile: string, opts: LoadOptions = {}): Promise<LanguageModel> {
+  const engine = resolveEngine(opts);
+  const lm = await loadTfjsModel(dirOrFile, opts);
+  return engine === 'ort' ? new OrtLM(lm) : lm;
+}
+
+async function loadTfjsModel(dirOrFile: string, opts: LoadOptions): Promise<LanguageModel> {
   if (!fs.existsSync(dirOrFile)) throw new Error(`${dirOrFile}: no such file or directory`);
   if (fs.statSync(dirOrFile).isFile()) {
     if (dirOrFile.endsWith('.bin')) return loadLlama(dirOrFile, opts);
@@ -121,6 +144,7 @@ async function loadGpt2(dir: string, raw: Record<string, unknown>, cfg: Gpt2Conf
  * A randomly initialised BERT or GPT-2 (seeded, deterministic) for tests and benchmarks. Unset config fields
  * default to BERT-base / GPT-2 small; the vocabulary defaults to the tokenizer's size. Without a tokenizer, a
  * SyntheticTokenizer (`[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, then `w5`...) is used.
+ * The model is always the tfjs one (`opts.engine` is not consulted): wrap it in `new OrtLM(model)` for ORT.
  */
 export function createRandomModel(
   family: 'bert',

@@ -12,6 +12,8 @@ export interface OrtOptions {
   threads?: number;
   /** sequence lengths are padded up to a multiple of this, so nearby lengths share a session; default 8 */
   seqBucket?: number;
+  /** let idle ORT threads spin-wait between ops (see SessionOptions.spin); default false */
+  spin?: boolean;
   /** compiled sessions kept per model (each holds a copy of the frozen weights); default 8 */
   maxSessions?: number;
 }
@@ -76,15 +78,17 @@ export class OrtLM implements LanguageModel {
   private usedWeights: Set<string> | null = null;
   private readonly opts: Required<OrtOptions>;
 
-  constructor(
-    readonly base: LanguageModel,
-    opts: OrtOptions = {},
-  ) {
+  readonly base: LanguageModel;
+
+  /** `base`: the tfjs model (an OrtLM is unwrapped to its tfjs model). */
+  constructor(base: LanguageModel, opts: OrtOptions = {}) {
+    this.base = base instanceof OrtLM ? base.base : base;
+    base = this.base;
     this.info = base.info;
     this.tokenizer = base.tokenizer;
     this.hidden = hiddenFunction(base);
     if (base.decodeStep) this.decodeStep = base.decodeStep.bind(base);
-    this.opts = { threads: opts.threads ?? 0, seqBucket: opts.seqBucket ?? 8, maxSessions: opts.maxSessions ?? 8 };
+    this.opts = { threads: opts.threads ?? 0, seqBucket: opts.seqBucket ?? 8, maxSessions: opts.maxSessions ?? 8, spin: opts.spin ?? false };
   }
 
   embed(ids: Tensor): Tensor {
@@ -131,6 +135,11 @@ export class OrtLM implements LanguageModel {
       return { value, gradFunc };
     });
     return (forward as (...t: Tensor[]) => Tensor)(batch.embeds, ...trainable.map(([, v]) => v));
+  }
+
+  /** Number of compiled ONNX Runtime sessions held. */
+  get sessionCount(): number {
+    return this.sessions.size;
   }
 
   /** Drops every compiled session (e.g. after frozen weights were overwritten). */
@@ -208,14 +217,14 @@ export class OrtLM implements LanguageModel {
     };
     const inputs = this.symbolicInputs(g, shape);
     const hidden = this.hidden(o, weight, inputs);
-    const threads = this.opts.threads || undefined;
-    if (kind === 'forward') return { session: new OrtSession(g.toModel({ hidden }).bytes, { threads }) };
+    const sessionOpts = { threads: this.opts.threads || undefined, spin: this.opts.spin };
+    if (kind === 'forward') return { session: new OrtSession(g.toModel({ hidden }).bytes, sessionOpts) };
     const dHidden = g.input('d_hidden', hidden.shape, 'float32');
     const wrt = [inputs.embeds, ...trainableNames.map(weight)];
     const grads = gradients(o, hidden, dHidden, wrt);
     const outputs: Record<string, Sym> = { d_embeds: grads[0]! };
     trainableNames.forEach((n, i) => (outputs[GRAD_PREFIX + n] = grads[i + 1]!));
-    return { session: new OrtSession(g.toModel(outputs).bytes, { threads }) };
+    return { session: new OrtSession(g.toModel(outputs).bytes, sessionOpts) };
   }
 }
 

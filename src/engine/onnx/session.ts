@@ -51,6 +51,11 @@ export function ortAvailable(): boolean {
 export interface SessionOptions {
   /** intra-op threads; default: the number of CPU cores */
   threads?: number;
+  /**
+   * let idle intra-op threads spin-wait for the next op; default false: between ORT calls the cores run tfjs
+   * (and, on shared machines, other processes), which spinning threads would compete with
+   */
+  spin?: boolean;
 }
 
 /** One ONNX Runtime CPU session over a serialised model, run synchronously. */
@@ -68,6 +73,7 @@ export class OrtSession {
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
       executionMode: 'sequential',
+      extra: { session: { intra_op: { allow_spinning: opts.spin ? '1' : '0' }, inter_op: { allow_spinning: '0' } } },
     });
   }
 
