@@ -357,6 +357,14 @@ export function lamaReportMarkdown(report: LamaReport): string {
     lines.push(row('micro', (s) => s.micro_p1, common.majority_micro_p1));
   }
   lines.push('', `Macro / micro rows cover the ${report.relations_covered.length} relations scored in every mode.`, '');
+  const counted = rels.map(first).filter((r): r is LamaRelationResult => r !== undefined && isScored(r));
+  if (counted.length > 0) {
+    const sum = (f: (r: LamaRelationResult) => number) => counted.reduce((a, r) => a + f(r), 0);
+    const sets = (['train', 'dev', 'test'] as const).map(
+      (set) => `${set} ${sum((r) => r[`n_${set}`])} used / ${sum((r) => r.dropped[set])} dropped`,
+    );
+    lines.push(`Facts of the scored relations (used: in the answer vocabulary, after any caps; dropped: not): ${sets.join(', ')}.`, '');
+  }
 
   lines.push('| mode | relations scored | macro P@1 | micro P@1 | dev macro P@1 | seconds |', '|---|---:|---:|---:|---:|---:|');
   for (const m of modes) {

@@ -36,8 +36,8 @@ export const PTUNE_DEFAULTS: LamaTrainSettings = {
   weightDecay: 0,
   schedule: 'constant',
   gamma: 0.98,
-  epochs: 12,
-  patience: 4,
+  epochs: 10,
+  patience: 3,
   batchSize: 8,
 };
 export const FINETUNE_DEFAULTS: LamaTrainSettings = {
@@ -220,8 +220,7 @@ function checkModeSettings(s: LamaSettings, mode: LamaMode): void {
 export async function runLama(o: LamaRunOptions): Promise<LamaRunResult> {
   const t0 = Date.now();
   const settings = resolveSettings(o);
-  const modes = [...(o.modes ?? ['manual'])];
-  if (modes.length === 0) throw new UserError('--mode: no mode given');
+  const modes = parseModes(o.modes ?? ['manual']);
   const relations = resolveRelations(settings.data, settings.split, o.relations);
   const jobs = o.jobs ?? os.availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1) throw new UserError(`--jobs must be a positive integer, got ${jobs}`);
