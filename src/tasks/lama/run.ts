@@ -74,7 +74,7 @@ export interface LamaSettings {
   pseudo: number;
   ptune: LamaTrainSettings;
   finetune: LamaTrainSettings;
-  /** cap on the facts per set after filtering (a seeded sample, fixed per relation and set) */
+  /** cap on the facts per set after filtering (a seeded sample, fixed per relation and set); the majority baseline counts all train facts */
   maxFacts: Partial<Record<FactSet, number>>;
   /** answers per fact in the predictions files */
   topK: number;

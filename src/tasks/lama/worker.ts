@@ -45,6 +45,8 @@ export type LamaTaskResult = LamaRelationResult & { best_epoch?: number; stop_re
 
 interface RelationFacts {
   info: RelationInfo;
+  /** the filtered train facts before any cap: the majority baseline counts these */
+  allTrain: AnswerableFact[] | null;
   train: AnswerableFact[] | null;
   dev: AnswerableFact[] | null;
   test: AnswerableFact[] | null;
@@ -114,7 +116,7 @@ export class LamaTaskRunner {
     };
     const dropped = { train: 0, dev: 0, test: 0 };
     for (const set of FACT_SETS) dropped[set] = filtered.counts[set]?.dropped ?? 0;
-    const out: RelationFacts = { info, train: cap('train'), dev: cap('dev'), test: cap('test'), missing: filtered.missing, dropped };
+    const out: RelationFacts = { info, allTrain: filtered.train, train: cap('train'), dev: cap('dev'), test: cap('test'), missing: filtered.missing, dropped };
     this.facts.set(rel, out);
     return out;
   }
@@ -140,9 +142,9 @@ export class LamaTaskRunner {
     } else if (mode !== 'majority' && f.info.template === undefined) {
       result = skippedResult(mode, rel, 'no manual template in relations.jsonl', base);
     } else {
-      const majority = f.train && f.train.length > 0 ? majorityObject(f.train) : undefined;
+      const majority = f.allTrain && f.allTrain.length > 0 ? majorityObject(f.allTrain) : undefined;
       const maj = majorityHits(majority, f.test!);
-      const common = { ...base, majority, majority_p1: f.train ? maj.hits / maj.n : null };
+      const common = { ...base, majority, majority_p1: f.allTrain ? maj.hits / maj.n : null };
       if (mode === 'majority') {
         result = { ...skippedResult(mode, rel, 'ok', common), test_p1: maj.hits / maj.n, test_hits: maj.hits };
       } else {
