@@ -1,5 +1,5 @@
 import { tf } from '../engine/index.js';
-import { Graph, OnnxOps, OrtSession, gradients, type HostTensor, type Sym } from '../engine/onnx/index.js';
+import { Graph, OnnxOps, OrtSession, gradients, savedForBackward, type HostTensor, type Sym } from '../engine/onnx/index.js';
 import { BertLM, bertHidden, bertWeights } from './bert.js';
 import { Gpt2LM, gpt2Hidden, gpt2Weights } from './gpt2.js';
 import { LlamaLM, attentionBias, llamaForward, positionsFromMask, ropeAt, ropeTables } from './llama.js';
@@ -45,8 +45,25 @@ function hiddenFunction(base: LanguageModel): HiddenFn {
   throw new Error(`ort engine: ${base.info.source} (${base.info.family}) is not a BertLM, Gpt2LM or LlamaLM`);
 }
 
+/**
+ * Inference: `forward` only. Training: `forward` also outputs the activations the gradient reads (`saved`,
+ * as `save:<name>`), and `backward` takes them back with d_hidden, so the forward is never recomputed.
+ */
 interface Compiled {
-  session: OrtSession;
+  forward: OrtSession;
+  saved: string[];
+  backward?: OrtSession;
+}
+
+function disposeCompiled(c: Compiled): void {
+  c.forward.dispose();
+  c.backward?.dispose();
+}
+
+/** Whether tfjs is recording a gradient tape (inside tf.grad, tf.variableGrads, ...). */
+function gradientRecording(): boolean {
+  const engine = tf.engine() as unknown as { state: { gradientDepth: number } };
+  return engine.state.gradientDepth > 0;
 }
 
 /** Which optional inputs a batch carries; part of the session key. */
@@ -59,6 +76,7 @@ interface Shape {
 
 const WEIGHT_PREFIX = 'param:';
 const GRAD_PREFIX = 'grad:';
+const SAVE_PREFIX = 'save:';
 
 /**
  * A LanguageModel whose `run` (input embeddings → hidden states) executes as an ONNX Runtime graph compiled
@@ -118,17 +136,20 @@ export class OrtLM implements LanguageModel {
     if (batch.tokenTypeIds) feeds.token_type_ids = { data: padRows(toInt32(batch.tokenTypeIds), b, s, sp, 1), dims: [b, sp] };
     const trainable = this.trainableWeights();
     const names = trainable.map(([n]) => n);
+    const kind = gradientRecording() ? 'train' : 'infer';
     const forward = tf.customGrad((...args: unknown[]) => {
       const weights = args.slice(1, 1 + trainable.length) as Tensor[];
       weights.forEach((v, i) => (feeds[WEIGHT_PREFIX + names[i]!] = { data: v.dataSync() as Float32Array, dims: v.shape }));
-      const fwd = this.session('forward', shape, names);
-      const out = fwd.session.run(feeds, ['hidden']).hidden!;
-      const value = tf.tensor(unpadRows(out.data as Float32Array, b, sp, s, h), [b, s, h]);
+      const compiled = this.session(kind, shape, names);
+      const out = compiled.forward.run(feeds, ['hidden', ...compiled.saved.map((n) => SAVE_PREFIX + n)]);
+      const value = tf.tensor(unpadRows(out.hidden!.data as Float32Array, b, sp, s, h), [b, s, h]);
       const gradFunc = (dy: Tensor): Tensor[] => {
-        const vjp = this.session('vjp', shape, names);
-        const dh = { data: padRows(dy.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] };
+        if (!compiled.backward) throw new Error('ort engine: gradient requested outside tf.grad / tf.variableGrads');
+        const backFeeds: Record<string, HostTensor> = { ...feeds };
+        for (const n of compiled.saved) backFeeds[n] = out[SAVE_PREFIX + n]!;
+        backFeeds.d_hidden = { data: padRows(dy.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] };
         const outputs = ['d_embeds', ...names.map((n) => GRAD_PREFIX + n)];
-        const r = vjp.session.run({ ...feeds, d_hidden: dh }, outputs);
+        const r = compiled.backward.run(backFeeds, outputs);
         const dEmbeds = tf.tensor(unpadRows(r.d_embeds!.data as Float32Array, b, sp, s, h), [b, s, h]);
         return [dEmbeds, ...weights.map((v, i) => tf.tensor(r[outputs[i + 1]!]!.data as Float32Array, v.shape))];
       };
@@ -144,7 +165,7 @@ export class OrtLM implements LanguageModel {
 
   /** Drops every compiled session (e.g. after frozen weights were overwritten). */
   resetSessions(): void {
-    for (const c of this.sessions.values()) c.session.dispose();
+    for (const c of this.sessions.values()) disposeCompiled(c);
     this.sessions.clear();
   }
 
@@ -179,7 +200,7 @@ export class OrtLM implements LanguageModel {
     };
   }
 
-  private session(kind: 'forward' | 'vjp', shape: Shape, trainableNames: string[]): Compiled {
+  private session(kind: 'infer' | 'train', shape: Shape, trainableNames: string[]): Compiled {
     const key = `${kind} ${shape.b}x${shape.s} p${+shape.positions} t${+shape.types} w${trainableNames.length}`;
     const hit = this.sessions.get(key);
     if (hit) {
@@ -192,13 +213,13 @@ export class OrtLM implements LanguageModel {
     this.sessions.set(key, compiled);
     while (this.sessions.size > this.opts.maxSessions) {
       const [oldest, c] = this.sessions.entries().next().value as [string, Compiled];
-      c.session.dispose();
+      disposeCompiled(c);
       this.sessions.delete(oldest);
     }
     return compiled;
   }
 
-  private compile(kind: 'forward' | 'vjp', shape: Shape, trainableNames: string[]): Compiled {
+  private compile(kind: 'infer' | 'train', shape: Shape, trainableNames: string[]): Compiled {
     const g = new Graph();
     const o = new OnnxOps(g);
     const params = this.base.parameters();
@@ -218,13 +239,20 @@ export class OrtLM implements LanguageModel {
     const inputs = this.symbolicInputs(g, shape);
     const hidden = this.hidden(o, weight, inputs);
     const sessionOpts = { threads: this.opts.threads || undefined, spin: this.opts.spin };
-    if (kind === 'forward') return { session: new OrtSession(g.toModel({ hidden }).bytes, sessionOpts) };
+    if (kind === 'infer') return { forward: new OrtSession(g.toModel({ hidden }).bytes, sessionOpts), saved: [] };
+    const forwardNodes = g.nodes.length;
     const dHidden = g.input('d_hidden', hidden.shape, 'float32');
-    const wrt = [inputs.embeds, ...trainableNames.map(weight)];
-    const grads = gradients(o, hidden, dHidden, wrt);
-    const outputs: Record<string, Sym> = { d_embeds: grads[0]! };
-    trainableNames.forEach((n, i) => (outputs[GRAD_PREFIX + n] = grads[i + 1]!));
-    return { session: new OrtSession(g.toModel(outputs).bytes, sessionOpts) };
+    const grads = gradients(o, hidden, dHidden, [inputs.embeds, ...trainableNames.map(weight)]);
+    const saved = savedForBackward(g, forwardNodes);
+    const fwdOutputs: Record<string, Sym> = { hidden };
+    for (const v of saved) fwdOutputs[SAVE_PREFIX + v.name] = v;
+    const bwdOutputs: Record<string, Sym> = { d_embeds: grads[0]! };
+    trainableNames.forEach((n, i) => (bwdOutputs[GRAD_PREFIX + n] = grads[i + 1]!));
+    return {
+      forward: new OrtSession(g.toModel(fwdOutputs).bytes, sessionOpts),
+      saved: saved.map((v) => v.name),
+      backward: new OrtSession(g.toModel(bwdOutputs, saved).bytes, sessionOpts),
+    };
   }
 }
 

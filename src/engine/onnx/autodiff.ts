@@ -1,5 +1,5 @@
 import { Sym } from './graph.js';
-import type { GraphNode } from './graph.js';
+import type { Graph, GraphNode } from './graph.js';
 import { GELU_TANH, OnnxOps, swapLast } from './ops.js';
 
 type Rule = (o: OnnxOps, n: GraphNode, g: Sym, needs: boolean[]) => (Sym | undefined)[];
@@ -196,4 +196,25 @@ export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[]): Sym[] {
     });
   }
   return wrt.map((s) => total(s.name) ?? o.zeros(s.shape));
+}
+
+/**
+ * The forward values that gradient nodes (those after the first `forwardNodes` nodes) read and that depend on
+ * a graph input: what a forward run must save so the backward graph need not recompute the forward. Values
+ * computed from constants alone are left to the backward graph.
+ */
+export function savedForBackward(graph: Graph, forwardNodes: number): Sym[] {
+  const varying = new Set(graph.inputs.map((s) => s.name));
+  const produced = new Set<string>();
+  graph.nodes.slice(0, forwardNodes).forEach((n) => {
+    for (const o of n.outputs) produced.add(o);
+    if (n.inputs.some((i) => varying.has(i))) for (const o of n.outputs) varying.add(o);
+  });
+  const saved = new Map<string, Sym>();
+  for (const n of graph.nodes.slice(forwardNodes)) {
+    n.inputSyms.forEach((s) => {
+      if (produced.has(s.name) && varying.has(s.name)) saved.set(s.name, s);
+    });
+  }
+  return [...saved.values()];
 }

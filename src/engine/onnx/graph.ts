@@ -97,23 +97,26 @@ export class Graph {
 
   /**
    * The serialised model computing `outputs` from the graph inputs; only the nodes and initializers they need
-   * are kept, and only the inputs they depend on are declared.
+   * are kept, and only the inputs they depend on are declared. `cuts` are computed values fed as inputs
+   * instead (activations saved by a forward run), unless a kept node computes them anyway.
    */
-  toModel(outputs: Record<string, Sym>): { bytes: Uint8Array; inputNames: string[] } {
+  toModel(outputs: Record<string, Sym>, cuts: Sym[] = []): { bytes: Uint8Array; inputNames: string[] } {
+    const cut = new Map(cuts.map((s) => [s.name, s]));
     const needed = new Set<string>();
     const renamed: NodeSpec[] = [];
     for (const s of Object.values(outputs)) needed.add(s.name);
     const kept: GraphNode[] = [];
     for (let i = this.nodes.length - 1; i >= 0; i--) {
       const n = this.nodes[i]!;
-      if (!n.outputs.some((o) => needed.has(o))) continue;
+      if (!n.outputs.some((o) => needed.has(o) && !cut.has(o))) continue;
+      for (const o of n.outputs) cut.delete(o);
       kept.push(n);
       for (const inp of n.inputs) if (inp) needed.add(inp);
     }
     kept.reverse();
     // graph outputs get their requested names through Identity nodes
     for (const [name, s] of Object.entries(outputs)) renamed.push({ op: 'Identity', inputs: [s.name], outputs: [name] });
-    const inputs = this.inputs.filter((s) => needed.has(s.name));
+    const inputs = [...this.inputs, ...cut.values()].filter((s) => needed.has(s.name));
     const initializers: TensorSpec[] = [];
     for (const [name, { sym, data: source }] of this.consts) {
       if (!needed.has(name)) continue;
