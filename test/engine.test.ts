@@ -108,3 +108,24 @@ test('tensor count stays flat across 100 gradient steps', async () => {
   assert.equal(tf.memory().numTensors, before);
   w.dispose();
 });
+
+test('wasm Identity shares the buffer: a clone outlives its source and memory is not duplicated', async () => {
+  await initEngine('wasm');
+  const before = tf.memory().numDataBuffers;
+  const a = tf.tensor1d([1, 2, 3]);
+  const b = tf.clone(a);
+  a.dispose();
+  assert.deepEqual(Array.from(b.dataSync()), [1, 2, 3]);
+  const c = tf.tidy(() => tf.add(b, 1));
+  b.dispose();
+  assert.deepEqual(Array.from(c.dataSync()), [2, 3, 4]);
+  c.dispose();
+  assert.equal(tf.memory().numDataBuffers, before);
+  // a clone (what the tape keeps of each saved input) adds no new buffer
+  const big = tf.randomNormal([1000, 1000]);
+  const buffers = tf.memory().numDataBuffers;
+  const copy = tf.clone(big);
+  assert.equal(tf.memory().numDataBuffers, buffers);
+  copy.dispose();
+  big.dispose();
+});

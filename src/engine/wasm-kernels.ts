@@ -1,11 +1,14 @@
 import * as tf from '@tensorflow/tfjs-core';
 
 /**
- * Two gaps of tfjs-backend-wasm 4.22 that training runs into:
+ * Three gaps of tfjs-backend-wasm 4.22 that training runs into:
  * - no `UnsortedSegmentSum` kernel, which is the gradient of `gather` (embedding lookup, picking [MASK] rows);
  * - `BatchMatMul` with transposeA/transposeB is 8-15x slower than the plain kernel, and every matmul gradient
  *   asks for it. We transpose explicitly (wasm Transpose kernel) and run the plain kernel.
- * Both are installed as wasm kernels so the tape, gradients and tensor bookkeeping stay tfjs's own.
+ * - `Identity` copies its input; the tape clones every tensor the backward pass needs through it, so recording a
+ *   BERT-base forward duplicated every weight and activation and ran out of the 4 GB wasm heap. The fix shares
+ *   the buffer and counts one more reference, as the cpu backend does.
+ * All are installed as wasm kernels so the tape, gradients and tensor bookkeeping stay tfjs's own.
  */
 
 interface WasmBackend {
@@ -22,6 +25,26 @@ export function installWasmKernelFixes(): void {
   installed = true;
   installUnsortedSegmentSum();
   installPlainBatchMatMul();
+  installSharingIdentity();
+}
+
+function installSharingIdentity(): void {
+  const original = tf.getKernel('Identity', 'wasm');
+  if (!original) return;
+  tf.unregisterKernel('Identity', 'wasm');
+  tf.registerKernel({
+    kernelName: 'Identity',
+    backendName: 'wasm',
+    kernelFunc: (args) => {
+      const x = (args.inputs as { x: tf.TensorInfo }).x;
+      const entry = (args.backend as unknown as { dataIdMap: { get(id: object): { refCount: number } | undefined } }).dataIdMap.get(
+        x.dataId,
+      );
+      if (x.dtype === 'string' || !entry) return original.kernelFunc(args);
+      entry.refCount++;
+      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+    },
+  });
 }
 
 function installUnsortedSegmentSum(): void {
