@@ -9,6 +9,7 @@ import { SyntheticTokenizer } from '../src/models/common.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 import { exportPeft, importPeft } from '../src/train/export.js';
 import { readRecords } from '../src/data/read.js';
+import { readSafetensors } from '../src/engine/safetensors.js';
 import type { LanguageModel } from '../src/models/lm.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
@@ -149,4 +150,33 @@ test('PEFT export then import gives identical predictions', async () => {
   assert.deepEqual(items[0]!.ex.pseudoPositions, [0, 1, 2, 3]);
   assert.equal(items[0]!.ex.ids[4], 101);
   peftSession.dispose();
+});
+
+test('--tune-lm trains the LM weights too, with their own learning rate, and checkpoints them', async () => {
+  await initEngine('wasm');
+  const tok = new SyntheticTokenizer(40);
+  const lm = createRandomModel('gpt2', { vocabSize: 40, hiddenSize: 16, numLayers: 1, numHeads: 2, intermediateSize: 32, maxPositions: 32 }, 9, tok, { trainable: true });
+  const cfg: RunConfig = {
+    version: 1,
+    model: 'random',
+    template: '{x} [P*2] [MASK]',
+    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
+    encoder: { type: 'lstm', seed: 2 },
+    maxLength: 16,
+    skipTooLong: false,
+    loop: { ...DEFAULT_LOOP, epochs: 2, batchSize: 2, saveEvery: 0 },
+    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmLr: 1e-2, lmWeightDecay: 0.1 },
+  };
+  const s = await PTuningSession.create(cfg, lm);
+  const names = [...s.trainedParams().keys()];
+  assert.ok(names.some((n) => n.startsWith('lm.')) && names.some((n) => n.startsWith('encoder.')));
+  const wte = [...lm.parameters()].find(([k]) => k.endsWith('wte.weight'))![1];
+  const before = wte.dataSync().slice();
+  const data = [{ x: 'w7 w8', y: 'a' }, { x: 'w9', y: 'b' }, { x: 'w12 w13', y: 'a' }, { x: 'w14', y: 'b' }];
+  const dir = tmp();
+  s.train({ runDir: dir, train: data, dev: data });
+  assert.notDeepEqual(wte.dataSync(), before);
+  const saved = readSafetensors(path.join(dir, 'last/params.safetensors')).tensors;
+  assert.ok([...saved.keys()].some((k) => k.startsWith('lm.')));
+  s.dispose();
 });
