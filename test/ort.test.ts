@@ -104,14 +104,20 @@ test('ORT logits match golden.json (bert-mini-lama, gpt2-mini-lama) through load
   }
 });
 
-test('ORT Llama (stories260K, GQA + interleaved RoPE) hidden states equal tfjs', async () => {
+test('ORT Llama (stories260K, GQA + interleaved RoPE) hidden states and logits equal tfjs', async () => {
   const lm = await loadModel(modelDir('stories260K'), { engine: 'tfjs' });
   const ort = new OrtLM(lm);
   tf.tidy(() => {
     const ids = tf.tensor2d([[1, 30, 40, 50, 60, 70], [0, 0, 1, 80, 90, 100]], [2, 6], 'int32');
     const batch = { embeds: lm.embed(ids), attentionMask: tf.tensor2d([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], [2, 6], 'int32') };
-    const d = maxAbsDiff(ort.run(batch), lm.run(batch));
+    const [hOrt, hTf] = [ort.run(batch), lm.run(batch)];
+    const d = maxAbsDiff(hOrt, hTf);
     assert.ok(d < 1e-4, `llama: max |ORT - tfjs| = ${d}`);
+    const at = tf.tensor1d([5, 5], 'int32');
+    const cand = tf.tensor1d([3, 17, 200], 'int32');
+    const dl = maxAbsDiff(ort.logitsAt(hOrt, at), lm.logitsAt(hTf, at));
+    const dc = maxAbsDiff(ort.logitsAt(hOrt, at, cand), lm.logitsAt(hTf, at, cand));
+    assert.ok(dl < 1e-4 && dc < 1e-4, `llama logits: max |ORT - tfjs| = ${dl} (full), ${dc} (candidates)`);
   });
   ort.dispose();
 });
@@ -171,7 +177,7 @@ test('ORT embedding gradients match central finite differences on tiny random BE
   await initEngine('wasm');
 });
 
-test('ORT weight gradients (full fine-tuning) equal tfjs gradients for every weight the LM body reads', () => {
+test('ORT weight gradients (full fine-tuning, body and output head) equal tfjs gradients for every weight', () => {
   const cfg = { vocabSize: 60, hiddenSize: 16, numLayers: 2, numHeads: 2, intermediateSize: 32, maxPositions: 24 };
   const tok = new SyntheticTokenizer(60);
   for (const family of ['bert', 'gpt2'] as const) {

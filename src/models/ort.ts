@@ -1,8 +1,8 @@
 import { tf } from '../engine/index.js';
 import { Graph, OnnxOps, OrtSession, gradients, savedForBackward, type HostTensor, type Sym } from '../engine/onnx/index.js';
-import { BertLM, bertHidden, bertWeights } from './bert.js';
-import { Gpt2LM, gpt2Hidden, gpt2Weights } from './gpt2.js';
-import { LlamaLM, attentionBias, llamaForward, positionsFromMask, ropeAt, ropeTables } from './llama.js';
+import { BertLM, bertHidden, bertLogitsAt, bertWeights } from './bert.js';
+import { Gpt2LM, gpt2Hidden, gpt2LogitsAt, gpt2Weights } from './gpt2.js';
+import { LlamaLM, attentionBias, llamaForward, llamaLogitsAt, positionsFromMask, ropeAt, ropeTables } from './llama.js';
 import type { KvCache, LanguageModel, LmBatch } from './lm.js';
 
 type Tensor = tf.Tensor;
@@ -25,21 +25,41 @@ interface HiddenInputs {
   tokenTypeIds?: Sym;
 }
 
-type HiddenFn = (o: OnnxOps, weight: (name: string) => Sym, inp: HiddenInputs) => Sym;
+type Weight = (name: string) => Sym;
 
-/** The tfjs model's own forward function, run on symbolic tensors. */
-function hiddenFunction(base: LanguageModel): HiddenFn {
-  if (base instanceof BertLM) return (o, w, inp) => bertHidden(o, bertWeights(base.config, w), base.config, inp);
-  if (base instanceof Gpt2LM) return (o, w, inp) => gpt2Hidden(o, gpt2Weights(base.config, w), base.config, inp);
+/** The tfjs model's own functions (hidden states, logits at positions), run on symbolic tensors. */
+interface ModelFunctions {
+  hidden(o: OnnxOps, w: Weight, inp: HiddenInputs): Sym;
+  logitsAt(o: OnnxOps, w: Weight, hidden: Sym, positions: Sym, candidates?: Sym): Sym;
+}
+
+function modelFunctions(base: LanguageModel): ModelFunctions {
+  if (base instanceof BertLM) {
+    const c = base.config;
+    return {
+      hidden: (o, w, inp) => bertHidden(o, bertWeights(c, w), c, inp),
+      logitsAt: (o, w, h, p, cand) => bertLogitsAt(o, bertWeights(c, w), c, h, p, cand),
+    };
+  }
+  if (base instanceof Gpt2LM) {
+    const c = base.config;
+    return {
+      hidden: (o, w, inp) => gpt2Hidden(o, gpt2Weights(c, w), c, inp),
+      logitsAt: (o, w, h, p, cand) => gpt2LogitsAt(o, gpt2Weights(c, w), h, p, cand),
+    };
+  }
   if (base instanceof LlamaLM) {
     const c = base.config;
     const { cos, sin } = ropeTables(c);
     const half = c.hiddenSize / c.numHeads / 2;
-    return (o, w, inp) => {
-      const s = inp.embeds.shape[1]!;
-      const positions = inp.positionIds ?? positionsFromMask(o, inp.attentionMask);
-      const rope = ropeAt(o, o.constFloat(cos, [c.maxPositions, half]), o.constFloat(sin, [c.maxPositions, half]), positions);
-      return llamaForward(o, w, c, inp.embeds, rope, attentionBias(o, s, 0, inp.attentionMask)).hidden;
+    return {
+      hidden: (o, w, inp) => {
+        const s = inp.embeds.shape[1]!;
+        const positions = inp.positionIds ?? positionsFromMask(o, inp.attentionMask);
+        const rope = ropeAt(o, o.constFloat(cos, [c.maxPositions, half]), o.constFloat(sin, [c.maxPositions, half]), positions);
+        return llamaForward(o, w, c, inp.embeds, rope, attentionBias(o, s, 0, inp.attentionMask)).hidden;
+      },
+      logitsAt: (o, w, h, p, cand) => llamaLogitsAt(o, w, c, h, p, cand),
     };
   }
   throw new Error(`ort engine: ${base.info.source} (${base.info.family}) is not a BertLM, Gpt2LM or LlamaLM`);
@@ -47,7 +67,7 @@ function hiddenFunction(base: LanguageModel): HiddenFn {
 
 /**
  * Inference: `forward` only. Training: `forward` also outputs the activations the gradient reads (`saved`,
- * as `save:<name>`), and `backward` takes them back with d_hidden, so the forward is never recomputed.
+ * as `save:<name>`), and `backward` takes them back with d_out, so the forward is never recomputed.
  */
 interface Compiled {
   forward: OrtSession;
@@ -66,12 +86,26 @@ function gradientRecording(): boolean {
   return engine.state.gradientDepth > 0;
 }
 
-/** Which optional inputs a batch carries; part of the session key. */
-interface Shape {
-  b: number;
-  s: number;
-  positions: boolean;
-  types: boolean;
+type FnName = 'body' | 'head';
+
+/**
+ * One model function as a graph: `build` declares the graph inputs (the differentiable float input named
+ * "x", integer side inputs by their feed names) and returns the output.
+ */
+interface FnCall {
+  fn: FnName;
+  /** shapes and optional inputs, for the session cache */
+  key: string;
+  build(g: Graph, o: OnnxOps, w: Weight): { x: Sym; out: Sym };
+  /** every input, "x" included, already padded to the graph's shapes */
+  feeds: Record<string, HostTensor>;
+  /** the tfjs tensor "x" came from (gradients flow back to it) */
+  x: Tensor;
+  outShape: number[];
+  /** graph output → outShape; tfjs gradient of the output → graph shape; graph gradient of x → x's shape */
+  unpadOut(d: Float32Array): Float32Array;
+  padDOut(d: Float32Array): Float32Array;
+  unpadDx(d: Float32Array): Float32Array;
 }
 
 const WEIGHT_PREFIX = 'param:';
@@ -79,9 +113,10 @@ const GRAD_PREFIX = 'grad:';
 const SAVE_PREFIX = 'save:';
 
 /**
- * A LanguageModel whose `run` (input embeddings → hidden states) executes as an ONNX Runtime graph compiled
- * from the same model code, and whose gradient runs a reverse-mode graph derived from it. `embed`, `logitsAt`,
- * `decodeStep` and the weights stay with the tfjs model, which remains the reference.
+ * A LanguageModel whose `run` (input embeddings → hidden states) and `logitsAt` execute as ONNX Runtime graphs
+ * compiled from the same model code, with gradients from reverse-mode graphs derived from them and handed to
+ * tfjs's tape through tf.customGrad. `embed`, `decodeStep` and the weights stay with the tfjs model, which
+ * remains the reference.
  *
  * Frozen weights are baked into each session as initializers (read once at compile time: change them and
  * sessions must be dropped with `resetSessions`); trainable weights (tf.Variable.trainable) are fed on every
@@ -91,12 +126,11 @@ export class OrtLM implements LanguageModel {
   readonly info: LanguageModel['info'];
   readonly tokenizer: LanguageModel['tokenizer'];
   readonly decodeStep?: (ids: Tensor, cache: KvCache | null) => { logits: Tensor; cache: KvCache };
-  private readonly hidden: HiddenFn;
-  private readonly sessions = new Map<string, Compiled>();
-  private usedWeights: Set<string> | null = null;
-  private readonly opts: Required<OrtOptions>;
-
   readonly base: LanguageModel;
+  private readonly fns: ModelFunctions;
+  private readonly sessions = new Map<string, Compiled>();
+  private readonly usedWeights = new Map<FnName, Set<string>>();
+  private readonly opts: Required<OrtOptions>;
 
   /** `base`: the tfjs model (an OrtLM is unwrapped to its tfjs model). */
   constructor(base: LanguageModel, opts: OrtOptions = {}) {
@@ -104,17 +138,13 @@ export class OrtLM implements LanguageModel {
     base = this.base;
     this.info = base.info;
     this.tokenizer = base.tokenizer;
-    this.hidden = hiddenFunction(base);
+    this.fns = modelFunctions(base);
     if (base.decodeStep) this.decodeStep = base.decodeStep.bind(base);
     this.opts = { threads: opts.threads ?? 0, seqBucket: opts.seqBucket ?? 8, maxSessions: opts.maxSessions ?? 8, spin: opts.spin ?? false };
   }
 
   embed(ids: Tensor): Tensor {
     return this.base.embed(ids);
-  }
-
-  logitsAt(hidden: Tensor, positions: Tensor, candidates?: Tensor): Tensor {
-    return this.base.logitsAt(hidden, positions, candidates);
   }
 
   parameters(): Map<string, tf.Variable> {
@@ -126,39 +156,67 @@ export class OrtLM implements LanguageModel {
     if (s > this.info.maxPositions) {
       throw new Error(`${this.info.family}: sequence of ${s} tokens exceeds the ${this.info.maxPositions} positions of ${this.info.source}`);
     }
-    const sp = Math.min(Math.ceil(s / this.opts.seqBucket) * this.opts.seqBucket, this.info.maxPositions);
-    const shape: Shape = { b, s: sp, positions: !!batch.positionIds, types: !!batch.tokenTypeIds };
+    const sp = this.bucket(s);
     const feeds: Record<string, HostTensor> = {
-      embeds: { data: padRows(batch.embeds.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] },
+      x: { data: padRows(batch.embeds.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] },
       attention_mask: { data: padRows(toInt32(batch.attentionMask), b, s, sp, 1), dims: [b, sp] },
     };
     if (batch.positionIds) feeds.position_ids = { data: padRows(toInt32(batch.positionIds), b, s, sp, 1), dims: [b, sp] };
     if (batch.tokenTypeIds) feeds.token_type_ids = { data: padRows(toInt32(batch.tokenTypeIds), b, s, sp, 1), dims: [b, sp] };
-    const trainable = this.trainableWeights();
-    const names = trainable.map(([n]) => n);
-    const kind = gradientRecording() ? 'train' : 'infer';
-    const forward = tf.customGrad((...args: unknown[]) => {
-      const weights = args.slice(1, 1 + trainable.length) as Tensor[];
-      weights.forEach((v, i) => (feeds[WEIGHT_PREFIX + names[i]!] = { data: v.dataSync() as Float32Array, dims: v.shape }));
-      const compiled = this.session(kind, shape, names);
-      const out = compiled.forward.run(feeds, ['hidden', ...compiled.saved.map((n) => SAVE_PREFIX + n)]);
-      const value = tf.tensor(unpadRows(out.hidden!.data as Float32Array, b, sp, s, h), [b, s, h]);
-      const gradFunc = (dy: Tensor): Tensor[] => {
-        if (!compiled.backward) throw new Error('ort engine: gradient requested outside tf.grad / tf.variableGrads');
-        const backFeeds: Record<string, HostTensor> = { ...feeds };
-        for (const n of compiled.saved) backFeeds[n] = out[SAVE_PREFIX + n]!;
-        backFeeds.d_hidden = { data: padRows(dy.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] };
-        const outputs = ['d_embeds', ...names.map((n) => GRAD_PREFIX + n)];
-        const r = compiled.backward.run(backFeeds, outputs);
-        const dEmbeds = tf.tensor(unpadRows(r.d_embeds!.data as Float32Array, b, sp, s, h), [b, s, h]);
-        return [dEmbeds, ...weights.map((v, i) => tf.tensor(r[outputs[i + 1]!]!.data as Float32Array, v.shape))];
-      };
-      return { value, gradFunc };
+    const positions = !!batch.positionIds;
+    const types = !!batch.tokenTypeIds;
+    return this.call({
+      fn: 'body',
+      key: `${b}x${sp} p${+positions} t${+types}`,
+      build: (g, o, w) => {
+        const x = g.input('x', [b, sp, h], 'float32');
+        const inp: HiddenInputs = {
+          embeds: x,
+          attentionMask: g.input('attention_mask', [b, sp], 'int32'),
+          ...(positions && { positionIds: g.input('position_ids', [b, sp], 'int32') }),
+          ...(types && { tokenTypeIds: g.input('token_type_ids', [b, sp], 'int32') }),
+        };
+        return { x, out: this.fns.hidden(o, w, inp) };
+      },
+      feeds,
+      x: batch.embeds,
+      outShape: [b, s, h],
+      unpadOut: (d) => unpadRows(d, b, sp, s, h),
+      padDOut: (d) => padRows(d, b, s, sp, h),
+      unpadDx: (d) => unpadRows(d, b, sp, s, h),
     });
-    return (forward as (...t: Tensor[]) => Tensor)(batch.embeds, ...trainable.map(([, v]) => v));
   }
 
-  /** Number of compiled ONNX Runtime sessions held. */
+  logitsAt(hidden: Tensor, positions: Tensor, candidates?: Tensor): Tensor {
+    const [b, s, h] = hidden.shape as [number, number, number];
+    const sp = this.bucket(s);
+    const c = candidates?.shape[0];
+    const feeds: Record<string, HostTensor> = {
+      x: { data: padRows(hidden.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] },
+      positions: { data: toInt32(positions), dims: [b] },
+    };
+    if (candidates) feeds.candidates = { data: toInt32(candidates), dims: [c!] };
+    const width = c ?? this.info.vocabSize;
+    const same = (d: Float32Array) => d;
+    return this.call({
+      fn: 'head',
+      key: `${b}x${sp} c${c ?? 'all'}`,
+      build: (g, o, w) => {
+        const x = g.input('x', [b, sp, h], 'float32');
+        const pos = g.input('positions', [b], 'int32');
+        const cand = candidates ? g.input('candidates', [c!], 'int32') : undefined;
+        return { x, out: this.fns.logitsAt(o, w, x, pos, cand) };
+      },
+      feeds,
+      x: hidden,
+      outShape: [b, width],
+      unpadOut: same,
+      padDOut: same,
+      unpadDx: (d) => unpadRows(d, b, sp, s, h),
+    });
+  }
+
+  /** Number of compiled ONNX Runtime sessions held (a training entry counts once for its two sessions). */
   get sessionCount(): number {
     return this.sessions.size;
   }
@@ -174,34 +232,55 @@ export class OrtLM implements LanguageModel {
     this.base.dispose();
   }
 
-  /** Trainable weights that the hidden states depend on (not, e.g., the output head), in a fixed order. */
-  private trainableWeights(): [string, tf.Variable][] {
+  private bucket(s: number): number {
+    return Math.min(Math.ceil(s / this.opts.seqBucket) * this.opts.seqBucket, Math.max(s, this.info.maxPositions));
+  }
+
+  private call(f: FnCall): Tensor {
+    const trainable = this.trainableWeights(f);
+    const names = trainable.map(([n]) => n);
+    const kind = gradientRecording() ? 'train' : 'infer';
+    const feeds = f.feeds;
+    const forward = tf.customGrad((...args: unknown[]) => {
+      const weights = args.slice(1, 1 + trainable.length) as Tensor[];
+      weights.forEach((v, i) => (feeds[WEIGHT_PREFIX + names[i]!] = { data: v.dataSync() as Float32Array, dims: v.shape }));
+      const compiled = this.session(f, kind, names);
+      const out = compiled.forward.run(feeds, ['out', ...compiled.saved.map((n) => SAVE_PREFIX + n)]);
+      const value = tf.tensor(f.unpadOut(out.out!.data as Float32Array), f.outShape);
+      const gradFunc = (dy: Tensor): Tensor[] => {
+        if (!compiled.backward) throw new Error('ort engine: gradient requested outside tf.grad / tf.variableGrads');
+        const backFeeds: Record<string, HostTensor> = { ...feeds };
+        for (const n of compiled.saved) backFeeds[n] = out[SAVE_PREFIX + n]!;
+        backFeeds.d_out = { data: f.padDOut(dy.dataSync() as Float32Array), dims: out.out!.dims };
+        const outputs = ['d_x', ...names.map((n) => GRAD_PREFIX + n)];
+        const r = compiled.backward.run(backFeeds, outputs);
+        const dx = tf.tensor(f.unpadDx(r.d_x!.data as Float32Array), f.x.shape);
+        return [dx, ...weights.map((v, i) => tf.tensor(r[outputs[i + 1]!]!.data as Float32Array, v.shape))];
+      };
+      return { value, gradFunc };
+    });
+    return (forward as (...t: Tensor[]) => Tensor)(f.x, ...trainable.map(([, v]) => v));
+  }
+
+  /** Trainable weights that `f` reads (the body never reads the output head), in a fixed order. */
+  private trainableWeights(f: FnCall): [string, tf.Variable][] {
     const params = this.base.parameters();
     const trainable = [...params].filter(([, v]) => v.trainable);
     if (trainable.length === 0) return [];
-    if (!this.usedWeights) {
+    let used = this.usedWeights.get(f.fn);
+    if (!used) {
       const g = new Graph();
       const o = new OnnxOps(g);
-      const weight = (name: string) => g.input(WEIGHT_PREFIX + name, params.get(name)!.shape, 'float32');
-      const hidden = this.hidden(o, weight, this.symbolicInputs(g, { b: 1, s: 1, positions: false, types: true }));
-      const names = g.toModel({ hidden }).inputNames.filter((n) => n.startsWith(WEIGHT_PREFIX));
-      this.usedWeights = new Set(names.map((n) => n.slice(WEIGHT_PREFIX.length)));
+      const { out } = f.build(g, o, (name) => g.input(WEIGHT_PREFIX + name, params.get(name)!.shape, 'float32'));
+      const names = g.toModel({ out }).inputNames.filter((n) => n.startsWith(WEIGHT_PREFIX));
+      used = new Set(names.map((n) => n.slice(WEIGHT_PREFIX.length)));
+      this.usedWeights.set(f.fn, used);
     }
-    return trainable.filter(([name]) => this.usedWeights!.has(name));
+    return trainable.filter(([name]) => used.has(name));
   }
 
-  private symbolicInputs(g: Graph, shape: Shape): HiddenInputs {
-    const { b, s } = shape;
-    return {
-      embeds: g.input('embeds', [b, s, this.info.hiddenSize], 'float32'),
-      attentionMask: g.input('attention_mask', [b, s], 'int32'),
-      ...(shape.positions && { positionIds: g.input('position_ids', [b, s], 'int32') }),
-      ...(shape.types && { tokenTypeIds: g.input('token_type_ids', [b, s], 'int32') }),
-    };
-  }
-
-  private session(kind: 'infer' | 'train', shape: Shape, trainableNames: string[]): Compiled {
-    const key = `${kind} ${shape.b}x${shape.s} p${+shape.positions} t${+shape.types} w${trainableNames.length}`;
+  private session(f: FnCall, kind: 'infer' | 'train', trainableNames: string[]): Compiled {
+    const key = `${f.fn} ${kind} ${f.key} w${trainableNames.length}`;
     const hit = this.sessions.get(key);
     if (hit) {
       // most recently used last
@@ -209,7 +288,7 @@ export class OrtLM implements LanguageModel {
       this.sessions.set(key, hit);
       return hit;
     }
-    const compiled = this.compile(kind, shape, trainableNames);
+    const compiled = this.compile(f, kind, trainableNames);
     this.sessions.set(key, compiled);
     while (this.sessions.size > this.opts.maxSessions) {
       const [oldest, c] = this.sessions.entries().next().value as [string, Compiled];
@@ -219,7 +298,7 @@ export class OrtLM implements LanguageModel {
     return compiled;
   }
 
-  private compile(kind: 'infer' | 'train', shape: Shape, trainableNames: string[]): Compiled {
+  private compile(f: FnCall, kind: 'infer' | 'train', trainableNames: string[]): Compiled {
     const g = new Graph();
     const o = new OnnxOps(g);
     const params = this.base.parameters();
@@ -236,17 +315,16 @@ export class OrtLM implements LanguageModel {
       syms.set(name, sym);
       return sym;
     };
-    const inputs = this.symbolicInputs(g, shape);
-    const hidden = this.hidden(o, weight, inputs);
+    const { x, out } = f.build(g, o, weight);
     const sessionOpts = { threads: this.opts.threads || undefined, spin: this.opts.spin };
-    if (kind === 'infer') return { forward: new OrtSession(g.toModel({ hidden }).bytes, sessionOpts), saved: [] };
+    if (kind === 'infer') return { forward: new OrtSession(g.toModel({ out }).bytes, sessionOpts), saved: [] };
     const forwardNodes = g.nodes.length;
-    const dHidden = g.input('d_hidden', hidden.shape, 'float32');
-    const grads = gradients(o, hidden, dHidden, [inputs.embeds, ...trainableNames.map(weight)]);
+    const dOut = g.input('d_out', out.shape, 'float32');
+    const grads = gradients(o, out, dOut, [x, ...trainableNames.map(weight)]);
     const saved = savedForBackward(g, forwardNodes);
-    const fwdOutputs: Record<string, Sym> = { hidden };
+    const fwdOutputs: Record<string, Sym> = { out };
     for (const v of saved) fwdOutputs[SAVE_PREFIX + v.name] = v;
-    const bwdOutputs: Record<string, Sym> = { d_embeds: grads[0]! };
+    const bwdOutputs: Record<string, Sym> = { d_x: grads[0]! };
     trainableNames.forEach((n, i) => (bwdOutputs[GRAD_PREFIX + n] = grads[i + 1]!));
     return {
       forward: new OrtSession(g.toModel(fwdOutputs).bytes, sessionOpts),

@@ -105,10 +105,15 @@ const RULES: Record<string, Rule> = {
   Gather: (o, n, g, needs) => {
     if (!needs[0]) return [];
     const [table, ids] = n.inputSyms as [Sym, Sym];
-    if ((n.attrs!.axis as number) !== 0) throw new Error('onnx autodiff: Gather is differentiable along axis 0 only');
+    const axis = n.attrs!.axis as number;
     const idx = o.reshape(o.cast(ids, 'int64'), [...ids.shape, 1]);
-    const grad = o.graph.op1('ScatterND', [o.zeros(table.shape), idx, g], table.shape, 'float32', { reduction: 'add' });
-    return [grad];
+    const scatter = (shape: number[], updates: Sym) =>
+      o.graph.op1('ScatterND', [o.zeros(shape), idx, updates], shape, 'float32', { reduction: 'add' });
+    if (axis === 0) return [scatter(table.shape, g)];
+    // columns of a matrix (an untied output head restricted to candidates): scatter rows of the transpose
+    if (axis !== 1 || table.rank !== 2 || ids.rank !== 1) throw new Error('onnx autodiff: Gather is differentiable along axis 0, or axis 1 of a matrix with 1-D ids');
+    const [r, c] = table.shape as [number, number];
+    return [o.transpose(scatter([c, r], o.transpose(g, [1, 0])), [1, 0])];
   },
   ReduceSum: (o, n, g) => [o.expandTo(o.reshape(g, keptShape(n)), n.inputSyms[0]!.shape)],
   ReduceMean: (o, n, g) => {
