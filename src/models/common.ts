@@ -1,6 +1,7 @@
 import { tf, type Ops } from '../engine/index.js';
 import type { StoredTensor } from '../engine/safetensors.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
+import type { KvCache } from './lm.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Transformer pieces shared by BERT and GPT-2, written against Ops<T>.
@@ -255,5 +256,43 @@ export class SyntheticTokenizer implements TextTokenizer {
   decode(ids: number[], opts: { skipSpecial?: boolean } = {}): string {
     const keep = opts.skipSpecial ? ids.filter((id) => id >= SyntheticTokenizer.names.length) : ids;
     return keep.map((id) => this.idToToken(id) ?? '[UNK]').join(' ');
+  }
+}
+
+export type LayerKv<T> = { k: T; v: T };
+
+/**
+ * Key/value cache of a causal LM on tfjs: each layer's keys and values for every position so far. `decodeStep`
+ * advances it in place (releasing the previous tensors) and returns it.
+ */
+export class LayerKvCache implements KvCache {
+  private constructor(
+    readonly owner: object,
+    public layers: LayerKv<tf.Tensor>[],
+    public length: number,
+  ) {}
+
+  /** The cache to continue from: null for a fresh start; an error if another model made it. */
+  static check(cache: KvCache | null, owner: object, family: string): LayerKvCache | null {
+    if (cache !== null && (!(cache instanceof LayerKvCache) || cache.owner !== owner)) {
+      throw new Error(`${family} decodeStep: the cache was made by a different model`);
+    }
+    return cache;
+  }
+
+  /** Keeps `layers` (outside any tidy) as the new state of `cache`, or of a new cache when there is none. */
+  static advance(cache: LayerKvCache | null, owner: object, layers: LayerKv<tf.Tensor>[], length: number): LayerKvCache {
+    for (const { k, v } of layers) tf.keep(k), tf.keep(v);
+    if (!cache) return new LayerKvCache(owner, layers, length);
+    cache.dispose();
+    cache.layers = layers;
+    cache.length = length;
+    return cache;
+  }
+
+  dispose(): void {
+    for (const { k, v } of this.layers) tf.dispose([k, v]);
+    this.layers = [];
+    this.length = 0;
   }
 }

@@ -6,6 +6,7 @@ import {
   attentionBias,
   countParameters,
   exportHfTensors,
+  LayerKvCache,
   makeVariables,
   mergeHeads,
   positionsFromMask,
@@ -13,6 +14,7 @@ import {
   scaledDotAttention,
   splitHeads,
   tiedLogits,
+  type LayerKv,
   type Linear,
   type Norm,
   type ParamSpec,
@@ -171,7 +173,6 @@ export function gpt2Weights<T>(cfg: Gpt2Config, get: (name: string) => T): Gpt2W
 // The forward pass.
 
 /** keys and values [B, heads, K, headDim] (a type alias, so tf.tidy can return it) */
-export type LayerKv<T> = { k: T; v: T };
 
 /** Causal self-attention; `past` holds the keys/values of earlier positions (incremental decoding). */
 export function gpt2Attention<T>(
@@ -235,20 +236,6 @@ export function gpt2LogitsAt<T>(o: Ops<T>, w: Gpt2Weights<T>, hidden: T, positio
 // ---------------------------------------------------------------------------------------------------------
 // The LanguageModel on tfjs.
 
-class Gpt2KvCache implements KvCache {
-  constructor(
-    readonly owner: Gpt2LM,
-    public layers: LayerKv<Tensor>[],
-    public length: number,
-  ) {}
-
-  dispose(): void {
-    for (const { k, v } of this.layers) tf.dispose([k, v]);
-    this.layers = [];
-    this.length = 0;
-  }
-}
-
 export class Gpt2LM implements LanguageModel {
   readonly info: ModelInfo;
   private readonly vars: Map<string, tf.Variable>;
@@ -303,26 +290,19 @@ export class Gpt2LM implements LanguageModel {
    * advanced in place (its old tensors are released) and returned; dispose it when generation is done.
    */
   decodeStep(ids: Tensor, cache: KvCache | null): { logits: Tensor; cache: KvCache } {
-    if (cache !== null && (!(cache instanceof Gpt2KvCache) || cache.owner !== this)) {
-      throw new Error('gpt2 decodeStep: the cache was made by a different model');
-    }
+    const past = LayerKvCache.check(cache, this, 'gpt2');
     const [b, n] = ids.shape as [number, number];
     if (b !== 1) throw new Error(`gpt2 decodeStep: ids must be [1, n], got [${ids.shape.join(', ')}]`);
-    const pastLen = cache?.length ?? 0;
+    const pastLen = past?.length ?? 0;
     this.checkLength(pastLen + n);
     const result = tf.tidy(() => {
       const o = tfOps;
       const positions = o.constInt(Array.from({ length: n }, (_, i) => pastLen + i), [1, n]);
       const bias = attentionBias(o, { causal: { queryLen: n, pastLen } });
-      const { hidden, kv } = gpt2Forward(o, this.w, this.config, this.embed(ids), positions, bias, cache?.layers);
+      const { hidden, kv } = gpt2Forward(o, this.w, this.config, this.embed(ids), positions, bias, past?.layers);
       return { logits: gpt2LogitsAt(o, this.w, hidden, o.constInt([n - 1], [1])), kv };
     });
-    for (const { k, v } of result.kv) tf.keep(k), tf.keep(v);
-    if (!cache) return { logits: result.logits, cache: new Gpt2KvCache(this, result.kv, n) };
-    cache.dispose();
-    cache.layers = result.kv;
-    cache.length = pastLen + n;
-    return { logits: result.logits, cache };
+    return { logits: result.logits, cache: LayerKvCache.advance(past, this, result.kv, pastLen + n) };
   }
 
   parameters(): Map<string, tf.Variable> {

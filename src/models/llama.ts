@@ -6,6 +6,7 @@ import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import type { KvCache, LanguageModel, LmBatch, ModelInfo, SpecialIds } from './lm.js';
+import { LayerKvCache, type LayerKv } from './common.js';
 
 type Tensor = tf.Tensor;
 
@@ -67,11 +68,8 @@ const isLinear = (name: string) => name.includes('_proj.') || name === 'lm_head.
 
 export type Weights<T> = (name: string) => T;
 
-export interface LayerKv<T> {
-  /** [B, kvHeads, T, headDim], rotary already applied */
-  k: T;
-  v: T;
-}
+/** keys [B, kvHeads, T, headDim] have the rotary embedding already applied */
+export type { LayerKv } from './common.js';
 
 /** cos/sin tables [maxPositions, headDim/2] for RoPE frequencies theta^(-2i/headDim). */
 export function ropeTables(c: LlamaConfig): { cos: Float32Array; sin: Float32Array } {
@@ -189,20 +187,6 @@ export function llamaLogitsAt<T>(o: Ops<T>, w: Weights<T>, c: LlamaConfig, hidde
 // ---------------------------------------------------------------------------------------------------------
 // The LanguageModel on tfjs.
 
-class LlamaKvCache implements KvCache {
-  constructor(
-    readonly owner: LlamaLM,
-    public layers: LayerKv<Tensor>[],
-    public length: number,
-  ) {}
-
-  dispose(): void {
-    for (const { k, v } of this.layers) tf.dispose([k, v]);
-    this.layers = [];
-    this.length = 0;
-  }
-}
-
 export class LlamaLM implements LanguageModel {
   readonly info: ModelInfo;
   private readonly vars: Map<string, tf.Variable>;
@@ -286,28 +270,22 @@ export class LlamaLM implements LanguageModel {
    * released) and returned; dispose it when generation is done.
    */
   decodeStep(ids: Tensor, cache: KvCache | null): { logits: Tensor; cache: KvCache } {
-    if (cache !== null && (!(cache instanceof LlamaKvCache) || cache.owner !== this)) {
-      throw new Error('llama decodeStep: the cache was made by a different model');
-    }
+    const past = LayerKvCache.check(cache, this, 'llama');
     const [b, n] = ids.shape as [number, number];
     if (b !== 1) throw new Error(`llama decodeStep: ids must be [1, n], got [${ids.shape}]`);
-    const pastLen = cache?.length ?? 0;
+    const pastLen = past?.length ?? 0;
     this.checkLength(pastLen + n);
     const result = tf.tidy(() => {
       const o = tfOps;
       const positions = o.constInt(Array.from({ length: n }, (_, i) => pastLen + i), [1, n]);
       const rope = ropeAt(o, this.cosTable, this.sinTable, positions);
       const bias = attentionBias(o, n, pastLen);
-      const { hidden, kv } = llamaForward(o, this.w, this.config, this.embed(ids), rope, bias, cache?.layers);
+      const { hidden, kv } = llamaForward(o, this.w, this.config, this.embed(ids), rope, bias, past?.layers);
       const logits = llamaLogitsAt(o, this.w, this.config, hidden, o.constInt([n - 1], [1]));
       return { logits, ks: kv.map((l) => l.k), vs: kv.map((l) => l.v) };
     });
-    const layers = result.ks.map((k, i) => ({ k: tf.keep(k), v: tf.keep(result.vs[i]!) }));
-    if (!cache) return { logits: result.logits, cache: new LlamaKvCache(this, layers, n) };
-    cache.dispose();
-    cache.layers = layers;
-    cache.length = pastLen + n;
-    return { logits: result.logits, cache };
+    const layers = result.ks.map((k, i) => ({ k, v: result.vs[i]! }));
+    return { logits: result.logits, cache: LayerKvCache.advance(past, this, layers, pastLen + n) };
   }
 
   parameters(): Map<string, tf.Variable> {
