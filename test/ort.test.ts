@@ -222,6 +222,21 @@ test('sessions are cached per shape bucket: lengths 9..16 share one forward sess
   assert.equal(ort.sessionCount, 0);
 });
 
+test('a byte budget evicts least recently used sessions; a gradient whose session was evicted still comes out right', () => {
+  const ort = new OrtLM(bert, { maxSessionBytes: 1 });
+  tf.tidy(() => {
+    const batch = batchOf(bert, [10, 8]);
+    const at = tf.tensor1d([3, 5], 'int32');
+    const loss = (lm: LanguageModel) => (e: tf.Tensor) => tf.sum(lm.logitsAt(lm.run({ ...batch, embeds: e }), at));
+    const want = tf.grad(loss(bert))(batch.embeds);
+    const got = tf.grad(loss(ort))(batch.embeds);
+    const rel = maxAbsDiff(got, want) / maxAbs(want);
+    assert.ok(rel < 1e-4, `relative gradient error ${rel}`);
+  });
+  assert.equal(ort.sessionCount, 1);
+  ort.resetSessions();
+});
+
 test('the engine option: explicit choice, PTUNE_ENGINE, and a one-line error for an unknown engine', async () => {
   assert.equal(resolveEngine({ engine: 'tfjs' }), 'tfjs');
   assert.equal(resolveEngine({}), 'ort');

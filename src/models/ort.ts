@@ -14,8 +14,14 @@ export interface OrtOptions {
   seqBucket?: number;
   /** let idle ORT threads spin-wait between ops (see SessionOptions.spin); default false */
   spin?: boolean;
-  /** compiled sessions kept per model (each holds a copy of the frozen weights); default 8 */
+  /** compiled sessions kept per model; default 8 */
   maxSessions?: number;
+  /**
+   * frozen-weight bytes the kept sessions may hold together (each session bakes in its own copy of the
+   * weights it reads); least recently used sessions are dropped beyond it, the newest is always kept;
+   * default 2 GiB
+   */
+  maxSessionBytes?: number;
 }
 
 interface HiddenInputs {
@@ -73,6 +79,8 @@ interface Compiled {
   forward: OrtSession;
   saved: string[];
   backward?: OrtSession;
+  /** frozen-weight bytes baked into the sessions */
+  bytes: number;
 }
 
 function disposeCompiled(c: Compiled): void {
@@ -140,7 +148,13 @@ export class OrtLM implements LanguageModel {
     this.tokenizer = base.tokenizer;
     this.fns = modelFunctions(base);
     if (base.decodeStep) this.decodeStep = base.decodeStep.bind(base);
-    this.opts = { threads: opts.threads ?? 0, seqBucket: opts.seqBucket ?? 8, maxSessions: opts.maxSessions ?? 8, spin: opts.spin ?? false };
+    this.opts = {
+      threads: opts.threads ?? 0,
+      seqBucket: opts.seqBucket ?? 8,
+      maxSessions: opts.maxSessions ?? 8,
+      maxSessionBytes: opts.maxSessionBytes ?? 2 ** 31,
+      spin: opts.spin ?? false,
+    };
   }
 
   embed(ids: Tensor): Tensor {
@@ -249,11 +263,13 @@ export class OrtLM implements LanguageModel {
       const value = tf.tensor(f.unpadOut(out.out!.data as Float32Array), f.outShape);
       const gradFunc = (dy: Tensor): Tensor[] => {
         if (!compiled.backward) throw new Error('ort engine: gradient requested outside tf.grad / tf.variableGrads');
+        // evicted since the forward ran: a recompile builds the same graph, so the saved names still match
+        const backward = compiled.backward.disposed ? this.session(f, 'train', names).backward! : compiled.backward;
         const backFeeds: Record<string, HostTensor> = { ...feeds };
         for (const n of compiled.saved) backFeeds[n] = out[SAVE_PREFIX + n]!;
         backFeeds.d_out = { data: f.padDOut(dy.dataSync() as Float32Array), dims: out.out!.dims };
         const outputs = ['d_x', ...names.map((n) => GRAD_PREFIX + n)];
-        const r = compiled.backward.run(backFeeds, outputs);
+        const r = backward.run(backFeeds, outputs);
         const dx = tf.tensor(f.unpadDx(r.d_x!.data as Float32Array), f.x.shape);
         return [dx, ...weights.map((v, i) => tf.tensor(r[outputs[i + 1]!]!.data as Float32Array, v.shape))];
       };
@@ -290,7 +306,8 @@ export class OrtLM implements LanguageModel {
     }
     const compiled = this.compile(f, kind, trainableNames);
     this.sessions.set(key, compiled);
-    while (this.sessions.size > this.opts.maxSessions) {
+    const total = () => [...this.sessions.values()].reduce((n, c) => n + c.bytes, 0);
+    while (this.sessions.size > 1 && (this.sessions.size > this.opts.maxSessions || total() > this.opts.maxSessionBytes)) {
       const [oldest, c] = this.sessions.entries().next().value as [string, Compiled];
       disposeCompiled(c);
       this.sessions.delete(oldest);
@@ -317,7 +334,10 @@ export class OrtLM implements LanguageModel {
     };
     const { x, out } = f.build(g, o, weight);
     const sessionOpts = { threads: this.opts.threads || undefined, spin: this.opts.spin };
-    if (kind === 'infer') return { forward: new OrtSession(g.toModel({ out }).bytes, sessionOpts), saved: [] };
+    if (kind === 'infer') {
+      const model = g.toModel({ out });
+      return { forward: new OrtSession(model.bytes, sessionOpts), saved: [], bytes: model.constantBytes };
+    }
     const forwardNodes = g.nodes.length;
     const dOut = g.input('d_out', out.shape, 'float32');
     const grads = gradients(o, out, dOut, [x, ...trainableNames.map(weight)]);
@@ -326,10 +346,13 @@ export class OrtLM implements LanguageModel {
     for (const v of saved) fwdOutputs[SAVE_PREFIX + v.name] = v;
     const bwdOutputs: Record<string, Sym> = { d_x: grads[0]! };
     trainableNames.forEach((n, i) => (bwdOutputs[GRAD_PREFIX + n] = grads[i + 1]!));
+    const fwdModel = g.toModel(fwdOutputs);
+    const bwdModel = g.toModel(bwdOutputs, saved);
     return {
-      forward: new OrtSession(g.toModel(fwdOutputs).bytes, sessionOpts),
+      forward: new OrtSession(fwdModel.bytes, sessionOpts),
       saved: saved.map((v) => v.name),
-      backward: new OrtSession(g.toModel(bwdOutputs, saved).bytes, sessionOpts),
+      backward: new OrtSession(bwdModel.bytes, sessionOpts),
+      bytes: fwdModel.constantBytes + bwdModel.constantBytes,
     };
   }
 }

@@ -100,7 +100,7 @@ export class Graph {
    * are kept, and only the inputs they depend on are declared. `cuts` are computed values fed as inputs
    * instead (activations saved by a forward run), unless a kept node computes them anyway.
    */
-  toModel(outputs: Record<string, Sym>, cuts: Sym[] = []): { bytes: Uint8Array; inputNames: string[] } {
+  toModel(outputs: Record<string, Sym>, cuts: Sym[] = []): { bytes: Uint8Array; inputNames: string[]; constantBytes: number } {
     const cut = new Map(cuts.map((s) => [s.name, s]));
     const needed = new Set<string>();
     const renamed: NodeSpec[] = [];
@@ -133,6 +133,7 @@ export class Graph {
       outputs: Object.entries(outputs).map(([name, s]) => ({ name, dtype: s.dtype as ElemType, dims: s.shape })),
       opsets: [{ domain: '', version: OPSET }, { domain: 'com.microsoft', version: 1 }],
     });
-    return { bytes, inputNames: inputs.map((s) => s.name) };
+    const constantBytes = initializers.reduce((n, t) => n + t.raw.byteLength, 0);
+    return { bytes, inputNames: inputs.map((s) => s.name), constantBytes };
   }
 }

@@ -94,6 +94,10 @@ export class OrtSession {
     return out;
   }
 
+  get disposed(): boolean {
+    return this.native === null;
+  }
+
   dispose(): void {
     this.native?.dispose();
     this.native = null;
