@@ -7,6 +7,7 @@ import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../
 import type { TrainLoopConfig } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
 import { UserError } from '../../util/errors.js';
+import { ChoiceTask, CHOICE_TASKS } from './choice-tasks.js';
 import { LinearClassifier } from './classifier.js';
 import { loadTask } from './loaders.js';
 import { evaluate, majorityBaseline } from './metrics.js';
@@ -18,9 +19,17 @@ import { writeReport } from './report.js';
 
 export const FEWGLUE_MODES = ['manual', 'ptune', 'ptune-lm', 'finetune', 'pet'] as const;
 export type FewGlueMode = (typeof FEWGLUE_MODES)[number];
-/** label tasks this driver runs; COPA, WSC and ReCoRD need choice / span scoring, not wired yet */
+/** label tasks (verbalizer heads); the choice / span tasks (CHOICE_TASKS) run through choice-tasks.ts */
 export const RUNNABLE_TASKS: readonly TaskName[] = ['sst2', 'rte', 'cb', 'boolq', 'wic', 'multirc'];
-export const ALL_TASKS: readonly TaskName[] = ['sst2', 'rte', 'cb', 'boolq', 'wic', 'multirc', 'copa', 'wsc'];
+export const ALL_TASKS: readonly TaskName[] = ['sst2', 'rte', 'cb', 'boolq', 'wic', 'multirc', 'copa', 'wsc', 'record'];
+
+/** Why a (task, mode) pair is not run, or null when it is. */
+export function notApplicable(task: TaskName, mode: FewGlueMode): string | null {
+  if (mode === 'finetune' && CHOICE_TASKS.includes(task)) {
+    return 'not applicable: a classification head has no fixed classes here (answers are candidate texts); the pattern modes score them';
+  }
+  return null;
+}
 
 export interface FewGlueOptions {
   model: string;
@@ -144,6 +153,11 @@ export function loadTaskData(task: TaskName, seed: number, dataDir: string, eval
     };
   }
   const dir = path.join(dataDir, 'fewglue');
+  if (task === 'record') {
+    // ReCoRD has no val split in FewGLUE: dev32 is the evaluation set (and is not used for model selection)
+    const dev = cap(loadTask(dir, task, 'dev32'));
+    return { train: cap(loadTask(dir, task, 'train')), dev, evalSet: capEval(dev, evalCap), evalSplit: 'dev32' };
+  }
   return {
     train: cap(loadTask(dir, task, 'train')),
     dev: cap(loadTask(dir, task, 'dev32')),
@@ -185,7 +199,10 @@ export function sessionConfig(model: string, lm: LanguageModel, pf: PatternFile,
     version: 1,
     model,
     template: templateFor(pattern, example, lm.info.kind),
-    head: { kind: 'label', labelField: 'label', labelWords: pf.verbalizer!, tokenRule: 'first' },
+    // choice / span tasks score candidate texts (choice-tasks.ts); the session's head is then unused
+    head: pf.verbalizer
+      ? { kind: 'label', labelField: 'label', labelWords: pf.verbalizer, tokenRule: 'first' }
+      : { kind: 'answer', answerField: 'label' },
     encoder: { type: 'lstm', seed },
     maxLength,
     skipTooLong: false,
@@ -245,14 +262,21 @@ async function runOne(
     pattern = patternFor(pf, mode).name;
     const session = await PTuningSession.create(config, lm);
     try {
-      if (mode !== 'manual') {
-        const res = session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev) });
-        devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
-        loadVariables(path.join(runDir, 'best', 'params.safetensors'), session.trainedParams());
+      if (CHOICE_TASKS.includes(task)) {
+        const res = new ChoiceTask(task, session, patternFor(pf, mode), maxLength, seed).run(data, runDir, mode !== 'manual', o.progress);
+        preds = res.predictions;
+        devScore = res.devScore; bestEpoch = res.bestEpoch; steps = res.steps;
+        if (res.threshold !== undefined) pattern += ` (threshold ${res.threshold.toFixed(3)})`;
+      } else {
+        if (mode !== 'manual') {
+          const res = session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev) });
+          devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
+          loadVariables(path.join(runDir, 'best', 'params.safetensors'), session.trainedParams());
+        }
+        const { items } = session.prepare(records(data.evalSet), `${task} ${data.evalSplit}`);
+        const ev = session.evaluateItems(items);
+        preds = ev.predictions.map((k) => session.head.className(k));
       }
-      const { items } = session.prepare(records(data.evalSet), `${task} ${data.evalSplit}`);
-      const ev = session.evaluateItems(items);
-      preds = ev.predictions.map((k) => session.head.className(k));
     } finally {
       session.dispose({ keepLm: !tuneLm });
     }
@@ -321,12 +345,18 @@ export async function runFewGlue(o: FewGlueOptions): Promise<FewGlueReport> {
   };
   try {
     for (const task of o.tasks) {
-      if (!RUNNABLE_TASKS.includes(task)) {
-        for (const mode of o.modes) report.notRun.push({ task, mode, reason: 'choice/span scoring (COPA, WSC, ReCoRD) is not implemented' });
+      if (!RUNNABLE_TASKS.includes(task) && !CHOICE_TASKS.includes(task)) {
+        for (const mode of o.modes) report.notRun.push({ task, mode, reason: 'not supported by this driver' });
         save();
         continue;
       }
       for (const mode of o.modes) {
+        const skip = notApplicable(task, mode);
+        if (skip) {
+          report.notRun.push({ task, mode, reason: skip });
+          save();
+          continue;
+        }
         const seeds = mode === 'manual' ? o.seeds.slice(0, 1) : o.seeds;
         for (const seed of seeds) {
           const run = await runOne(o, r, task, mode, seed, frozenLm, maxLength);
