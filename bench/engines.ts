@@ -143,8 +143,10 @@ function trainStep(lm: LanguageModel, batch: PromptBatch, encoder: PromptEncoder
   const { value, grads } = tf.variableGrads(() =>
     tf.tidy(() => {
       const logits = logitsOf(lm, batch, encoder.forward(true));
-      const logp = tf.logSoftmax(logits);
-      return tf.neg(tf.mean(tf.sum(tf.mul(logp, tf.oneHot(labels, logits.shape[1]!)), 1))) as tf.Scalar;
+      // picked like the answer head's loss: log-softmax, then one gather over the flattened rows
+      const v = logits.shape[1]!;
+      const flat = tf.add(tf.mul(tf.range(0, BATCH, 1, 'int32'), tf.scalar(v, 'int32')), labels);
+      return tf.neg(tf.mean(tf.gather(tf.reshape(tf.logSoftmax(logits), [-1]), flat))) as tf.Scalar;
     }), vars);
   value.dataSync();
   const byName = new Map(names.map((n, i) => [n, grads[vars[i]!.name]!]));
