@@ -94,8 +94,10 @@ class AdamBase {
       }
     }
     const { beta1, beta2, eps } = this;
-    tf.tidy(() => {
-      for (const [name, g] of grads) {
+    // one tidy per parameter: the temporaries of a step are several copies of the parameter, and holding them for
+    // every parameter at once does not fit a base-size model in the wasm heap
+    for (const [name, g] of grads) {
+      tf.tidy(() => {
         const slot = this.slots.get(name)!;
         const p = slot.param;
         if (!slot.m || !slot.v) {
@@ -116,8 +118,8 @@ class AdamBase {
         slot.m.assign(m);
         slot.v.assign(v);
         p.assign(tf.sub(theta, tf.mul(tf.div(m, denom), stepSize)));
-      }
-    });
+      });
+    }
   }
 
   /** Step counts and moments of every parameter that has taken a step (copies). */
