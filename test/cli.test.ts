@@ -164,3 +164,16 @@ test('--verbose adds the stack trace', () => {
   assert.match(r.stderr, /^ptune: .*model\.safetensors/);
   assert.match(r.stderr, /\n\s+at /);
 });
+
+test('--engine tfjs and --engine ort give the same fill predictions; a bad engine is a one-line error', () => {
+  const top = (engine: string) => {
+    const r = ptune('--engine', engine, 'fill', BERT, 'paris is the capital of [MASK] .', '--json', '--top', '5');
+    assert.equal(r.code, 0, r.stderr);
+    return JSON.parse(r.stdout).predictions[0].top as { id: number; logit: number }[];
+  };
+  const a = top('tfjs');
+  const b = top('ort');
+  assert.deepEqual(b.map((t) => t.id), a.map((t) => t.id));
+  b.forEach((t, i) => assert.ok(Math.abs(t.logit - a[i]!.logit) < 1e-4));
+  assertOneLineError(ptune('--engine', 'cuda', 'info', BERT), /--engine must be ort or tfjs/);
+});

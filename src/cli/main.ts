@@ -15,11 +15,16 @@ export async function main(argv: string[]): Promise<number> {
     .description('P-tuning (GPT Understands, Too): continuous prompts for BERT, GPT-2 and Llama on Node')
     .option('--verbose', 'print stack traces on errors')
     .option('--backend <name>', 'tensor backend: wasm (default) or cpu')
+    .option('--engine <name>', 'LM engine: ort (ONNX Runtime graphs, default when available) or tfjs')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   program.hook('preAction', (cmd) => {
-    const backend = cmd.opts().backend as string | undefined;
+    const { backend, engine } = cmd.opts() as { backend?: string; engine?: string };
     if (backend) process.env.PTUNE_BACKEND = backend;
+    if (engine) {
+      if (engine !== 'ort' && engine !== 'tfjs') throw new UserError(`--engine must be ort or tfjs, got ${engine}`);
+      process.env.PTUNE_ENGINE = engine;
+    }
   });
 
   registerModelCommands(program);
