@@ -1,4 +1,4 @@
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -14,7 +14,13 @@ const data = path.join(shared, 'data/lama');
 const bert = path.join(shared, 'models/bert-mini-lama');
 const gpt2 = path.join(shared, 'models/gpt2-mini-lama');
 
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-lama-'));
+const made: string[] = [];
+const tmp = () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-lama-'));
+  made.push(dir);
+  return dir;
+};
+after(() => made.forEach((dir) => fs.rmSync(dir, { recursive: true, force: true })));
 const find = (results: LamaRelationResult[], mode: string, rel: string) => results.find((r) => r.mode === mode && r.relation === rel)!;
 const run = (o: Partial<LamaRunOptions>) => runLama({ model: bert, data, out: tmp(), jobs: 1, quiet: true, ...o });
 
