@@ -1,5 +1,5 @@
 /**
- * `npm run demo`: the main job end to end on the default model. P-tunes bert-mini-lama (frozen) on four LAMA
+ * `npm run demo`: the main job end to end on the default model. P-tunes bert-mini-lama (frozen) on six LAMA
  * relations — continuous prompts [P*3] {sub_label} [P*3] [MASK] [P*3] trained per relation — and compares it with
  * the relations' manual prompts and the majority-object baseline. Writes out/demo/report.md, report.json, p1.svg.
  */
@@ -15,11 +15,10 @@ const args = [
   'lama',
   '--model', path.join(shared, 'models/bert-mini-lama'),
   '--data', path.join(shared, 'data/lama'),
-  '--relations', 'P1412,P103,P176,P449',
+  '--relations', 'P1412,P103,P176,P449,P178,P20',
   '--mode', 'majority', 'manual', 'ptune',
-  '--epochs', '5',
+  '--epochs', '6',
   '--patience', '3',
-  '--max-train', '320',
   '--out', out,
 ];
 console.log(`ptune ${args.join(' ')}\n`);
