@@ -321,8 +321,14 @@ function configLines(config: Record<string, unknown> | undefined): string[] {
   return Object.entries(config).map(([k, v]) => `- ${k}: \`${typeof v === 'string' ? v : JSON.stringify(v)}\``);
 }
 
+/** The modes that get their own column or bars: `majority` already stands beside every score. */
+function shownModes(report: LamaReport): string[] {
+  const modes = report.modes.filter((m) => m !== 'majority');
+  return modes.length > 0 ? modes : report.modes;
+}
+
 export function lamaReportMarkdown(report: LamaReport): string {
-  const { modes } = report;
+  const modes = shownModes(report);
   const rels = [...new Set(report.results.filter(isScored).map((r) => r.relation))].sort(compareRelationIds);
   const get = (mode: string, rel: string) => report.results.find((r) => r.mode === mode && r.relation === rel);
   const first = (rel: string) => report.results.find((r) => r.relation === rel && isScored(r)) ?? get(modes[0], rel);
@@ -393,7 +399,7 @@ export function lamaReportSvg(report: LamaReport): string {
     const r = report.results.find((x) => x.mode === mode && x.relation === rel);
     return r !== undefined && isScored(r) ? r.test_p1! * 100 : null;
   };
-  const series = report.modes.map((mode) => ({
+  const series = shownModes(report).map((mode) => ({
     name: mode,
     values: [...rels.map((rel) => p1(mode, rel)), pct100(report.summary_common[mode]?.macro_p1)],
   }));
