@@ -3,22 +3,11 @@ import path from 'node:path';
 import { tf } from '../engine/index.js';
 import { readSafetensors, writeSafetensors } from '../engine/safetensors.js';
 import type { OptimizerState, ParamOptimState } from './optim.js';
+export { writeFileAtomic, writeJsonAtomic } from '../util/atomic.js';
 
 export interface HostTensor {
   shape: number[];
   data: Float32Array;
-}
-
-/** Writes a text file atomically: a temp file in the same folder, then rename. */
-export function writeFileAtomic(file: string, content: string | Uint8Array): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.tmp-${process.pid}`;
-  fs.writeFileSync(tmp, content);
-  fs.renameSync(tmp, file);
-}
-
-export function writeJsonAtomic(file: string, value: unknown): void {
-  writeFileAtomic(file, JSON.stringify(value, null, 2) + '\n');
 }
 
 /**

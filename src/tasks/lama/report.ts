@@ -5,6 +5,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { writeFileAtomic } from '../../util/atomic.js';
 import { barChartSvg, DEFAULT_COLORS } from '../../report/chart.js';
 import { compareRelationIds, type AnswerableFact, type FactSet } from './data.js';
 import { macroP1, microP1, type HitCount, type ScoredToken } from './metrics.js';
@@ -69,17 +70,6 @@ export interface LamaReport {
 // ---------------------------------------------------------------------------------------------------------------
 // Files
 
-export function writeFileAtomic(file: string, text: string): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
-  try {
-    fs.writeFileSync(tmp, text);
-    fs.renameSync(tmp, file);
-  } catch (e) {
-    fs.rmSync(tmp, { force: true });
-    throw e;
-  }
-}
 
 function checkName(kind: string, name: string): string {
   if (!/^[A-Za-z0-9][A-Za-z0-9._+-]*$/.test(name)) throw new Error(`invalid ${kind} name "${name}" (letters, digits, . _ + -)`);

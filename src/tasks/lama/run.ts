@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { initEngine } from '../../engine/index.js';
 import { UserError } from '../../util/errors.js';
 import { completeRelations, listRelations, type FactSet, type LamaSplit, type VocabStrategy } from './data.js';
-import { collectResults, relationDone, writeLamaReport, writeFileAtomic, type LamaReport } from './report.js';
+import { collectResults, relationDone, writeLamaReport, type LamaReport } from './report.js';
+import { writeFileAtomic } from '../../util/atomic.js';
 import { LamaTaskRunner, type FromWorker, type LamaTaskResult, type ToWorker } from './worker.js';
 
 export const LAMA_MODES = ['majority', 'manual', 'ptune', 'manual+ptune', 'finetune'] as const;
