@@ -1,4 +1,5 @@
 import { tf, type Ops } from '../engine/index.js';
+import { mulberry32 } from '../util/rng.js';
 import type { StoredTensor } from '../engine/safetensors.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import type { KvCache } from './lm.js';
@@ -172,16 +173,6 @@ export function randomTensors(specs: ParamSpec[], seed: number): Map<string, Flo
   return out;
 }
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** tf.Variables (kept layout) keyed by Hugging Face name. */
 export function makeVariables(

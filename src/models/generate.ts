@@ -1,5 +1,6 @@
 import { tf } from '../engine/index.js';
 import type { KvCache, LanguageModel } from './lm.js';
+import { mulberry32 } from '../util/rng.js';
 
 export interface GenerateOptions {
   maxNewTokens: number;
@@ -18,17 +19,8 @@ export interface GenerateOptions {
   onToken?: (id: number) => void;
 }
 
-/** mulberry32: a small, fast, seedable PRNG returning floats in [0, 1). */
-export function makeRng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The PRNG sampling draws from (mulberry32). */
+export const makeRng = mulberry32;
 
 export function argmax(values: ArrayLike<number>): number {
   let best = 0;

@@ -52,3 +52,18 @@ export function makeNormal(rng: () => number): () => number {
     return r * Math.cos(2 * Math.PI * u2);
   };
 }
+
+/**
+ * mulberry32: a tiny seeded PRNG returning floats in [0, 1); the same seed gives the same stream everywhere.
+ * Used where a stream was fixed before `makeRng` existed (random model weights, sampling, few-shot splits).
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -1,16 +1,8 @@
 import type { TaskExample } from './tasks.js';
+import { mulberry32 } from '../../util/rng.js';
 
-/** mulberry32: a tiny seeded PRNG; the same seed gives the same stream on every platform. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** The few-shot samples' PRNG (mulberry32): the same seed gives the same sample on every platform. */
+export const seededRandom = mulberry32;
 
 /** Fisher–Yates shuffle into a new array. */
 export function shuffled<T>(items: readonly T[], rand: () => number): T[] {
