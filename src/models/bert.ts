@@ -5,8 +5,6 @@ import {
   applyNorm,
   attentionBias,
   countParameters,
-  exportHfTensors,
-  makeVariables,
   mergeHeads,
   positionsFromMask,
   rowsAt,
@@ -16,6 +14,7 @@ import {
   type Linear,
   type Norm,
   type ParamSpec,
+  VariableLM,
 } from './common.js';
 import type { LanguageModel, LmBatch, ModelInfo, SpecialIds } from './lm.js';
 
@@ -290,11 +289,9 @@ export function bertLogitsAt<T>(
 // ---------------------------------------------------------------------------------------------------------
 // The LanguageModel on tfjs.
 
-export class BertLM implements LanguageModel {
+export class BertLM extends VariableLM implements LanguageModel {
   readonly info: ModelInfo;
-  private readonly vars: Map<string, tf.Variable>;
   private readonly w: BertWeights<Tensor>;
-  private readonly specs: ParamSpec[];
 
   /** `values` keyed by Hugging Face name in ptune's layout (see common.takeCheckpointTensors / randomTensors). */
   constructor(
@@ -303,11 +300,7 @@ export class BertLM implements LanguageModel {
     readonly tokenizer: TextTokenizer,
     opts: { source: string; special: SpecialIds; trainable?: boolean },
   ) {
-    if (tokenizer.vocabSize > config.vocabSize) {
-      throw new Error(`${opts.source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${config.vocabSize}`);
-    }
-    this.specs = bertParamSpecs(config);
-    this.vars = makeVariables(this.specs, values, opts.trainable ?? false);
+    super(bertParamSpecs(config), values, tokenizer, { vocabSize: config.vocabSize, ...opts });
     this.w = bertWeights(config, (name) => this.vars.get(name)!);
     this.info = {
       family: 'bert',
@@ -342,17 +335,4 @@ export class BertLM implements LanguageModel {
     return tf.tidy(() => bertLogitsAt(tfOps, this.w, this.config, hidden, positions, candidates));
   }
 
-  parameters(): Map<string, tf.Variable> {
-    return new Map(this.vars);
-  }
-
-  /** Parameters in Hugging Face layout (nn.Linear weights [out, in]), ready for writeSafetensors. */
-  exportTensors(): Map<string, { shape: number[]; data: Float32Array }> {
-    return exportHfTensors(this.specs, this.vars);
-  }
-
-  dispose(): void {
-    for (const v of this.vars.values()) v.dispose();
-    this.vars.clear();
-  }
 }

@@ -287,3 +287,37 @@ export class LayerKvCache implements KvCache {
     this.length = 0;
   }
 }
+
+/**
+ * The part BERT and GPT-2 share on tfjs: their weights as tf.Variables keyed by Hugging Face name (in ptune's
+ * layout), trainable only when asked (a frozen LM by default).
+ */
+export abstract class VariableLM {
+  protected readonly vars: Map<string, tf.Variable>;
+
+  protected constructor(
+    protected readonly specs: ParamSpec[],
+    values: Map<string, Float32Array>,
+    tokenizer: TextTokenizer,
+    opts: { vocabSize: number; source: string; trainable?: boolean },
+  ) {
+    if (tokenizer.vocabSize > opts.vocabSize) {
+      throw new Error(`${opts.source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${opts.vocabSize}`);
+    }
+    this.vars = makeVariables(specs, values, opts.trainable ?? false);
+  }
+
+  parameters(): Map<string, tf.Variable> {
+    return new Map(this.vars);
+  }
+
+  /** Parameters in Hugging Face layout (nn.Linear weights [out, in]), ready for writeSafetensors. */
+  exportTensors(): Map<string, { shape: number[]; data: Float32Array }> {
+    return exportHfTensors(this.specs, this.vars);
+  }
+
+  dispose(): void {
+    for (const v of this.vars.values()) v.dispose();
+    this.vars.clear();
+  }
+}

@@ -5,9 +5,7 @@ import {
   applyNorm,
   attentionBias,
   countParameters,
-  exportHfTensors,
   LayerKvCache,
-  makeVariables,
   mergeHeads,
   positionsFromMask,
   rowsAt,
@@ -18,6 +16,7 @@ import {
   type Linear,
   type Norm,
   type ParamSpec,
+  VariableLM,
 } from './common.js';
 import type { KvCache, LanguageModel, LmBatch, ModelInfo, SpecialIds } from './lm.js';
 
@@ -236,11 +235,9 @@ export function gpt2LogitsAt<T>(o: Ops<T>, w: Gpt2Weights<T>, hidden: T, positio
 // ---------------------------------------------------------------------------------------------------------
 // The LanguageModel on tfjs.
 
-export class Gpt2LM implements LanguageModel {
+export class Gpt2LM extends VariableLM implements LanguageModel {
   readonly info: ModelInfo;
-  private readonly vars: Map<string, tf.Variable>;
   private readonly w: Gpt2Weights<Tensor>;
-  private readonly specs: ParamSpec[];
 
   /** `values` keyed by Hugging Face name in ptune's layout (see common.takeCheckpointTensors / randomTensors). */
   constructor(
@@ -249,11 +246,7 @@ export class Gpt2LM implements LanguageModel {
     readonly tokenizer: TextTokenizer,
     opts: { source: string; special: SpecialIds; trainable?: boolean },
   ) {
-    if (tokenizer.vocabSize > config.vocabSize) {
-      throw new Error(`${opts.source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${config.vocabSize}`);
-    }
-    this.specs = gpt2ParamSpecs(config);
-    this.vars = makeVariables(this.specs, values, opts.trainable ?? false);
+    super(gpt2ParamSpecs(config), values, tokenizer, { vocabSize: config.vocabSize, ...opts });
     this.w = gpt2Weights(config, (name) => this.vars.get(name)!);
     this.info = {
       family: 'gpt2',
@@ -305,19 +298,6 @@ export class Gpt2LM implements LanguageModel {
     return { logits: result.logits, cache: LayerKvCache.advance(past, this, result.kv, pastLen + n) };
   }
 
-  parameters(): Map<string, tf.Variable> {
-    return new Map(this.vars);
-  }
-
-  /** Parameters in Hugging Face layout, ready for writeSafetensors. */
-  exportTensors(): Map<string, { shape: number[]; data: Float32Array }> {
-    return exportHfTensors(this.specs, this.vars);
-  }
-
-  dispose(): void {
-    for (const v of this.vars.values()) v.dispose();
-    this.vars.clear();
-  }
 
   private checkLength(n: number): void {
     if (n > this.config.maxPositions) {
