@@ -27,3 +27,7 @@ export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type Optim
 export { exportPeft, exportTable, importPeft } from './train/export.js';
 export { readRecords } from './data/read.js';
 export { makeProgress, type Progress } from './util/progress.js';
+
+export { runLama } from './tasks/lama/run.js';
+export { runFewGlue } from './tasks/fewglue/run.js';
+export { OrtLM } from './models/ort.js';
