@@ -8,6 +8,7 @@ import { Adam } from '../src/train/optim.js';
 import { makeSchedule } from '../src/train/schedule.js';
 import { trainLoop, epochOrder, NonFiniteLossError, type TrainLoopConfig, type TrainTask } from '../src/train/trainer.js';
 import { makeRng } from '../src/util/rng.js';
+import { readSafetensors } from '../src/engine/safetensors.js';
 
 interface Ex {
   x: number[];
@@ -162,4 +163,20 @@ test('early stopping with patience', async () => {
   assert.equal(r.epoch, 3);
   assert.match(r.stopReason, /early stop/);
   assert.equal(r.bestEpoch, 0);
+});
+
+test('restoreBest ends with the weights of best/ loaded', async () => {
+  await initEngine('wasm');
+  const s = setup();
+  // dev score falls after the first evaluation, so best/ holds the epoch-1 weights while training goes on
+  let evals = 0;
+  const task = { ...s.task, evaluate: () => ({ score: -evals++, metrics: {} }) };
+  const dir = tmpDir();
+  trainLoop({ runDir: dir, config: { ...config, epochs: 3 }, task, params: s.params, optimizer: s.optimizer,
+    lrScale: () => 1, resume: false, restoreBest: true });
+  const best = readSafetensors(path.join(dir, 'best/params.safetensors')).tensors;
+  const last = readSafetensors(path.join(dir, 'last/params.safetensors')).tensors;
+  assert.notDeepEqual(best.get('w')!.data, last.get('w')!.data);
+  assert.deepEqual(s.params.get('w')!.dataSync(), best.get('w')!.data);
+  s.dispose();
 });

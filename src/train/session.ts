@@ -11,7 +11,7 @@ import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/
 import { readRecords } from '../data/read.js';
 import type { Progress } from '../util/progress.js';
 import { Adam, AdamW, decayGroups, type ParamGroup } from '../train/optim.js';
-import { makeSchedule, type ScheduleConfig } from '../train/schedule.js';
+import { makeSchedule, type Schedule, type ScheduleConfig } from '../train/schedule.js';
 import { loadVariables, writeJsonAtomic } from './checkpoint.js';
 import { writeSafetensors } from '../engine/safetensors.js';
 import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
@@ -259,6 +259,8 @@ export class PTuningSession {
     progress?: Progress;
     train?: Record<string, unknown>[];
     dev?: Record<string, unknown>[];
+    /** end with the weights of best/ loaded (default: the last step's weights stay) */
+    restoreBest?: boolean;
   }): TrainResult & { trainSkipped: number; devSkipped: number } {
     const { runDir } = opts;
     const c = this.config;
@@ -270,25 +272,7 @@ export class PTuningSession {
     fs.mkdirSync(runDir, { recursive: true });
     writeJsonAtomic(path.join(runDir, 'config.json'), c);
 
-    const params = this.trainedParams();
-    const groups: ParamGroup[] = [];
-    if (this.encoder) {
-      groups.push({ name: 'prompt', params: prefixed(this.encoder.variables(), 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
-    }
-    if (c.optim.tuneLm) {
-      groups.push(...decayGroups(prefixed(this.lm.parameters(), 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
-    }
-    if (groups.length === 0) throw new UserError('nothing to train: the template has no pseudo tokens and --tune-lm is off');
-    const optimizer = c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
-    const stepsPerEpoch = Math.ceil(Math.ceil(tr.items.length / c.loop.batchSize) / c.loop.gradAccum);
-    const totalSteps = c.loop.maxSteps > 0 ? Math.min(c.loop.maxSteps, stepsPerEpoch * c.loop.epochs) : stepsPerEpoch * c.loop.epochs;
-    const warmupSteps = Math.round(c.optim.warmupRatio * totalSteps);
-    const schedule: ScheduleConfig =
-      c.optim.schedule === 'linear'
-        ? { kind: 'linear', warmupSteps, totalSteps }
-        : c.optim.schedule === 'exponential'
-          ? { kind: 'exponential', gamma: c.optim.gamma }
-          : { kind: 'constant', warmupSteps };
+    const optimizer = this.makeOptimizer();
     try {
       const result = trainLoop<Item>({
         runDir,
@@ -301,17 +285,47 @@ export class PTuningSession {
             return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };
           },
         },
-        params,
+        params: this.trainedParams(),
         optimizer,
-        lrScale: makeSchedule(schedule),
+        lrScale: this.lrSchedule(tr.items.length),
         resume: opts.resume ?? false,
         progress: opts.progress,
         onSaveBest: (dir) => this.savePromptTable(path.join(dir, 'prompt_table.safetensors')),
+        restoreBest: opts.restoreBest,
       });
       return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
     } finally {
       optimizer.dispose();
     }
+  }
+
+  /** Adam or AdamW over `trainedParams()`: the prompt group, and with tuneLm the LM's decay / no-decay groups. */
+  makeOptimizer(): Adam | AdamW {
+    const c = this.config;
+    const groups: ParamGroup[] = [];
+    if (this.encoder) {
+      groups.push({ name: 'prompt', params: prefixed(this.encoder.variables(), 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
+    }
+    if (c.optim.tuneLm) {
+      groups.push(...decayGroups(prefixed(this.lm.parameters(), 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
+    }
+    if (groups.length === 0) throw new UserError('nothing to train: the template has no pseudo tokens and --tune-lm is off');
+    return c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
+  }
+
+  /** The learning-rate multiplier of the configured schedule for a run over `numExamples` training examples. */
+  lrSchedule(numExamples: number): Schedule {
+    const c = this.config;
+    const stepsPerEpoch = Math.ceil(Math.ceil(numExamples / c.loop.batchSize) / c.loop.gradAccum);
+    const totalSteps = c.loop.maxSteps > 0 ? Math.min(c.loop.maxSteps, stepsPerEpoch * c.loop.epochs) : stepsPerEpoch * c.loop.epochs;
+    const warmupSteps = Math.round(c.optim.warmupRatio * totalSteps);
+    const schedule: ScheduleConfig =
+      c.optim.schedule === 'linear'
+        ? { kind: 'linear', warmupSteps, totalSteps }
+        : c.optim.schedule === 'exponential'
+          ? { kind: 'exponential', gamma: c.optim.gamma }
+          : { kind: 'constant', warmupSteps };
+    return makeSchedule(schedule);
   }
 
   /** The frozen prompt table (encoder output): all inference needs. */

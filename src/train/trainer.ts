@@ -86,6 +86,8 @@ export interface TrainLoopOptions<E> {
   progress?: Progress;
   /** extra files for best/ (e.g. the exported prompt table) */
   onSaveBest?(dir: string): void;
+  /** when training ends, load the weights of best/ into `params`, so the model is the one the dev score selected */
+  restoreBest?: boolean;
 }
 
 export class NonFiniteLossError extends Error {}
@@ -276,5 +278,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
     saveLast();
   }
   o.progress?.stop();
+  const best = o.restoreBest ? resolveCheckpointDir(bestDir) : null;
+  if (best) loadVariables(path.join(best, 'params.safetensors'), params);
   return { ...state, lastDev, seconds: (Date.now() - t0) / 1000 };
 }

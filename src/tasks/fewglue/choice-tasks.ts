@@ -11,12 +11,8 @@
  *   (a seeded sample, as PET caps them), evaluation scores all. Only train / dev32 exist, so dev32 is the
  *   evaluation set: no checkpoint selection on it, the last epoch is kept.
  */
-import path from 'node:path';
 import { tf } from '../../engine/index.js';
 import { parseTemplate, type Template } from '../../prompt/template.js';
-import { loadVariables } from '../../train/checkpoint.js';
-import { Adam, AdamW, decayGroups, type ParamGroup } from '../../train/optim.js';
-import { makeSchedule } from '../../train/schedule.js';
 import type { PTuningSession } from '../../train/session.js';
 import { trainLoop, type TrainResult } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
@@ -126,17 +122,7 @@ export class ChoiceTask {
     if (examples.length === 0) throw new Error(`${this.task}: no usable training examples`);
     const items = this.prepare(examples, true);
     const devItems = this.prepare(dev);
-    const params = this.session.trainedParams();
-    const groups: ParamGroup[] = [];
-    const encoderParams = new Map([...params].filter(([k]) => k.startsWith('encoder.')));
-    if (encoderParams.size > 0) groups.push({ name: 'prompt', params: encoderParams, lr: c.optim.lr, weightDecay: c.optim.weightDecay });
-    if (c.optim.tuneLm) {
-      groups.push(...decayGroups(new Map([...params].filter(([k]) => k.startsWith('lm.'))), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
-    }
-    if (groups.length === 0) throw new Error(`${this.task}: nothing to train`);
-    const optimizer = c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
-    const totalSteps = Math.ceil(items.length / c.loop.batchSize) * c.loop.epochs;
-    const warmupSteps = Math.round(c.optim.warmupRatio * totalSteps);
+    const optimizer = this.session.makeOptimizer();
     let evals = 0;
     try {
       const result = trainLoop<ChoiceItem>({
@@ -151,13 +137,13 @@ export class ChoiceTask {
             return { score, metrics: { score } };
           },
         },
-        params,
+        params: this.session.trainedParams(),
         optimizer,
-        lrScale: makeSchedule(c.optim.schedule === 'linear' ? { kind: 'linear', warmupSteps, totalSteps } : { kind: 'constant', warmupSteps }),
+        lrScale: this.session.lrSchedule(items.length),
         resume: false,
         progress,
+        restoreBest: true,
       });
-      loadVariables(path.join(runDir, 'best', 'params.safetensors'), params);
       return result;
     } finally {
       optimizer.dispose();

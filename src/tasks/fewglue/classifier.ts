@@ -1,4 +1,3 @@
-import path from 'node:path';
 import { tf } from '../../engine/index.js';
 import type { LanguageModel } from '../../models/lm.js';
 import { crossEntropy } from '../../prompt/heads.js';
@@ -6,7 +5,6 @@ import { promptedHidden } from '../../prompt/ptuning.js';
 import { collate, renderExample, type RenderedExample } from '../../prompt/render.js';
 import { parseTemplate } from '../../prompt/template.js';
 import { AdamW, decayGroups } from '../../train/optim.js';
-import { loadVariables } from '../../train/checkpoint.js';
 import { makeSchedule } from '../../train/schedule.js';
 import { trainLoop, type TrainLoopConfig, type TrainResult } from '../../train/trainer.js';
 import { makeNormal, makeRng } from '../../util/rng.js';
@@ -131,8 +129,8 @@ export class LinearClassifier {
         lrScale: makeSchedule({ kind: 'linear', warmupSteps: Math.round(c.warmupRatio * totalSteps), totalSteps }),
         resume: false,
         progress,
+        restoreBest: true,
       });
-      loadVariables(path.join(runDir, 'best', 'params.safetensors'), params);
       return result;
     } finally {
       optimizer.dispose();

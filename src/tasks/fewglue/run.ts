@@ -2,7 +2,6 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel } from '../../models/load.js';
 import type { LanguageModel } from '../../models/lm.js';
-import { loadVariables } from '../../train/checkpoint.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
 import type { TrainLoopConfig } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
@@ -269,9 +268,8 @@ async function runOne(
         if (res.threshold !== undefined) pattern += ` (threshold ${res.threshold.toFixed(3)})`;
       } else {
         if (mode !== 'manual') {
-          const res = session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev) });
+          const res = session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev), restoreBest: true });
           devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
-          loadVariables(path.join(runDir, 'best', 'params.safetensors'), session.trainedParams());
         }
         const { items } = session.prepare(records(data.evalSet), `${task} ${data.evalSplit}`);
         const ev = session.evaluateItems(items);

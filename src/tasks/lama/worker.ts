@@ -12,7 +12,6 @@ import { initEngine } from '../../engine/index.js';
 import { loadModel } from '../../models/load.js';
 import type { LanguageModel } from '../../models/lm.js';
 import { fromLamaTemplate, withAnchorsAndPseudo } from '../../prompt/template.js';
-import { loadVariables } from '../../train/checkpoint.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
 import { NonFiniteLossError } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
@@ -217,12 +216,12 @@ export class LamaTaskRunner {
             train: records(f.train!),
             dev: records(f.dev!),
             progress: statusProgress(`${mode} ${rel}`, onStatus),
+            restoreBest: true,
           });
         } catch (e) {
           if (e instanceof NonFiniteLossError) return { status: `training diverged (${e.message.split(';')[0]})` };
           throw e;
         }
-        loadVariables(path.join(runDir, 'best', 'params.safetensors'), session.trainedParams());
         out.dev_p1 = trained.bestScore;
         out.epochs = trained.epoch;
         out.best_epoch = trained.bestEpoch + 1;
