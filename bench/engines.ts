@@ -25,6 +25,8 @@ import { OrtLM } from '../src/models/ort.js';
 import type { LanguageModel } from '../src/models/lm.js';
 import { PromptEncoder } from '../src/prompt/encoder.js';
 import { promptedEmbeds, type PromptBatch } from '../src/prompt/ptuning.js';
+import { CompiledPTuning } from '../src/prompt/compiled.js';
+import { makeHead } from '../src/prompt/heads.js';
 import { Adam } from '../src/train/optim.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 import { readRecords } from '../src/data/read.js';
@@ -32,6 +34,7 @@ import { readRecords } from '../src/data/read.js';
 const BATCH = 16;
 const SEQ = 32;
 const PSEUDO = 9;
+const LABELS = Array.from({ length: BATCH }, (_, i) => 1000 + i * 7);
 const shared = path.resolve(process.cwd(), '../shared');
 const TORCH_SCRIPT = path.join(shared, 'bench/torch_ptuning_step.py');
 const PYTHON = '/usr/bin/python3';
@@ -136,23 +139,35 @@ function logitsOf(lm: LanguageModel, batch: PromptBatch, prompts: tf.Tensor | nu
   return lm.logitsAt(hidden, tf.tensor1d(batch.answerPositions, 'int32'));
 }
 
-/** Gradients of full-vocabulary cross-entropy for `params` (the encoder's, plus the LM's for full tuning), then an Adam step. */
-function trainStep(lm: LanguageModel, batch: PromptBatch, encoder: PromptEncoder, adam: Adam | null, labels: tf.Tensor, params: Map<string, tf.Variable>): void {
+/**
+ * Gradients of full-vocabulary cross-entropy for `params` (the encoder's, plus the LM's for full tuning), then
+ * an Adam step. On ORT the step is the library's compiled program (encoder + LM + loss + backward in one session
+ * run, as PTuningSession trains); on tfjs it runs under the tape.
+ */
+function trainStep(lm: LanguageModel, batch: PromptBatch, encoder: PromptEncoder, adam: Adam | null, params: Map<string, tf.Variable>, compiled: CompiledPTuning | null): void {
   const vars = [...params.values()];
-  const names = [...params.keys()];
-  const { value, grads } = tf.variableGrads(() =>
-    tf.tidy(() => {
-      const logits = logitsOf(lm, batch, encoder.forward(true));
-      // picked like the answer head's loss: log-softmax, then one gather over the flattened rows
-      const v = logits.shape[1]!;
-      const flat = tf.add(tf.mul(tf.range(0, BATCH, 1, 'int32'), tf.scalar(v, 'int32')), labels);
-      return tf.neg(tf.mean(tf.gather(tf.reshape(tf.logSoftmax(logits), [-1]), flat))) as tf.Scalar;
-    }), vars);
-  value.dataSync();
-  const byName = new Map(names.map((n, i) => [n, grads[vars[i]!.name]!]));
+  let loss: number;
+  let grads: tf.NamedTensorMap;
+  if (compiled) ({ loss, grads } = compiled.lossAndGrads(batch, LABELS));
+  else {
+    const labels = tf.tensor1d(LABELS, 'int32');
+    const r = tf.variableGrads(() =>
+      tf.tidy(() => {
+        const logits = logitsOf(lm, batch, encoder.forward(true));
+        // picked like the answer head's loss: log-softmax, then one gather over the flattened rows
+        const v = logits.shape[1]!;
+        const flat = tf.add(tf.mul(tf.range(0, BATCH, 1, 'int32'), tf.scalar(v, 'int32')), labels);
+        return tf.neg(tf.mean(tf.gather(tf.reshape(tf.logSoftmax(logits), [-1]), flat))) as tf.Scalar;
+      }), vars);
+    loss = r.value.dataSync()[0]!;
+    r.value.dispose();
+    labels.dispose();
+    grads = r.grads;
+  }
+  if (!Number.isFinite(loss)) throw new Error(`loss ${loss}`);
+  const byName = new Map([...params].map(([n, v]) => [n, grads[v.name]!]));
   adam?.step(byName);
   tf.dispose(Object.values(grads));
-  value.dispose();
 }
 
 async function child(key: string, engine: Engine, modes: Mode[], reps: number): Promise<void> {
@@ -163,12 +178,13 @@ async function child(key: string, engine: Engine, modes: Mode[], reps: number): 
   out.load_s = round((performance.now() - t0) / 1000);
   out.parameters = lm.info.parameterCount;
   const batch = benchBatch(lm);
-  const labels = tf.tensor1d(Array.from({ length: BATCH }, (_, i) => 1000 + i * 7), 'int32');
   const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: PSEUDO, tokenDim: lm.info.hiddenSize, seed: 1 });
+  const head = makeHead({ kind: 'answer', answerField: 'answer' }, lm.tokenizer);
+  const compiled = lm instanceof OrtLM ? new CompiledPTuning(lm, encoder, head) : null;
   if (modes.includes('fwd')) out.fwd = timeSteps(reps, () => tf.tidy(() => void logitsOf(lm, batch, null).dataSync()));
   if (modes.includes('ptune')) {
     const adam = new Adam([{ params: encoder.variables(), lr: 1e-5 }]);
-    out.ptune = timeSteps(reps, () => trainStep(lm, batch, encoder, adam, labels, encoder.variables()));
+    out.ptune = timeSteps(reps, () => trainStep(lm, batch, encoder, adam, encoder.variables(), compiled));
     adam.dispose();
   }
   if (modes.includes('lama')) {
@@ -195,9 +211,9 @@ async function child(key: string, engine: Engine, modes: Mode[], reps: number): 
       params.set(`lm.${name}`, v);
     }
     // the gradient alone first: Adam over every weight is the optimizer's cost, not the engine's
-    out.full_grad = timeSteps(reps, () => trainStep(lm, batch, encoder, null, labels, params));
+    out.full_grad = timeSteps(reps, () => trainStep(lm, batch, encoder, null, params, compiled));
     const adam = new Adam([{ params, lr: 1e-5 }]);
-    out.full = timeSteps(reps, () => trainStep(lm, batch, encoder, adam, labels, params));
+    out.full = timeSteps(reps, () => trainStep(lm, batch, encoder, adam, params, compiled));
     adam.dispose();
   }
   out.peak_rss_mb = Math.round(process.resourceUsage().maxRSS / 1024);

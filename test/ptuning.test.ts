@@ -130,7 +130,9 @@ test('PEFT export then import gives identical predictions', async () => {
   const p1 = trained.predict(dev, 'dev', 3);
   const p2 = back.predict(dev, 'dev', 3);
   assert.deepEqual(p2.map((p) => p.prediction), p1.map((p) => p.prediction));
-  p1.forEach((p, i) => p.scores.forEach((s, j) => assert.ok(Math.abs(s.score - p2[i]!.scores[j]!.score) < 1e-6)));
+  // float32 rounding only: on the ORT engine the trained run computes its prompts inside the compiled program,
+  // the import reads the table the tfjs encoder exported
+  p1.forEach((p, i) => p.scores.forEach((s, j) => assert.ok(Math.abs(s.score - p2[i]!.scores[j]!.score) < 1e-5, `${s.score} vs ${p2[i]!.scores[j]!.score}`)));
   trained.dispose({ keepLm: true });
   back.dispose({ keepLm: true });
 

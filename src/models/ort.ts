@@ -1,8 +1,6 @@
 import { tf } from '../engine/index.js';
 import { Graph, OnnxOps, OrtSession, gradients, savedForBackward, type HostTensor, type Sym } from '../engine/onnx/index.js';
-import { BertLM, bertHidden, bertLogitsAt, bertWeights } from './bert.js';
-import { Gpt2LM, gpt2Hidden, gpt2LogitsAt, gpt2Weights } from './gpt2.js';
-import { LlamaLM, attentionBias, llamaForward, llamaLogitsAt, positionsFromMask, ropeAt, ropeTables } from './llama.js';
+import { lmFunctions, type HiddenInputs, type LmFunctions, type WeightOf } from './functions.js';
 import type { KvCache, LanguageModel, LmBatch } from './lm.js';
 
 type Tensor = tf.Tensor;
@@ -24,52 +22,7 @@ export interface OrtOptions {
   maxSessionBytes?: number;
 }
 
-interface HiddenInputs {
-  embeds: Sym;
-  attentionMask: Sym;
-  positionIds?: Sym;
-  tokenTypeIds?: Sym;
-}
-
-type Weight = (name: string) => Sym;
-
-/** The tfjs model's own functions (hidden states, logits at positions), run on symbolic tensors. */
-interface ModelFunctions {
-  hidden(o: OnnxOps, w: Weight, inp: HiddenInputs): Sym;
-  logitsAt(o: OnnxOps, w: Weight, hidden: Sym, positions: Sym, candidates?: Sym): Sym;
-}
-
-function modelFunctions(base: LanguageModel): ModelFunctions {
-  if (base instanceof BertLM) {
-    const c = base.config;
-    return {
-      hidden: (o, w, inp) => bertHidden(o, bertWeights(c, w), c, inp),
-      logitsAt: (o, w, h, p, cand) => bertLogitsAt(o, bertWeights(c, w), c, h, p, cand),
-    };
-  }
-  if (base instanceof Gpt2LM) {
-    const c = base.config;
-    return {
-      hidden: (o, w, inp) => gpt2Hidden(o, gpt2Weights(c, w), c, inp),
-      logitsAt: (o, w, h, p, cand) => gpt2LogitsAt(o, gpt2Weights(c, w), h, p, cand),
-    };
-  }
-  if (base instanceof LlamaLM) {
-    const c = base.config;
-    const { cos, sin } = ropeTables(c);
-    const half = c.hiddenSize / c.numHeads / 2;
-    return {
-      hidden: (o, w, inp) => {
-        const s = inp.embeds.shape[1]!;
-        const positions = inp.positionIds ?? positionsFromMask(o, inp.attentionMask);
-        const rope = ropeAt(o, o.constFloat(cos, [c.maxPositions, half]), o.constFloat(sin, [c.maxPositions, half]), positions);
-        return llamaForward(o, w, c, inp.embeds, rope, attentionBias(o, s, 0, inp.attentionMask)).hidden;
-      },
-      logitsAt: (o, w, h, p, cand) => llamaLogitsAt(o, w, c, h, p, cand),
-    };
-  }
-  throw new Error(`ort engine: ${base.info.source} (${base.info.family}) is not a BertLM, Gpt2LM or LlamaLM`);
-}
+type Weight = WeightOf<Sym>;
 
 /**
  * Inference: `forward` only. Training: `forward` also outputs the activations the gradient reads (`saved`,
@@ -81,6 +34,33 @@ interface Compiled {
   backward?: OrtSession;
   /** frozen-weight bytes baked into the sessions */
   bytes: number;
+}
+
+/** A program compiled into one session: the inputs it declares, the outputs it returns, the LM weights it is fed. */
+interface CompiledProgram extends Compiled {
+  inputNames: Set<string>;
+  outputNames: string[];
+  weightInputs: string[];
+}
+
+/**
+ * Code around the model (a prompt encoder, a head, a loss) and the model itself, as one graph. `build` declares
+ * the graph inputs with `g.input`, reads LM weights through `w` and the model's computation through `fns`,
+ * and returns named outputs. Compiled for training, the program also returns the gradient of the scalar
+ * `loss` w.r.t. each `wrt` entry and each trainable LM weight it reads, in the same session run.
+ */
+export interface GraphProgram {
+  /** identifies the graph (shapes, options) in the session cache */
+  key: string;
+  build(g: Graph, o: OnnxOps, w: Weight, fns: LmFunctions): { outputs: Record<string, Sym>; loss?: Sym; wrt?: Record<string, Sym> };
+}
+
+export interface ProgramResult {
+  outputs: Record<string, HostTensor>;
+  /** d loss / d wrt[key], by key (training only) */
+  grads: Record<string, HostTensor>;
+  /** d loss / d weight for the trainable LM weights the program reads, by Hugging Face name (training only) */
+  weightGrads: Map<string, HostTensor>;
 }
 
 function disposeCompiled(c: Compiled): void {
@@ -119,6 +99,7 @@ interface FnCall {
 const WEIGHT_PREFIX = 'param:';
 const GRAD_PREFIX = 'grad:';
 const SAVE_PREFIX = 'save:';
+const WRT_PREFIX = 'd:';
 
 /**
  * A LanguageModel whose `run` (input embeddings → hidden states) and `logitsAt` execute as ONNX Runtime graphs
@@ -135,7 +116,7 @@ export class OrtLM implements LanguageModel {
   readonly tokenizer: LanguageModel['tokenizer'];
   readonly decodeStep?: (ids: Tensor, cache: KvCache | null) => { logits: Tensor; cache: KvCache };
   readonly base: LanguageModel;
-  private readonly fns: ModelFunctions;
+  private readonly fns: LmFunctions;
   private readonly sessions = new Map<string, Compiled>();
   private readonly usedWeights = new Map<FnName, Set<string>>();
   private readonly opts: Required<OrtOptions>;
@@ -146,7 +127,7 @@ export class OrtLM implements LanguageModel {
     base = this.base;
     this.info = base.info;
     this.tokenizer = base.tokenizer;
-    this.fns = modelFunctions(base);
+    this.fns = lmFunctions(base);
     if (base.decodeStep) this.decodeStep = base.decodeStep.bind(base);
     this.opts = {
       threads: opts.threads ?? 0,
@@ -184,7 +165,7 @@ export class OrtLM implements LanguageModel {
       key: `${b}x${sp} p${+positions} t${+types}`,
       build: (g, o, w) => {
         const x = g.input('x', [b, sp, h], 'float32');
-        const inp: HiddenInputs = {
+        const inp: HiddenInputs<Sym> = {
           embeds: x,
           attentionMask: g.input('attention_mask', [b, sp], 'int32'),
           ...(positions && { positionIds: g.input('position_ids', [b, sp], 'int32') }),
@@ -246,6 +227,85 @@ export class OrtLM implements LanguageModel {
     this.base.dispose();
   }
 
+  /**
+   * Runs `program` as one ONNX Runtime session, compiled on first use per (key, train). With `train` the run
+   * also returns the loss's gradients: forward and backward in one call, so no activation leaves the runtime.
+   * `feeds` may hold inputs the compiled graph does not read (they are dropped).
+   */
+  runProgram(program: GraphProgram, feeds: Record<string, HostTensor>, train: boolean): ProgramResult {
+    const params = this.base.parameters();
+    let trainable = 0;
+    for (const v of params.values()) if (v.trainable) trainable++;
+    const key = `program ${program.key} ${train ? 'train' : 'infer'} w${trainable}`;
+    let compiled = this.sessions.get(key) as CompiledProgram | undefined;
+    if (compiled) this.touch(key);
+    else {
+      compiled = this.compileProgram(program, train);
+      this.store(key, compiled);
+    }
+    const all: Record<string, HostTensor> = {};
+    for (const [name, t] of Object.entries(feeds)) if (compiled.inputNames.has(name)) all[name] = t;
+    for (const n of compiled.weightInputs) {
+      const v = params.get(n)!;
+      all[WEIGHT_PREFIX + n] = { data: v.dataSync() as Float32Array, dims: v.shape };
+    }
+    for (const n of compiled.inputNames) if (!all[n]) throw new Error(`ort program ${program.key}: input "${n}" was not fed`);
+    const r = compiled.forward.run(all, compiled.outputNames);
+    const result: ProgramResult = { outputs: {}, grads: {}, weightGrads: new Map() };
+    for (const [name, t] of Object.entries(r)) {
+      if (name.startsWith(WRT_PREFIX)) result.grads[name.slice(WRT_PREFIX.length)] = t;
+      else if (name.startsWith(GRAD_PREFIX)) result.weightGrads.set(name.slice(GRAD_PREFIX.length), t);
+      else result.outputs[name] = t;
+    }
+    return result;
+  }
+
+  private compileProgram(program: GraphProgram, train: boolean): CompiledProgram {
+    const g = new Graph();
+    const o = new OnnxOps(g);
+    const params = this.base.parameters();
+    const syms = new Map<string, Sym>();
+    const weightInputs: string[] = [];
+    const weight = (name: string): Sym => {
+      let sym = syms.get(name);
+      if (sym) return sym;
+      const v = params.get(name);
+      if (!v) throw new Error(`ort engine: ${this.info.source} has no weight "${name}"`);
+      if (v.trainable) {
+        sym = g.input(WEIGHT_PREFIX + name, v.shape, 'float32');
+        weightInputs.push(name);
+      } else sym = g.constant(() => v.dataSync() as Float32Array, v.shape, 'float32', name);
+      syms.set(name, sym);
+      return sym;
+    };
+    const { outputs, loss, wrt = {} } = program.build(g, o, weight, this.fns);
+    const all: Record<string, Sym> = { ...outputs };
+    if (train) {
+      if (!loss) throw new Error(`ort program ${program.key}: training needs a loss`);
+      if (loss.size !== 1) throw new Error(`ort program ${program.key}: the loss must be a scalar, got [${loss.shape}]`);
+      const keys = Object.keys(wrt);
+      const targets = [...keys.map((k) => wrt[k]!), ...weightInputs.map((n) => syms.get(n)!)];
+      const grads = gradients(o, loss, o.constFloat([1], loss.shape), targets);
+      keys.forEach((k, i) => (all[WRT_PREFIX + k] = grads[i]!));
+      weightInputs.forEach((n, i) => (all[GRAD_PREFIX + n] = grads[keys.length + i]!));
+    }
+    const model = g.toModel(all);
+    const session = new OrtSession(model.bytes, { threads: this.opts.threads || undefined, spin: this.opts.spin });
+    return {
+      forward: session,
+      saved: [],
+      bytes: model.constantBytes,
+      inputNames: new Set(model.inputNames),
+      outputNames: Object.keys(all),
+      weightInputs,
+    };
+  }
+
+  /** Sequence length a batch of `s` positions is padded to, so nearby lengths share compiled sessions. */
+  paddedLength(s: number): number {
+    return this.bucket(s);
+  }
+
   private bucket(s: number): number {
     return Math.min(Math.ceil(s / this.opts.seqBucket) * this.opts.seqBucket, Math.max(s, this.info.maxPositions));
   }
@@ -299,12 +359,22 @@ export class OrtLM implements LanguageModel {
     const key = `${f.fn} ${kind} ${f.key} w${trainableNames.length}`;
     const hit = this.sessions.get(key);
     if (hit) {
-      // most recently used last
-      this.sessions.delete(key);
-      this.sessions.set(key, hit);
+      this.touch(key);
       return hit;
     }
     const compiled = this.compile(f, kind, trainableNames);
+    this.store(key, compiled);
+    return compiled;
+  }
+
+  /** Marks a cached session most recently used (the cache evicts from the front). */
+  private touch(key: string): void {
+    const hit = this.sessions.get(key)!;
+    this.sessions.delete(key);
+    this.sessions.set(key, hit);
+  }
+
+  private store(key: string, compiled: Compiled): void {
     this.sessions.set(key, compiled);
     const total = () => [...this.sessions.values()].reduce((n, c) => n + c.bytes, 0);
     while (this.sessions.size > 1 && (this.sessions.size > this.opts.maxSessions || total() > this.opts.maxSessionBytes)) {
@@ -312,7 +382,6 @@ export class OrtLM implements LanguageModel {
       disposeCompiled(c);
       this.sessions.delete(oldest);
     }
-    return compiled;
   }
 
   private compile(f: FnCall, kind: 'infer' | 'train', trainableNames: string[]): Compiled {

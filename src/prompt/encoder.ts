@@ -1,4 +1,4 @@
-import { tf } from '../engine/index.js';
+import { tf, tfOps, type Ops } from '../engine/index.js';
 import { makeNormal, makeRng } from '../util/rng.js';
 
 /**
@@ -94,24 +94,54 @@ export class PromptEncoder {
   /** The prompt embeddings [numVirtualTokens, tokenDim]. Call inside tf.tidy (or dispose the result). */
   forward(training = false): tf.Tensor2D {
     return tf.tidy(() => {
-      const emb = this.v('embedding.weight');
-      if (this.config.type === 'embedding') return emb.clone() as tf.Tensor2D;
-      if (this.config.type === 'mlp') {
-        let x = tf.relu(this.linear(emb, 'mlp_head.0'));
-        x = tf.relu(this.linear(x, 'mlp_head.2'));
-        return this.linear(x, 'mlp_head.4') as tf.Tensor2D;
-      }
-      const dims = this.lstm!;
-      let x: tf.Tensor2D = emb;
-      for (let l = 0; l < dims.layers; l++) {
-        const fwd = this.lstmDirection(x, `l${l}`, false);
-        const bwd = this.lstmDirection(x, `l${l}_reverse`, true);
-        x = tf.concat([fwd, bwd], 1);
-        if (training && this.config.dropout > 0 && l < dims.layers - 1) x = this.dropout(x);
-      }
-      const h = tf.relu(this.linear(x, 'mlp_head.0'));
-      return this.linear(h, 'mlp_head.2') as tf.Tensor2D;
+      const masks = this.dropoutMasks(training)?.map((m, l) => tf.tensor(m, this.dropoutShape(l), 'float32'));
+      const out = this.encode(tfOps, (name) => this.v(name), masks);
+      return (this.config.type === 'embedding' ? out.clone() : out) as tf.Tensor2D;
     });
+  }
+
+  /**
+   * The encoder's computation over any op vocabulary: `w` reads a variable by state_dict name; `dropout`
+   * holds one mask per LSTM layer but the last (scaled by 1/(1-p)), from `dropoutMasks`, when training with
+   * dropout. The tfjs `forward` and graph engines (which compile it with the LM into one program) share it.
+   */
+  encode<T>(o: Ops<T>, w: (name: string) => T, dropout?: T[]): T {
+    const emb = w('embedding.weight');
+    if (this.config.type === 'embedding') return emb;
+    const linear = (x: T, prefix: string) => o.add(o.matmul(x, w(`${prefix}.weight`), true), w(`${prefix}.bias`));
+    if (this.config.type === 'mlp') {
+      let x = o.relu(linear(emb, 'mlp_head.0'));
+      x = o.relu(linear(x, 'mlp_head.2'));
+      return linear(x, 'mlp_head.4');
+    }
+    const dims = this.lstm!;
+    let x = emb;
+    for (let l = 0; l < dims.layers; l++) {
+      const fwd = lstmDirection(o, w, dims.hidden, x, `l${l}`, false);
+      const bwd = lstmDirection(o, w, dims.hidden, x, `l${l}_reverse`, true);
+      x = o.concat([fwd, bwd], 1);
+      if (dropout && l < dims.layers - 1) x = o.mul(x, dropout[l]!);
+    }
+    return linear(o.relu(linear(x, 'mlp_head.0')), 'mlp_head.2');
+  }
+
+  /**
+   * Dropout masks for one training forward (advancing the encoder's dropout RNG), or null when there is no
+   * dropout to apply. Mask l has the shape `dropoutShape(l)`.
+   */
+  dropoutMasks(training: boolean): Float32Array[] | null {
+    const p = this.config.dropout;
+    if (!training || p === 0 || !this.lstm) return null;
+    const keep = 1 / (1 - p);
+    return Array.from({ length: this.lstm.layers - 1 }, () => {
+      const mask = new Float32Array(this.config.numVirtualTokens * this.lstm!.mlpWidth);
+      for (let i = 0; i < mask.length; i++) mask[i] = this.dropoutRng() < p ? 0 : keep;
+      return mask;
+    });
+  }
+
+  dropoutShape(_layer: number): number[] {
+    return [this.config.numVirtualTokens, this.lstm?.mlpWidth ?? 0];
   }
 
   /** Trainable variables by PyTorch state_dict name, in initialisation order. */
@@ -167,49 +197,33 @@ export class PromptEncoder {
     if (!v) throw new Error(`prompt encoder: no variable '${name}'`);
     return v as unknown as tf.Tensor2D;
   }
+}
 
-  private linear(x: tf.Tensor2D, prefix: string): tf.Tensor2D {
-    const w = this.vars.get(`${prefix}.weight`)!;
-    const b = this.vars.get(`${prefix}.bias`)!;
-    return tf.add(tf.matMul(x, w as tf.Tensor2D, false, true), b);
+/**
+ * One direction of one LSTM layer over the whole sequence x [n, in] → [n, h], as torch.nn.LSTM with zero
+ * initial state: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
+ */
+function lstmDirection<T>(o: Ops<T>, w: (name: string) => T, hs: number, x: T, suffix: string, reverse: boolean): T {
+  const n = o.shape(x)[0]!;
+  const whhT = o.transpose(w(`lstm_head.weight_hh_${suffix}`), [1, 0]);
+  const bias = o.add(w(`lstm_head.bias_ih_${suffix}`), w(`lstm_head.bias_hh_${suffix}`));
+  const inputGates = o.add(o.matmul(x, w(`lstm_head.weight_ih_${suffix}`), true), bias); // [n, 4h], all steps at once
+  const outs: T[] = new Array(n);
+  let h: T | null = null;
+  let c: T | null = null;
+  for (let k = 0; k < n; k++) {
+    const t = reverse ? n - 1 - k : k;
+    let gates = o.slice(inputGates, [t, 0], [1, 4 * hs]);
+    if (h) gates = o.add(gates, o.matmul(h, whhT));
+    const i = o.sigmoid(o.slice(gates, [0, 0], [1, hs]));
+    const f = o.sigmoid(o.slice(gates, [0, hs], [1, hs]));
+    const g = o.tanh(o.slice(gates, [0, 2 * hs], [1, hs]));
+    const og = o.sigmoid(o.slice(gates, [0, 3 * hs], [1, hs]));
+    c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
+    h = o.mul(og, o.tanh(c));
+    outs[t] = h;
   }
-
-  /**
-   * One direction of one LSTM layer over the whole sequence x [n, in] → [n, h], as torch.nn.LSTM with zero
-   * initial state: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
-   */
-  private lstmDirection(x: tf.Tensor2D, suffix: string, reverse: boolean): tf.Tensor2D {
-    const hs = this.lstm!.hidden;
-    const n = x.shape[0];
-    const wih = this.v(`lstm_head.weight_ih_${suffix}`);
-    const whhT = tf.transpose(this.v(`lstm_head.weight_hh_${suffix}`));
-    const bias = tf.add(this.v(`lstm_head.bias_ih_${suffix}`), this.v(`lstm_head.bias_hh_${suffix}`));
-    const inputGates = tf.add(tf.matMul(x, wih, false, true), bias); // [n, 4h], all steps at once
-    const outs: tf.Tensor[] = new Array(n);
-    let h: tf.Tensor | null = null;
-    let c: tf.Tensor | null = null;
-    for (let k = 0; k < n; k++) {
-      const t = reverse ? n - 1 - k : k;
-      let gates: tf.Tensor = tf.slice(inputGates, [t, 0], [1, 4 * hs]);
-      if (h) gates = tf.add(gates, tf.matMul(h as tf.Tensor2D, whhT));
-      const i = tf.sigmoid(tf.slice(gates, [0, 0], [1, hs]));
-      const f = tf.sigmoid(tf.slice(gates, [0, hs], [1, hs]));
-      const g = tf.tanh(tf.slice(gates, [0, 2 * hs], [1, hs]));
-      const o = tf.sigmoid(tf.slice(gates, [0, 3 * hs], [1, hs]));
-      c = c ? tf.add(tf.mul(f, c), tf.mul(i, g)) : tf.mul(i, g);
-      h = tf.mul(o, tf.tanh(c));
-      outs[t] = h;
-    }
-    return tf.concat(outs, 0) as tf.Tensor2D;
-  }
-
-  private dropout(x: tf.Tensor2D): tf.Tensor2D {
-    const p = this.config.dropout;
-    const mask = new Float32Array(x.size);
-    const keep = 1 / (1 - p);
-    for (let i = 0; i < mask.length; i++) mask[i] = this.dropoutRng() < p ? 0 : keep;
-    return tf.mul(x, tf.tensor(mask, x.shape, 'float32'));
-  }
+  return o.concat(outs, 0);
 }
 
 function normalise(cfg: PromptEncoderConfig): PromptEncoder['config'] {

@@ -1,4 +1,4 @@
-import { tf } from '../engine/index.js';
+import { tf, tfOps, type Ops } from '../engine/index.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { Verbalizer, type LabelWords, type TokenRule, type WordAggregation } from './verbalizer.js';
 
@@ -22,6 +22,8 @@ export interface Head {
   target(record: Record<string, unknown>, where: string): number;
   /** per-class scores [B, numClasses] from logits at the answer position ([B, C] over `candidates`) */
   scores(logits: tf.Tensor): tf.Tensor;
+  /** `scores` over any op vocabulary (graph engines compile it into their program) */
+  scoresOn<T>(o: Ops<T>, logits: T): T;
   /** class names for reports */
   className(k: number): string;
   /** indices into the score columns allowed for prediction (answer vocab); null = all */
@@ -47,32 +49,35 @@ function labelHead(spec: Extract<HeadSpec, { kind: 'label' }>, tok: TextTokenize
       if (k < 0) throw new Error(`${where}: label ${JSON.stringify(value)} is not one of ${v.labels.join(', ')}`);
       return k;
     },
-    scores: (logits) => labelScores(tf.logSoftmax(logits), v),
+    scores: (logits) => labelScores(tfOps, tfOps.logSoftmax(logits), v),
+    scoresOn: (o, logits) => labelScores(o, o.logSoftmax(logits), v),
     className: (k) => v.labels[k]!,
   };
 }
 
 /** Differentiable version of `Verbalizer.labelScores` over log-probabilities [B, C]. */
-function labelScores(logProbs: tf.Tensor, v: Verbalizer): tf.Tensor {
+function labelScores<T>(o: Ops<T>, logProbs: T, v: Verbalizer): T {
+  const b = o.shape(logProbs)[0]!;
   const perLabel = v.columns.map((words) => {
     const perWord = words.map((cols) => {
-      const t = tf.gather(logProbs, tf.tensor1d(v.tokenRule === 'first' ? [cols[0]!] : [...cols], 'int32'), 1);
+      const ids = v.tokenRule === 'first' ? [cols[0]!] : [...cols];
+      const t = o.gather(logProbs, o.constInt(ids, [ids.length]), 1);
       switch (v.tokenRule) {
         case 'first':
-          return tf.squeeze(t, [1]);
+          return o.reshape(t, [b, 1]);
         case 'mean':
-          return tf.mean(t, 1);
+          return o.mean(t, 1, true);
         case 'sum':
-          return tf.sum(t, 1);
+          return o.sum(t, 1, true);
         case 'max':
-          return tf.max(t, 1);
+          return o.max(t, 1, true);
       }
     });
     if (perWord.length === 1) return perWord[0]!;
-    const stacked = tf.stack(perWord, 1);
-    return v.wordAggregation === 'max' ? tf.max(stacked, 1) : tf.mean(stacked, 1);
+    const stacked = o.concat(perWord, 1);
+    return v.wordAggregation === 'max' ? o.max(stacked, 1, true) : o.mean(stacked, 1, true);
   });
-  return tf.stack(perLabel, 1);
+  return o.concat(perLabel, 1);
 }
 
 function answerHead(spec: Extract<HeadSpec, { kind: 'answer' }>, tok: TextTokenizer): Head {
@@ -93,13 +98,22 @@ function answerHead(spec: Extract<HeadSpec, { kind: 'answer' }>, tok: TextTokeni
       return ids[0]!;
     },
     scores: (logits) => logits,
+    scoresOn: (_o, logits) => logits,
     className: (k) => tok.idToToken(k) ?? `<${k}>`,
   };
 }
 
 /** Cross-entropy of `scores` [B, K] against class indices. */
 export function crossEntropy(scores: tf.Tensor, targets: number[]): tf.Scalar {
-  const logp = tf.logSoftmax(scores);
-  const picked = tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(targets.map((t, i) => i * scores.shape[1]! + t), 'int32'));
-  return tf.neg(tf.mean(picked)) as tf.Scalar;
+  return crossEntropyOn(tfOps, scores, tfOps.constInt(flatTargets(targets, scores.shape[1]!), [targets.length])) as tf.Scalar;
+}
+
+/** Mean cross-entropy of `scores` [B, K] at `flat` [B] int32 = row·K + class (`flatTargets`): one gather. */
+export function crossEntropyOn<T>(o: Ops<T>, scores: T, flat: T): T {
+  const logp = o.reshape(o.logSoftmax(scores), [-1]);
+  return o.neg(o.mean(o.gather(logp, flat), 0));
+}
+
+export function flatTargets(targets: number[], numClasses: number): number[] {
+  return targets.map((t, i) => i * numClasses + t);
 }

@@ -6,6 +6,8 @@ import type { LanguageModel } from '../models/lm.js';
 import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
 import { makeHead, crossEntropy, type Head, type HeadSpec } from '../prompt/heads.js';
 import { answerLogits } from '../prompt/ptuning.js';
+import { CompiledPTuning } from '../prompt/compiled.js';
+import { OrtLM } from '../models/ort.js';
 import { collate, renderExample, type RenderedExample } from '../prompt/render.js';
 import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
 import { readRecords } from '../data/read.js';
@@ -109,6 +111,8 @@ export class PTuningSession {
   readonly encoder: PromptEncoder | null;
   readonly head: Head;
   private readonly candidates: tf.Tensor | null;
+  /** the whole step as one ONNX Runtime program, when the LM runs on that engine */
+  private readonly compiled: CompiledPTuning | null;
 
   private constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
@@ -119,6 +123,7 @@ export class PTuningSession {
     this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.hiddenSize }) : null;
     this.head = makeHead(config.head, lm.tokenizer);
     this.candidates = this.head.candidates ? tf.tensor1d(this.head.candidates, 'int32') : null;
+    this.compiled = lm instanceof OrtLM ? new CompiledPTuning(lm, this.encoder, this.head) : null;
   }
 
   static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
@@ -187,6 +192,7 @@ export class PTuningSession {
       items.map((i) => i.ex),
       this.lm.info,
     );
+    if (this.compiled && !training) return this.compiled.scores(batch);
     const prompts = this.encoder ? this.encoder.forward(training) : null;
     const logits = answerLogits(this.lm, batch, prompts, this.candidates ?? undefined);
     return this.head.scores(logits);
@@ -195,6 +201,22 @@ export class PTuningSession {
   loss(items: readonly Item[]): tf.Scalar {
     return crossEntropy(
       this.scores(items, true),
+      items.map((i) => i.target),
+    );
+  }
+
+  /**
+   * Loss and gradients of a batch without the tape, as one compiled program (ONNX Runtime engine); null on the
+   * tfjs engine, where `loss` runs under tf.variableGrads.
+   */
+  lossAndGrads(items: readonly Item[]): { loss: number; grads: tf.NamedTensorMap } | null {
+    if (!this.compiled) return null;
+    const batch = collate(
+      items.map((i) => i.ex),
+      this.lm.info,
+    );
+    return this.compiled.lossAndGrads(
+      batch,
       items.map((i) => i.target),
     );
   }
@@ -280,6 +302,7 @@ export class PTuningSession {
         task: {
           examples: tr.items,
           loss: (batch) => this.loss(batch),
+          lossAndGrads: (batch) => this.lossAndGrads(batch),
           evaluate: (): DevResult => {
             const r = this.evaluateItems(dv.items);
             return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };

@@ -51,6 +51,11 @@ export interface TrainTask<E> {
   examples: E[];
   /** mean loss of a micro-batch; runs under tf.variableGrads */
   loss(batch: E[]): tf.Scalar;
+  /**
+   * The loss and its gradients computed without the tape (a compiled program), keyed by variable name as
+   * tf.variableGrads keys them; null: use `loss` under the tape.
+   */
+  lossAndGrads?(batch: E[]): { loss: number; grads: tf.NamedTensorMap } | null;
   evaluate(): DevResult;
 }
 
@@ -91,6 +96,16 @@ export interface TrainLoopOptions<E> {
 }
 
 export class NonFiniteLossError extends Error {}
+
+/** Loss and gradients of one micro-batch: from the task's compiled path when it has one, else from the tape. */
+function gradientsOf<E>(task: TrainTask<E>, batch: E[], params: Map<string, tf.Variable>): { loss: number; grads: tf.NamedTensorMap } {
+  const direct = task.lossAndGrads?.(batch);
+  if (direct) return direct;
+  const { value, grads } = tf.variableGrads(() => task.loss(batch), [...params.values()]);
+  const loss = value.dataSync()[0]!;
+  value.dispose();
+  return { loss, grads };
+}
 
 function initialState(): TrainState {
   return {
@@ -192,9 +207,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
       while (micro < c.gradAccum && state.batchInEpoch < batchesPerEpoch) {
         const start = state.batchInEpoch * c.batchSize;
         const batch = order.slice(start, start + c.batchSize).map((i) => task.examples[i]!);
-        const { value, grads } = tf.variableGrads(() => task.loss(batch), [...params.values()]);
-        const lossValue = value.dataSync()[0]!;
-        value.dispose();
+        const { loss: lossValue, grads } = gradientsOf(task, batch, params);
         if (!Number.isFinite(lossValue)) {
           Object.values(grads).forEach((g) => g.dispose());
           accumulated.forEach((g) => g.dispose());
@@ -208,6 +221,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
         for (const [name, v] of params) {
           const g = grads[v.name];
           if (!g) continue;
+          delete grads[v.name];
           const prev = accumulated.get(name);
           accumulated.set(name, prev ? tf.tidy(() => tf.add(prev, g)) : g);
           if (prev) {
@@ -215,6 +229,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
             g.dispose();
           }
         }
+        tf.dispose(Object.values(grads));
         stepLoss += lossValue;
         micro++;
         state.batchInEpoch++;

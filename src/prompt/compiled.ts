@@ -1,0 +1,128 @@
+import { tf } from '../engine/index.js';
+import type { Graph, HostTensor, OnnxOps, Sym } from '../engine/onnx/index.js';
+import type { LmFunctions, WeightOf } from '../models/functions.js';
+import type { GraphProgram, OrtLM } from '../models/ort.js';
+import type { PromptEncoder } from './encoder.js';
+import { crossEntropyOn, flatTargets, type Head } from './heads.js';
+import type { CollatedBatch } from './render.js';
+
+const ENC = 'enc:';
+
+/**
+ * The whole P-tuning computation — prompt encoder → pseudo-token rows spliced into the word embeddings → LM →
+ * logits at the answer position → head scores → cross-entropy — as one program on the ONNX Runtime engine.
+ * A training step is one session run that returns the loss and the gradients of the encoder (and, with a tuned
+ * LM, of the LM's weights); evaluation runs the program without its backward. Numerically it is the tape path
+ * (`promptedEmbeds` / `answerLogits` / `Head.scores` / `crossEntropy`): the same functions over `Ops<T>`.
+ *
+ * Sessions are cached in the OrtLM per (batch, padded length, encoder shape, head), so runs that share a
+ * model and a template shape (LAMA's relations) share compiled programs.
+ */
+export class CompiledPTuning {
+  private readonly signature: string;
+
+  constructor(
+    private readonly lm: OrtLM,
+    private readonly encoder: PromptEncoder | null,
+    private readonly head: Head,
+  ) {
+    const e = encoder?.config;
+    const enc = e ? `${e.type}/${e.numVirtualTokens}/${e.hiddenSize}/${e.lstmLayers}/${e.preset}` : 'none';
+    const spec = head.spec;
+    const h = spec.kind === 'answer' ? 'answer' : JSON.stringify([spec.labelWords, spec.tokenRule, spec.wordAggregation]);
+    this.signature = `enc ${enc} head ${h}`;
+  }
+
+  /**
+   * Mean cross-entropy of a batch against `targets` (class indices) and its gradients, keyed by tfjs variable
+   * name (as tf.variableGrads): the encoder's variables and the LM's trainable ones.
+   */
+  lossAndGrads(batch: CollatedBatch, targets: number[]): { loss: number; grads: tf.NamedTensorMap } {
+    const masks = this.encoder?.dropoutMasks(true) ?? null;
+    const { feeds, b, sp } = this.feeds(batch, masks);
+    feeds.targets = { data: Int32Array.from(flatTargets(targets, this.head.numClasses)), dims: [b] };
+    const r = this.lm.runProgram(this.program(b, sp, true, masks !== null), feeds, true);
+    const grads: tf.NamedTensorMap = {};
+    for (const [name, v] of this.encoder?.variables() ?? []) grads[v.name] = tf.tensor(r.grads[name]!.data, v.shape, 'float32');
+    const params = this.lm.parameters();
+    for (const [name, g] of r.weightGrads) {
+      const v = params.get(name)!;
+      grads[v.name] = tf.tensor(g.data, v.shape, 'float32');
+    }
+    return { loss: r.outputs.loss!.data[0]!, grads };
+  }
+
+  /** Per-class scores [B, K] (inference: no dropout, no gradient). */
+  scores(batch: CollatedBatch): tf.Tensor {
+    const { feeds, b, sp } = this.feeds(batch, null);
+    const r = this.lm.runProgram(this.program(b, sp, false, false), feeds, false);
+    const s = r.outputs.scores!;
+    return tf.tensor(s.data, s.dims, 'float32');
+  }
+
+  private feeds(batch: CollatedBatch, masks: Float32Array[] | null): { feeds: Record<string, HostTensor>; b: number; sp: number } {
+    const b = batch.ids.length;
+    const s = batch.ids[0]!.length;
+    const sp = this.lm.paddedLength(s);
+    const grid = (rows: number[][], fill: number) => {
+      const out = new Int32Array(b * sp).fill(fill);
+      rows.forEach((row, i) => out.set(row, i * sp));
+      return { data: out, dims: [b, sp] };
+    };
+    const pad = this.lm.info.special.pad;
+    const index = new Int32Array(b * sp);
+    const isPseudo = new Float32Array(b * sp);
+    batch.pseudoIndex.forEach((k, i) => {
+      const at = batch.pseudoRows[i]! * sp + batch.pseudoCols[i]!;
+      index[at] = k;
+      isPseudo[at] = 1;
+    });
+    const feeds: Record<string, HostTensor> = {
+      ids: grid(batch.ids, pad),
+      attention_mask: grid(batch.attentionMask, 0),
+      token_type_ids: grid(batch.tokenTypeIds, 0),
+      positions: { data: Int32Array.from(batch.answerPositions), dims: [b] },
+      pseudo_index: { data: index, dims: [b, sp] },
+      pseudo_mask: { data: isPseudo, dims: [b, sp, 1] },
+    };
+    for (const [name, v] of this.encoder?.variables() ?? []) feeds[ENC + name] = { data: v.dataSync() as Float32Array, dims: v.shape };
+    masks?.forEach((m, l) => (feeds[`dropout:${l}`] = { data: m, dims: this.encoder!.dropoutShape(l) }));
+    return { feeds, b, sp };
+  }
+
+  private program(b: number, sp: number, train: boolean, dropout: boolean): GraphProgram {
+    const encoder = this.encoder;
+    const head = this.head;
+    const candidates = head.candidates;
+    return {
+      key: `ptune ${b}x${sp} ${this.signature}${dropout ? ' dropout' : ''}`,
+      build: (g: Graph, o: OnnxOps, w: WeightOf<Sym>, fns: LmFunctions): ReturnType<GraphProgram['build']> => {
+        const ints = (name: string, shape: number[]) => g.input(name, shape, 'int32');
+        const ids = ints('ids', [b, sp]);
+        let embeds = fns.embed(o, w, ids);
+        const wrt: Record<string, Sym> = {};
+        if (encoder) {
+          for (const [name, v] of encoder.variables()) wrt[name] = g.input(ENC + name, v.shape, 'float32');
+          const masks = dropout
+            ? Array.from({ length: encoder.config.lstmLayers - 1 }, (_, l) => g.input(`dropout:${l}`, encoder.dropoutShape(l), 'float32'))
+            : undefined;
+          const prompts = encoder.encode(o, (name) => wrt[name]!, masks);
+          const m = g.input('pseudo_mask', [b, sp, 1], 'float32');
+          const pseudo = o.gather(prompts, ints('pseudo_index', [b, sp]));
+          embeds = o.add(o.mul(embeds, o.sub(o.scalar(1), m)), o.mul(pseudo, m));
+        }
+        const hidden = fns.hidden(o, w, {
+          embeds,
+          attentionMask: ints('attention_mask', [b, sp]),
+          tokenTypeIds: ints('token_type_ids', [b, sp]),
+        });
+        const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
+        const logits = fns.logitsAt(o, w, hidden, ints('positions', [b]), cand);
+        const scores = head.scoresOn(o, logits);
+        if (!train) return { outputs: { scores } };
+        const loss = crossEntropyOn(o, scores, ints('targets', [b]));
+        return { outputs: { loss }, loss, wrt };
+      },
+    };
+  }
+}

@@ -1,0 +1,155 @@
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import path from 'node:path';
+import { tf, initEngine } from '../src/engine/index.js';
+import { createRandomModel, loadModel } from '../src/models/load.js';
+import { OrtLM } from '../src/models/ort.js';
+import type { LanguageModel } from '../src/models/lm.js';
+import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type Item, type RunConfig } from '../src/train/session.js';
+import { readRecords } from '../src/data/read.js';
+
+const shared = path.resolve(process.cwd(), '../shared');
+const modelDir = (name: string) => path.join(shared, 'models', name);
+
+let bert: LanguageModel;
+let gpt2: LanguageModel;
+
+before(async () => {
+  await initEngine('wasm');
+  bert = await loadModel(modelDir('bert-mini-lama'), { engine: 'tfjs' });
+  gpt2 = await loadModel(modelDir('gpt2-mini-lama'), { engine: 'tfjs' });
+});
+
+after(() => {
+  bert.dispose();
+  gpt2.dispose();
+});
+
+const lama = (n: number) => readRecords(path.join(shared, 'data/lama/fact-retrieval/original/P1412/train.jsonl')).slice(0, n);
+const sst2 = (n: number) => readRecords(path.join(shared, 'data/sst2/train.tsv')).slice(0, n);
+
+function config(over: Partial<RunConfig>): RunConfig {
+  return {
+    version: 1,
+    model: 'in-memory',
+    template: '[P*3] {sub_label} [P*3] [MASK] .',
+    head: { kind: 'answer', answerField: 'obj_label' },
+    encoder: { type: 'lstm', seed: 3 },
+    maxLength: 40,
+    skipTooLong: false,
+    loop: DEFAULT_LOOP,
+    optim: DEFAULT_OPTIM,
+    ...over,
+  };
+}
+
+/** Loss and gradients by checkpoint name: from the tape (tfjs LM) and from the compiled program (ORT LM). */
+function bothWays(s: PTuningSession, items: Item[]): { loss: number; grads: Map<string, tf.Tensor> } {
+  const params = s.trainedParams();
+  const direct = s.lossAndGrads(items);
+  let loss: number;
+  let named: tf.NamedTensorMap;
+  if (direct) ({ loss, grads: named } = direct);
+  else {
+    const { value, grads } = tf.variableGrads(() => s.loss(items), [...params.values()]);
+    loss = value.dataSync()[0]!;
+    value.dispose();
+    named = grads;
+  }
+  const grads = new Map([...params].map(([k, v]) => [k, named[v.name]!]));
+  assert.equal(Object.keys(named).length, params.size, 'one gradient per trained variable, no more');
+  return { loss, grads };
+}
+
+function assertSame(got: ReturnType<typeof bothWays>, want: ReturnType<typeof bothWays>, what: string): void {
+  assert.ok(Math.abs(got.loss - want.loss) < 1e-4 * Math.max(1, Math.abs(want.loss)), `${what}: loss ${got.loss} vs ${want.loss}`);
+  assert.equal(got.grads.size, want.grads.size);
+  for (const [name, w] of want.grads) {
+    const g = got.grads.get(name);
+    assert.ok(g, `${what}: no gradient for ${name}`);
+    const rel = tf.tidy(() => tf.max(tf.abs(tf.sub(g, w))).dataSync()[0]! / Math.max(tf.max(tf.abs(w)).dataSync()[0]!, 1e-8));
+    assert.ok(rel < 2e-4, `${what} ${name}: relative gradient error ${rel}`);
+  }
+  tf.dispose([...got.grads.values(), ...want.grads.values()]);
+}
+
+async function compare(lm: LanguageModel, cfg: RunConfig, records: Record<string, unknown>[], what: string): Promise<void> {
+  const tape = await PTuningSession.create(cfg, lm);
+  const ort = new OrtLM(lm);
+  const compiled = await PTuningSession.create(cfg, ort);
+  const items = tape.prepare(records, 'records').items;
+  assert.equal(tape.lossAndGrads(items), null, 'the tfjs engine trains through the tape');
+  assertSame(bothWays(compiled, compiled.prepare(records, 'records').items), bothWays(tape, items), what);
+  // inference scores of the program equal the tape path's
+  const want = tf.tidy(() => tape.scores(items).arraySync() as number[][]);
+  const got = tf.tidy(() => compiled.scores(items).arraySync() as number[][]);
+  let diff = 0;
+  want.forEach((row, i) => row.forEach((v, j) => (diff = Math.max(diff, Math.abs(v - got[i]![j]!)))));
+  assert.ok(diff < 1e-3, `${what}: scores differ by ${diff}`);
+  tape.dispose({ keepLm: true });
+  compiled.dispose({ keepLm: true });
+  ort.resetSessions();
+}
+
+test('compiled P-tuning step equals the tape: BERT, LSTM encoder, full-vocabulary answer head (LAMA)', async () => {
+  await compare(bert, config({}), lama(12), 'bert lama');
+});
+
+test('compiled P-tuning step equals the tape: GPT-2 (left padding), MLP encoder, verbalizer head over label words', async () => {
+  const cfg = config({
+    template: '{sentence} [P*2] It was [P] [MASK]',
+    head: { kind: 'label', labelField: 'label', labelWords: { '0': ['terrible', 'bad'], '1': ['great'] }, tokenRule: 'mean', wordAggregation: 'max' },
+    encoder: { type: 'mlp', seed: 4 },
+  });
+  await compare(gpt2, cfg, sst2(10), 'gpt2 sst2');
+});
+
+test('compiled step with the LM tuned jointly: gradients for every LM weight equal the tape', async () => {
+  const tok = bert.tokenizer;
+  const dims = { vocabSize: tok.vocabSize, hiddenSize: 32, numLayers: 2, numHeads: 2, intermediateSize: 64, maxPositions: 64 };
+  for (const family of ['bert', 'gpt2'] as const) {
+    const lm = createRandomModel(family, dims, 7, tok, { trainable: true });
+    const cfg = config({
+      template: family === 'bert' ? '[P*2] {sub_label} [P] [MASK] .' : '[P*2] {sub_label} [P] [MASK]',
+      optim: { ...DEFAULT_OPTIM, tuneLm: true },
+    });
+    await compare(lm, cfg, lama(6), `${family} tuned LM`);
+    lm.dispose();
+  }
+});
+
+test('compiled step with encoder dropout consumes the same masks as the tape', async () => {
+  const cfg = config({ encoder: { type: 'lstm', seed: 3, dropout: 0.3 } });
+  const records = lama(8);
+  const tape = await PTuningSession.create(cfg, bert);
+  const ort = new OrtLM(bert);
+  const compiled = await PTuningSession.create(cfg, ort);
+  for (let step = 0; step < 2; step++) {
+    assertSame(bothWays(compiled, compiled.prepare(records, 'r').items), bothWays(tape, tape.prepare(records, 'r').items), `dropout step ${step}`);
+  }
+  tape.dispose({ keepLm: true });
+  compiled.dispose({ keepLm: true });
+  ort.resetSessions();
+});
+
+test('compiled steps keep the tensor count flat and share sessions across runs with the same shapes', async () => {
+  const ort = new OrtLM(bert);
+  const a = await PTuningSession.create(config({}), ort);
+  const b = await PTuningSession.create(config({ encoder: { type: 'lstm', seed: 9 } }), ort);
+  const items = a.prepare(lama(8), 'r').items;
+  const step = (s: PTuningSession) => {
+    const r = s.lossAndGrads(items)!;
+    tf.dispose(Object.values(r.grads));
+    tf.tidy(() => void s.scores(items));
+  };
+  step(a);
+  const sessions = ort.sessionCount;
+  const before = tf.memory().numTensors;
+  for (let i = 0; i < 5; i++) step(a);
+  step(b);
+  assert.equal(tf.memory().numTensors, before);
+  assert.equal(ort.sessionCount, sessions, 'a second run with the same template shape reuses the compiled programs');
+  a.dispose({ keepLm: true });
+  b.dispose({ keepLm: true });
+  ort.resetSessions();
+});
