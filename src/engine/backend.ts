@@ -36,3 +36,11 @@ export function initEngine(preferred?: BackendName): Promise<BackendName> {
 export function backendName(): string {
   return tf.getBackend();
 }
+
+/**
+ * A float32 tensor holding a copy of `values`, so the caller may overwrite `values` afterwards: the wasm backend
+ * copies into its heap on creation, the cpu backend keeps the array itself (then it is copied here).
+ */
+export function tensorFromScratch(values: Float32Array, shape: number[]): tf.Tensor {
+  return tf.tensor(tf.getBackend() === 'wasm' ? values : values.slice(), shape, 'float32');
+}

@@ -1,4 +1,4 @@
-import { tf } from '../engine/index.js';
+import { tf, tensorFromScratch } from '../engine/index.js';
 
 /**
  * Adam and AdamW with torch.optim semantics, parameter groups, exact resume, and torch's clip_grad_norm_.
@@ -42,8 +42,8 @@ interface Slot {
   param: tf.Variable;
   group: ParamGroup;
   step: number;
-  m: tf.Variable | null;
-  v: tf.Variable | null;
+  m: Float32Array | null;
+  v: Float32Array | null;
 }
 
 class AdamBase {
@@ -52,6 +52,7 @@ class AdamBase {
   private readonly beta1: number;
   private readonly beta2: number;
   private readonly eps: number;
+  private scratch = new Float32Array(0);
 
   protected constructor(
     readonly kind: 'adam' | 'adamw',
@@ -94,31 +95,36 @@ class AdamBase {
       }
     }
     const { beta1, beta2, eps } = this;
-    // one tidy per parameter: the temporaries of a step are several copies of the parameter, and holding them for
-    // every parameter at once does not fit a base-size model in the wasm heap
+    // One fused pass per parameter over host arrays: the moments live outside the tensor backend, and the update
+    // reads θ, g, m, v once and writes θ, m, v once (as tensor ops it made a dozen full-size temporaries, which
+    // on a single-threaded wasm backend cost more than the forward and backward of a base-size model).
     for (const [name, g] of grads) {
-      tf.tidy(() => {
-        const slot = this.slots.get(name)!;
-        const p = slot.param;
-        if (!slot.m || !slot.v) {
-          slot.m = tf.variable(tf.zerosLike(p), false);
-          slot.v = tf.variable(tf.zerosLike(p), false);
-        }
-        const t = ++slot.step;
-        const lr = slot.group.lr * lrScale;
-        const wd = slot.group.weightDecay!;
-        let grad: tf.Tensor = g;
-        let theta: tf.Tensor = p;
-        if (wd !== 0 && this.kind === 'adam') grad = tf.add(grad, tf.mul(p, wd));
-        if (wd !== 0 && this.kind === 'adamw') theta = tf.mul(p, 1 - lr * wd);
-        const m = tf.add(tf.mul(slot.m, beta1), tf.mul(grad, 1 - beta1));
-        const v = tf.add(tf.mul(slot.v, beta2), tf.mul(tf.square(grad), 1 - beta2));
-        const stepSize = lr / (1 - beta1 ** t);
-        const denom = tf.add(tf.div(tf.sqrt(v), Math.sqrt(1 - beta2 ** t)), eps);
-        slot.m.assign(m);
-        slot.v.assign(v);
-        p.assign(tf.sub(theta, tf.mul(tf.div(m, denom), stepSize)));
-      });
+      const slot = this.slots.get(name)!;
+      const p = slot.param;
+      const n = p.size;
+      const m = (slot.m ??= new Float32Array(n));
+      const v = (slot.v ??= new Float32Array(n));
+      const t = ++slot.step;
+      const lr = slot.group.lr * lrScale;
+      const wd = slot.group.weightDecay!;
+      const l2 = this.kind === 'adam' ? wd : 0;
+      const keep = this.kind === 'adamw' ? 1 - lr * wd : 1;
+      const stepSize = lr / (1 - beta1 ** t);
+      const root2 = Math.sqrt(1 - beta2 ** t);
+      const grad = g.dataSync() as Float32Array;
+      const theta = p.dataSync() as Float32Array;
+      if (this.scratch.length < n) this.scratch = new Float32Array(n);
+      const out = this.scratch.subarray(0, n);
+      for (let i = 0; i < n; i++) {
+        const th = theta[i]!;
+        const gi = grad[i]! + l2 * th;
+        const mi = beta1 * m[i]! + (1 - beta1) * gi;
+        const vi = beta2 * v[i]! + (1 - beta2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        out[i] = th * keep - (stepSize * mi) / (Math.sqrt(vi) / root2 + eps);
+      }
+      tf.tidy(() => p.assign(tensorFromScratch(out, p.shape)));
     }
   }
 
@@ -129,8 +135,8 @@ class AdamBase {
       if (!s.m || !s.v) continue;
       params.set(name, {
         step: s.step,
-        m: Float32Array.from(s.m.dataSync() as Float32Array),
-        v: Float32Array.from(s.v.dataSync() as Float32Array),
+        m: Float32Array.from(s.m),
+        v: Float32Array.from(s.v),
       });
     }
     return { kind: this.kind, params };
@@ -150,10 +156,9 @@ class AdamBase {
     this.disposeMoments();
     for (const [name, s] of state.params) {
       const slot = this.slots.get(name)!;
-      const shape = slot.param.shape;
       slot.step = s.step;
-      slot.m = tf.tidy(() => tf.variable(tf.tensor(s.m, shape, 'float32'), false));
-      slot.v = tf.tidy(() => tf.variable(tf.tensor(s.v, shape, 'float32'), false));
+      slot.m = Float32Array.from(s.m);
+      slot.v = Float32Array.from(s.v);
     }
   }
 
@@ -162,9 +167,8 @@ class AdamBase {
   }
 
   private disposeMoments(): void {
+    this.scratch = new Float32Array(0);
     for (const s of this.slots.values()) {
-      s.m?.dispose();
-      s.v?.dispose();
       s.m = s.v = null;
       s.step = 0;
     }
