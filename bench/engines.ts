@@ -5,9 +5,10 @@
  *   npm run bench -- [--models bert-mini,gpt2-mini,bert-base,gpt2-base] [--engines tfjs,ort] [--reps N]
  *                    [--modes fwd,ptune,full,lama] [--torch-threads 1,2] [--no-torch]
  *
- * Each (model, engine) runs in its own process, so peak RSS is per engine. Steps (median of --reps after one
+ * Each (model, engine, mode) runs in its own process, so every peak RSS is one mode's alone (PyTorch's too). Steps (median of --reps after one
  * warm-up, which for ORT includes compiling the session) mirror ../shared/bench/torch_ptuning_step.py:
  *   fwd    LM forward from input embeddings + logits over the full vocabulary at one answer position per row
+ *          (on ORT the inference program: the id → embedding gather is inside it)
  *   ptune  LSTM prompt encoder forward, its rows written into the 9 pseudo positions, LM forward, full-vocab
  *          cross-entropy at the answer position, gradient to the encoder only (frozen LM), Adam step
  *   full   the same with every LM weight trainable (Adam over all parameters); full_grad: its gradient only
@@ -181,7 +182,11 @@ async function child(key: string, engine: Engine, modes: Mode[], reps: number): 
   const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: PSEUDO, tokenDim: lm.info.hiddenSize, seed: 1 });
   const head = makeHead({ kind: 'answer', answerField: 'answer' }, lm.tokenizer);
   const compiled = lm instanceof OrtLM ? new CompiledPTuning(lm, encoder, head) : null;
-  if (modes.includes('fwd')) out.fwd = timeSteps(reps, () => tf.tidy(() => void logitsOf(lm, batch, null).dataSync()));
+  if (modes.includes('fwd')) {
+    // on ORT through the library's inference program (ids → embeddings → LM → logits in one session run)
+    const plain = lm instanceof OrtLM ? new CompiledPTuning(lm, null, head) : null;
+    out.fwd = timeSteps(reps, () => tf.tidy(() => void (plain ? plain.scores(batch) : logitsOf(lm, batch, null)).dataSync()));
+  }
   if (modes.includes('ptune')) {
     const adam = new Adam([{ params: encoder.variables(), lr: 1e-5 }]);
     out.ptune = timeSteps(reps, () => trainStep(lm, batch, encoder, adam, encoder.variables(), compiled));
@@ -251,18 +256,25 @@ async function parent(): Promise<void> {
     const reps = String(Number(arg('reps') ?? repsDefault));
     const row: Record<string, unknown> = {};
     for (const e of engines) {
-      // full fine-tuning in a process of its own: its peak memory is reported apart from P-tuning's
-      const groups = [modes.filter((x) => x !== 'full'), modes.filter((x) => x === 'full')].filter((g) => g.length);
-      const parts = groups.map((g) => runJson(process.execPath, ['--max-old-space-size=16384', self, '--child', m, '--engine', e, '--modes', g.join(','), '--reps', reps]));
-      const merged: Record<string, unknown> = { ...parts[0] };
-      if (parts.length > 1) Object.assign(merged, { ...parts[1], full_peak_rss_mb: parts[1]!.peak_rss_mb, peak_rss_mb: parts[0]!.peak_rss_mb });
+      // every mode in a process of its own, so each peak RSS is that mode's alone
+      const merged: Record<string, unknown> = {};
+      for (const mode of modes) {
+        const part = runJson(process.execPath, ['--max-old-space-size=16384', self, '--child', m, '--engine', e, '--modes', mode, '--reps', reps]);
+        const { peak_rss_mb: rss, error, ...rest } = part;
+        Object.assign(merged, rest, error ? { [`${mode}_error`]: error } : { [`${mode}_peak_rss_mb`]: rss });
+      }
       row[e] = merged;
       process.stderr.write(`${m} ${e}: ${JSON.stringify(row[e])}\n`);
     }
     if (useTorch) {
       for (const t of torchThreads) {
-        const torchModes = modes.filter((x) => x !== 'lama').join(',');
-        row[`pytorch_${t}t`] = runJson(PYTHON, [TORCH_SCRIPT, ...MODELS[m]!.torchArgs, '--threads', t, '--reps', reps, '--modes', torchModes]);
+        const merged: Record<string, unknown> = {};
+        for (const mode of modes.filter((x) => x !== 'lama')) {
+          const part = runJson(PYTHON, [TORCH_SCRIPT, ...MODELS[m]!.torchArgs, '--threads', t, '--reps', reps, '--modes', mode]);
+          const { peak_rss_mb: rss, error, ...rest } = part;
+          Object.assign(merged, rest, error ? { [`${mode}_error`]: error } : { [`${mode}_peak_rss_mb`]: rss });
+        }
+        row[`pytorch_${t}t`] = merged;
         process.stderr.write(`${m} pytorch ${t} thread(s): ${JSON.stringify(row[`pytorch_${t}t`])}\n`);
       }
       // ratios engine / PyTorch (1 thread): < 1 means faster than PyTorch

@@ -86,6 +86,12 @@ async function compare(lm: LanguageModel, cfg: RunConfig, records: Record<string
   let diff = 0;
   want.forEach((row, i) => row.forEach((v, j) => (diff = Math.max(diff, Math.abs(v - got[i]![j]!)))));
   assert.ok(diff < 1e-3, `${what}: scores differ by ${diff}`);
+  // ranking (top-k inside the program on ORT, tfjs topk on the tape path) agrees
+  const k = Math.min(3, want[0]!.length);
+  const rw = tape.rank(items, k, 5);
+  const rg = compiled.rank(items, k, 5);
+  assert.deepEqual(rg.top, rw.top, `${what}: top-${k} classes`);
+  rw.topScores.forEach((row, i) => row.forEach((v, j) => assert.ok(Math.abs(v - rg.topScores[i]![j]!) < 1e-3, `${what}: top score ${i},${j}`)));
   tape.dispose({ keepLm: true });
   compiled.dispose({ keepLm: true });
   ort.resetSessions();
@@ -93,6 +99,13 @@ async function compare(lm: LanguageModel, cfg: RunConfig, records: Record<string
 
 test('compiled P-tuning step equals the tape: BERT, LSTM encoder, full-vocabulary answer head (LAMA)', async () => {
   await compare(bert, config({}), lama(12), 'bert lama');
+});
+
+test('compiled ranking restricted to an answer vocabulary equals the tape path', async () => {
+  const records = lama(12);
+  const answerVocab = [...new Set(records.map((r) => bert.tokenizer.encodeWord(String(r.obj_label))[0]!))].slice(0, 5);
+  const kept = records.filter((r) => answerVocab.includes(bert.tokenizer.encodeWord(String(r.obj_label))[0]!));
+  await compare(bert, config({ head: { kind: 'answer', answerField: 'obj_label', answerVocab } }), kept, 'bert lama, answer vocabulary');
 });
 
 test('compiled P-tuning step equals the tape: GPT-2 (left padding), MLP encoder, verbalizer head over label words', async () => {

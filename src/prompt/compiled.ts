@@ -8,6 +8,29 @@ import type { CollatedBatch } from './render.js';
 
 const ENC = 'enc:';
 
+type ProgramOutput = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; allowed: readonly number[] | null };
+
+/** log-softmax over the classes, other classes than `allowed` masked out, then ONNX TopK (best first). */
+function topK(g: Graph, o: OnnxOps, scores: Sym, k: number, allowed: readonly number[] | null): Record<string, Sym> {
+  const [b, classes] = scores.shape as [number, number];
+  let logp = o.logSoftmax(scores);
+  if (allowed) {
+    const mask = new Float32Array(classes).fill(-Infinity);
+    for (const id of allowed) mask[id] = 0;
+    logp = o.add(logp, o.constFloat(mask, [classes]));
+  }
+  const kk = Math.min(k, classes);
+  const [values, indices] = g.node('TopK', [logp, g.ints([kk])], [{ shape: [b, kk], dtype: 'float32' }, { shape: [b, kk], dtype: 'int64' }], { axis: 1, largest: 1, sorted: 1 });
+  return { top_values: values!, top_indices: o.cast(indices!, 'int32') };
+}
+
+/** A short content key for a class list (the answer vocabulary of a LAMA run) in the session cache. */
+function hashIds(ids: readonly number[]): string {
+  let h = 2166136261;
+  for (const id of ids) h = Math.imul(h ^ id, 16777619) >>> 0;
+  return `${ids.length}:${h.toString(16)}`;
+}
+
 /**
  * The whole P-tuning computation — prompt encoder → pseudo-token rows spliced into the word embeddings → LM →
  * logits at the answer position → head scores → cross-entropy — as one program on the ONNX Runtime engine.
@@ -41,7 +64,7 @@ export class CompiledPTuning {
     const masks = this.encoder?.dropoutMasks(true) ?? null;
     const { feeds, b, sp } = this.feeds(batch, masks);
     feeds.targets = { data: Int32Array.from(flatTargets(targets, this.head.numClasses)), dims: [b] };
-    const r = this.lm.runProgram(this.program(b, sp, true, masks !== null), feeds, true);
+    const r = this.lm.runProgram(this.program(b, sp, { kind: 'train', dropout: masks !== null }), feeds, true);
     const grads: tf.NamedTensorMap = {};
     for (const [name, v] of this.encoder?.variables() ?? []) grads[v.name] = tf.tensor(r.grads[name]!.data, v.shape, 'float32');
     const params = this.lm.parameters();
@@ -55,9 +78,23 @@ export class CompiledPTuning {
   /** Per-class scores [B, K] (inference: no dropout, no gradient). */
   scores(batch: CollatedBatch): tf.Tensor {
     const { feeds, b, sp } = this.feeds(batch, null);
-    const r = this.lm.runProgram(this.program(b, sp, false, false), feeds, false);
+    const r = this.lm.runProgram(this.program(b, sp, { kind: 'scores' }), feeds, false);
     const s = r.outputs.scores!;
     return tf.tensor(s.data, s.dims, 'float32');
+  }
+
+  /**
+   * The `k` best classes of each row by log-probability (log-softmax of the scores), restricted to `allowed`
+   * classes when given, best first: selection happens inside the program, so only k values per row come out.
+   */
+  topK(batch: CollatedBatch, k: number, allowed: readonly number[] | null): { indices: number[][]; values: number[][] } {
+    const { feeds, b, sp } = this.feeds(batch, null);
+    const r = this.lm.runProgram(this.program(b, sp, { kind: 'topk', k, allowed }), feeds, false);
+    const idx = r.outputs.top_indices!.data;
+    const val = r.outputs.top_values!.data;
+    const kk = r.outputs.top_indices!.dims[1]!;
+    const rows = (d: ArrayLike<number>) => Array.from({ length: b }, (_, i) => Array.from(d).slice(i * kk, (i + 1) * kk));
+    return { indices: rows(idx), values: rows(val) };
   }
 
   private feeds(batch: CollatedBatch, masks: Float32Array[] | null): { feeds: Record<string, HostTensor>; b: number; sp: number } {
@@ -90,12 +127,14 @@ export class CompiledPTuning {
     return { feeds, b, sp };
   }
 
-  private program(b: number, sp: number, train: boolean, dropout: boolean): GraphProgram {
+  private program(b: number, sp: number, out: ProgramOutput): GraphProgram {
     const encoder = this.encoder;
     const head = this.head;
     const candidates = head.candidates;
+    const dropout = out.kind === 'train' && out.dropout;
+    const what = out.kind === 'topk' ? `topk ${out.k} ${out.allowed ? hashIds(out.allowed) : 'all'}` : out.kind;
     return {
-      key: `ptune ${b}x${sp} ${this.signature}${dropout ? ' dropout' : ''}`,
+      key: `ptune ${b}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
       build: (g: Graph, o: OnnxOps, w: WeightOf<Sym>, fns: LmFunctions): ReturnType<GraphProgram['build']> => {
         const ints = (name: string, shape: number[]) => g.input(name, shape, 'int32');
         const ids = ints('ids', [b, sp]);
@@ -119,7 +158,8 @@ export class CompiledPTuning {
         const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
         const logits = fns.logitsAt(o, w, hidden, ints('positions', [b]), cand);
         const scores = head.scoresOn(o, logits);
-        if (!train) return { outputs: { scores } };
+        if (out.kind === 'scores') return { outputs: { scores } };
+        if (out.kind === 'topk') return { outputs: topK(g, o, scores, out.k, out.allowed) };
         const loss = crossEntropyOn(o, scores, ints('targets', [b]));
         return { outputs: { loss }, loss, wrt };
       },

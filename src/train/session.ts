@@ -226,6 +226,18 @@ export class PTuningSession {
     const top: number[][] = [];
     const topScores: number[][] = [];
     const allowed = this.head.predictable;
+    if (this.compiled) {
+      for (let i = 0; i < items.length; i += batchSize) {
+        const batch = collate(
+          items.slice(i, i + batchSize).map((it) => it.ex),
+          this.lm.info,
+        );
+        const r = this.compiled.topK(batch, topK, allowed);
+        top.push(...r.indices);
+        topScores.push(...r.values);
+      }
+      return { top, topScores };
+    }
     const mask = allowed
       ? tf.tidy(() => {
           const m = new Float32Array(this.head.numClasses).fill(-Infinity);
