@@ -18,7 +18,7 @@ export { renderExample, renderAll, collate, renderText, type RenderedExample, ty
 export { Verbalizer, answerVocabulary, type LabelWords, type TokenRule } from './prompt/verbalizer.js';
 export { PromptEncoder, type PromptEncoderConfig, type PromptEncoderType } from './prompt/encoder.js';
 export { promptedEmbeds, promptedHidden, answerLogits } from './prompt/ptuning.js';
-export { makeHead, crossEntropy, type Head, type HeadSpec } from './prompt/heads.js';
+export { makeHead, crossEntropy, crossEntropyOn, type Head, type HeadSpec } from './prompt/heads.js';
 
 export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
 export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
@@ -30,4 +30,6 @@ export { makeProgress, type Progress } from './util/progress.js';
 
 export { runLama } from './tasks/lama/run.js';
 export { runFewGlue } from './tasks/fewglue/run.js';
-export { OrtLM } from './models/ort.js';
+export { OrtLM, type OrtOptions, type GraphProgram, type ProgramResult } from './models/ort.js';
+export { lmFunctions, type LmFunctions } from './models/functions.js';
+export { CompiledPTuning } from './prompt/compiled.js';

@@ -110,7 +110,9 @@ class AdamBase {
       const l2 = this.kind === 'adam' ? wd : 0;
       const keep = this.kind === 'adamw' ? 1 - lr * wd : 1;
       const stepSize = lr / (1 - beta1 ** t);
-      const root2 = Math.sqrt(1 - beta2 ** t);
+      const invRoot2 = 1 / Math.sqrt(1 - beta2 ** t);
+      const c1 = 1 - beta1;
+      const c2 = 1 - beta2;
       const grad = g.dataSync() as Float32Array;
       const theta = p.dataSync() as Float32Array;
       if (this.scratch.length < n) this.scratch = new Float32Array(n);
@@ -118,11 +120,11 @@ class AdamBase {
       for (let i = 0; i < n; i++) {
         const th = theta[i]!;
         const gi = grad[i]! + l2 * th;
-        const mi = beta1 * m[i]! + (1 - beta1) * gi;
-        const vi = beta2 * v[i]! + (1 - beta2) * gi * gi;
+        const mi = beta1 * m[i]! + c1 * gi;
+        const vi = beta2 * v[i]! + c2 * gi * gi;
         m[i] = mi;
         v[i] = vi;
-        out[i] = th * keep - (stepSize * mi) / (Math.sqrt(vi) / root2 + eps);
+        out[i] = th * keep - (stepSize * mi) / (Math.sqrt(vi) * invRoot2 + eps);
       }
       tf.tidy(() => p.assign(tensorFromScratch(out, p.shape)));
     }
