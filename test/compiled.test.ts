@@ -117,6 +117,18 @@ test('compiled P-tuning step equals the tape: GPT-2 (left padding), MLP encoder,
   await compare(gpt2, cfg, sst2(10), 'gpt2 sst2');
 });
 
+test('compiled P-tuning step equals the tape: Llama (stories260K: GQA, interleaved RoPE, tied head), label head', async () => {
+  const llama = await loadModel(modelDir('stories260K'), { engine: 'tfjs' });
+  const cfg = config({
+    template: '[P*2] {sentence} [P] It was [MASK]',
+    head: { kind: 'label', labelField: 'label', labelWords: { '0': ['sad'], '1': ['happy'] }, tokenRule: 'mean' },
+    encoder: { type: 'lstm', seed: 5 },
+    maxLength: 48,
+  });
+  await compare(llama, cfg, sst2(6), 'llama sst2');
+  llama.dispose();
+});
+
 test('compiled step with the LM tuned jointly: gradients for every LM weight equal the tape', async () => {
   const tok = bert.tokenizer;
   const dims = { vocabSize: tok.vocabSize, hiddenSize: 32, numLayers: 2, numHeads: 2, intermediateSize: 64, maxPositions: 64 };
