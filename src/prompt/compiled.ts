@@ -1,7 +1,8 @@
 import { tf } from '../engine/index.js';
 import type { Graph, HostTensor, OnnxOps, Sym } from '../engine/onnx/index.js';
 import type { LmFunctions, WeightOf } from '../models/functions.js';
-import type { GraphProgram, OrtLM } from '../models/ort.js';
+import type { LanguageModel } from '../models/lm.js';
+import { OrtLM, type GraphProgram } from '../models/ort.js';
 import type { PromptEncoder } from './encoder.js';
 import { crossEntropyOn, flatTargets, type Head } from './heads.js';
 import type { CollatedBatch } from './render.js';
@@ -43,6 +44,11 @@ function hashIds(ids: readonly number[]): string {
  */
 export class CompiledPTuning {
   private readonly signature: string;
+
+  /** The compiled path for `lm`, or null when its engine runs no programs (tfjs: the tape path applies). */
+  static for(lm: LanguageModel, encoder: PromptEncoder | null, head: Head): CompiledPTuning | null {
+    return lm instanceof OrtLM ? new CompiledPTuning(lm, encoder, head) : null;
+  }
 
   constructor(
     private readonly lm: OrtLM,

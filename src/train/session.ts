@@ -7,7 +7,6 @@ import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
 import { makeHead, crossEntropy, type Head, type HeadSpec } from '../prompt/heads.js';
 import { answerLogits } from '../prompt/ptuning.js';
 import { CompiledPTuning } from '../prompt/compiled.js';
-import { OrtLM } from '../models/ort.js';
 import { collate, renderExample, type RenderedExample } from '../prompt/render.js';
 import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
 import { readRecords } from '../data/read.js';
@@ -123,7 +122,7 @@ export class PTuningSession {
     this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.hiddenSize }) : null;
     this.head = makeHead(config.head, lm.tokenizer);
     this.candidates = this.head.candidates ? tf.tensor1d(this.head.candidates, 'int32') : null;
-    this.compiled = lm instanceof OrtLM ? new CompiledPTuning(lm, this.encoder, this.head) : null;
+    this.compiled = CompiledPTuning.for(lm, this.encoder, this.head);
   }
 
   static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {

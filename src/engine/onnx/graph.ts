@@ -28,6 +28,7 @@ export interface GraphNode extends NodeSpec {
 type ConstData = Float32Array | Int32Array | BigInt64Array | Uint8Array;
 
 const OPSET = 17;
+const BYTES: Record<DType, number> = { float32: 4, int32: 4, int64: 8, bool: 1 };
 
 /**
  * An ONNX graph under construction. Nodes are appended in topological order (every input exists before the
@@ -120,11 +121,14 @@ export class Graph {
     const initializers: TensorSpec[] = [];
     for (const [name, { sym, data: source }] of this.consts) {
       if (!needed.has(name)) continue;
-      const data = typeof source === 'function' ? source() : source;
       const expected = sym.shape.reduce((a, b) => a * b, 1);
-      if (data.length !== expected) throw new Error(`onnx graph: constant "${name}" has ${data.length} values, shape [${sym.shape}] needs ${expected}`);
-      const raw = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw });
+      // weights are read from their source only while the serialised model is assembled, one at a time
+      const raw = () => {
+        const data = typeof source === 'function' ? source() : source;
+        if (data.length !== expected) throw new Error(`onnx graph: constant "${name}" has ${data.length} values, shape [${sym.shape}] needs ${expected}`);
+        return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+      };
+      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength: expected * BYTES[sym.dtype] });
     }
     const bytes = encodeModel({
       nodes: [...kept, ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),
@@ -133,7 +137,7 @@ export class Graph {
       outputs: Object.entries(outputs).map(([name, s]) => ({ name, dtype: s.dtype as ElemType, dims: s.shape })),
       opsets: [{ domain: '', version: OPSET }, { domain: 'com.microsoft', version: 1 }],
     });
-    const constantBytes = initializers.reduce((n, t) => n + t.raw.byteLength, 0);
+    const constantBytes = initializers.reduce((n, t) => n + t.byteLength, 0);
     return { bytes, inputNames: inputs.map((s) => s.name), constantBytes };
   }
 }

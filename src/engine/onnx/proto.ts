@@ -21,8 +21,12 @@ export interface TensorSpec {
   name: string;
   dtype: ElemType;
   dims: number[];
-  /** little-endian bytes of the values */
-  raw: Uint8Array;
+  /**
+   * little-endian bytes of the values, or a function producing them (called once, while the final buffer is
+   * written, so a model's weights never all sit in memory twice); `byteLength` must then be given
+   */
+  raw: Uint8Array | (() => Uint8Array);
+  byteLength: number;
 }
 
 export interface ValueSpec {
@@ -39,40 +43,67 @@ export interface ModelSpec {
   opsets: { domain: string; version: number }[];
 }
 
-/** Growable byte buffer with protobuf primitives. */
+/** A run of bytes in the output: inline bytes, or a tensor's data fetched only when the output is assembled. */
+type Chunk = Uint8Array | { length: number; fetch: () => Uint8Array };
+
+/**
+ * Protobuf writer that keeps a message as a list of chunks: nested messages and large byte fields are linked,
+ * not copied, and `finish` assembles the model once into a buffer of the exact size (a weight-carrying model
+ * used to be copied at every nesting level while its buffers doubled).
+ */
 class Writer {
-  private buf = new Uint8Array(1024);
+  private readonly chunks: Chunk[] = [];
+  private buf = new Uint8Array(256);
+  private used = 0;
+  /** total bytes written so far */
   length = 0;
 
   private reserve(n: number): void {
-    if (this.length + n <= this.buf.length) return;
-    let size = this.buf.length * 2;
-    while (size < this.length + n) size *= 2;
-    const next = new Uint8Array(size);
-    next.set(this.buf.subarray(0, this.length));
-    this.buf = next;
+    if (this.used + n <= this.buf.length) return;
+    this.flush();
+    if (n > this.buf.length) this.buf = new Uint8Array(Math.max(n, 256));
+  }
+
+  private flush(): void {
+    if (this.used === 0) return;
+    this.chunks.push(this.buf.slice(0, this.used));
+    this.used = 0;
+  }
+
+  private push(c: Chunk): void {
+    this.flush();
+    this.chunks.push(c);
+    this.length += c.length;
   }
 
   varint(v: number | bigint): void {
     let x = BigInt.asUintN(64, BigInt(v));
     this.reserve(10);
     while (x >= 0x80n) {
-      this.buf[this.length++] = Number(x & 0x7fn) | 0x80;
+      this.buf[this.used++] = Number(x & 0x7fn) | 0x80;
+      this.length++;
       x >>= 7n;
     }
-    this.buf[this.length++] = Number(x);
+    this.buf[this.used++] = Number(x);
+    this.length++;
   }
 
   tag(field: number, wire: number): void {
     this.varint((field << 3) | wire);
   }
 
-  bytes(field: number, data: Uint8Array): void {
+  bytes(field: number, data: Uint8Array | (() => Uint8Array), byteLength?: number): void {
+    const n = typeof data === 'function' ? byteLength! : data.length;
     this.tag(field, 2);
-    this.varint(data.length);
-    this.reserve(data.length);
-    this.buf.set(data, this.length);
-    this.length += data.length;
+    this.varint(n);
+    if (typeof data === 'function') this.push({ length: n, fetch: data });
+    else if (n > 4096) this.push(data);
+    else {
+      this.reserve(n);
+      this.buf.set(data, this.used);
+      this.used += n;
+      this.length += n;
+    }
   }
 
   string(field: number, s: string): void {
@@ -82,7 +113,10 @@ class Writer {
   message(field: number, build: (w: Writer) => void): void {
     const inner = new Writer();
     build(inner);
-    this.bytes(field, inner.finish());
+    inner.flush();
+    this.tag(field, 2);
+    this.varint(inner.length);
+    for (const c of inner.chunks) this.push(c);
   }
 
   int(field: number, v: number): void {
@@ -93,12 +127,22 @@ class Writer {
   float(field: number, v: number): void {
     this.tag(field, 5);
     this.reserve(4);
-    new DataView(this.buf.buffer).setFloat32(this.length, v, true);
+    new DataView(this.buf.buffer).setFloat32(this.used, v, true);
+    this.used += 4;
     this.length += 4;
   }
 
   finish(): Uint8Array {
-    return this.buf.subarray(0, this.length);
+    this.flush();
+    const out = new Uint8Array(this.length);
+    let at = 0;
+    for (const c of this.chunks) {
+      const data = c instanceof Uint8Array ? c : c.fetch();
+      if (data.length !== c.length) throw new Error(`onnx encode: a tensor produced ${data.length} bytes, ${c.length} were declared`);
+      out.set(data, at);
+      at += data.length;
+    }
+    return out;
   }
 }
 
@@ -129,7 +173,7 @@ function writeTensor(w: Writer, t: TensorSpec): void {
   for (const d of t.dims) w.int(1, d);
   w.int(2, ELEM[t.dtype]);
   w.string(8, t.name);
-  w.bytes(9, t.raw);
+  w.bytes(9, t.raw, t.byteLength);
 }
 
 function writeValueInfo(w: Writer, v: ValueSpec): void {
