@@ -1,23 +1,30 @@
 import { Sym } from './graph.js';
 import type { Graph, GraphNode } from './graph.js';
-import { GELU_TANH, OnnxOps, swapLast } from './ops.js';
+import { GELU_TANH, OnnxOps } from './ops.js';
 
 type Rule = (o: OnnxOps, n: GraphNode, g: Sym, needs: boolean[]) => (Sym | undefined)[];
 
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
-/** Gradient of a MatMul operand product, reduced to the operand's shape (2-D weights fold the batch in). */
-function matmulGrads(o: OnnxOps, a: Sym, b: Sym, g: Sym, needs: boolean[]): (Sym | undefined)[] {
-  const ga = needs[0] ? o.sumTo(o.matmul(g, b, true), a.shape) : undefined;
+/**
+ * Gradients of y = op(a) @ op(b) (op: optional transpose of the last two axes), reduced to the operands' shapes
+ * (a 2-D weight folds the batch in). Transposes are read in place by FusedMatMul, never materialised.
+ */
+function matmulGrads(o: OnnxOps, a: Sym, b: Sym, g: Sym, needs: boolean[], transA: boolean, transB: boolean): (Sym | undefined)[] {
+  if (transA) throw new Error('onnx autodiff: FusedMatMul with transA is not differentiated');
+  // y = a @ op(b): da = g @ op(b)ᵀ
+  const ga = needs[0] ? o.sumTo(o.fusedMatMul(g, b, false, !transB), a.shape) : undefined;
   let gb: Sym | undefined;
   if (needs[1]) {
+    // d op(b) = aᵀ @ g; for transB, db = gᵀ @ a
     if (b.rank === 2 && a.rank > 2) {
       const k = a.shape[a.rank - 1]!;
       const n = g.shape[g.rank - 1]!;
       const a2 = o.reshape(a, [-1, k]);
-      gb = o.matmul(o.transpose(a2, [1, 0]), o.reshape(g, [-1, n]));
+      const g2 = o.reshape(g, [-1, n]);
+      gb = transB ? o.fusedMatMul(g2, a2, true, false) : o.fusedMatMul(a2, g2, true, false);
     } else {
-      gb = o.sumTo(o.matmul(o.transpose(a, swapLast(a.rank)), g), b.shape);
+      gb = o.sumTo(transB ? o.fusedMatMul(g, a, true, false) : o.fusedMatMul(a, g, true, false), b.shape);
     }
   }
   return [ga, gb];
@@ -75,7 +82,8 @@ const RULES: Record<string, Rule> = {
     const dy = o.scale(o.add(o.add(o.scalar(1), t), o.mul(x, dt)), 0.5);
     return [o.mul(g, dy)];
   },
-  MatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs),
+  MatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, false, false),
+  FusedMatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, !!n.attrs!.transA, !!n.attrs!.transB),
   Transpose: (o, n, g) => {
     const perm = n.attrs!.perm as number[];
     const inverse = perm.map((_, i) => perm.indexOf(i));

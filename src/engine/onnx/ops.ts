@@ -72,13 +72,23 @@ export class OnnxOps implements Ops<Sym> {
   erf(x: Sym): Sym { return this.unary('Erf', x); }
 
   matmul(a: Sym, b: Sym, transposeB = false): Sym {
-    if (transposeB) b = this.transpose(b, swapLast(b.rank));
+    return transposeB ? this.fusedMatMul(a, b, false, true) : this.fusedMatMul(a, b, false, false);
+  }
+
+  /**
+   * a @ b over the last two axes with either operand transposed in place: ORT's FusedMatMul reads the operand
+   * transposed instead of materialising the transpose (which, for a weight, constant folding would otherwise
+   * turn into a second copy of it). Plain MatMul when neither is transposed.
+   */
+  fusedMatMul(a: Sym, b: Sym, transA: boolean, transB: boolean): Sym {
     if (a.rank < 2 || b.rank < 2) throw new Error(`onnx MatMul: operands must have rank >= 2, got [${a.shape}] and [${b.shape}]`);
-    const [m, k] = a.shape.slice(-2) as [number, number];
-    const [k2, n] = b.shape.slice(-2) as [number, number];
-    if (k !== k2) throw new Error(`onnx MatMul: inner dimensions differ: [${a.shape}] x [${b.shape}]`);
+    const last2 = (x: Sym, t: boolean) => (t ? (x.shape.slice(-2).reverse() as [number, number]) : (x.shape.slice(-2) as [number, number]));
+    const [m, k] = last2(a, transA);
+    const [k2, n] = last2(b, transB);
+    if (k !== k2) throw new Error(`onnx MatMul: inner dimensions differ: [${a.shape}]${transA ? 'ᵀ' : ''} x [${b.shape}]${transB ? 'ᵀ' : ''}`);
     const batch = broadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2), 'MatMul');
-    return this.graph.op1('MatMul', [a, b], [...batch, m, n], a.dtype);
+    if (!transA && !transB) return this.graph.op1('MatMul', [a, b], [...batch, m, n], a.dtype);
+    return this.graph.op1('FusedMatMul', [a, b], [...batch, m, n], a.dtype, { transA: +transA, transB: +transB }, 'com.microsoft');
   }
 
   linear(x: Sym, w: Sym, bias?: Sym): Sym {
