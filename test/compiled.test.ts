@@ -1,29 +1,15 @@
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
-import { tf, initEngine } from '../src/engine/index.js';
+import { tf } from '../src/engine/index.js';
 import { createRandomModel, loadModel } from '../src/models/load.js';
 import { OrtLM } from '../src/models/ort.js';
 import type { LanguageModel } from '../src/models/lm.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type Item, type RunConfig } from '../src/train/session.js';
 import { readRecords } from '../src/data/read.js';
+import { bert, gpt2, modelDir, shared, useMiniModels } from './fixtures.js';
 
-const shared = path.resolve(process.cwd(), '../shared');
-const modelDir = (name: string) => path.join(shared, 'models', name);
-
-let bert: LanguageModel;
-let gpt2: LanguageModel;
-
-before(async () => {
-  await initEngine('wasm');
-  bert = await loadModel(modelDir('bert-mini-lama'), { engine: 'tfjs' });
-  gpt2 = await loadModel(modelDir('gpt2-mini-lama'), { engine: 'tfjs' });
-});
-
-after(() => {
-  bert.dispose();
-  gpt2.dispose();
-});
+useMiniModels();
 
 const lama = (n: number) => readRecords(path.join(shared, 'data/lama/fact-retrieval/original/P1412/train.jsonl')).slice(0, n);
 const sst2 = (n: number) => readRecords(path.join(shared, 'data/sst2/train.tsv')).slice(0, n);

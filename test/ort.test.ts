@@ -1,4 +1,4 @@
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -11,23 +11,9 @@ import { SyntheticTokenizer } from '../src/models/common.js';
 import type { LanguageModel, LmBatch } from '../src/models/lm.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 import { readRecords } from '../src/data/read.js';
+import { bert, gpt2, modelDir, shared, useMiniModels } from './fixtures.js';
 
-const shared = path.resolve(process.cwd(), '../shared');
-const modelDir = (name: string) => path.join(shared, 'models', name);
-
-let bert: LanguageModel;
-let gpt2: LanguageModel;
-
-before(async () => {
-  await initEngine('wasm');
-  bert = await loadModel(modelDir('bert-mini-lama'), { engine: 'tfjs' });
-  gpt2 = await loadModel(modelDir('gpt2-mini-lama'), { engine: 'tfjs' });
-});
-
-after(() => {
-  bert.dispose();
-  gpt2.dispose();
-});
+useMiniModels();
 
 /** A padded batch of pseudo-random ids: row r has `lengths[r]` real tokens, padded on the model's side. */
 function batchOf(lm: LanguageModel, lengths: number[], opts: { types?: boolean; positions?: boolean } = {}) {
@@ -292,4 +278,21 @@ test('a short P-tuning run on ORT follows the tfjs loss and dev P@1 curve', asyn
     }
   });
   assert.ok(losses >= 6 && evals >= 2, `compared ${losses} losses and ${evals} dev scores`);
+});
+
+test('frozen weights sit in one external-data file per model: shared by its sessions, removed with them, swept when its process died', () => {
+  const stale = path.join(os.tmpdir(), `ptune-weights-${2 ** 22 + 7}-test`); // above Linux's pid_max: a dead process
+  fs.mkdirSync(stale, { recursive: true });
+  const mine = () => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith(`ptune-weights-${process.pid}-`));
+  const before = mine();
+  const ort = new OrtLM(bert);
+  tf.tidy(() => ort.run(batchOf(bert, [5])));
+  tf.tidy(() => ort.run(batchOf(bert, [12])));
+  assert.equal(ort.sessionCount, 2);
+  const added = mine().filter((n) => !before.includes(n));
+  assert.equal(added.length, 1, 'one weight file for both sessions');
+  assert.equal(fs.existsSync(stale), false, 'the dead process\'s file is swept');
+  assert.ok(fs.statSync(path.join(os.tmpdir(), added[0]!, 'weights.bin')).size >= bert.info.parameterCount * 4);
+  ort.resetSessions();
+  assert.deepEqual(mine(), before);
 });

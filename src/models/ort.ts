@@ -1,5 +1,5 @@
 import { tf } from '../engine/index.js';
-import { Graph, OnnxOps, OrtSession, gradients, savedForBackward, type HostTensor, type Sym } from '../engine/onnx/index.js';
+import { Graph, OnnxOps, OrtSession, WeightFile, gradients, savedForBackward, type HostTensor, type SessionOptions, type Sym } from '../engine/onnx/index.js';
 import { lmFunctions, type HiddenInputs, type LmFunctions, type WeightOf } from './functions.js';
 import type { KvCache, LanguageModel, LmBatch } from './lm.js';
 
@@ -120,6 +120,7 @@ export class OrtLM implements LanguageModel {
   private readonly sessions = new Map<string, Compiled>();
   private readonly usedWeights = new Map<FnName, Set<string>>();
   private readonly opts: Required<OrtOptions>;
+  private weightFile: WeightFile | 'embedded' | null = null;
 
   /** `base`: the tfjs model (an OrtLM is unwrapped to its tfjs model). */
   constructor(base: LanguageModel, opts: OrtOptions = {}) {
@@ -220,6 +221,23 @@ export class OrtLM implements LanguageModel {
   resetSessions(): void {
     for (const c of this.sessions.values()) disposeCompiled(c);
     this.sessions.clear();
+    if (this.weightFile instanceof WeightFile) this.weightFile.dispose();
+    this.weightFile = null;
+  }
+
+  /** The external weight file, or null when it cannot be written (no temp space): weights are then embedded. */
+  private weights(): { place?: (name: string) => { location: string; offset: number } | undefined; session(model: Uint8Array, opts: SessionOptions): OrtSession } {
+    if (this.weightFile === null) {
+      try {
+        const frozen = [...this.base.parameters()].filter(([, v]) => !v.trainable);
+        this.weightFile = new WeightFile(frozen.map(([name, v]) => [name, () => v.dataSync() as Float32Array]));
+      } catch {
+        this.weightFile = 'embedded';
+      }
+    }
+    const file = this.weightFile;
+    if (file === 'embedded') return { session: (model, opts) => new OrtSession(model, opts) };
+    return { place: (name) => file.place(name), session: (model, opts) => file.session(model, opts) };
   }
 
   dispose(): void {
@@ -289,8 +307,9 @@ export class OrtLM implements LanguageModel {
       keys.forEach((k, i) => (all[WRT_PREFIX + k] = grads[i]!));
       weightInputs.forEach((n, i) => (all[GRAD_PREFIX + n] = grads[keys.length + i]!));
     }
-    const model = g.toModel(all);
-    const session = new OrtSession(model.bytes, { threads: this.opts.threads || undefined, spin: this.opts.spin });
+    const file = this.weights();
+    const model = g.toModel(all, [], file.place);
+    const session = file.session(model.bytes, { threads: this.opts.threads || undefined, spin: this.opts.spin });
     return {
       forward: session,
       saved: [],
@@ -403,9 +422,11 @@ export class OrtLM implements LanguageModel {
     };
     const { x, out } = f.build(g, o, weight);
     const sessionOpts = { threads: this.opts.threads || undefined, spin: this.opts.spin };
+    const file = this.weights();
+    const place = file.place;
     if (kind === 'infer') {
-      const model = g.toModel({ out });
-      return { forward: new OrtSession(model.bytes, sessionOpts), saved: [], bytes: model.constantBytes };
+      const model = g.toModel({ out }, [], place);
+      return { forward: file.session(model.bytes, sessionOpts), saved: [], bytes: model.constantBytes };
     }
     const forwardNodes = g.nodes.length;
     const dOut = g.input('d_out', out.shape, 'float32');
@@ -415,12 +436,12 @@ export class OrtLM implements LanguageModel {
     for (const v of saved) fwdOutputs[SAVE_PREFIX + v.name] = v;
     const bwdOutputs: Record<string, Sym> = { d_x: grads[0]! };
     trainableNames.forEach((n, i) => (bwdOutputs[GRAD_PREFIX + n] = grads[i + 1]!));
-    const fwdModel = g.toModel(fwdOutputs);
-    const bwdModel = g.toModel(bwdOutputs, saved);
+    const fwdModel = g.toModel(fwdOutputs, [], place);
+    const bwdModel = g.toModel(bwdOutputs, saved, place);
     return {
-      forward: new OrtSession(fwdModel.bytes, sessionOpts),
+      forward: file.session(fwdModel.bytes, sessionOpts),
       saved: saved.map((v) => v.name),
-      backward: new OrtSession(bwdModel.bytes, sessionOpts),
+      backward: file.session(bwdModel.bytes, sessionOpts),
       bytes: fwdModel.constantBytes + bwdModel.constantBytes,
     };
   }

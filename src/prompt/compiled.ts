@@ -5,6 +5,7 @@ import type { LanguageModel } from '../models/lm.js';
 import { OrtLM, type GraphProgram } from '../models/ort.js';
 import type { PromptEncoder } from './encoder.js';
 import { crossEntropyOn, flatTargets, type Head } from './heads.js';
+import { pseudoSlots } from './ptuning.js';
 import type { CollatedBatch } from './render.js';
 
 const ENC = 'enc:';
@@ -113,13 +114,7 @@ export class CompiledPTuning {
       return { data: out, dims: [b, sp] };
     };
     const pad = this.lm.info.special.pad;
-    const index = new Int32Array(b * sp);
-    const isPseudo = new Float32Array(b * sp);
-    batch.pseudoIndex.forEach((k, i) => {
-      const at = batch.pseudoRows[i]! * sp + batch.pseudoCols[i]!;
-      index[at] = k;
-      isPseudo[at] = 1;
-    });
+    const { index, isPseudo } = pseudoSlots(batch, sp);
     const feeds: Record<string, HostTensor> = {
       ids: grid(batch.ids, pad),
       attention_mask: grid(batch.attentionMask, 0),

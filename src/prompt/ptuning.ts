@@ -17,16 +17,26 @@ export function promptedEmbeds(lm: LanguageModel, batch: PromptBatch, prompts: t
   const words = lm.embed(ids);
   if (!prompts) return words;
   if (batch.pseudoIndex.length === 0) return words;
-  const index = new Int32Array(b * s);
-  const isPseudo = new Float32Array(b * s);
-  batch.pseudoIndex.forEach((k, i) => {
-    const at = batch.pseudoRows[i]! * s + batch.pseudoCols[i]!;
-    index[at] = k;
-    isPseudo[at] = 1;
-  });
+  const { index, isPseudo } = pseudoSlots(batch, s);
   const m = tf.tensor3d(isPseudo, [b, s, 1]);
   const pseudo = tf.gather(prompts, tf.tensor2d(index, [b, s], 'int32'));
   return tf.add(tf.mul(words, tf.sub(1, m)), tf.mul(pseudo, m));
+}
+
+/**
+ * Where the prompt rows go, on a [B, width] grid (width ≥ the batch's length): the prompt index of each pseudo
+ * position (0 elsewhere) and a 1/0 mask of pseudo positions.
+ */
+export function pseudoSlots(batch: PromptBatch, width: number): { index: Int32Array; isPseudo: Float32Array } {
+  const b = batch.ids.length;
+  const index = new Int32Array(b * width);
+  const isPseudo = new Float32Array(b * width);
+  batch.pseudoIndex.forEach((k, i) => {
+    const at = batch.pseudoRows[i]! * width + batch.pseudoCols[i]!;
+    index[at] = k;
+    isPseudo[at] = 1;
+  });
+  return { index, isPseudo };
 }
 
 /** Final hidden states for a prompted batch. */

@@ -99,9 +99,14 @@ export class Graph {
   /**
    * The serialised model computing `outputs` from the graph inputs; only the nodes and initializers they need
    * are kept, and only the inputs they depend on are declared. `cuts` are computed values fed as inputs
-   * instead (activations saved by a forward run), unless a kept node computes them anyway.
+   * instead (activations saved by a forward run), unless a kept node computes them anyway. Constants for which
+   * `external` gives a place are referenced there (ONNX external data) instead of being embedded.
    */
-  toModel(outputs: Record<string, Sym>, cuts: Sym[] = []): { bytes: Uint8Array; inputNames: string[]; constantBytes: number } {
+  toModel(
+    outputs: Record<string, Sym>,
+    cuts: Sym[] = [],
+    external?: (name: string) => { location: string; offset: number } | undefined,
+  ): { bytes: Uint8Array; inputNames: string[]; constantBytes: number } {
     const cut = new Map(cuts.map((s) => [s.name, s]));
     const needed = new Set<string>();
     const renamed: NodeSpec[] = [];
@@ -128,7 +133,8 @@ export class Graph {
         if (data.length !== expected) throw new Error(`onnx graph: constant "${name}" has ${data.length} values, shape [${sym.shape}] needs ${expected}`);
         return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       };
-      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength: expected * BYTES[sym.dtype] });
+      const byteLength = expected * BYTES[sym.dtype];
+      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength, external: external?.(name) });
     }
     const bytes = encodeModel({
       nodes: [...kept, ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),

@@ -27,6 +27,8 @@ export interface TensorSpec {
    */
   raw: Uint8Array | (() => Uint8Array);
   byteLength: number;
+  /** stored outside the model (ONNX external data): file name relative to the model file, byte offset */
+  external?: { location: string; offset: number };
 }
 
 export interface ValueSpec {
@@ -173,7 +175,19 @@ function writeTensor(w: Writer, t: TensorSpec): void {
   for (const d of t.dims) w.int(1, d);
   w.int(2, ELEM[t.dtype]);
   w.string(8, t.name);
-  w.bytes(9, t.raw, t.byteLength);
+  if (!t.external) {
+    w.bytes(9, t.raw, t.byteLength);
+    return;
+  }
+  const entry = (key: string, value: string) =>
+    w.message(13, (e) => {
+      e.string(1, key);
+      e.string(2, value);
+    });
+  entry('location', t.external.location);
+  entry('offset', String(t.external.offset));
+  entry('length', String(t.byteLength));
+  w.int(14, 1); // data_location = EXTERNAL
 }
 
 function writeValueInfo(w: Writer, v: ValueSpec): void {

@@ -13,6 +13,7 @@ interface NativeTensor {
 }
 interface NativeSession {
   loadModel(buffer: ArrayBufferLike, offset: number, length: number, options: object): void;
+  loadModel(path: string, options: object): void;
   run(feeds: Record<string, NativeTensor>, fetches: Record<string, null>, options: object): Record<string, NativeTensor>;
   dispose(): void;
 }
@@ -63,18 +64,21 @@ export class OrtSession {
   private native: NativeSession | null;
   private readonly rt: Runtime;
 
-  constructor(model: Uint8Array, opts: SessionOptions = {}) {
+  /** `model`: the serialised model, or the path of a model file (needed when it has external data). */
+  constructor(model: Uint8Array | string, opts: SessionOptions = {}) {
     const rt = loadRuntime();
     if (!rt) throw new Error('onnxruntime-node is not available (install it, or use the tfjs engine)');
     this.rt = rt;
     this.native = new rt.binding.InferenceSession();
-    this.native.loadModel(model.buffer, model.byteOffset, model.byteLength, {
+    const options = {
       intraOpNumThreads: opts.threads ?? os.availableParallelism(),
       interOpNumThreads: 1,
       graphOptimizationLevel: 'all',
       executionMode: 'sequential',
       extra: { session: { intra_op: { allow_spinning: opts.spin ? '1' : '0' }, inter_op: { allow_spinning: '0' } } },
-    });
+    };
+    if (typeof model === 'string') this.native.loadModel(model, options);
+    else this.native.loadModel(model.buffer, model.byteOffset, model.byteLength, options);
   }
 
   run(feeds: Record<string, HostTensor>, outputs: string[]): Record<string, HostTensor> {
