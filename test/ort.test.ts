@@ -7,6 +7,7 @@ import { tf, initEngine } from '../src/engine/index.js';
 import { createRandomModel, loadModel, resolveEngine } from '../src/models/load.js';
 import { BertLM } from '../src/models/bert.js';
 import { OrtLM } from '../src/models/ort.js';
+import { Graph, OnnxOps, OrtSession, WeightFile } from '../src/engine/onnx/index.js';
 import { SyntheticTokenizer } from '../src/models/common.js';
 import type { LanguageModel, LmBatch } from '../src/models/lm.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
@@ -295,4 +296,31 @@ test('frozen weights sit in one external-data file per model: shared by its sess
   assert.ok(fs.statSync(path.join(os.tmpdir(), added[0]!, 'weights.bin')).size >= bert.info.parameterCount * 4);
   ort.resetSessions();
   assert.deepEqual(mine(), before);
+});
+
+test('serialised graphs: a weight embedded in the model and the same weight as external data give the same result', () => {
+  const w = Float32Array.from({ length: 1200 }, (_, i) => Math.sin(i) / 2);
+  const build = () => {
+    const g = new Graph();
+    const o = new OnnxOps(g);
+    const x = g.input('x', [2, 3], 'float32');
+    const weight = g.constant(w, [3, 400], 'float32', 'dense.weight');
+    const gamma = o.constFloat(Float32Array.from({ length: 400 }, (_, i) => 1 + i / 400), [400]);
+    const y = o.layerNorm(o.matmul(x, weight), gamma, o.constFloat(new Float32Array(400).fill(0.1), [400]), 1e-5);
+    return { g, out: o.transpose(o.relu(y), [1, 0]) };
+  };
+  const feeds = { x: { data: Float32Array.of(1, 2, 3, -1, 0.5, 2), dims: [2, 3] } };
+  const embedded = build();
+  const inline = embedded.g.toModel({ out: embedded.out });
+  assert.ok(inline.bytes.length > w.byteLength);
+  const a = new OrtSession(inline.bytes).run(feeds, ['out']).out!;
+  const file = new WeightFile([['dense.weight', () => w]]);
+  const external = build();
+  const model = external.g.toModel({ out: external.out }, [], (name) => file.place(name));
+  assert.ok(model.bytes.length < inline.bytes.length - w.byteLength + 200, `the external model leaves the weight out (${model.bytes.length} bytes)`);
+  const b = file.session(model.bytes, {}).run(feeds, ['out']).out!;
+  file.dispose();
+  assert.deepEqual(b.dims, [400, 2]);
+  assert.deepEqual(Array.from(b.data), Array.from(a.data));
+  assert.ok(Array.from(a.data).some((v) => v > 0));
 });
