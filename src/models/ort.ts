@@ -15,9 +15,9 @@ export interface OrtOptions {
   /** compiled sessions kept per model; default 8 */
   maxSessions?: number;
   /**
-   * frozen-weight bytes the kept sessions may hold together (each session bakes in its own copy of the
-   * weights it reads); least recently used sessions are dropped beyond it, the newest is always kept;
-   * default 2 GiB
+   * frozen-weight bytes the kept sessions may read together (they map the model's shared weight file and add
+   * their own prepacked copies); least recently used sessions are dropped beyond it, the newest is always
+   * kept; default 2 GiB
    */
   maxSessionBytes?: number;
 }
@@ -32,7 +32,7 @@ interface Compiled {
   forward: OrtSession;
   saved: string[];
   backward?: OrtSession;
-  /** frozen-weight bytes baked into the sessions */
+  /** frozen-weight bytes the sessions read (initializers, external or embedded) */
   bytes: number;
 }
 
@@ -107,9 +107,10 @@ const WRT_PREFIX = 'd:';
  * tfjs's tape through tf.customGrad. `embed`, `decodeStep` and the weights stay with the tfjs model, which
  * remains the reference.
  *
- * Frozen weights are baked into each session as initializers (read once at compile time: change them and
- * sessions must be dropped with `resetSessions`); trainable weights (tf.Variable.trainable) are fed on every
- * call and receive gradients through tfjs's tape.
+ * Frozen weights are written once to a weight file the sessions reference as external data (read at the
+ * first compile: change them and drop the sessions and the file with `resetSessions`); trainable weights
+ * (tf.Variable.trainable) are fed on every call and receive gradients through tfjs's tape. `runProgram`
+ * compiles code around the model (a P-tuning step) together with it into one session.
  */
 export class OrtLM implements LanguageModel {
   readonly info: LanguageModel['info'];
