@@ -148,7 +148,7 @@ function logitsOf(lm: LanguageModel, batch: PromptBatch, prompts: tf.Tensor | nu
 function trainStep(lm: LanguageModel, batch: PromptBatch, encoder: PromptEncoder, adam: Adam | null, params: Map<string, tf.Variable>, compiled: CompiledPTuning | null): void {
   const vars = [...params.values()];
   let loss: number;
-  let grads: tf.NamedTensorMap;
+  let grads: Map<string, tf.Tensor | Float32Array>;
   if (compiled) ({ loss, grads } = compiled.lossAndGrads(batch, LABELS));
   else {
     const labels = tf.tensor1d(LABELS, 'int32');
@@ -163,12 +163,12 @@ function trainStep(lm: LanguageModel, batch: PromptBatch, encoder: PromptEncoder
     loss = r.value.dataSync()[0]!;
     r.value.dispose();
     labels.dispose();
-    grads = r.grads;
+    grads = new Map(Object.entries(r.grads));
   }
   if (!Number.isFinite(loss)) throw new Error(`loss ${loss}`);
-  const byName = new Map([...params].map(([n, v]) => [n, grads[v.name]!]));
+  const byName = new Map([...params].map(([n, v]) => [n, grads.get(v.name)!]));
   adam?.step(byName);
-  tf.dispose(Object.values(grads));
+  for (const g of grads.values()) if (!(g instanceof Float32Array)) g.dispose();
 }
 
 async function child(key: string, engine: Engine, modes: Mode[], reps: number): Promise<void> {

@@ -266,3 +266,32 @@ test('schedules: constant, linear warmup/decay (transformers) and exponential pe
   assert.throws(() => makeSchedule({ kind: 'exponential', gamma: 0 }), /gamma must be in \(0, 1\]/);
   assert.throws(() => makeSchedule({ kind: 'cosine' } as never), /unknown kind 'cosine'/);
 });
+
+test('host-array gradients: clipping scales them in place like tensors, Adam steps from them like from tensors', () => {
+  const values = [[3, -4, 0.5], [12, 0]];
+  const host = new Map(values.map((v, i) => [`g${i}`, Float32Array.from(v)]));
+  const tensors = new Map<string, tf.Tensor>(values.map((v, i) => [`g${i}`, tf.tensor1d(v)]));
+  const normHost = clipGradNorm(host, 2);
+  const normTensor = clipGradNorm(tensors, 2);
+  assert.ok(Math.abs(normHost - Math.sqrt(9 + 16 + 0.25 + 144)) < 1e-5);
+  assert.ok(Math.abs(normHost - normTensor) < 1e-4);
+  for (const [k, t] of tensors) assertClose(host.get(k)!, Array.from(t.dataSync()), 1e-6, k);
+  tf.dispose([...tensors.values()]);
+
+  const a = tf.variable(tf.tensor1d(THETA0));
+  const b = tf.variable(tf.tensor1d(THETA0));
+  const oa = new AdamW([{ params: new Map([['p', a]]), lr: 0.05, weightDecay: 0.1 }]);
+  const ob = new AdamW([{ params: new Map([['p', b]]), lr: 0.05, weightDecay: 0.1 }]);
+  for (let s = 0; s < 3; s++) {
+    oa.step(new Map([['p', Float32Array.from(quadGrad(a.dataSync()))]]));
+    const g = tf.tensor1d(quadGrad(b.dataSync()));
+    ob.step(new Map([['p', g]]));
+    g.dispose();
+  }
+  assert.deepEqual(Array.from(a.dataSync()), Array.from(b.dataSync()));
+  assertClose(a.dataSync(), torchAdam('adamw', 3, 0.05, 0.1), 2e-6, 'host-gradient AdamW');
+  assert.throws(() => oa.step(new Map([['p', new Float32Array(3)]])), /gradient of 'p' has 3 values, parameter has \[4\]/);
+  oa.dispose();
+  ob.dispose();
+  tf.dispose([a, b]);
+});

@@ -44,3 +44,9 @@ export function backendName(): string {
 export function tensorFromScratch(values: Float32Array, shape: number[]): tf.Tensor {
   return tf.tensor(tf.getBackend() === 'wasm' ? values : values.slice(), shape, 'float32');
 }
+
+/** The values of a float32 tensor in an array the caller owns (the cpu backend would hand out its own storage). */
+export function hostCopy(t: tf.Tensor): Float32Array {
+  const data = t.dataSync() as Float32Array;
+  return tf.getBackend() === 'wasm' ? data : data.slice();
+}

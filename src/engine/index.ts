@@ -3,6 +3,6 @@
  * Code outside src/engine reaches tfjs only through the `tf` namespace re-exported here.
  */
 export * as tf from '@tensorflow/tfjs-core';
-export { initEngine, backendName, tensorFromScratch, type BackendName } from './backend.js';
+export { initEngine, backendName, tensorFromScratch, hostCopy, type BackendName } from './backend.js';
 export type { Ops } from './ops.js';
 export { tfOps } from './tfjs-ops.js';

@@ -64,21 +64,18 @@ export class CompiledPTuning {
   }
 
   /**
-   * Mean cross-entropy of a batch against `targets` (class indices) and its gradients, keyed by tfjs variable
-   * name (as tf.variableGrads): the encoder's variables and the LM's trainable ones.
+   * Mean cross-entropy of a batch against `targets` (class indices) and its gradients as host arrays the caller
+   * owns, keyed by tfjs variable name (as tf.variableGrads): the encoder's variables and the LM's trainable ones.
    */
-  lossAndGrads(batch: CollatedBatch, targets: number[]): { loss: number; grads: tf.NamedTensorMap } {
+  lossAndGrads(batch: CollatedBatch, targets: number[]): { loss: number; grads: Map<string, Float32Array> } {
     const masks = this.encoder?.dropoutMasks(true) ?? null;
     const { feeds, b, sp } = this.feeds(batch, masks);
     feeds.targets = { data: Int32Array.from(flatTargets(targets, this.head.numClasses)), dims: [b] };
     const r = this.lm.runProgram(this.program(b, sp, { kind: 'train', dropout: masks !== null }), feeds, true);
-    const grads: tf.NamedTensorMap = {};
-    for (const [name, v] of this.encoder?.variables() ?? []) grads[v.name] = tf.tensor(r.grads[name]!.data, v.shape, 'float32');
+    const grads = new Map<string, Float32Array>();
+    for (const [name, v] of this.encoder?.variables() ?? []) grads.set(v.name, r.grads[name]!.data as Float32Array);
     const params = this.lm.parameters();
-    for (const [name, g] of r.weightGrads) {
-      const v = params.get(name)!;
-      grads[v.name] = tf.tensor(g.data, v.shape, 'float32');
-    }
+    for (const [name, g] of r.weightGrads) grads.set(params.get(name)!.name, g.data as Float32Array);
     return { loss: r.outputs.loss!.data[0]!, grads };
   }
 

@@ -11,6 +11,9 @@ import { tf, tensorFromScratch } from '../engine/index.js';
  *   θ ← θ − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
  */
 
+/** A gradient: a tensor, or its values in a host array (which the optimizer and clipping may use in place). */
+export type Grad = tf.Tensor | Float32Array;
+
 export interface ParamGroup {
   /** variables by name; names must be unique across groups */
   params: Map<string, tf.Variable>;
@@ -86,12 +89,13 @@ class AdamBase {
    * One update from `grads` (by parameter name; the caller keeps ownership of them). `lrScale` multiplies every
    * group's lr (a schedule's multiplier). Parameters without a gradient are left untouched.
    */
-  step(grads: Map<string, tf.Tensor>, lrScale = 1): void {
+  step(grads: Map<string, Grad>, lrScale = 1): void {
     for (const [name, g] of grads) {
       const slot = this.slots.get(name);
       if (!slot) throw new Error(`optimizer step: gradient for unknown parameter '${name}'`);
-      if (g.shape.join(',') !== slot.param.shape.join(',')) {
-        throw new Error(`optimizer step: gradient of '${name}' has shape [${g.shape}], parameter has [${slot.param.shape}]`);
+      if (g instanceof Float32Array ? g.length !== slot.param.size : g.shape.join(',') !== slot.param.shape.join(',')) {
+        const shape = g instanceof Float32Array ? `${g.length} values` : `shape [${g.shape}]`;
+        throw new Error(`optimizer step: gradient of '${name}' has ${shape}, parameter has [${slot.param.shape}]`);
       }
     }
     const { beta1, beta2, eps } = this;
@@ -113,7 +117,7 @@ class AdamBase {
       const invRoot2 = 1 / Math.sqrt(1 - beta2 ** t);
       const c1 = 1 - beta1;
       const c2 = 1 - beta2;
-      const grad = g.dataSync() as Float32Array;
+      const grad = g instanceof Float32Array ? g : (g.dataSync() as Float32Array);
       const theta = p.dataSync() as Float32Array;
       if (this.scratch.length < n) this.scratch = new Float32Array(n);
       const out = this.scratch.subarray(0, n);
@@ -214,23 +218,32 @@ export function decayGroups(
 
 /**
  * torch.nn.utils.clip_grad_norm_: scales all gradients by min(1, maxNorm / (‖g‖ + 1e-6)), where ‖g‖ is the
- * L2 norm over all of them together. Clipped tensors replace the map's entries (the originals are disposed).
- * Returns the total norm before clipping.
+ * L2 norm over all of them together. Host arrays are scaled in place; clipped tensors replace the map's
+ * entries (the originals are disposed). Returns the total norm before clipping.
  */
-export function clipGradNorm(grads: Map<string, tf.Tensor>, maxNorm: number): number {
+export function clipGradNorm(grads: Map<string, Grad>, maxNorm: number): number {
   if (!(maxNorm > 0)) throw new Error(`clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);
   if (grads.size === 0) return 0;
-  const total = tf.tidy(() => {
-    const squares = [...grads.values()].map((g) => tf.sum(tf.square(g)));
-    return tf.sqrt(tf.addN(squares));
-  });
-  const norm = total.dataSync()[0]!;
-  total.dispose();
+  let sumSq = 0;
+  for (const g of grads.values()) {
+    if (g instanceof Float32Array) {
+      for (let i = 0; i < g.length; i++) sumSq += g[i]! * g[i]!;
+    } else {
+      const t = tf.tidy(() => tf.sum(tf.square(g)));
+      sumSq += t.dataSync()[0]!;
+      t.dispose();
+    }
+  }
+  const norm = Math.sqrt(sumSq);
   const coef = maxNorm / (norm + 1e-6);
   if (coef < 1) {
     for (const [name, g] of grads) {
-      grads.set(name, tf.mul(g, coef));
-      g.dispose();
+      if (g instanceof Float32Array) {
+        for (let i = 0; i < g.length; i++) g[i] = g[i]! * coef;
+      } else {
+        grads.set(name, tf.mul(g, coef));
+        g.dispose();
+      }
     }
   }
   return norm;

@@ -208,7 +208,7 @@ export class PTuningSession {
    * Loss and gradients of a batch without the tape, as one compiled program (ONNX Runtime engine); null on the
    * tfjs engine, where `loss` runs under tf.variableGrads.
    */
-  lossAndGrads(items: readonly Item[]): { loss: number; grads: tf.NamedTensorMap } | null {
+  lossAndGrads(items: readonly Item[]): { loss: number; grads: Map<string, Float32Array> } | null {
     if (!this.compiled) return null;
     const batch = collate(
       items.map((i) => i.ex),

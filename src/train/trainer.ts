@@ -1,9 +1,9 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { tf } from '../engine/index.js';
+import { tf, hostCopy } from '../engine/index.js';
 import { makeRng } from '../util/rng.js';
 import type { Progress } from '../util/progress.js';
-import { clipGradNorm, type OptimizerState } from './optim.js';
+import { clipGradNorm, type Grad, type OptimizerState } from './optim.js';
 import {
   loadOptimizerState,
   saveOptimizerState,
@@ -16,7 +16,7 @@ import {
 
 /** What the training loop needs from an optimizer (Adam and AdamW in optim.ts). */
 export interface TrainOptimizer {
-  step(grads: Map<string, tf.Tensor>, lrScale: number): void;
+  step(grads: Map<string, Grad>, lrScale: number): void;
   state(): OptimizerState;
   loadState(state: OptimizerState): void;
 }
@@ -52,10 +52,10 @@ export interface TrainTask<E> {
   /** mean loss of a micro-batch; runs under tf.variableGrads */
   loss(batch: E[]): tf.Scalar;
   /**
-   * The loss and its gradients computed without the tape (a compiled program), keyed by variable name as
-   * tf.variableGrads keys them; null: use `loss` under the tape.
+   * The loss and its gradients computed without the tape (a compiled program), as host arrays the loop may
+   * modify, keyed by variable name as tf.variableGrads keys them; null: use `loss` under the tape.
    */
-  lossAndGrads?(batch: E[]): { loss: number; grads: tf.NamedTensorMap } | null;
+  lossAndGrads?(batch: E[]): { loss: number; grads: Map<string, Float32Array> } | null;
   evaluate(): DevResult;
 }
 
@@ -97,14 +97,19 @@ export interface TrainLoopOptions<E> {
 
 export class NonFiniteLossError extends Error {}
 
-/** Loss and gradients of one micro-batch: from the task's compiled path when it has one, else from the tape. */
-function gradientsOf<E>(task: TrainTask<E>, batch: E[], params: Map<string, tf.Variable>): { loss: number; grads: tf.NamedTensorMap } {
+/**
+ * Loss and gradients (host arrays the caller owns, by variable name) of one micro-batch: from the task's
+ * compiled path when it has one, else from the tape.
+ */
+function gradientsOf<E>(task: TrainTask<E>, batch: E[], params: Map<string, tf.Variable>): { loss: number; grads: Map<string, Float32Array> } {
   const direct = task.lossAndGrads?.(batch);
   if (direct) return direct;
   const { value, grads } = tf.variableGrads(() => task.loss(batch), [...params.values()]);
   const loss = value.dataSync()[0]!;
   value.dispose();
-  return { loss, grads };
+  const host = new Map(Object.entries(grads).map(([name, g]) => [name, hostCopy(g)]));
+  tf.dispose(Object.values(grads));
+  return { loss, grads: host };
 }
 
 function initialState(): TrainState {
@@ -201,7 +206,8 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
   outer: while (!state.finished && state.epoch < c.epochs) {
     const order = epochOrder(n, c.seed, state.epoch);
     while (state.batchInEpoch < batchesPerEpoch) {
-      const accumulated = new Map<string, tf.Tensor>();
+      // gradients on the host: the compiled path hands them over as arrays, the optimizer reads arrays
+      const accumulated = new Map<string, Float32Array>();
       let stepLoss = 0;
       let micro = 0;
       while (micro < c.gradAccum && state.batchInEpoch < batchesPerEpoch) {
@@ -209,8 +215,6 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
         const batch = order.slice(start, start + c.batchSize).map((i) => task.examples[i]!);
         const { loss: lossValue, grads } = gradientsOf(task, batch, params);
         if (!Number.isFinite(lossValue)) {
-          Object.values(grads).forEach((g) => g.dispose());
-          accumulated.forEach((g) => g.dispose());
           logMetric({ type: 'error', step: state.step, epoch: state.epoch, loss: lossValue });
           o.progress?.stop();
           throw new NonFiniteLossError(
@@ -219,31 +223,22 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
           );
         }
         for (const [name, v] of params) {
-          const g = grads[v.name];
+          const g = grads.get(v.name);
           if (!g) continue;
-          delete grads[v.name];
           const prev = accumulated.get(name);
-          accumulated.set(name, prev ? tf.tidy(() => tf.add(prev, g)) : g);
-          if (prev) {
-            prev.dispose();
-            g.dispose();
-          }
+          if (!prev) accumulated.set(name, g);
+          else for (let i = 0; i < prev.length; i++) prev[i] = prev[i]! + g[i]!;
         }
-        tf.dispose(Object.values(grads));
         stepLoss += lossValue;
         micro++;
         state.batchInEpoch++;
       }
       if (micro > 1) {
-        for (const [k, g] of accumulated) {
-          accumulated.set(k, tf.div(g, micro));
-          g.dispose();
-        }
+        for (const g of accumulated.values()) for (let i = 0; i < g.length; i++) g[i] = g[i]! / micro;
       }
       const gradNorm = clipGradNorm(accumulated, c.maxGradNorm > 0 ? c.maxGradNorm : Infinity);
       const lr = o.lrScale(state.step, state.epoch);
       optimizer.step(accumulated, lr);
-      accumulated.forEach((g) => g.dispose());
       state.step++;
       lossSum += stepLoss / micro;
       lossCount++;
