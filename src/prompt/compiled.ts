@@ -10,27 +10,19 @@ import type { CollatedBatch } from './render.js';
 
 const ENC = 'enc:';
 
-type ProgramOutput = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; allowed: readonly number[] | null };
+type ProgramOutput = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
 
-/** log-softmax over the classes, other classes than `allowed` masked out, then ONNX TopK (best first). */
-function topK(g: Graph, o: OnnxOps, scores: Sym, k: number, allowed: readonly number[] | null): Record<string, Sym> {
+/**
+ * log-softmax over the classes, plus the fed `class_mask` (0 for allowed classes, -∞ for the others) when
+ * `masked`, then ONNX TopK (best first).
+ */
+function topK(g: Graph, o: OnnxOps, scores: Sym, k: number, masked: boolean): Record<string, Sym> {
   const [b, classes] = scores.shape as [number, number];
   let logp = o.logSoftmax(scores);
-  if (allowed) {
-    const mask = new Float32Array(classes).fill(-Infinity);
-    for (const id of allowed) mask[id] = 0;
-    logp = o.add(logp, o.constFloat(mask, [classes]));
-  }
+  if (masked) logp = o.add(logp, g.input('class_mask', [classes], 'float32'));
   const kk = Math.min(k, classes);
   const [values, indices] = g.node('TopK', [logp, g.ints([kk])], [{ shape: [b, kk], dtype: 'float32' }, { shape: [b, kk], dtype: 'int64' }], { axis: 1, largest: 1, sorted: 1 });
   return { top_values: values!, top_indices: o.cast(indices!, 'int32') };
-}
-
-/** A short content key for a class list (the answer vocabulary of a LAMA run) in the session cache. */
-function hashIds(ids: readonly number[]): string {
-  let h = 2166136261;
-  for (const id of ids) h = Math.imul(h ^ id, 16777619) >>> 0;
-  return `${ids.length}:${h.toString(16)}`;
 }
 
 /**
@@ -93,12 +85,18 @@ export class CompiledPTuning {
    */
   topK(batch: CollatedBatch, k: number, allowed: readonly number[] | null): { indices: number[][]; values: number[][] } {
     const { feeds, b, sp } = this.feeds(batch, null);
-    const r = this.lm.runProgram(this.program(b, sp, { kind: 'topk', k, allowed }), feeds, false);
-    const idx = r.outputs.top_indices!.data;
-    const val = r.outputs.top_values!.data;
+    if (allowed) {
+      const mask = new Float32Array(this.head.numClasses).fill(-Infinity);
+      for (const id of allowed) mask[id] = 0;
+      feeds.class_mask = { data: mask, dims: [mask.length] };
+    }
+    const r = this.lm.runProgram(this.program(b, sp, { kind: 'topk', k, masked: allowed !== null }), feeds, false);
     const kk = r.outputs.top_indices!.dims[1]!;
-    const rows = (d: ArrayLike<number>) => Array.from({ length: b }, (_, i) => Array.from(d).slice(i * kk, (i + 1) * kk));
-    return { indices: rows(idx), values: rows(val) };
+    const rows = (d: ArrayLike<number>) => {
+      const all = Array.from(d);
+      return Array.from({ length: b }, (_, i) => all.slice(i * kk, (i + 1) * kk));
+    };
+    return { indices: rows(r.outputs.top_indices!.data), values: rows(r.outputs.top_values!.data) };
   }
 
   private feeds(batch: CollatedBatch, masks: Float32Array[] | null): { feeds: Record<string, HostTensor>; b: number; sp: number } {
@@ -130,7 +128,7 @@ export class CompiledPTuning {
     const head = this.head;
     const candidates = head.candidates;
     const dropout = out.kind === 'train' && out.dropout;
-    const what = out.kind === 'topk' ? `topk ${out.k} ${out.allowed ? hashIds(out.allowed) : 'all'}` : out.kind;
+    const what = out.kind === 'topk' ? `topk ${out.k}${out.masked ? ' masked' : ''}` : out.kind;
     return {
       key: `ptune ${b}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
       build: (g: Graph, o: OnnxOps, w: WeightOf<Sym>, fns: LmFunctions): ReturnType<GraphProgram['build']> => {
@@ -157,7 +155,7 @@ export class CompiledPTuning {
         const logits = fns.logitsAt(o, w, hidden, ints('positions', [b]), cand);
         const scores = head.scoresOn(o, logits);
         if (out.kind === 'scores') return { outputs: { scores } };
-        if (out.kind === 'topk') return { outputs: topK(g, o, scores, out.k, out.allowed) };
+        if (out.kind === 'topk') return { outputs: topK(g, o, scores, out.k, out.masked) };
         const loss = crossEntropyOn(o, scores, ints('targets', [b]));
         return { outputs: { loss }, loss, wrt };
       },
