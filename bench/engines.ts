@@ -31,6 +31,7 @@ import { makeHead } from '../src/prompt/heads.js';
 import { Adam } from '../src/train/optim.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 import { readRecords } from '../src/data/read.js';
+import { benchBatch } from './batch.js';
 
 const BATCH = 16;
 const SEQ = 32;
@@ -105,32 +106,6 @@ async function buildModel(key: string, engine: Engine, trainable: boolean): Prom
   return engine === 'ort' ? new OrtLM(lm) : lm;
 }
 
-/** [CLS] p1..p9 words [MASK] [SEP] (BERT) or p1..p9 words [MASK] (GPT-2): answer at a fixed position. */
-function benchBatch(lm: LanguageModel): PromptBatch {
-  const s = lm.info.special;
-  const masked = lm.info.kind === 'masked';
-  const batch: PromptBatch = {
-    ids: [], attentionMask: [], tokenTypeIds: [], pseudoRows: [], pseudoCols: [], pseudoIndex: [], answerPositions: [], lengths: [],
-  } as unknown as PromptBatch;
-  const first = masked ? 1 : 0;
-  for (let r = 0; r < BATCH; r++) {
-    const nWords = SEQ - PSEUDO - (masked ? 3 : 1);
-    const words = Array.from({ length: nWords }, (_, j) => 1000 + ((r * 131 + j * 17) % 20000));
-    const row = masked ? [s.cls ?? 0, ...new Array<number>(PSEUDO).fill(0), ...words, s.mask ?? 0, s.sep ?? 0] : [...new Array<number>(PSEUDO).fill(0), ...words, s.mask ?? 0];
-    batch.ids.push(row);
-    batch.attentionMask.push(new Array<number>(SEQ).fill(1));
-    batch.tokenTypeIds.push(new Array<number>(SEQ).fill(0));
-    for (let k = 0; k < PSEUDO; k++) {
-      batch.pseudoRows.push(r);
-      batch.pseudoCols.push(first + k);
-      batch.pseudoIndex.push(k);
-    }
-    batch.answerPositions.push(masked ? SEQ - 2 : SEQ - 1);
-    batch.lengths.push(SEQ);
-  }
-  return batch;
-}
-
 function logitsOf(lm: LanguageModel, batch: PromptBatch, prompts: tf.Tensor | null): tf.Tensor {
   const hidden = lm.run({
     embeds: promptedEmbeds(lm, batch, prompts),
@@ -178,7 +153,7 @@ async function child(key: string, engine: Engine, modes: Mode[], reps: number): 
   const lm = await buildModel(key, engine, false);
   out.load_s = round((performance.now() - t0) / 1000);
   out.parameters = lm.info.parameterCount;
-  const batch = benchBatch(lm);
+  const batch = benchBatch(lm, BATCH, SEQ, PSEUDO);
   const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: PSEUDO, tokenDim: lm.info.hiddenSize, seed: 1 });
   const head = makeHead({ kind: 'answer', answerField: 'answer' }, lm.tokenizer);
   const compiled = lm instanceof OrtLM ? new CompiledPTuning(lm, encoder, head) : null;

@@ -20,6 +20,7 @@ import { tf, initEngine, backendName, type BackendName } from '../src/engine/ind
 import { createRandomModel, loadModel } from '../src/models/load.js';
 import type { LanguageModel } from '../src/models/lm.js';
 import { promptedEmbeds, type PromptBatch } from '../src/prompt/ptuning.js';
+import { benchBatch } from './batch.js';
 
 const BATCH = 16;
 const SEQ = 32;
@@ -37,38 +38,6 @@ function arg(name: string, envName: string): string | undefined {
 async function buildModel(key: ModelKey): Promise<LanguageModel> {
   if (key === 'mini') return loadModel(path.resolve(process.cwd(), '../shared/models/bert-mini-lama'));
   return createRandomModel('bert', { numLayers: 12, hiddenSize: 768, numHeads: 12, intermediateSize: 3072, vocabSize: 30522 }, 1);
-}
-
-/** [CLS] p1..p9 words... [MASK] [SEP]: pseudo tokens right after [CLS], the answer just before [SEP]. */
-function benchBatch(lm: LanguageModel): PromptBatch {
-  const s = lm.info.special;
-  const cls = s.cls ?? s.bos ?? 0;
-  const sep = s.sep ?? s.eos ?? 0;
-  const mask = s.mask ?? 0;
-  const batch: PromptBatch = {
-    ids: [],
-    attentionMask: [],
-    tokenTypeIds: [],
-    pseudoRows: [],
-    pseudoCols: [],
-    pseudoIndex: [],
-    answerPositions: [],
-    lengths: [],
-  };
-  for (let r = 0; r < BATCH; r++) {
-    const words = Array.from({ length: SEQ - PSEUDO - 3 }, (_, j) => 1000 + ((r * 131 + j * 17) % (lm.info.vocabSize - 1000)));
-    batch.ids.push([cls, ...new Array<number>(PSEUDO).fill(mask), ...words, mask, sep]);
-    batch.attentionMask.push(new Array<number>(SEQ).fill(1));
-    batch.tokenTypeIds.push(new Array<number>(SEQ).fill(0));
-    for (let k = 0; k < PSEUDO; k++) {
-      batch.pseudoRows.push(r);
-      batch.pseudoCols.push(1 + k);
-      batch.pseudoIndex.push(k);
-    }
-    batch.answerPositions.push(SEQ - 2);
-    batch.lengths.push(SEQ);
-  }
-  return batch;
 }
 
 function forwardStep(lm: LanguageModel, batch: PromptBatch): void {
@@ -127,7 +96,7 @@ async function benchModel(key: ModelKey, steps: number) {
   const t0 = Date.now();
   const lm = await buildModel(key);
   const loadSeconds = (Date.now() - t0) / 1000;
-  const batch = benchBatch(lm);
+  const batch = benchBatch(lm, BATCH, SEQ, PSEUDO);
   const prompts = tf.variable(tf.randomNormal([PSEUDO, lm.info.hiddenSize], 0, 0.02, 'float32', 7), true, `bench_prompts_${key}`);
   const candidates = tf.tensor1d([2605, 3000].map((id) => id % lm.info.vocabSize), 'int32');
   const tensorsBefore = tf.memory().numTensors;
