@@ -62,10 +62,4 @@ export interface Ops<T> {
   expandDims(x: T, axis: number): T;
   cast(x: T, dtype: 'float32' | 'int32'): T;
 
-  /**
-   * Rotary position embedding on x [B, heads, S, headDim]. `cos`/`sin` are [B or 1, 1, S, headDim/2] for the
-   * positions of x. 'interleaved' rotates pairs (2i, 2i+1) (llama2.c, Meta's reference); 'half' rotates
-   * (i, i + headDim/2) (Hugging Face's rotate_half).
-   */
-  rope(x: T, cos: T, sin: T, style: 'interleaved' | 'half'): T;
 }

@@ -65,26 +65,6 @@ function rmsNorm(x: T, weight: T, eps: number): T {
   return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), weight);
 }
 
-function rope(x: T, cos: T, sin: T, style: 'interleaved' | 'half'): T {
-  const [b, h, s, d] = x.shape;
-  const half = d / 2;
-  let x1: T, x2: T;
-  if (style === 'interleaved') {
-    const pairs = tf.reshape(x, [b, h, s, half, 2]);
-    x1 = tf.reshape(tf.slice(pairs, [0, 0, 0, 0, 0], [b, h, s, half, 1]), [b, h, s, half]);
-    x2 = tf.reshape(tf.slice(pairs, [0, 0, 0, 0, 1], [b, h, s, half, 1]), [b, h, s, half]);
-  } else {
-    x1 = tf.slice(x, [0, 0, 0, 0], [b, h, s, half]);
-    x2 = tf.slice(x, [0, 0, 0, half], [b, h, s, half]);
-  }
-  const r1 = tf.sub(tf.mul(x1, cos), tf.mul(x2, sin));
-  const r2 = tf.add(tf.mul(x1, sin), tf.mul(x2, cos));
-  if (style === 'interleaved') {
-    return tf.reshape(tf.stack([r1, r2], 4), [b, h, s, d]);
-  }
-  return tf.concat([r1, r2], 3);
-}
-
 /** The op vocabulary on tfjs tensors. Every op is differentiable through tfjs's tape. */
 export const tfOps: Ops<T> = {
   shape: (x) => x.shape.slice(),
@@ -125,5 +105,4 @@ export const tfOps: Ops<T> = {
   reshape: (x, shape) => tf.reshape(x, shape),
   expandDims: (x, axis) => tf.expandDims(x, axis),
   cast: (x, dtype) => tf.cast(x, dtype),
-  rope,
 };

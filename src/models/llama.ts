@@ -122,6 +122,29 @@ export function attentionBias<T>(o: Ops<T>, queryLen: number, pastLen: number, k
  * Grouped-query self-attention. The query heads sharing a kv head are folded into the sequence axis, so the
  * kv heads are used as they are instead of being repeated.
  */
+/**
+ * Rotary position embedding on x [B, heads, S, headDim]. `cos`/`sin` are [B or 1, 1, S, headDim/2] for the
+ * positions of x. 'interleaved' rotates pairs (2i, 2i+1) (llama2.c, Meta's reference); 'half' rotates
+ * (i, i + headDim/2) (Hugging Face's rotate_half).
+ */
+export function applyRope<T>(o: Ops<T>, x: T, cos: T, sin: T, style: 'interleaved' | 'half'): T {
+  const [b, h, s, d] = o.shape(x) as [number, number, number, number];
+  const half = d / 2;
+  let x1: T, x2: T;
+  if (style === 'interleaved') {
+    const pairs = o.reshape(x, [b, h, s, half, 2]);
+    x1 = o.reshape(o.slice(pairs, [0, 0, 0, 0, 0], [b, h, s, half, 1]), [b, h, s, half]);
+    x2 = o.reshape(o.slice(pairs, [0, 0, 0, 0, 1], [b, h, s, half, 1]), [b, h, s, half]);
+  } else {
+    x1 = o.slice(x, [0, 0, 0, 0], [b, h, s, half]);
+    x2 = o.slice(x, [0, 0, 0, half], [b, h, s, half]);
+  }
+  const r1 = o.sub(o.mul(x1, cos), o.mul(x2, sin));
+  const r2 = o.add(o.mul(x1, sin), o.mul(x2, cos));
+  if (style === 'half') return o.concat([r1, r2], 3);
+  return o.reshape(o.concat([o.expandDims(r1, 4), o.expandDims(r2, 4)], 4), [b, h, s, d]);
+}
+
 export function llamaAttention<T>(
   o: Ops<T>, w: Weights<T>, c: LlamaConfig, layer: number, x: T,
   rope: { cos: T; sin: T }, bias: T, past?: LayerKv<T>,
@@ -131,8 +154,8 @@ export function llamaAttention<T>(
   const group = c.numHeads / c.numKvHeads;
   const p = `${layerPrefix(layer)}.self_attn`;
   const heads = (t: T, n: number) => o.transpose(o.reshape(t, [b, s, n, hd]), [0, 2, 1, 3]);
-  const q = o.rope(heads(o.linear(x, w(`${p}.q_proj.weight`)), c.numHeads), rope.cos, rope.sin, c.ropeStyle);
-  let k = o.rope(heads(o.linear(x, w(`${p}.k_proj.weight`)), c.numKvHeads), rope.cos, rope.sin, c.ropeStyle);
+  const q = applyRope(o, heads(o.linear(x, w(`${p}.q_proj.weight`)), c.numHeads), rope.cos, rope.sin, c.ropeStyle);
+  let k = applyRope(o, heads(o.linear(x, w(`${p}.k_proj.weight`)), c.numKvHeads), rope.cos, rope.sin, c.ropeStyle);
   let v = heads(o.linear(x, w(`${p}.v_proj.weight`)), c.numKvHeads);
   if (past) {
     k = o.concat([past.k, k], 2);

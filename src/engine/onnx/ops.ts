@@ -188,27 +188,6 @@ export class OnnxOps implements Ops<Sym> {
     return this.graph.op1('Cast', [x], x.shape, dtype, { to: CAST_TO[dtype] });
   }
 
-  rope(x: Sym, cos: Sym, sin: Sym, style: 'interleaved' | 'half'): Sym {
-    const [b, h, s, d] = x.shape as [number, number, number, number];
-    const half = d / 2;
-    let x1: Sym, x2: Sym;
-    if (style === 'interleaved') {
-      const pairs = this.reshape(x, [b, h, s, half, 2]);
-      x1 = this.reshape(this.slice(pairs, [0, 0, 0, 0, 0], [b, h, s, half, 1]), [b, h, s, half]);
-      x2 = this.reshape(this.slice(pairs, [0, 0, 0, 0, 1], [b, h, s, half, 1]), [b, h, s, half]);
-    } else {
-      x1 = this.slice(x, [0, 0, 0, 0], [b, h, s, half]);
-      x2 = this.slice(x, [0, 0, 0, half], [b, h, s, half]);
-    }
-    const r1 = this.sub(this.mul(x1, cos), this.mul(x2, sin));
-    const r2 = this.add(this.mul(x1, sin), this.mul(x2, cos));
-    if (style === 'interleaved') {
-      const stacked = this.concat([this.expandDims(r1, 4), this.expandDims(r2, 4)], 4);
-      return this.reshape(stacked, [b, h, s, d]);
-    }
-    return this.concat([r1, r2], 3);
-  }
-
   // -------------------------------------------------------------------------------------------------------
   // helpers for gradient rules
 
