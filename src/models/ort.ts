@@ -153,7 +153,7 @@ export class OrtLM implements LanguageModel {
     if (s > this.info.maxPositions) {
       throw new Error(`${this.info.family}: sequence of ${s} tokens exceeds the ${this.info.maxPositions} positions of ${this.info.source}`);
     }
-    const sp = this.bucket(s);
+    const sp = this.paddedLength(s);
     const feeds: Record<string, HostTensor> = {
       x: { data: padRows(batch.embeds.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] },
       attention_mask: { data: padRows(toInt32(batch.attentionMask), b, s, sp, 1), dims: [b, sp] },
@@ -186,7 +186,7 @@ export class OrtLM implements LanguageModel {
 
   logitsAt(hidden: Tensor, positions: Tensor, candidates?: Tensor): Tensor {
     const [b, s, h] = hidden.shape as [number, number, number];
-    const sp = this.bucket(s);
+    const sp = this.paddedLength(s);
     const c = candidates?.shape[0];
     const feeds: Record<string, HostTensor> = {
       x: { data: padRows(hidden.dataSync() as Float32Array, b, s, sp, h), dims: [b, sp, h] },
@@ -282,28 +282,14 @@ export class OrtLM implements LanguageModel {
   private compileProgram(program: GraphProgram, train: boolean): CompiledProgram {
     const g = new Graph();
     const o = new OnnxOps(g);
-    const params = this.base.parameters();
-    const syms = new Map<string, Sym>();
-    const weightInputs: string[] = [];
-    const weight = (name: string): Sym => {
-      let sym = syms.get(name);
-      if (sym) return sym;
-      const v = params.get(name);
-      if (!v) throw new Error(`ort engine: ${this.info.source} has no weight "${name}"`);
-      if (v.trainable) {
-        sym = g.input(WEIGHT_PREFIX + name, v.shape, 'float32');
-        weightInputs.push(name);
-      } else sym = g.constant(() => v.dataSync() as Float32Array, v.shape, 'float32', name);
-      syms.set(name, sym);
-      return sym;
-    };
+    const { weight, inputs: weightInputs } = this.weightReader(g, (_name, v) => v.trainable);
     const { outputs, loss, wrt = {} } = program.build(g, o, weight, this.fns);
     const all: Record<string, Sym> = { ...outputs };
     if (train) {
       if (!loss) throw new Error(`ort program ${program.key}: training needs a loss`);
       if (loss.size !== 1) throw new Error(`ort program ${program.key}: the loss must be a scalar, got [${loss.shape}]`);
       const keys = Object.keys(wrt);
-      const targets = [...keys.map((k) => wrt[k]!), ...weightInputs.map((n) => syms.get(n)!)];
+      const targets = [...keys.map((k) => wrt[k]!), ...weightInputs.map(weight)];
       const grads = gradients(o, loss, o.constFloat([1], loss.shape), targets);
       keys.forEach((k, i) => (all[WRT_PREFIX + k] = grads[i]!));
       weightInputs.forEach((n, i) => (all[GRAD_PREFIX + n] = grads[keys.length + i]!));
@@ -323,10 +309,6 @@ export class OrtLM implements LanguageModel {
 
   /** Sequence length a batch of `s` positions is padded to, so nearby lengths share compiled sessions. */
   paddedLength(s: number): number {
-    return this.bucket(s);
-  }
-
-  private bucket(s: number): number {
     return Math.min(Math.ceil(s / this.opts.seqBucket) * this.opts.seqBucket, Math.max(s, this.info.maxPositions));
   }
 
@@ -366,8 +348,8 @@ export class OrtLM implements LanguageModel {
     let used = this.usedWeights.get(f.fn);
     if (!used) {
       const g = new Graph();
-      const o = new OnnxOps(g);
-      const { out } = f.build(g, o, (name) => g.input(WEIGHT_PREFIX + name, params.get(name)!.shape, 'float32'));
+      const { out } = f.build(g, new OnnxOps(g), this.weightReader(g, () => true).weight);
+      // the model's weight structs read every weight; the serialised graph keeps those the output depends on
       const names = g.toModel({ out }).inputNames.filter((n) => n.startsWith(WEIGHT_PREFIX));
       used = new Set(names.map((n) => n.slice(WEIGHT_PREFIX.length)));
       this.usedWeights.set(f.fn, used);
@@ -404,23 +386,34 @@ export class OrtLM implements LanguageModel {
     }
   }
 
-  private compile(f: FnCall, kind: 'infer' | 'train', trainableNames: string[]): Compiled {
-    const g = new Graph();
-    const o = new OnnxOps(g);
+  /**
+   * Reads model weights into graph `g` on demand: those `isInput` picks become graph inputs ("param:<name>",
+   * listed in `inputs` in the order read), the others constants read from the tfjs weights at serialisation.
+   */
+  private weightReader(g: Graph, isInput: (name: string, v: tf.Variable) => boolean): { weight: Weight; inputs: string[] } {
     const params = this.base.parameters();
-    const trainable = new Set(trainableNames);
     const syms = new Map<string, Sym>();
+    const inputs: string[] = [];
     const weight = (name: string): Sym => {
       let sym = syms.get(name);
       if (sym) return sym;
       const v = params.get(name);
       if (!v) throw new Error(`ort engine: ${this.info.source} has no weight "${name}"`);
-      sym = trainable.has(name)
-        ? g.input(WEIGHT_PREFIX + name, v.shape, 'float32')
-        : g.constant(() => v.dataSync() as Float32Array, v.shape, 'float32', name);
+      if (isInput(name, v)) {
+        sym = g.input(WEIGHT_PREFIX + name, v.shape, 'float32');
+        inputs.push(name);
+      } else sym = g.constant(() => v.dataSync() as Float32Array, v.shape, 'float32', name);
       syms.set(name, sym);
       return sym;
     };
+    return { weight, inputs };
+  }
+
+  private compile(f: FnCall, kind: 'infer' | 'train', trainableNames: string[]): Compiled {
+    const g = new Graph();
+    const o = new OnnxOps(g);
+    const trainable = new Set(trainableNames);
+    const { weight } = this.weightReader(g, (name) => trainable.has(name));
     const { x, out } = f.build(g, o, weight);
     const sessionOpts = { threads: this.opts.threads || undefined, spin: this.opts.spin };
     const file = this.weights();

@@ -119,7 +119,7 @@ export class CompiledPTuning {
       pseudo_mask: { data: isPseudo, dims: [b, sp, 1] },
     };
     for (const [name, v] of this.encoder?.variables() ?? []) feeds[ENC + name] = { data: v.dataSync() as Float32Array, dims: v.shape };
-    masks?.forEach((m, l) => (feeds[`dropout:${l}`] = { data: m, dims: this.encoder!.dropoutShape(l) }));
+    masks?.forEach((m, l) => (feeds[`dropout:${l}`] = { data: m, dims: this.encoder!.dropoutShape() }));
     return { feeds, b, sp };
   }
 
@@ -139,7 +139,7 @@ export class CompiledPTuning {
         if (encoder) {
           for (const [name, v] of encoder.variables()) wrt[name] = g.input(ENC + name, v.shape, 'float32');
           const masks = dropout
-            ? Array.from({ length: encoder.config.lstmLayers - 1 }, (_, l) => g.input(`dropout:${l}`, encoder.dropoutShape(l), 'float32'))
+            ? Array.from({ length: encoder.config.lstmLayers - 1 }, (_, l) => g.input(`dropout:${l}`, encoder.dropoutShape(), 'float32'))
             : undefined;
           const prompts = encoder.encode(o, (name) => wrt[name]!, masks);
           const m = g.input('pseudo_mask', [b, sp, 1], 'float32');

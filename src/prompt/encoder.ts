@@ -94,7 +94,7 @@ export class PromptEncoder {
   /** The prompt embeddings [numVirtualTokens, tokenDim]. Call inside tf.tidy (or dispose the result). */
   forward(training = false): tf.Tensor2D {
     return tf.tidy(() => {
-      const masks = this.dropoutMasks(training)?.map((m, l) => tf.tensor(m, this.dropoutShape(l), 'float32'));
+      const masks = this.dropoutMasks(training)?.map((m, l) => tf.tensor(m, this.dropoutShape(), 'float32'));
       const out = this.encode(tfOps, (name) => this.v(name), masks);
       return (this.config.type === 'embedding' ? out.clone() : out) as tf.Tensor2D;
     });
@@ -127,7 +127,7 @@ export class PromptEncoder {
 
   /**
    * Dropout masks for one training forward (advancing the encoder's dropout RNG), or null when there is no
-   * dropout to apply. Mask l has the shape `dropoutShape(l)`.
+   * dropout to apply. Each mask has the shape `dropoutShape()`.
    */
   dropoutMasks(training: boolean): Float32Array[] | null {
     const p = this.config.dropout;
@@ -140,7 +140,8 @@ export class PromptEncoder {
     });
   }
 
-  dropoutShape(_layer: number): number[] {
+  /** Shape of every dropout mask: one per pseudo token and LSTM output unit. */
+  dropoutShape(): number[] {
     return [this.config.numVirtualTokens, this.lstm?.mlpWidth ?? 0];
   }
 
