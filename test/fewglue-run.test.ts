@@ -7,7 +7,7 @@ import { initEngine, tf } from '../src/engine/index.js';
 import { loadModel } from '../src/models/load.js';
 import { parseTemplate, numPseudo } from '../src/prompt/template.js';
 import { renderExample } from '../src/prompt/render.js';
-import { main } from '../src/cli/main.js';
+import { runCli } from './fixtures.js';
 import { loadPatterns, pseudoTokenCount, templateFor, type TaskName } from '../src/tasks/fewglue/index.js';
 import { capEval, loadTaskData, meanStd, RUNNABLE_TASKS, runFewGlue, summarize, type FewGlueReport, type RunResult } from '../src/tasks/fewglue/run.js';
 import { classifierTemplate } from '../src/tasks/fewglue/classifier.js';
@@ -114,20 +114,7 @@ test('SST-2: a short seeded ptune-lm run beats zero-shot manual on a fixed 64-se
   assert.match(readFileSync(path.join(out, 'report.md'), 'utf8'), /\| sst2 \| acc \| /);
 });
 
-async function cliError(args: string[]): Promise<{ code: number; text: string }> {
-  const written: string[] = [];
-  const write = process.stderr.write;
-  process.stderr.write = ((s: string) => {
-    written.push(String(s));
-    return true;
-  }) as typeof process.stderr.write;
-  try {
-    const code = await main(['node', 'ptune', 'fewglue', ...args]);
-    return { code, text: written.join('') };
-  } finally {
-    process.stderr.write = write;
-  }
-}
+const cliError = (args: string[]) => runCli(['fewglue', ...args]);
 
 test('CLI: bad arguments exit 2 with one line', async () => {
   const cases: [string[], RegExp][] = [

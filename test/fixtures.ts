@@ -3,6 +3,7 @@ import path from 'node:path';
 import { initEngine } from '../src/engine/index.js';
 import { loadModel } from '../src/models/load.js';
 import type { LanguageModel } from '../src/models/lm.js';
+import { main } from '../src/cli/main.js';
 
 export const shared = path.resolve(process.cwd(), '../shared');
 export const modelDir = (name: string): string => path.join(shared, 'models', name);
@@ -22,4 +23,20 @@ export function useMiniModels(): void {
     bert.dispose();
     gpt2.dispose();
   });
+}
+
+/** Runs the `ptune` CLI with `args` (after "ptune"), capturing what it writes to stderr. */
+export async function runCli(args: string[]): Promise<{ code: number; text: string }> {
+  const written: string[] = [];
+  const write = process.stderr.write;
+  process.stderr.write = ((s: string) => {
+    written.push(String(s));
+    return true;
+  }) as typeof process.stderr.write;
+  try {
+    const code = await main(['node', 'ptune', ...args]);
+    return { code, text: written.join('') };
+  } finally {
+    process.stderr.write = write;
+  }
 }

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { initEngine, tf } from '../src/engine/index.js';
-import { main } from '../src/cli/main.js';
+import { runCli } from './fixtures.js';
 import { capFacts } from '../src/tasks/lama/worker.js';
 import { runLama, type LamaRunOptions } from '../src/tasks/lama/run.js';
 import { saveRelationResult, skippedResult, type LamaRelationResult } from '../src/tasks/lama/report.js';
@@ -129,31 +129,13 @@ test('capFacts: a seeded sample of n facts in file order, the same every time', 
 });
 
 test('CLI: a bad --relations value exits 2 with a one-line error', async () => {
-  const written: string[] = [];
-  const write = process.stderr.write;
-  process.stderr.write = ((s: string) => {
-    written.push(String(s));
-    return true;
-  }) as typeof process.stderr.write;
-  let code: number;
-  try {
-    code = await main(['node', 'ptune', 'lama', '--model', bert, '--data', data, '--out', tmp(), '--relations', 'P19,P9999']);
-  } finally {
-    process.stderr.write = write;
-  }
+  const { code, text } = await runCli(['lama', '--model', bert, '--data', data, '--out', tmp(), '--relations', 'P19,P9999']);
   assert.equal(code, 2);
-  const text = written.join('');
   assert.equal(text.trim().split('\n').length, 1);
   assert.match(text, /^ptune: --relations: unknown relation "P9999"/);
 });
 
 test('CLI: an unknown --mode exits 2', async () => {
-  const write = process.stderr.write;
-  process.stderr.write = (() => true) as typeof process.stderr.write;
-  try {
-    const code = await main(['node', 'ptune', 'lama', '--model', bert, '--data', data, '--out', tmp(), '--mode', 'zero-shot']);
-    assert.equal(code, 2);
-  } finally {
-    process.stderr.write = write;
-  }
+  const { code } = await runCli(['lama', '--model', bert, '--data', data, '--out', tmp(), '--mode', 'zero-shot']);
+  assert.equal(code, 2);
 });
