@@ -2,13 +2,18 @@
  * ptune: P-tuning ("GPT Understands, Too") for TypeScript.
  *
  * Data flows one way: data → template → token ids + prompt slots → LM → verbalizer/head → loss and metrics.
+ * Every computation is a program built from the op vocabulary and run by ONNX Runtime; weights live on the host.
  */
-export { tf, initEngine, backendName, tfOps, type Ops, type BackendName } from './engine/index.js';
-export { readSafetensors, writeSafetensors, loadCheckpointTensors } from './engine/safetensors.js';
+export { initEngine, getRuntime, useRuntime, Runtime, programs, ProgramBuilder, ProgramCache, Parameter, prefixed } from './engine/index.js';
+export type { Ops, Program, ProgramGraph, ProgramResult, HostTensor, ParamMap, RuntimeName } from './engine/index.js';
+export { Graph, OnnxOps, gradients, type Sym } from './engine/onnx/index.js';
+export { readSafetensors, writeSafetensors, loadCheckpointTensors, checkpointIndex, SafetensorsReader } from './engine/safetensors.js';
 
-export type { LanguageModel, ModelInfo, LmBatch, KvCache, LmKind, ModelFamily, SpecialIds } from './models/lm.js';
+export { LanguageModel } from './models/model.js';
+export type { ModelInfo, LmKind, SpecialIds, LmFunctions, ModelFamily, HiddenInputs, HiddenOutputs, WeightOf } from './models/lm.js';
 export { loadModel, createRandomModel, type LoadOptions } from './models/load.js';
-export { generate, type GenerateOptions } from './models/generate.js';
+export { supportedModelTypes, familyFor } from './models/families.js';
+export { generate, decodeStep, KvCache, type GenerateOptions, type PromptRows } from './models/generate.js';
 export type { TextTokenizer } from './tokenizers/tokenizer.js';
 export { HfTokenizer } from './tokenizers/hf.js';
 export { Llama2cTokenizer } from './tokenizers/llama2c.js';
@@ -17,8 +22,9 @@ export { parseTemplate, expandTuple, numPseudo, fields, fromLamaTemplate, withAn
 export { renderExample, renderAll, collate, renderText, type RenderedExample, type CollatedBatch } from './prompt/render.js';
 export { Verbalizer, answerVocabulary, type LabelWords, type TokenRule } from './prompt/verbalizer.js';
 export { PromptEncoder, type PromptEncoderConfig, type PromptEncoderType } from './prompt/encoder.js';
-export { promptedEmbeds, promptedHidden, answerLogits } from './prompt/ptuning.js';
-export { makeHead, crossEntropy, crossEntropyOn, type Head, type HeadSpec } from './prompt/heads.js';
+export { PTuningPrograms } from './prompt/programs.js';
+export { batchFeeds, spliceOn, paddedLength, paddedRows } from './prompt/ptuning.js';
+export { makeHead, crossEntropyOn, type Head, type HeadSpec } from './prompt/heads.js';
 
 export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
 export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
@@ -30,6 +36,3 @@ export { makeProgress, type Progress } from './util/progress.js';
 
 export { runLama } from './tasks/lama/run.js';
 export { runFewGlue } from './tasks/fewglue/run.js';
-export { OrtLM, type OrtOptions, type GraphProgram, type ProgramResult } from './models/ort.js';
-export { lmFunctions, type LmFunctions } from './models/functions.js';
-export { CompiledPTuning } from './prompt/compiled.js';

@@ -48,9 +48,9 @@ function fakeBpe(): TextTokenizer & { tokens(ids: number[]): string[] } {
   };
 }
 
-const bert: RenderInfo = { kind: 'masked', family: 'bert', special: { pad: 0, unk: 100, cls: 101, sep: 102, mask: 103 } };
+const bert: RenderInfo = { kind: 'masked', tokenTypes: true, special: { pad: 0, unk: 100, cls: 101, sep: 102, mask: 103 } };
 /** gpt2-mini-lama: same WordPiece vocabulary, [CLS] = 101 as BOS, [SEP] = 102 as EOS */
-const gpt2: RenderInfo = { kind: 'causal', family: 'gpt2', special: { pad: 0, unk: 100, bos: 101, eos: 102 } };
+const gpt2: RenderInfo = { kind: 'causal', tokenTypes: false, special: { pad: 0, unk: 100, bos: 101, eos: 102 } };
 const tok = bertTokenizer();
 const fact = { uuid: 'u-1', sub_label: 'Allan Peiper', obj_label: 'Alexandra' };
 const ALLAN_PEIPER = [8926, 26850, 4842];
@@ -110,7 +110,7 @@ test('causal LM: the answer slot must be last, and something must precede it', (
 
 test('BPE-style spacing follows the template: a leading space only where the template has one', () => {
   const bpe = fakeBpe();
-  const info: RenderInfo = { kind: 'causal', family: 'gpt2', special: { pad: 0, unk: 1, bos: 2, eos: 3 } };
+  const info: RenderInfo = { kind: 'causal', tokenTypes: false, special: { pad: 0, unk: 1, bos: 2, eos: 3 } };
   const ex = renderExample(parseTemplate("[P] {name}'s home is in{city} [MASK]"), { name: 'Ann', city: 'Rome' }, bpe, info, { maxLength: 16 });
   assert.ok(ex);
   assert.deepEqual(bpe.tokens(ex.ids), ['<s>', '<unk>', 'ĠAnn', "'s", 'Ġhome', 'Ġis', 'Ġin', 'Rome']);

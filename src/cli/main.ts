@@ -14,16 +14,20 @@ export async function main(argv: string[]): Promise<number> {
     .name('ptune')
     .description('P-tuning (GPT Understands, Too): continuous prompts for BERT, GPT-2 and Llama on Node')
     .option('--verbose', 'print stack traces on errors')
-    .option('--backend <name>', 'tensor backend: wasm (default) or cpu')
-    .option('--engine <name>', 'LM engine: ort (ONNX Runtime graphs, default when available) or tfjs')
+    .option('--threads <n>', 'ONNX Runtime threads (default: the number of cores)')
+    .option('--runtime <name>', 'node (onnxruntime-node, default) or web (onnxruntime-web, WebAssembly)')
     .exitOverride()
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
   program.hook('preAction', (cmd) => {
-    const { backend, engine } = cmd.opts() as { backend?: string; engine?: string };
-    if (backend) process.env.PTUNE_BACKEND = backend;
-    if (engine) {
-      if (engine !== 'ort' && engine !== 'tfjs') throw new UserError(`--engine must be ort or tfjs, got ${engine}`);
-      process.env.PTUNE_ENGINE = engine;
+    const { threads, runtime } = cmd.opts() as { threads?: string; runtime?: string };
+    if (threads !== undefined) {
+      const n = Number(threads);
+      if (!Number.isInteger(n) || n < 1) throw new UserError(`--threads: expected a positive integer, got ${JSON.stringify(threads)}`);
+      process.env.PTUNE_THREADS = String(n);
+    }
+    if (runtime !== undefined) {
+      if (runtime !== 'node' && runtime !== 'web') throw new UserError(`--runtime: expected node or web, got ${JSON.stringify(runtime)}`);
+      process.env.PTUNE_RUNTIME = runtime;
     }
   });
 

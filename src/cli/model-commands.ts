@@ -1,8 +1,9 @@
 import type { Command } from 'commander';
-import { tf, initEngine } from '../engine/index.js';
+import { initEngine } from '../engine/index.js';
 import { loadModel } from '../models/load.js';
 import { generate } from '../models/generate.js';
-import type { LanguageModel } from '../models/lm.js';
+import type { LanguageModel } from '../models/model.js';
+import { paddedLength } from '../prompt/ptuning.js';
 import { UserError } from '../util/errors.js';
 import { parseIntOption, parseFloatOption } from './options.js';
 
@@ -30,7 +31,7 @@ export function modelInputIds(lm: LanguageModel, text: string): number[] {
  * Masked LM: predictions at every [MASK] of `text`; causal LM: the next token after `text`.
  * Logits are over the full vocabulary, before softmax.
  */
-export function fill(lm: LanguageModel, text: string, topK: number): FillPrediction[] {
+export async function fill(lm: LanguageModel, text: string, topK: number): Promise<FillPrediction[]> {
   const ids = modelInputIds(lm, text);
   let positions: number[];
   if (lm.info.kind === 'masked') {
@@ -41,23 +42,41 @@ export function fill(lm: LanguageModel, text: string, topK: number): FillPredict
     if (ids.length === 0) throw new UserError('empty text and the model has no BOS token');
     positions = [ids.length - 1];
   }
-  const { logits, logProbs } = tf.tidy(() => {
-    const idT = tf.tensor2d([ids], [1, ids.length], 'int32');
-    const hidden = lm.run({ embeds: lm.embed(idT), attentionMask: tf.onesLike(idT) });
-    const rows = tf.tile(hidden, [positions.length, 1, 1]);
-    const lg = lm.logitsAt(rows, tf.tensor1d(positions, 'int32'));
-    return { logits: lg.arraySync() as number[][], logProbs: tf.logSoftmax(lg).arraySync() as number[][] };
-  });
-  return positions.map((position, r) => {
-    const row = logits[r]!;
-    const order = topIndices(row, topK);
+  if (ids.length > lm.info.maxPositions) throw new UserError(`text is ${ids.length} tokens, more than the ${lm.info.maxPositions} positions of ${lm.info.source}`);
+  const s = paddedLength(ids.length, lm.info.maxPositions);
+  const p = positions.length;
+  const grid = (f: (i: number) => number) => Int32Array.from({ length: s }, (_, i) => (i < ids.length ? f(i) : 0));
+  const r = await lm.run(
+    {
+      key: `fill ${s} at ${p}`,
+      build: (b) => {
+        const { o } = b;
+        const w = lm.weights(b);
+        const { hidden } = lm.fns.hidden(o, w, { embeds: lm.fns.embed(o, w, b.input('ids', [1, s], 'int32')), attentionMask: b.input('attention_mask', [1, s], 'int32') });
+        // padding follows the text, so real tokens keep their positions
+        const rows = o.gather(o.reshape(hidden, [s, lm.info.hiddenSize]), b.input('positions', [p], 'int32'));
+        const logits = lm.fns.logits(o, w, rows);
+        return { outputs: { logits, logp: o.logSoftmax(logits) } };
+      },
+    },
+    {
+      ids: { data: grid((i) => ids[i]!), shape: [1, s] },
+      attention_mask: { data: grid(() => 1), shape: [1, s] },
+      positions: { data: Int32Array.from(positions), shape: [p] },
+    },
+  );
+  const v = r.outputs.logits!.shape[1]!;
+  const logits = r.outputs.logits!.data as Float32Array;
+  const logp = r.outputs.logp!.data as Float32Array;
+  return positions.map((position, k) => {
+    const row = logits.subarray(k * v, (k + 1) * v);
     return {
       position,
-      top: order.map((id) => ({
+      top: topIndices(row, topK).map((id) => ({
         id,
         token: lm.tokenizer.idToToken(id) ?? `<${id}>`,
         logit: row[id]!,
-        prob: Math.exp(logProbs[r]![id]!),
+        prob: Math.exp(logp[k * v + id]!),
       })),
     };
   });
@@ -113,7 +132,7 @@ export function registerModelCommands(program: Command): void {
       if (opts.top < 1) throw new UserError(`--top: expected a positive integer, got ${opts.top}`);
       await initEngine();
       const lm = await loadModel(model);
-      const predictions = fill(lm, text, opts.top);
+      const predictions = await fill(lm, text, opts.top);
       if (opts.json) {
         console.log(JSON.stringify({ predictions }));
       } else {
@@ -138,9 +157,10 @@ export function registerModelCommands(program: Command): void {
       if (opts.maxNewTokens < 0) throw new UserError(`--max-new-tokens: expected a non-negative integer, got ${opts.maxNewTokens}`);
       await initEngine();
       const lm = await loadModel(model);
-      if (lm.info.kind !== 'causal' || !lm.decodeStep) throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
+      if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
       const ids = opts.prompt ? modelInputIds(lm, opts.prompt) : [];
-      const out = generate(lm, ids, {
+      if (ids.length >= lm.info.maxPositions) throw new UserError(`--prompt is ${ids.length} tokens: no room left in the ${lm.info.maxPositions} positions of ${lm.info.source}`);
+      const out = await generate(lm, ids, {
         maxNewTokens: opts.maxNewTokens,
         temperature: opts.temperature,
         topP: opts.topP,

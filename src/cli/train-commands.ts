@@ -142,7 +142,7 @@ export function registerTrainCommands(program: Command): void {
         session = await PTuningSession.create(config, session.lm);
       }
       const progress = makeProgress({ quiet: o.quiet });
-      const r = session.train({ runDir: o.out, resume: o.resume ?? false, progress });
+      const r = await session.train({ runDir: o.out, resume: o.resume ?? false, progress });
       console.log(
         JSON.stringify({
           run: o.out,
@@ -169,7 +169,7 @@ export function registerTrainCommands(program: Command): void {
     .action(async (o) => {
       await initEngine();
       const session = await PTuningSession.load(o.run, o.checkpoint);
-      const r = session.evaluateFile(o.data);
+      const r = await session.evaluateFile(o.data);
       if (o.json) console.log(JSON.stringify(r.metrics));
       else for (const [k, v] of Object.entries(r.metrics)) console.log(`${k.padEnd(10)} ${Number.isInteger(v) ? v : v.toFixed(4)}`);
       session.dispose();
@@ -197,7 +197,7 @@ export function registerTrainCommands(program: Command): void {
       }
       await initEngine();
       const session = await PTuningSession.load(o.run, o.checkpoint);
-      writeJsonl(session.predict(records, o.data ?? '--text', o.top));
+      writeJsonl(await session.predict(records, o.data ?? '--text', o.top));
       session.dispose();
     });
 
@@ -211,8 +211,8 @@ export function registerTrainCommands(program: Command): void {
     .action(async (o) => {
       await initEngine();
       const session = await PTuningSession.load(o.run, o.checkpoint);
-      if (o.format === 'peft') exportPeft(session, o.out);
-      else if (o.format === 'table') exportTable(session, o.out);
+      if (o.format === 'peft') await exportPeft(session, o.out);
+      else if (o.format === 'table') await exportTable(session, o.out);
       else throw new UserError(`--format must be peft or table, got ${o.format}`);
       console.log(`wrote ${o.format} export to ${o.out}`);
       session.dispose();

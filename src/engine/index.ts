@@ -1,8 +1,20 @@
 /**
- * The engine: tensor backend, the op vocabulary models are written against, and checkpoint I/O.
- * Code outside src/engine reaches tfjs only through the `tf` namespace re-exported here.
+ * The engine: the op vocabulary models are written in, programs built from it and run by ONNX Runtime, host
+ * tensors and parameters, and safetensors I/O.
  */
-export * as tf from '@tensorflow/tfjs-core';
-export { initEngine, backendName, tensorFromScratch, hostCopy, type BackendName } from './backend.js';
 export type { Ops } from './ops.js';
-export { tfOps } from './tfjs-ops.js';
+export { Parameter, prefixed, sizeOf, type HostTensor, type ParamMap, type TensorData } from './tensor.js';
+export { programs, ProgramBuilder, ProgramCache, type Program, type ProgramGraph, type ProgramResult, type ParamLookup } from './program.js';
+export { getRuntime, useRuntime, Runtime, type RuntimeName } from './runtime.js';
+
+import { getRuntime, type Runtime } from './runtime.js';
+
+/**
+ * The runtime, configured: `threads` sets the intra-op threads of sessions created from now on (default:
+ * `PTUNE_THREADS`, else the number of cores).
+ */
+export async function initEngine(opts: { threads?: number } = {}): Promise<Runtime> {
+  const rt = await getRuntime();
+  if (opts.threads !== undefined) rt.threads = opts.threads;
+  return rt;
+}

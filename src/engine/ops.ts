@@ -36,6 +36,9 @@ export interface Ops<T> {
   /** Tanh-approximated GELU (GPT-2's "gelu_new"). */
   geluTanh(x: T): T;
   silu(x: T): T;
+  /** elementwise cosine and sine (rotary angles; not differentiated) */
+  cos(x: T): T;
+  sin(x: T): T;
 
   // linear algebra
   /** Batched matmul over the last two axes; `transposeB` multiplies by b's transpose. */

@@ -21,9 +21,23 @@ export interface SafetensorsFile {
   metadata: Record<string, string>;
 }
 
-export type TensorsToWrite =
-  | Map<string, { shape: number[]; data: Float32Array }>
-  | Record<string, { shape: number[]; data: Float32Array }>;
+/** A tensor to write: float32 by default; integer and half arrays are written as the dtype their array implies. */
+export interface TensorToWrite {
+  shape: number[];
+  data: Float32Array | Int32Array | Uint8Array | Int8Array | Uint16Array;
+  /** for Uint16Array data: F16 (default) or BF16 */
+  dtype?: 'F16' | 'BF16';
+}
+
+export type TensorsToWrite = Map<string, TensorToWrite> | Record<string, TensorToWrite>;
+
+function dtypeOf(t: TensorToWrite): string {
+  if (t.data instanceof Float32Array) return 'F32';
+  if (t.data instanceof Int32Array) return 'I32';
+  if (t.data instanceof Uint8Array) return 'U8';
+  if (t.data instanceof Int8Array) return 'I8';
+  return t.dtype ?? 'F16';
+}
 
 const BYTES: Record<string, number> = { F32: 4, F16: 2, BF16: 2, F64: 8, I8: 1, U8: 1, I16: 2, I32: 4, I64: 8, BOOL: 1 };
 const DECODABLE = new Set(['F32', 'F16', 'BF16', 'F64']);
@@ -38,31 +52,73 @@ interface Entry {
   end: number;
 }
 
-export function readSafetensors(file: string): SafetensorsFile {
-  const fd = openOrThrow(file);
-  try {
-    const size = fs.fstatSync(fd).size;
-    if (size < 8) throw new Error(`${file}: not a safetensors file (${size} bytes, need at least 8)`);
-    const lenBuf = Buffer.alloc(8);
-    fs.readSync(fd, lenBuf, 0, 8, 0);
-    const headerLen = Number(lenBuf.readBigUInt64LE(0));
-    if (headerLen > size - 8 || headerLen > MAX_HEADER) {
-      throw new Error(`${file}: header length ${headerLen} exceeds the file size ${size}`);
+/** A safetensors file whose header has been read; tensors are read one at a time from their file offsets. */
+export class SafetensorsReader {
+  readonly entries: Map<string, { dtype: string; shape: number[] }>;
+  readonly metadata: Record<string, string>;
+  private readonly offsets = new Map<string, { start: number; end: number }>();
+  private readonly dataStart: number;
+
+  constructor(readonly file: string) {
+    const fd = openOrThrow(file);
+    try {
+      const size = fs.fstatSync(fd).size;
+      if (size < 8) throw new Error(`${file}: not a safetensors file (${size} bytes, need at least 8)`);
+      const lenBuf = Buffer.alloc(8);
+      fs.readSync(fd, lenBuf, 0, 8, 0);
+      const headerLen = Number(lenBuf.readBigUInt64LE(0));
+      if (headerLen > size - 8 || headerLen > MAX_HEADER) {
+        throw new Error(`${file}: header length ${headerLen} exceeds the file size ${size}`);
+      }
+      const headerBuf = Buffer.alloc(headerLen);
+      fs.readSync(fd, headerBuf, 0, headerLen, 8);
+      this.dataStart = 8 + headerLen;
+      const { entries, metadata } = parseHeader(file, headerBuf.toString('utf8'), size - this.dataStart);
+      this.metadata = metadata;
+      this.entries = new Map();
+      for (const e of entries) {
+        this.entries.set(e.name, { dtype: e.dtype, shape: e.shape });
+        this.offsets.set(e.name, { start: e.start, end: e.end });
+      }
+    } finally {
+      fs.closeSync(fd);
     }
-    const headerBuf = Buffer.alloc(headerLen);
-    fs.readSync(fd, headerBuf, 0, headerLen, 8);
-    const dataStart = 8 + headerLen;
-    const { entries, metadata } = parseHeader(file, headerBuf.toString('utf8'), size - dataStart);
-    const tensors = new Map<string, StoredTensor>();
-    for (const e of entries) {
-      const raw = Buffer.alloc(e.end - e.start);
-      fs.readSync(fd, raw, 0, raw.length, dataStart + e.start);
-      tensors.set(e.name, { dtype: e.dtype, shape: e.shape, data: decode(raw, e.dtype), file });
-    }
-    return { tensors, metadata };
-  } finally {
-    fs.closeSync(fd);
   }
+
+  /** The raw bytes of one tensor, read from its offsets. */
+  readBytes(name: string): Uint8Array {
+    const at = this.offsets.get(name);
+    if (!at) throw new Error(`${this.file}: no tensor "${name}"`);
+    const fd = openOrThrow(this.file);
+    try {
+      const out = new Uint8Array(at.end - at.start);
+      let done = 0;
+      while (done < out.length) {
+        const n = fs.readSync(fd, out, done, out.length - done, this.dataStart + at.start + done);
+        if (n === 0) throw new Error(`${this.file}: tensor "${name}": file ends early`);
+        done += n;
+      }
+      return out;
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
+  /** One tensor as float32 (F16, BF16 and F64 are converted). */
+  read(name: string): StoredTensor {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`${this.file}: no tensor "${name}"`);
+    if (!DECODABLE.has(e.dtype)) throw new Error(`${this.file}: tensor "${name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+    return { dtype: e.dtype, shape: e.shape, data: decode(this.readBytes(name), e.dtype), file: this.file };
+  }
+}
+
+/** Every tensor of a (small) file, read at once. */
+export function readSafetensors(file: string): SafetensorsFile {
+  const reader = new SafetensorsReader(file);
+  const tensors = new Map<string, StoredTensor>();
+  for (const name of reader.entries.keys()) tensors.set(name, reader.read(name));
+  return { tensors, metadata: reader.metadata };
 }
 
 function openOrThrow(file: string): number {
@@ -118,7 +174,6 @@ function parseEntry(file: string, name: string, value: unknown, dataLen: number)
   if (typeof dtype !== 'string') throw new Error(`${where}: dtype missing or not a string`);
   const bytes = BYTES[dtype];
   if (bytes === undefined) throw new Error(`${where}: unknown dtype ${JSON.stringify(dtype)}`);
-  if (!DECODABLE.has(dtype)) throw new Error(`${where}: unsupported dtype ${dtype} (supported: F32, F16, BF16, F64)`);
   if (!Array.isArray(shape) || !shape.every((d) => Number.isInteger(d) && d >= 0)) {
     throw new Error(`${where}: shape ${JSON.stringify(shape)} is not a list of non-negative integers`);
   }
@@ -143,14 +198,12 @@ function parseEntry(file: string, name: string, value: unknown, dataLen: number)
   return { name, dtype, shape: shape as number[], start, end };
 }
 
-function decode(raw: Buffer, dtype: string): Float32Array {
+function decode(raw: Uint8Array, dtype: string): Float32Array {
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
   switch (dtype) {
-    case 'F32': {
-      const out = new Float32Array(raw.byteLength / 4);
-      new Uint8Array(out.buffer).set(raw);
-      return out;
-    }
+    case 'F32':
+      // a fresh, aligned buffer read for this tensor alone: viewed in place, never copied
+      return raw.byteOffset % 4 === 0 ? new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4) : new Float32Array(raw.slice().buffer);
     case 'F16': {
       const out = new Float32Array(raw.byteLength / 2);
       for (let i = 0; i < out.length; i++) out[i] = halfToFloat(view.getUint16(2 * i, true));
@@ -182,14 +235,32 @@ export function halfToFloat(h: number): number {
   return sign * (1 + frac / 1024) * 2 ** (exp - 15);
 }
 
+/** A tensor of a checkpoint, read from its file when asked. */
+export interface LazyTensor {
+  dtype: string;
+  shape: number[];
+  file: string;
+  read(): Float32Array;
+}
+
 /**
- * All tensors of a Hugging Face checkpoint directory: `model.safetensors`, or the shards listed in
- * `model.safetensors.index.json` (`weight_map`: tensor name → shard file).
+ * The tensors of a Hugging Face checkpoint directory, by name: `model.safetensors`, or the shards listed in
+ * `model.safetensors.index.json` (`weight_map`: tensor name → shard file). Only headers are read here; each
+ * tensor's data is read from its file offsets when `read()` is called.
  */
-export function loadCheckpointTensors(dir: string): Map<string, StoredTensor> {
+export function checkpointIndex(dir: string): Map<string, LazyTensor> {
   const single = path.join(dir, 'model.safetensors');
   const index = path.join(dir, 'model.safetensors.index.json');
-  if (fs.existsSync(single)) return readSafetensors(single).tensors;
+  const out = new Map<string, LazyTensor>();
+  const add = (reader: SafetensorsReader, name: string) => {
+    const e = reader.entries.get(name)!;
+    out.set(name, { dtype: e.dtype, shape: e.shape, file: reader.file, read: () => reader.read(name).data });
+  };
+  if (fs.existsSync(single)) {
+    const reader = new SafetensorsReader(single);
+    for (const name of reader.entries.keys()) add(reader, name);
+    return out;
+  }
   if (!fs.existsSync(index)) throw new Error(`${dir}: no model.safetensors or model.safetensors.index.json`);
   let weightMap: unknown;
   try {
@@ -203,45 +274,72 @@ export function loadCheckpointTensors(dir: string): Map<string, StoredTensor> {
     if (typeof shard !== 'string') throw new Error(`${index}: weight_map["${name}"] is not a file name`);
     byShard.set(shard, [...(byShard.get(shard) ?? []), name]);
   }
-  const out = new Map<string, StoredTensor>();
   for (const [shard, names] of byShard) {
-    const file = path.join(dir, shard);
-    const { tensors } = readSafetensors(file);
+    const reader = new SafetensorsReader(path.join(dir, shard));
     for (const name of names) {
-      const t = tensors.get(name);
-      if (!t) throw new Error(`${file}: tensor "${name}" listed in ${path.basename(index)} is not in the shard`);
-      out.set(name, t);
+      if (!reader.entries.has(name)) throw new Error(`${reader.file}: tensor "${name}" listed in ${path.basename(index)} is not in the shard`);
+      add(reader, name);
     }
   }
   return out;
 }
 
-/** Writes float32 tensors atomically (temp file + rename); the header is padded to a multiple of 8 bytes. */
-export function writeSafetensors(file: string, tensors: TensorsToWrite, metadata?: Record<string, string>): void {
-  const entries = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
-  const header: Record<string, unknown> = {};
-  if (metadata && Object.keys(metadata).length) header.__metadata__ = metadata;
+/** All tensors of a checkpoint directory, read at once (small checkpoints and tests). */
+export function loadCheckpointTensors(dir: string): Map<string, StoredTensor> {
+  const out = new Map<string, StoredTensor>();
+  for (const [name, t] of checkpointIndex(dir)) out.set(name, { dtype: t.dtype, shape: t.shape, data: t.read(), file: t.file });
+  return out;
+}
+
+function header(file: string, entries: [string, TensorToWrite][], metadata?: Record<string, string>): Uint8Array {
+  const json: Record<string, unknown> = {};
+  if (metadata && Object.keys(metadata).length) json.__metadata__ = metadata;
   let offset = 0;
   for (const [name, t] of entries) {
     const numel = t.shape.reduce((a, b) => a * b, 1);
     if (t.data.length !== numel) {
       throw new Error(`${file}: tensor "${name}": ${t.data.length} values do not match shape [${t.shape.join(',')}]`);
     }
-    header[name] = { dtype: 'F32', shape: t.shape, data_offsets: [offset, offset + numel * 4] };
-    offset += numel * 4;
+    const bytes = t.data.byteLength;
+    json[name] = { dtype: dtypeOf(t), shape: t.shape, data_offsets: [offset, offset + bytes] };
+    offset += bytes;
   }
-  let json = JSON.stringify(header);
-  json += ' '.repeat((8 - (Buffer.byteLength(json) % 8)) % 8);
-  const headerBytes = Buffer.from(json, 'utf8');
-  const len = Buffer.alloc(8);
-  len.writeBigUInt64LE(BigInt(headerBytes.length));
-  const tmp = `${file}.tmp-${process.pid}`;
+  let text = JSON.stringify(json);
+  text += ' '.repeat((8 - (Buffer.byteLength(text) % 8)) % 8);
+  const headerBytes = Buffer.from(text, 'utf8');
+  const out = new Uint8Array(8 + headerBytes.length);
+  new DataView(out.buffer).setBigUint64(0, BigInt(headerBytes.length), true);
+  out.set(headerBytes, 8);
+  return out;
+}
+
+const bytesOf = (t: TensorToWrite) => new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength);
+
+/** The bytes of a safetensors file holding `tensors` (small tensors: the file is built in memory). */
+export function safetensorsBytes(tensors: TensorsToWrite, metadata?: Record<string, string>): Uint8Array {
+  const entries = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
+  const head = header('safetensors', entries, metadata);
+  const out = new Uint8Array(head.length + entries.reduce((n, [, t]) => n + t.data.byteLength, 0));
+  out.set(head, 0);
+  let at = head.length;
+  for (const [, t] of entries) {
+    out.set(bytesOf(t), at);
+    at += t.data.byteLength;
+  }
+  return out;
+}
+
+/** Writes tensors atomically (temp file + rename), one tensor at a time; the header is padded to 8 bytes. */
+export function writeSafetensors(file: string, tensors: TensorsToWrite, metadata?: Record<string, string>): void {
+  const entries = tensors instanceof Map ? [...tensors] : Object.entries(tensors);
+  const head = header(file, entries, metadata);
+  const tmp = `${file}.${process.pid}.${Math.random().toString(36).slice(2)}.tmp`;
   try {
     const fd = fs.openSync(tmp, 'w');
     try {
-      fs.writeSync(fd, len);
-      fs.writeSync(fd, headerBytes);
-      for (const [, t] of entries) fs.writeSync(fd, new Uint8Array(t.data.buffer, t.data.byteOffset, t.data.byteLength));
+      fs.writeSync(fd, head);
+      for (const [, t] of entries) fs.writeSync(fd, bytesOf(t));
+      fs.fsyncSync(fd);
     } finally {
       fs.closeSync(fd);
     }

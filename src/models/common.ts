@@ -1,85 +1,112 @@
-import { tf, type Ops } from '../engine/index.js';
-import { mulberry32 } from '../util/rng.js';
-import type { StoredTensor } from '../engine/safetensors.js';
+import type { Ops } from '../engine/ops.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import type { KvCache } from './lm.js';
+import { mulberry32 } from '../util/rng.js';
 
 // ---------------------------------------------------------------------------------------------------------
-// Transformer pieces shared by BERT and GPT-2, written against Ops<T>.
-
-export interface Linear<T> {
-  /** [in, out] */
-  w: T;
-  b: T;
-}
-export interface Norm<T> {
-  gamma: T;
-  beta: T;
-}
+// Transformer pieces the families share, written against Ops<T>. Weights are in Hugging Face's stored layout:
+// torch nn.Linear weights [out, in] (read transposed in place by the matmul), GPT-2's Conv1D [in, out].
 
 /** Large negative bias for masked attention scores: finite, so fully masked (padding) rows stay NaN-free. */
-const MASKED = -1e9;
+export const MASKED = -1e9;
 
-export function applyLinear<T>(o: Ops<T>, x: T, l: Linear<T>): T {
-  return o.linear(x, l.w, l.b);
+/** torch nn.Linear: x [..., in] @ wᵀ (w [out, in]) + b. */
+export function dense<T>(o: Ops<T>, x: T, w: T, b?: T): T {
+  const y = o.matmul(x, w, true);
+  return b ? o.add(y, b) : y;
 }
 
-export function applyNorm<T>(o: Ops<T>, x: T, n: Norm<T>, eps: number): T {
-  return o.layerNorm(x, n.gamma, n.beta, eps);
+/** Keys and values of one layer, [B, kvHeads, K, headDim] (keys after any rotary embedding). */
+export interface LayerKv<T> {
+  k: T;
+  v: T;
 }
 
-/** Default positions: the number of real tokens before each position (right for left and right padding). */
-export function positionsFromMask<T>(o: Ops<T>, attentionMask: T): T {
+/**
+ * Keys and values that come before the current tokens: a generation cache, or deep prompts (prefix tuning).
+ * `mask` [B, P] int32 marks the valid past slots; slot j has sequence index j (the current tokens follow at P).
+ */
+export interface PastKv<T> {
+  layers: LayerKv<T>[];
+  mask: T;
+}
+
+/**
+ * Positions of the current tokens: the number of real tokens before each one, past slots included (right for
+ * left and right padding, and for continuing after a cache or a prefix).
+ */
+export function positionsFrom<T>(o: Ops<T>, attentionMask: T, pastMask?: T): T {
   const s = o.shape(attentionMask)[1]!;
   const strictlyUpper = new Float32Array(s * s);
   for (let j = 0; j < s; j++) for (let i = j + 1; i < s; i++) strictlyUpper[j * s + i] = 1;
-  const before = o.matmul(o.cast(attentionMask, 'float32'), o.constFloat(strictlyUpper, [s, s]));
+  let before = o.matmul(o.cast(attentionMask, 'float32'), o.constFloat(strictlyUpper, [s, s]));
+  if (pastMask) before = o.add(before, o.sum(o.cast(pastMask, 'float32'), 1, true));
   return o.cast(before, 'int32');
 }
 
 /**
- * Additive attention bias. Bidirectional: [B, 1, 1, K] from the key padding mask. Causal: [B|1, 1, Q, K] where
- * query i (at absolute position pastLen + i) sees keys 0..pastLen + i, combined with the padding mask if given.
+ * Additive attention bias [B, 1, S, P + S] for S current queries over P past slots and the S current keys:
+ * padding keys (per `keyMask` [B, P + S]) masked out, and with `causal`, current query i sees only current
+ * keys up to i. `window` (sliding-window attention) also hides keys more than `window - 1` indices back.
  */
-export function attentionBias<T>(
-  o: Ops<T>,
-  opts: { keyMask?: T; causal?: { queryLen: number; pastLen: number } },
-): T {
-  const { keyMask, causal } = opts;
-  let padding: T | undefined;
-  if (keyMask) {
-    const [b, k] = o.shape(keyMask) as [number, number];
-    padding = o.reshape(o.scale(o.sub(o.scalar(1), o.cast(keyMask, 'float32')), MASKED), [b, 1, 1, k]);
+export function attentionBias<T>(o: Ops<T>, keyMask: T, opts: { queryLen: number; pastLen?: number; causal: boolean; window?: number }): T {
+  const [b, keys] = o.shape(keyMask) as [number, number];
+  const { queryLen: s, causal, window } = opts;
+  const past = opts.pastLen ?? 0;
+  if (keys !== past + s) throw new Error(`attentionBias: key mask covers ${keys} keys, expected ${past} + ${s}`);
+  const padding = o.reshape(o.scale(o.sub(o.scalar(1), o.cast(keyMask, 'float32')), MASKED), [b, 1, 1, keys]);
+  if (!causal && window === undefined) return padding;
+  const pattern = new Float32Array(s * keys);
+  for (let i = 0; i < s; i++) {
+    for (let j = 0; j < keys; j++) {
+      const hidden = (causal && j > past + i) || (window !== undefined && past + i - j >= window);
+      if (hidden) pattern[i * keys + j] = MASKED;
+    }
   }
-  if (!causal) {
-    if (!padding) throw new Error('attentionBias: needs a key mask or a causal shape');
-    return padding;
-  }
-  const { queryLen, pastLen } = causal;
-  const keys = pastLen + queryLen;
-  const future = new Float32Array(queryLen * keys);
-  for (let i = 0; i < queryLen; i++) for (let j = pastLen + i + 1; j < keys; j++) future[i * keys + j] = MASKED;
-  const bias = o.constFloat(future, [1, 1, queryLen, keys]);
-  return padding ? o.add(bias, padding) : bias;
+  return o.add(o.constFloat(pattern, [1, 1, s, keys]), padding);
 }
 
-/** [B, S, H] → [B, heads, S, d] */
+/** [B, S, heads·d] → [B, heads, S, d] */
 export function splitHeads<T>(o: Ops<T>, x: T, heads: number): T {
   const [b, s, h] = o.shape(x) as [number, number, number];
   return o.transpose(o.reshape(x, [b, s, heads, h / heads]), [0, 2, 1, 3]);
 }
 
-/** [B, heads, S, d] → [B, S, H] */
+/** [B, heads, S, d] → [B, S, heads·d] */
 export function mergeHeads<T>(o: Ops<T>, x: T): T {
   const [b, heads, s, d] = o.shape(x) as [number, number, number, number];
   return o.reshape(o.transpose(x, [0, 2, 1, 3]), [b, s, heads * d]);
 }
 
-/** softmax(q k^T / sqrt(d) + bias) v over heads: q [B, h, Q, d], k and v [B, h, K, d] → [B, h, Q, d]. */
-export function scaledDotAttention<T>(o: Ops<T>, q: T, k: T, v: T, bias: T): T {
-  const d = o.shape(q)[3]!;
-  const scores = o.add(o.scale(o.matmul(q, k, true), 1 / Math.sqrt(d)), bias);
-  return o.matmul(o.softmax(scores, -1), v);
+/**
+ * softmax(q kᵀ · scale + bias) v: q [B, heads, Q, d]; k, v [B, kvHeads, K, d] (grouped-query attention when
+ * kvHeads < heads: the query heads that share a kv head are folded into the query axis, so k and v are used
+ * as they are instead of being repeated); bias broadcasts to [B, heads, Q, K]. `softcap` (Gemma 2) applies
+ * cap · tanh(scores / cap) before the bias.
+ */
+export function attend<T>(o: Ops<T>, q: T, k: T, v: T, bias: T, opts: { scale?: number; softcap?: number } = {}): T {
+  const [b, heads, s, d] = o.shape(q) as [number, number, number, number];
+  const [, kvHeads, keys] = o.shape(k) as [number, number, number, number];
+  const scale = opts.scale ?? 1 / Math.sqrt(d);
+  const group = heads / kvHeads;
+  const qg = group === 1 ? q : o.reshape(q, [b, kvHeads, group * s, d]);
+  let scores = o.scale(o.matmul(qg, k, true), scale);
+  if (group !== 1) scores = o.reshape(scores, [b, heads, s, keys]);
+  if (opts.softcap) scores = o.scale(o.tanh(o.scale(scores, 1 / opts.softcap)), opts.softcap);
+  let probs = o.softmax(o.add(scores, bias), -1);
+  if (group !== 1) probs = o.reshape(probs, [b, kvHeads, group * s, keys]);
+  const out = o.matmul(probs, v);
+  return group === 1 ? out : o.reshape(out, [b, heads, s, o.shape(v)[3]!]);
+}
+
+/** Keys/values of this step appended to the past ones along the sequence axis. */
+export function withPast<T>(o: Ops<T>, kv: LayerKv<T>, past?: LayerKv<T>): LayerKv<T> {
+  if (!past) return kv;
+  return { k: o.concat([past.k, kv.k], 2), v: o.concat([past.v, kv.v], 2) };
+}
+
+/** Key mask over past slots and current tokens, [B, P + S]. */
+export function keyMaskOf<T>(o: Ops<T>, attentionMask: T, pastMask?: T): T {
+  return pastMask ? o.concat([o.cast(pastMask, 'int32'), o.cast(attentionMask, 'int32')], 1) : attentionMask;
 }
 
 /** hidden [B, S, H], positions [B] int32 → the row of each batch entry at its position, [B, H]. */
@@ -90,69 +117,33 @@ export function rowsAt<T>(o: Ops<T>, hidden: T, positions: T): T {
 }
 
 /**
- * Tied output projection of rows [B, H] onto the embedding table [V, H] (+ bias [V]): over the whole vocabulary,
- * or only over `candidates` [C] (then only those rows of the table and entries of the bias are touched).
+ * Rows [B, H] projected onto a [V, H] table (+ bias [V]): over the whole vocabulary, or only over `candidates`
+ * [C] (then only those rows of the table and entries of the bias are read).
  */
-export function tiedLogits<T>(o: Ops<T>, rows: T, table: T, bias: T | undefined, candidates?: T): T {
+export function projectRows<T>(o: Ops<T>, rows: T, table: T, bias: T | undefined, candidates?: T): T {
   const t = candidates ? o.gather(table, candidates) : table;
-  // (table · rows^T)^T: transposes only the small [B, H] and [C, B] operands, never the [V, H] table
-  const logits = o.transpose(o.matmul(t, rows, true), [1, 0]);
+  const logits = o.matmul(rows, t, true);
   if (!bias) return logits;
   return o.add(logits, candidates ? o.gather(bias, candidates) : bias);
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Parameters: one spec list per architecture drives loading, random init and counting.
+// Weights: one spec list per architecture drives loading, random init and counting.
 
-export interface ParamSpec {
+export interface WeightSpec {
   /** Hugging Face parameter name */
   name: string;
   /** shape as stored in Hugging Face checkpoints */
   shape: number[];
-  /** torch nn.Linear weight: stored [out, in], kept [in, out] */
-  transposed?: boolean;
   init: 'normal' | 'zeros' | 'ones';
-  /** standard deviation for 'normal' */
+  /** standard deviation for 'normal' (default 0.02) */
   std?: number;
+  /** other names checkpoints store the same tensor under */
+  aliases?: string[];
 }
 
-export function keptShape(spec: ParamSpec): number[] {
-  return spec.transposed ? [spec.shape[1]!, spec.shape[0]!] : spec.shape;
-}
-
-export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
-  const out = new Float32Array(rows * cols);
-  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
-  return out;
-}
-
-/**
- * Checkpoint tensors for `specs`, validated and in ptune's layout. `aliases(name)` lists other names the same
- * tensor may be stored under (e.g. without the `transformer.` prefix, or LayerNorm gamma/beta).
- */
-export function takeCheckpointTensors(
-  specs: ParamSpec[],
-  stored: Map<string, StoredTensor>,
-  source: string,
-  aliases: (name: string) => string[] = () => [],
-): Map<string, Float32Array> {
-  const out = new Map<string, Float32Array>();
-  for (const spec of specs) {
-    const found = [spec.name, ...aliases(spec.name)].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
-    if (!found) throw new Error(`${source}: missing tensor "${spec.name}" (expected shape [${spec.shape.join(',')}])`);
-    const [name, t] = found as [string, StoredTensor];
-    if (t.shape.join(',') !== spec.shape.join(',')) {
-      throw new Error(
-        `${t.file}: tensor "${name}": expected shape [${spec.shape.join(',')}], found [${t.shape.join(',')}]`,
-      );
-    }
-    out.set(spec.name, spec.transposed ? transpose2d(t.data, spec.shape[0]!, spec.shape[1]!) : t.data);
-  }
-  return out;
-}
-
-/** Deterministic initial values for `specs` in ptune's layout (normal via mulberry32 + Box-Muller). */
-export function randomTensors(specs: ParamSpec[], seed: number): Map<string, Float32Array> {
+/** Deterministic values for `specs` (normal via mulberry32 + Box-Muller, i.i.d. in stored order). */
+export function randomValues(specs: WeightSpec[], seed: number): Map<string, Float32Array> {
   const next = mulberry32(seed);
   const out = new Map<string, Float32Array>();
   for (const spec of specs) {
@@ -160,7 +151,6 @@ export function randomTensors(specs: ParamSpec[], seed: number): Map<string, Flo
     if (spec.init === 'ones') data.fill(1);
     if (spec.init === 'normal') {
       const std = spec.std ?? 0.02;
-      // values are i.i.d., so they are drawn directly in the kept layout; each Box-Muller pair fills two
       for (let i = 0; i < data.length; i += 2) {
         const r = std * Math.sqrt(-2 * Math.log(1 - next()));
         const a = 2 * Math.PI * next();
@@ -173,38 +163,61 @@ export function randomTensors(specs: ParamSpec[], seed: number): Map<string, Flo
   return out;
 }
 
-
-/** tf.Variables (kept layout) keyed by Hugging Face name. */
-export function makeVariables(
-  specs: ParamSpec[],
-  values: Map<string, Float32Array>,
-  trainable: boolean,
-): Map<string, tf.Variable> {
-  const vars = new Map<string, tf.Variable>();
-  for (const spec of specs) {
-    const data = values.get(spec.name);
-    if (!data) throw new Error(`no value for parameter "${spec.name}"`);
-    vars.set(spec.name, tf.tidy(() => tf.variable(tf.tensor(data, keptShape(spec), 'float32'), trainable)));
-  }
-  return vars;
-}
-
-/** Parameters of `vars` back in Hugging Face layout (nn.Linear weights [out, in]), e.g. for writeSafetensors. */
-export function exportHfTensors(
-  specs: ParamSpec[],
-  vars: Map<string, tf.Variable>,
-): Map<string, { shape: number[]; data: Float32Array }> {
-  const out = new Map<string, { shape: number[]; data: Float32Array }>();
-  for (const spec of specs) {
-    const kept = vars.get(spec.name)!.dataSync() as Float32Array;
-    const data = spec.transposed ? transpose2d(kept, spec.shape[1]!, spec.shape[0]!) : Float32Array.from(kept);
-    out.set(spec.name, { shape: spec.shape, data });
-  }
+export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
+  const out = new Float32Array(rows * cols);
+  for (let r = 0; r < rows; r++) for (let c = 0; c < cols; c++) out[c * rows + r] = src[r * cols + c]!;
   return out;
 }
 
-export function countParameters(specs: ParamSpec[]): number {
-  return specs.reduce((n, s) => n + s.shape.reduce((a, b) => a * b, 1), 0);
+// ---------------------------------------------------------------------------------------------------------
+// config.json fields, read with errors that name the file and the field.
+
+export class ConfigFields {
+  constructor(
+    readonly json: Record<string, unknown>,
+    readonly file: string,
+  ) {}
+
+  has(key: string): boolean {
+    return this.json[key] !== undefined && this.json[key] !== null;
+  }
+
+  num(key: string, fallback?: number): number {
+    const v = this.json[key] ?? fallback;
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new Error(`${this.file}: field "${key}" missing or not a number (got ${JSON.stringify(v)})`);
+    return v;
+  }
+
+  int(key: string, fallback?: number): number {
+    const v = this.num(key, fallback);
+    if (!Number.isInteger(v) || v <= 0) throw new Error(`${this.file}: field "${key}" must be a positive integer, got ${v}`);
+    return v;
+  }
+
+  bool(key: string, fallback: boolean): boolean {
+    const v = this.json[key] ?? fallback;
+    if (typeof v !== 'boolean') throw new Error(`${this.file}: field "${key}" must be true or false, got ${JSON.stringify(v)}`);
+    return v;
+  }
+
+  str(key: string, fallback?: string): string {
+    const v = this.json[key] ?? fallback;
+    if (typeof v !== 'string') throw new Error(`${this.file}: field "${key}" missing or not a string (got ${JSON.stringify(v)})`);
+    return v;
+  }
+
+  /** A token id field, which configs write as a number, a list (first is used) or null. */
+  id(key: string): number | undefined {
+    const v = this.json[key];
+    const id = Array.isArray(v) ? v[0] : v;
+    return typeof id === 'number' ? id : undefined;
+  }
+
+  /** Refuses a field whose value changes the computation in a way the family does not implement. */
+  refuse(key: string, unless: (v: unknown) => boolean, what: string): void {
+    const v = this.json[key];
+    if (v !== undefined && v !== null && !unless(v)) throw new Error(`${this.file}: ${key} ${JSON.stringify(v)} is not supported (${what})`);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -247,77 +260,5 @@ export class SyntheticTokenizer implements TextTokenizer {
   decode(ids: number[], opts: { skipSpecial?: boolean } = {}): string {
     const keep = opts.skipSpecial ? ids.filter((id) => id >= SyntheticTokenizer.names.length) : ids;
     return keep.map((id) => this.idToToken(id) ?? '[UNK]').join(' ');
-  }
-}
-
-export type LayerKv<T> = { k: T; v: T };
-
-/**
- * Key/value cache of a causal LM on tfjs: each layer's keys and values for every position so far. `decodeStep`
- * advances it in place (releasing the previous tensors) and returns it.
- */
-export class LayerKvCache implements KvCache {
-  private constructor(
-    readonly owner: object,
-    public layers: LayerKv<tf.Tensor>[],
-    public length: number,
-  ) {}
-
-  /** The cache to continue from: null for a fresh start; an error if another model made it. */
-  static check(cache: KvCache | null, owner: object, family: string): LayerKvCache | null {
-    if (cache !== null && (!(cache instanceof LayerKvCache) || cache.owner !== owner)) {
-      throw new Error(`${family} decodeStep: the cache was made by a different model`);
-    }
-    return cache;
-  }
-
-  /** Keeps `layers` (outside any tidy) as the new state of `cache`, or of a new cache when there is none. */
-  static advance(cache: LayerKvCache | null, owner: object, layers: LayerKv<tf.Tensor>[], length: number): LayerKvCache {
-    for (const { k, v } of layers) tf.keep(k), tf.keep(v);
-    if (!cache) return new LayerKvCache(owner, layers, length);
-    cache.dispose();
-    cache.layers = layers;
-    cache.length = length;
-    return cache;
-  }
-
-  dispose(): void {
-    for (const { k, v } of this.layers) tf.dispose([k, v]);
-    this.layers = [];
-    this.length = 0;
-  }
-}
-
-/**
- * The part BERT and GPT-2 share on tfjs: their weights as tf.Variables keyed by Hugging Face name (in ptune's
- * layout), trainable only when asked (a frozen LM by default).
- */
-export abstract class VariableLM {
-  protected readonly vars: Map<string, tf.Variable>;
-
-  protected constructor(
-    protected readonly specs: ParamSpec[],
-    values: Map<string, Float32Array>,
-    tokenizer: TextTokenizer,
-    opts: { vocabSize: number; source: string; trainable?: boolean },
-  ) {
-    if (tokenizer.vocabSize > opts.vocabSize) {
-      throw new Error(`${opts.source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${opts.vocabSize}`);
-    }
-    this.vars = makeVariables(specs, values, opts.trainable ?? false);
-  }
-
-  parameters(): Map<string, tf.Variable> {
-    return new Map(this.vars);
-  }
-
-  /** Parameters in Hugging Face layout (nn.Linear weights [out, in]), ready for writeSafetensors. */
-  exportTensors(): Map<string, { shape: number[]; data: Float32Array }> {
-    return exportHfTensors(this.specs, this.vars);
-  }
-
-  dispose(): void {
-    for (const v of this.vars.values()) v.dispose();
-    this.vars.clear();
   }
 }

@@ -1,9 +1,6 @@
-import type { tf } from '../engine/index.js';
-import type { TextTokenizer } from '../tokenizers/tokenizer.js';
+import type { Ops } from '../engine/ops.js';
+import type { LayerKv, PastKv, WeightSpec } from './common.js';
 
-type Tensor = tf.Tensor;
-
-export type ModelFamily = 'bert' | 'gpt2' | 'llama';
 /** masked: the answer is read at a [MASK] position; causal: the answer is the next token after a prefix. */
 export type LmKind = 'masked' | 'causal';
 
@@ -17,8 +14,10 @@ export interface SpecialIds {
   mask?: number;
 }
 
+/** What the rest of ptune may know about a model: sizes and conventions, never its family by name. */
 export interface ModelInfo {
-  family: ModelFamily;
+  /** the family's name, for display */
+  family: string;
   kind: LmKind;
   /** directory or file the model was loaded from */
   source: string;
@@ -27,60 +26,70 @@ export interface ModelInfo {
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
+  headDim: number;
   intermediateSize: number;
   maxPositions: number;
   parameterCount: number;
   special: SpecialIds;
   /** where padding goes when batching: causal LMs pad left so the next-token position is the last one */
   paddingSide: 'left' | 'right';
+  /** the model reads segment ids (token_type_ids) */
+  tokenTypes: boolean;
 }
 
-export interface LmBatch {
-  /** [B, S, H] float32 input embeddings: word embeddings only; the model adds positions and token types. */
-  embeds: Tensor;
-  /** [B, S] int32: 1 for real tokens, 0 for padding. */
-  attentionMask: Tensor;
-  /** [B, S] int32; default: number of real tokens before each position (correct under left padding). */
-  positionIds?: Tensor;
-  /** [B, S] int32 segment ids (BERT); default zeros. */
-  tokenTypeIds?: Tensor;
+/** A model weight by Hugging Face name, as the engine at hand represents it. */
+export type WeightOf<T> = (name: string) => T;
+
+export interface HiddenInputs<T> {
+  /** [B, S, H] input embeddings as the model's `inputs_embeds` (what `embed` returns; prompts replace rows) */
+  embeds: T;
+  /** [B, S] int32: 1 for real tokens, 0 for padding */
+  attentionMask: T;
+  /** [B, S] int32; default: the number of real tokens (past slots included) before each position */
+  positionIds?: T;
+  /** [B, S] int32 segment ids; default zeros */
+  tokenTypeIds?: T;
+  /** keys and values before the current tokens (a decoding cache, or deep prompts) */
+  past?: PastKv<T>;
 }
 
-/** Key/value cache of a causal LM for incremental decoding; opaque to callers. */
-export interface KvCache {
-  /** number of positions already in the cache */
-  readonly length: number;
-  dispose(): void;
+export interface HiddenOutputs<T> {
+  /** final hidden states [B, S, H] (after the final norm of pre-norm models) */
+  hidden: T;
+  /** the current tokens' keys and values per layer, [B, kvHeads, S, headDim] */
+  present: LayerKv<T>[];
 }
 
 /**
- * The interface all P-tuning, training and task code uses to talk to a language model.
- *
- * - `embed` maps token ids to input embeddings; P-tuning replaces the rows at pseudo-token positions with
- *   prompt-encoder outputs before calling `run`.
- * - `run` takes input embeddings and returns the final hidden states. Everything is differentiable with
- *   respect to `embeds` through tfjs's tape; LM weights are tf.Variables whose gradients are computed only
- *   when they are in the list passed to `tf.variableGrads` (frozen LM: they are not).
- * - `logitsAt` applies the LM head at one position per row, over the whole vocabulary or only over
- *   `candidates` (then the head's output projection is restricted to those rows: scoring 2 label words never
- *   computes 30k logits).
- * All methods return new tensors and must be called inside `tf.tidy` (or their results disposed).
+ * A model's computation as functions over any `Ops<T>`: what the engine compiles, together with the code
+ * around the model (prompt encoder, heads, loss), into one program.
  */
-export interface LanguageModel {
-  readonly info: ModelInfo;
-  readonly tokenizer: TextTokenizer;
-  /** ids [B, S] int32 → [B, S, H] */
-  embed(ids: Tensor): Tensor;
-  /** → final hidden states [B, S, H] (after the last layer norm for pre-LN models) */
-  run(batch: LmBatch): Tensor;
-  /**
-   * hidden [B, S, H], positions [B] int32 → logits [B, V], or [B, C] for candidates [C] int32 (the same
-   * candidate list for every row).
-   */
-  logitsAt(hidden: Tensor, positions: Tensor, candidates?: Tensor): Tensor;
-  /** All weights by Hugging Face name. */
-  parameters(): Map<string, tf.Variable>;
-  /** Causal LMs only: run `ids` [1, n] after the cached positions and return next-token logits [1, V]. */
-  decodeStep?(ids: Tensor, cache: KvCache | null): { logits: Tensor; cache: KvCache };
-  dispose(): void;
+export interface LmFunctions {
+  /** ids [B, S] int32 → input embeddings [B, S, H] (for Gemma 2 already scaled, as transformers feeds them) */
+  embed<T>(o: Ops<T>, w: WeightOf<T>, ids: T): T;
+  /** input embeddings → final hidden states and the current tokens' keys/values */
+  hidden<T>(o: Ops<T>, w: WeightOf<T>, inp: HiddenInputs<T>): HiddenOutputs<T>;
+  /** rows [N, H] of final hidden states → logits [N, V], or [N, C] over candidate ids [C] */
+  logits<T>(o: Ops<T>, w: WeightOf<T>, rows: T, candidates?: T): T;
+}
+
+/** One architecture: how its config reads, which weights it has, and what it computes. */
+export interface ModelFamily<C = unknown> {
+  /** shown in `ptune info` */
+  readonly name: string;
+  /** config.json `model_type` values it reads */
+  readonly modelTypes: readonly string[];
+  readonly kind: LmKind;
+  parseConfig(json: Record<string, unknown>, file: string): C;
+  /** the config as Hugging Face writes config.json */
+  toHfConfig(config: C): Record<string, unknown>;
+  /** sizes and conventions (source, special ids and the parameter count are added by the loader) */
+  describe(config: C): Omit<ModelInfo, 'source' | 'special' | 'parameterCount' | 'family' | 'kind'>;
+  /** every weight, in Hugging Face names and stored shapes (tied weights that checkpoints omit are absent) */
+  weights(config: C): WeightSpec[];
+  functions(config: C): LmFunctions;
+  /** special ids config.json names (pad/bos/eos), used where the tokenizer names none */
+  specialIds?(config: C): Partial<SpecialIds>;
+  /** a config for random weights (benchmarks, tests): `overrides` on the family's base size */
+  randomConfig?(overrides: Record<string, number | boolean | string>, vocabSize: number): C;
 }

@@ -1,77 +1,60 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { loadCheckpointTensors } from '../engine/safetensors.js';
+import { checkpointIndex, type LazyTensor } from '../engine/safetensors.js';
+import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
+import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { BERT_BASE, BertLM, bertAliases, bertConfigFromHf, bertParamSpecs, type BertConfig } from './bert.js';
-import { randomTensors, SyntheticTokenizer, takeCheckpointTensors } from './common.js';
-import { GPT2_SMALL, Gpt2LM, gpt2Aliases, gpt2ConfigFromHf, gpt2ParamSpecs, type Gpt2Config } from './gpt2.js';
-import type { LanguageModel, SpecialIds } from './lm.js';
-import { loadLlama } from './llama.js';
-import { OrtLM } from './ort.js';
-import { ortAvailable } from '../engine/onnx/session.js';
+import { randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { familyFor } from './families.js';
+import { llamaFamily } from './llama.js';
+import { isTokenizerBin, llama2cCheckpointIn, readLlama2c } from './llama2c.js';
+import type { ModelFamily, SpecialIds } from './lm.js';
+import { LanguageModel } from './model.js';
 
 export interface LoadOptions {
-  /** make the LM weights trainable tf.Variables (full fine-tuning); default false (frozen LM) */
+  /** the LM's weights train (joint tuning, fine-tuning); default false (frozen LM) */
   trainable?: boolean;
-  /**
-   * where the LM forward and its gradient run: 'ort' (ONNX Runtime graphs compiled from the model code) or
-   * 'tfjs' (the reference). Default: `PTUNE_ENGINE`, else 'ort' when onnxruntime-node loads, else 'tfjs'.
-   */
-  engine?: 'tfjs' | 'ort';
 }
-
-/** The engine `opts` asks for, resolved against the environment and onnxruntime-node's availability. */
-export function resolveEngine(opts: LoadOptions = {}): 'tfjs' | 'ort' {
-  const asked = opts.engine ?? process.env.PTUNE_ENGINE;
-  if (asked !== undefined && asked !== 'tfjs' && asked !== 'ort') {
-    throw new Error(`engine: expected "tfjs" or "ort", got ${JSON.stringify(asked)}`);
-  }
-  if (asked === 'ort' && !ortAvailable()) throw new Error('engine "ort": onnxruntime-node cannot be loaded');
-  return asked ?? (ortAvailable() ? 'ort' : 'tfjs');
-}
-
-const SUPPORTED = 'bert, roberta, gpt2, llama';
 
 /**
- * Loads a language model from
- * - a Hugging Face directory (config.json + model.safetensors or a sharded index + tokenizer.json) of
- *   model_type bert, roberta, gpt2 or llama;
- * - a llama2.c `.bin` checkpoint, or a directory holding one (with a config.json without model_type, or none).
- * The returned model runs on `opts.engine` (see LoadOptions). Call initEngine() first.
+ * Loads a language model, one way: files → config → weights → model.
+ * - a Hugging Face directory: config.json (its `model_type` picks the family), model.safetensors or a sharded
+ *   index (each tensor read from its file offsets), tokenizer.json (+ tokenizer_config.json and
+ *   special_tokens_map.json);
+ * - a llama2.c `.bin` checkpoint, or a directory holding one (and no config.json with a model_type).
  */
 export async function loadModel(dirOrFile: string, opts: LoadOptions = {}): Promise<LanguageModel> {
-  const engine = resolveEngine(opts);
-  const lm = await loadTfjsModel(dirOrFile, opts);
-  return engine === 'ort' ? new OrtLM(lm) : lm;
+  if (!fs.existsSync(dirOrFile)) throw new Error(`${dirOrFile}: no such file or directory`);
+  const configFile = path.join(dirOrFile, 'config.json');
+  const isDir = fs.statSync(dirOrFile).isDirectory();
+  const raw = isDir && fs.existsSync(configFile) ? readConfig(configFile) : null;
+  if (!raw || raw.model_type === undefined) {
+    const bin = llama2cCheckpointIn(dirOrFile);
+    if (bin) return fromLlama2c(bin, opts);
+    if (!isDir) throw new Error(`${dirOrFile}: expected a model directory (with config.json) or a llama2.c .bin checkpoint`);
+    if (!raw) throw new Error(`${configFile}: not found (and no llama2.c .bin checkpoint in ${dirOrFile})`);
+  }
+  const family = familyFor(raw!.model_type, configFile);
+  const config = family.parseConfig(raw!, configFile);
+  const tokenizer = tokenizerIn(dirOrFile);
+  const params = readWeights(family.weights(config), checkpoint(dirOrFile), dirOrFile);
+  return assemble(family, config, params, tokenizer, dirOrFile, opts);
 }
 
-async function loadTfjsModel(dirOrFile: string, opts: LoadOptions): Promise<LanguageModel> {
-  if (!fs.existsSync(dirOrFile)) throw new Error(`${dirOrFile}: no such file or directory`);
-  if (fs.statSync(dirOrFile).isFile()) {
-    if (dirOrFile.endsWith('.bin')) return loadLlama(dirOrFile, opts);
-    throw new Error(`${dirOrFile}: expected a model directory (with config.json) or a llama2.c .bin checkpoint`);
-  }
-  const configFile = path.join(dirOrFile, 'config.json');
-  if (!fs.existsSync(configFile)) {
-    if (hasLlama2cCheckpoint(dirOrFile)) return loadLlama(dirOrFile, opts);
-    throw new Error(`${configFile}: not found (and no llama2.c .bin checkpoint in ${dirOrFile})`);
-  }
-  const raw = readConfig(configFile);
-  switch (raw.model_type) {
-    case 'bert':
-    case 'roberta':
-      return loadBert(dirOrFile, bertConfigFromHf(raw, configFile), opts);
-    case 'gpt2':
-      return loadGpt2(dirOrFile, raw, gpt2ConfigFromHf(raw, configFile), opts);
-    case 'llama':
-      return loadLlama(dirOrFile, opts);
-    case undefined:
-      if (hasLlama2cCheckpoint(dirOrFile)) return loadLlama(dirOrFile, opts);
-      throw new Error(`${configFile}: no model_type (expected one of ${SUPPORTED}) and no llama2.c .bin checkpoint beside it`);
-    default:
-      throw new Error(`${configFile}: unsupported model_type ${JSON.stringify(raw.model_type)} (supported: ${SUPPORTED})`);
-  }
+function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
+  const ckpt = readLlama2c(file);
+  const params: ParamMap = new Map();
+  for (const spec of llamaFamily.weights(ckpt.config)) params.set(spec.name, new Parameter(spec.name, spec.shape, ckpt.weights.get(spec.name)!));
+  return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts);
+}
+
+function assemble(family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: LoadOptions): LanguageModel {
+  const vocab = family.describe(config).vocabSize;
+  if (tokenizer.vocabSize > vocab) throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${vocab}`);
+  const lm = new LanguageModel(family, config, params, tokenizer, { source, special: specialIds(tokenizer, family.specialIds?.(config) ?? {}) });
+  if (opts.trainable) lm.setTrainable(true);
+  return lm;
 }
 
 function readConfig(file: string): Record<string, unknown> {
@@ -85,19 +68,45 @@ function readConfig(file: string): Record<string, unknown> {
   return raw as Record<string, unknown>;
 }
 
-function hasLlama2cCheckpoint(dir: string): boolean {
-  return fs.readdirSync(dir).some((f) => f.endsWith('.bin') && !/^tok.*\.bin$/i.test(f) && f !== 'pytorch_model.bin');
+function checkpoint(dir: string): Map<string, LazyTensor> {
+  const hasSafetensors = ['model.safetensors', 'model.safetensors.index.json'].some((f) => fs.existsSync(path.join(dir, f)));
+  if (!hasSafetensors && fs.existsSync(path.join(dir, 'pytorch_model.bin'))) {
+    throw new Error(`${path.join(dir, 'model.safetensors')}: not found (pytorch_model.bin is not read: no pickle is ever loaded; convert it to safetensors)`);
+  }
+  return checkpointIndex(dir);
 }
 
-/** The checkpoint's tensors and the file that lists them (model.safetensors or the shard index). */
-function checkpointTensors(dir: string): { stored: ReturnType<typeof loadCheckpointTensors>; where: string } {
-  const single = path.join(dir, 'model.safetensors');
-  const index = path.join(dir, 'model.safetensors.index.json');
-  const hasSafetensors = fs.existsSync(single) || fs.existsSync(index);
-  if (!hasSafetensors && fs.existsSync(path.join(dir, 'pytorch_model.bin'))) {
-    throw new Error(`${single}: not found (pytorch_model.bin is not supported; convert it to safetensors)`);
+/** Each weight read from its file (aliases allowed), shape-checked, as a parameter. */
+function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): ParamMap {
+  const params: ParamMap = new Map();
+  for (const spec of specs) {
+    const found = [spec.name, ...(spec.aliases ?? [])].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
+    if (!found) throw new Error(`${dir}: checkpoint has no tensor "${spec.name}" (expected shape [${spec.shape.join(',')}])`);
+    const [name, t] = found as [string, LazyTensor];
+    if (t.shape.join(',') !== spec.shape.join(',')) {
+      throw new Error(`${t.file}: tensor "${name}": expected shape [${spec.shape.join(',')}] from config.json, found [${t.shape.join(',')}]`);
+    }
+    params.set(spec.name, new Parameter(spec.name, spec.shape, t.read()));
   }
-  return { stored: loadCheckpointTensors(dir), where: fs.existsSync(single) ? single : index };
+  return params;
+}
+
+/** tokenizer.json, else a llama2.c tokenizer .bin. */
+function tokenizerIn(dir: string): TextTokenizer {
+  if (fs.existsSync(path.join(dir, 'tokenizer.json'))) return HfTokenizer.fromDir(dir);
+  const bin = fs.readdirSync(dir).filter(isTokenizerBin).sort()[0];
+  if (bin) return Llama2cTokenizer.fromFile(path.join(dir, bin));
+  throw new Error(`${path.join(dir, 'tokenizer.json')}: tokenizer file not found`);
+}
+
+/**
+ * Special ids: those the tokenizer's files name win; config.json fills the gaps (bos/eos/pad); a pad id
+ * falls back to eos, then 0 (padding is masked out, any id works).
+ */
+export function specialIds(tok: TextTokenizer, fromConfig: Partial<SpecialIds>): SpecialIds {
+  const fromTok = specialIdsOf(tok);
+  const merged = { ...fromConfig, ...fromTok };
+  return { ...merged, pad: merged.pad ?? merged.eos ?? 0 };
 }
 
 /** Special ids a tokenizer knows: HfTokenizer's configured ones, else the usual token spellings. */
@@ -120,74 +129,25 @@ export function specialIdsOf(tok: TextTokenizer): Partial<SpecialIds> {
   return out;
 }
 
-async function loadBert(dir: string, cfg: BertConfig, opts: LoadOptions): Promise<LanguageModel> {
-  const tokenizer = HfTokenizer.fromDir(dir);
-  const { stored, where } = checkpointTensors(dir);
-  const values = takeCheckpointTensors(bertParamSpecs(cfg), stored, where, bertAliases);
-  const special: SpecialIds = { ...tokenizer.special, pad: tokenizer.special.pad ?? cfg.padTokenId };
-  return new BertLM(cfg, values, tokenizer, { source: dir, special, trainable: opts.trainable });
-}
-
-async function loadGpt2(dir: string, raw: Record<string, unknown>, cfg: Gpt2Config, opts: LoadOptions): Promise<LanguageModel> {
-  const tokenizer = HfTokenizer.fromDir(dir);
-  const { stored, where } = checkpointTensors(dir);
-  const values = takeCheckpointTensors(gpt2ParamSpecs(cfg), stored, where, gpt2Aliases);
-  const id = (v: unknown) => (typeof v === 'number' ? v : undefined);
-  const bos = id(raw.bos_token_id) ?? tokenizer.special.bos;
-  const eos = id(raw.eos_token_id) ?? tokenizer.special.eos;
-  const pad = id(raw.pad_token_id) ?? tokenizer.special.pad ?? eos ?? 0;
-  const special: SpecialIds = { ...tokenizer.special, pad, ...(bos !== undefined && { bos }), ...(eos !== undefined && { eos }) };
-  return new Gpt2LM(cfg, values, tokenizer, { source: dir, special, trainable: opts.trainable });
-}
-
 /**
- * A randomly initialised BERT or GPT-2 (seeded, deterministic) for tests and benchmarks. Unset config fields
- * default to BERT-base / GPT-2 small; the vocabulary defaults to the tokenizer's size. Without a tokenizer, a
- * SyntheticTokenizer (`[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, then `w5`...) is used.
- * The model is always the tfjs one (`opts.engine` is not consulted): wrap it in `new OrtLM(model)` for ORT.
+ * A model of `modelType` with random weights (seeded, deterministic), for tests and benchmarks: the family's
+ * base size with `overrides`; the vocabulary defaults to the tokenizer's. Without a tokenizer a
+ * SyntheticTokenizer is used (`[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, then `w5`, ...).
  */
 export function createRandomModel(
-  family: 'bert',
-  cfg: Partial<BertConfig>,
-  seed: number,
-  tokenizer?: TextTokenizer,
-  opts?: LoadOptions,
-): BertLM;
-export function createRandomModel(
-  family: 'gpt2',
-  cfg: Partial<Gpt2Config>,
-  seed: number,
-  tokenizer?: TextTokenizer,
-  opts?: LoadOptions,
-): Gpt2LM;
-export function createRandomModel(
-  family: 'bert' | 'gpt2',
-  cfg: Partial<BertConfig> | Partial<Gpt2Config>,
-  seed: number,
-  tokenizer?: TextTokenizer,
-  opts?: LoadOptions,
-): LanguageModel;
-export function createRandomModel(
-  family: 'bert' | 'gpt2',
-  cfg: Partial<BertConfig> | Partial<Gpt2Config>,
+  modelType: string,
+  overrides: Record<string, number | boolean | string>,
   seed: number,
   tokenizer?: TextTokenizer,
   opts: LoadOptions = {},
 ): LanguageModel {
-  const base = family === 'bert' ? BERT_BASE : GPT2_SMALL;
-  const vocabSize = cfg.vocabSize ?? tokenizer?.vocabSize ?? base.vocabSize;
+  const family = familyFor(modelType, 'createRandomModel');
+  if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
+  const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
+  const config = family.randomConfig(overrides, vocabSize);
   const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
-  const known = specialIdsOf(tok);
-  const source = `random ${family} (seed ${seed})`;
-  const trainable = opts.trainable ?? false;
-  if (family === 'bert') {
-    const full: BertConfig = { ...BERT_BASE, ...(cfg as Partial<BertConfig>), vocabSize };
-    const special: SpecialIds = { ...known, pad: known.pad ?? full.padTokenId };
-    return new BertLM(full, randomTensors(bertParamSpecs(full), seed), tok, { source, special, trainable });
-  }
-  const full: Gpt2Config = { ...GPT2_SMALL, ...(cfg as Partial<Gpt2Config>), vocabSize };
-  const bos = known.bos ?? known.cls;
-  const eos = known.eos ?? known.sep;
-  const special: SpecialIds = { ...known, pad: known.pad ?? eos ?? 0, ...(bos !== undefined && { bos }), ...(eos !== undefined && { eos }) };
-  return new Gpt2LM(full, randomTensors(gpt2ParamSpecs(full), seed), tok, { source, special, trainable });
+  const specs = family.weights(config);
+  const values = randomValues(specs, seed);
+  const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts);
 }

@@ -1,5 +1,8 @@
-import { tf, tfOps, type Ops } from '../engine/index.js';
-import { makeNormal, makeRng } from '../util/rng.js';
+import type { Ops } from '../engine/ops.js';
+import type { Sym } from '../engine/onnx/index.js';
+import { programs, type ProgramBuilder } from '../engine/program.js';
+import { Parameter, type ParamMap } from '../engine/tensor.js';
+import { makeNormal, makeRng, Rng } from '../util/rng.js';
 
 /**
  * Prompt encoders: the trainable module that produces the continuous prompt embeddings [n, tokenDim].
@@ -66,11 +69,14 @@ interface LstmDims {
   mlpWidth: number;
 }
 
+const ENC = 'enc.';
+
 export class PromptEncoder {
   readonly config: Readonly<Required<Omit<PromptEncoderConfig, 'hiddenSize'>>> & { hiddenSize: number };
-  private readonly vars = new Map<string, tf.Variable>();
+  /** trainable parameters by PyTorch state_dict name */
+  readonly params: ParamMap = new Map();
   private readonly lstm: LstmDims | null;
-  private readonly dropoutRng: () => number;
+  private readonly dropoutRng: Rng;
 
   constructor(cfg: PromptEncoderConfig) {
     this.config = normalise(cfg);
@@ -85,25 +91,50 @@ export class PromptEncoder {
         const bound = spec.init.bound;
         for (let i = 0; i < size; i++) data[i] = (2 * rng() - 1) * bound;
       }
-      // the variable shares the initial tensor's data; tidy releases the tensor handle itself
-      this.vars.set(spec.name, tf.tidy(() => tf.variable(tf.tensor(data, spec.shape, 'float32'), true)));
+      this.params.set(spec.name, new Parameter(spec.name, spec.shape, data, true));
     }
-    this.dropoutRng = makeRng(this.config.seed ^ 0x5eed_d50f);
-  }
-
-  /** The prompt embeddings [numVirtualTokens, tokenDim]. Call inside tf.tidy (or dispose the result). */
-  forward(training = false): tf.Tensor2D {
-    return tf.tidy(() => {
-      const masks = this.dropoutMasks(training)?.map((m, l) => tf.tensor(m, this.dropoutShape(), 'float32'));
-      const out = this.encode(tfOps, (name) => this.v(name), masks);
-      return (this.config.type === 'embedding' ? out.clone() : out) as tf.Tensor2D;
-    });
+    this.dropoutRng = new Rng(this.config.seed ^ 0x5eed_d50f);
   }
 
   /**
-   * The encoder's computation over any op vocabulary: `w` reads a variable by state_dict name; `dropout`
+   * The encoder inside a program: its parameters (named `enc.<state_dict name>`, with gradients when
+   * `train`), dropout masks as inputs when training with dropout, and the prompt embeddings [n, tokenDim].
+   */
+  inProgram(b: ProgramBuilder, train: boolean, dropout: boolean): Sym {
+    const w = (name: string) => b.param(ENC + name, this.params.get(name)!.shape, train);
+    const masks = dropout ? Array.from({ length: this.config.lstmLayers - 1 }, (_, l) => b.input(`dropout:${l}`, this.dropoutShape(), 'float32')) : undefined;
+    return this.encode(b.o, w, masks);
+  }
+
+  /** Resolves the encoder's parameters for a program run. */
+  lookup(name: string): Parameter | undefined {
+    return name.startsWith(ENC) ? this.params.get(name.slice(ENC.length)) : undefined;
+  }
+
+  /** Dropout masks for one training step as program feeds (advancing the dropout stream), or none. */
+  dropoutFeeds(): Record<string, { data: Float32Array; shape: number[] }> | null {
+    const masks = this.dropoutMasks(true);
+    if (!masks) return null;
+    return Object.fromEntries(masks.map((m, l) => [`dropout:${l}`, { data: m, shape: this.dropoutShape() }]));
+  }
+
+  /** The prompt embeddings [numVirtualTokens, tokenDim] (no dropout): the table inference needs. */
+  async table(): Promise<{ shape: number[]; data: Float32Array }> {
+    const c = this.config;
+    const key = `encoder ${c.type}/${c.numVirtualTokens}/${c.tokenDim}/${c.hiddenSize}/${c.lstmLayers}/${c.preset}`;
+    const r = await programs.run(
+      { key, build: (b) => ({ outputs: { table: this.inProgram(b, false, false) } }) },
+      {},
+      (name) => this.lookup(name),
+    );
+    const t = r.outputs.table!;
+    return { shape: t.shape, data: t.data as Float32Array };
+  }
+
+  /**
+   * The encoder's computation over any op vocabulary: `w` reads a parameter by state_dict name; `dropout`
    * holds one mask per LSTM layer but the last (scaled by 1/(1-p)), from `dropoutMasks`, when training with
-   * dropout. The tfjs `forward` and graph engines (which compile it with the LM into one program) share it.
+   * dropout.
    */
   encode<T>(o: Ops<T>, w: (name: string) => T, dropout?: T[]): T {
     const emb = w('embedding.weight');
@@ -125,19 +156,33 @@ export class PromptEncoder {
     return linear(o.relu(linear(x, 'mlp_head.0')), 'mlp_head.2');
   }
 
+  /** Whether a training step applies dropout masks. */
+  get hasDropout(): boolean {
+    return this.config.dropout > 0 && this.lstm !== null && this.lstm.layers > 1;
+  }
+
   /**
-   * Dropout masks for one training forward (advancing the encoder's dropout RNG), or null when there is no
+   * Dropout masks for one training forward (advancing the encoder's dropout stream), or null when there is no
    * dropout to apply. Each mask has the shape `dropoutShape()`.
    */
   dropoutMasks(training: boolean): Float32Array[] | null {
     const p = this.config.dropout;
-    if (!training || p === 0 || !this.lstm) return null;
+    if (!training || !this.hasDropout) return null;
     const keep = 1 / (1 - p);
-    return Array.from({ length: this.lstm.layers - 1 }, () => {
+    return Array.from({ length: this.lstm!.layers - 1 }, () => {
       const mask = new Float32Array(this.config.numVirtualTokens * this.lstm!.mlpWidth);
-      for (let i = 0; i < mask.length; i++) mask[i] = this.dropoutRng() < p ? 0 : keep;
+      for (let i = 0; i < mask.length; i++) mask[i] = this.dropoutRng.next() < p ? 0 : keep;
       return mask;
     });
+  }
+
+  /** The dropout stream's position, for checkpoints (exact resume with dropout). */
+  get dropoutState(): number[] {
+    return this.dropoutRng.state();
+  }
+
+  set dropoutState(state: number[]) {
+    this.dropoutRng.restore(state);
   }
 
   /** Shape of every dropout mask: one per pseudo token and LSTM output unit. */
@@ -145,58 +190,31 @@ export class PromptEncoder {
     return [this.config.numVirtualTokens, this.lstm?.mlpWidth ?? 0];
   }
 
-  /** Trainable variables by PyTorch state_dict name, in initialisation order. */
-  variables(): Map<string, tf.Variable> {
-    return new Map(this.vars);
-  }
-
   parameterCount(): number {
     let n = 0;
-    for (const v of this.vars.values()) n += v.size;
+    for (const p of this.params.values()) n += p.size;
     return n;
   }
 
-  /** A copy of every variable's values (torch layout), for checkpoints. */
+  /** A copy of every parameter's values (torch layout), for checkpoints. */
   state(): Map<string, TensorState> {
     const out = new Map<string, TensorState>();
-    for (const [name, v] of this.vars) {
-      out.set(name, { shape: v.shape.slice(), data: Float32Array.from(v.dataSync() as Float32Array) });
-    }
+    for (const [name, p] of this.params) out.set(name, { shape: p.shape.slice(), data: Float32Array.from(p.data) });
     return out;
   }
 
   /** Loads values saved by `state()` or converted from a PyTorch state_dict; every tensor must be present. */
   loadState(map: Map<string, TensorState>): void {
     for (const name of map.keys()) {
-      if (!this.vars.has(name)) throw new Error(`prompt encoder state: unexpected tensor '${name}'`);
+      if (!this.params.has(name)) throw new Error(`prompt encoder state: unexpected tensor '${name}'`);
     }
-    for (const [name, v] of this.vars) {
+    for (const [name, p] of this.params) {
       const t = map.get(name);
       if (!t) throw new Error(`prompt encoder state: missing tensor '${name}'`);
-      const want = v.shape.join(',');
-      if (t.shape.join(',') !== want) {
-        throw new Error(`prompt encoder state: '${name}' has shape [${t.shape}], expected [${want}]`);
-      }
-      const size = v.size;
-      if (t.data.length !== size) {
-        throw new Error(`prompt encoder state: '${name}' has ${t.data.length} values, expected ${size}`);
-      }
+      if (t.shape.join(',') !== p.shape.join(',')) throw new Error(`prompt encoder state: '${name}' has shape [${t.shape}], expected [${p.shape}]`);
+      if (t.data.length !== p.size) throw new Error(`prompt encoder state: '${name}' has ${t.data.length} values, expected ${p.size}`);
     }
-    for (const [name, v] of this.vars) {
-      const t = map.get(name)!;
-      tf.tidy(() => v.assign(tf.tensor(t.data, t.shape, 'float32')));
-    }
-  }
-
-  dispose(): void {
-    for (const v of this.vars.values()) v.dispose();
-    this.vars.clear();
-  }
-
-  private v(name: string): tf.Tensor2D {
-    const v = this.vars.get(name);
-    if (!v) throw new Error(`prompt encoder: no variable '${name}'`);
-    return v as unknown as tf.Tensor2D;
+    for (const [name, p] of this.params) p.set(map.get(name)!.data);
   }
 }
 

@@ -1,4 +1,4 @@
-import { tf, tfOps, type Ops } from '../engine/index.js';
+import type { Ops } from '../engine/ops.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { Verbalizer, type LabelWords, type TokenRule, type WordAggregation } from './verbalizer.js';
 
@@ -21,8 +21,6 @@ export interface Head {
   /** target class of a record (label index, or answer token id); throws naming the record when invalid */
   target(record: Record<string, unknown>, where: string): number;
   /** per-class scores [B, numClasses] from logits at the answer position ([B, C] over `candidates`) */
-  scores(logits: tf.Tensor): tf.Tensor;
-  /** `scores` over any op vocabulary (graph engines compile it into their program) */
   scoresOn<T>(o: Ops<T>, logits: T): T;
   /** class names for reports */
   className(k: number): string;
@@ -30,8 +28,9 @@ export interface Head {
   readonly predictable: number[] | null;
 }
 
-export function makeHead(spec: HeadSpec, tok: TextTokenizer): Head {
-  return spec.kind === 'label' ? labelHead(spec, tok) : answerHead(spec, tok);
+/** `vocabSize`: the width of the model's logits (config.json's vocab_size, which may exceed the tokenizer's). */
+export function makeHead(spec: HeadSpec, tok: TextTokenizer, vocabSize: number): Head {
+  return spec.kind === 'label' ? labelHead(spec, tok) : answerHead(spec, tok, vocabSize);
 }
 
 function labelHead(spec: Extract<HeadSpec, { kind: 'label' }>, tok: TextTokenizer): Head {
@@ -49,7 +48,6 @@ function labelHead(spec: Extract<HeadSpec, { kind: 'label' }>, tok: TextTokenize
       if (k < 0) throw new Error(`${where}: label ${JSON.stringify(value)} is not one of ${v.labels.join(', ')}`);
       return k;
     },
-    scores: (logits) => labelScores(tfOps, tfOps.logSoftmax(logits), v),
     scoresOn: (o, logits) => labelScores(o, o.logSoftmax(logits), v),
     className: (k) => v.labels[k]!,
   };
@@ -80,13 +78,15 @@ function labelScores<T>(o: Ops<T>, logProbs: T, v: Verbalizer): T {
   return o.concat(perLabel, 1);
 }
 
-function answerHead(spec: Extract<HeadSpec, { kind: 'answer' }>, tok: TextTokenizer): Head {
+function answerHead(spec: Extract<HeadSpec, { kind: 'answer' }>, tok: TextTokenizer, vocabSize: number): Head {
   const allowed = spec.answerVocab ? new Set(spec.answerVocab) : null;
+  // rows past the tokenizer's vocabulary (padded embedding tables) are never an answer
+  const realTokens = vocabSize > tok.vocabSize ? [...Array(tok.vocabSize).keys()] : null;
   return {
     spec,
     candidates: null,
-    numClasses: tok.vocabSize,
-    predictable: spec.answerVocab ?? null,
+    numClasses: vocabSize,
+    predictable: spec.answerVocab ?? realTokens,
     target(record, where) {
       const value = record[spec.answerField];
       if (typeof value !== 'string' || value.length === 0) {
@@ -97,23 +97,18 @@ function answerHead(spec: Extract<HeadSpec, { kind: 'answer' }>, tok: TextTokeni
       if (allowed && !allowed.has(ids[0]!)) throw new Error(`${where}: answer ${JSON.stringify(value)} is not in the answer vocabulary`);
       return ids[0]!;
     },
-    scores: (logits) => logits,
     scoresOn: (_o, logits) => logits,
     className: (k) => tok.idToToken(k) ?? `<${k}>`,
   };
 }
 
-/** Cross-entropy of `scores` [B, K] against class indices. */
-export function crossEntropy(scores: tf.Tensor, targets: number[]): tf.Scalar {
-  return crossEntropyOn(tfOps, scores, tfOps.constInt(flatTargets(targets, scores.shape[1]!), [targets.length])) as tf.Scalar;
-}
-
-/** Mean cross-entropy of `scores` [B, K] at `flat` [B] int32 = row·K + class (`flatTargets`): one gather. */
-export function crossEntropyOn<T>(o: Ops<T>, scores: T, flat: T): T {
+/**
+ * Mean cross-entropy of `scores` [B, K] against `targets` [B] int32 class indices: one gather from the
+ * flattened log-probabilities at row·K + target, with K the scores' own width.
+ */
+export function crossEntropyOn<T>(o: Ops<T>, scores: T, targets: T): T {
+  const [b, k] = o.shape(scores) as [number, number];
+  const rowStarts = o.constInt(Array.from({ length: b }, (_, i) => i * k), [b]);
   const logp = o.reshape(o.logSoftmax(scores), [-1]);
-  return o.neg(o.mean(o.gather(logp, flat), 0));
-}
-
-export function flatTargets(targets: number[], numClasses: number): number[] {
-  return targets.map((t, i) => i * numClasses + t);
+  return o.neg(o.mean(o.gather(logp, o.add(rowStarts, targets)), 0));
 }

@@ -37,7 +37,7 @@ export interface RenderOptions {
   index?: number;
 }
 
-export type RenderInfo = Pick<ModelInfo, 'kind' | 'special' | 'family'>;
+export type RenderInfo = Pick<ModelInfo, 'kind' | 'special' | 'tokenTypes'>;
 
 /** `record 17 (uuid "…")` — the 1-based position (from a 0-based index) plus the first id-like field present */
 export function describeRecord(record: Record<string, unknown>, index?: number): string {
@@ -169,7 +169,7 @@ export function renderExample(
     throw new Error(`${describeRecord(record, opts.index)}: the prompt before [MASK] is empty and the model has no BOS token`);
   }
   const out: RenderedExample = { ids, pseudoPositions, pseudoIndex, answerPosition };
-  if (info.family === 'bert') out.tokenTypeIds = tokenTypeIds;
+  if (info.tokenTypes) out.tokenTypeIds = tokenTypeIds;
   return out;
 }
 

@@ -23,8 +23,8 @@ const PLACEMENT_FILE = 'ptune_template.json';
  * (what PEFT saves in inference mode). PEFT places every virtual token before the input; ptune's template
  * placement is kept beside it in ptune_template.json so a ptune import restores it exactly.
  */
-export function exportPeft(session: PTuningSession, outDir: string): void {
-  const table = session.promptTable();
+export async function exportPeft(session: PTuningSession, outDir: string): Promise<void> {
+  const table = await session.promptTable();
   if (!table) throw new UserError('the run has no pseudo tokens: nothing to export');
   const info = session.lm.info;
   const enc = session.encoder!.config;
@@ -56,8 +56,8 @@ export function exportPeft(session: PTuningSession, outDir: string): void {
 }
 
 /** Writes just the prompt table (safetensors, `prompt_embeddings`) plus the run config needed to use it. */
-export function exportTable(session: PTuningSession, outDir: string): void {
-  const table = session.promptTable();
+export async function exportTable(session: PTuningSession, outDir: string): Promise<void> {
+  const table = await session.promptTable();
   if (!table) throw new UserError('the run has no pseudo tokens: nothing to export');
   fs.mkdirSync(outDir, { recursive: true });
   writeSafetensors(path.join(outDir, 'prompt_table.safetensors'), { prompt_embeddings: table });

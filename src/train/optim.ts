@@ -1,4 +1,4 @@
-import { tf, tensorFromScratch } from '../engine/index.js';
+import type { Parameter } from '../engine/tensor.js';
 
 /**
  * Adam and AdamW with torch.optim semantics, parameter groups, exact resume, and torch's clip_grad_norm_.
@@ -11,12 +11,9 @@ import { tf, tensorFromScratch } from '../engine/index.js';
  *   θ ← θ − (lr / (1−β1ᵗ)) · m / (√v / √(1−β2ᵗ) + ε)
  */
 
-/** A gradient: a tensor, or its values in a host array (which the optimizer and clipping may use in place). */
-export type Grad = tf.Tensor | Float32Array;
-
 export interface ParamGroup {
   /** variables by name; names must be unique across groups */
-  params: Map<string, tf.Variable>;
+  params: Map<string, Parameter>;
   lr: number;
   /** default: 0 for Adam, 0.01 for AdamW (torch's defaults) */
   weightDecay?: number;
@@ -42,11 +39,29 @@ export interface OptimizerState {
 }
 
 interface Slot {
-  param: tf.Variable;
+  param: Parameter;
   group: ParamGroup;
   step: number;
   m: Float32Array | null;
   v: Float32Array | null;
+}
+
+interface AdamCoefficients {
+  l2: number; keep: number; stepSize: number; invRoot2: number; beta1: number; beta2: number; c1: number; c2: number; eps: number; n: number;
+}
+
+/** θ, m, v updated in place from g (kept monomorphic: one typed-array loop). */
+function adamUpdate(theta: Float32Array, grad: Float32Array, m: Float32Array, v: Float32Array, c: AdamCoefficients): void {
+  const { l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps, n } = c;
+  for (let i = 0; i < n; i++) {
+    const th = theta[i]!;
+    const gi = grad[i]! + l2 * th;
+    const mi = beta1 * m[i]! + c1 * gi;
+    const vi = beta2 * v[i]! + c2 * gi * gi;
+    m[i] = mi;
+    v[i] = vi;
+    theta[i] = th * keep - (stepSize * mi) / (Math.sqrt(vi) * invRoot2 + eps);
+  }
 }
 
 class AdamBase {
@@ -55,7 +70,6 @@ class AdamBase {
   private readonly beta1: number;
   private readonly beta2: number;
   private readonly eps: number;
-  private scratch = new Float32Array(0);
 
   protected constructor(
     readonly kind: 'adam' | 'adamw',
@@ -89,19 +103,15 @@ class AdamBase {
    * One update from `grads` (by parameter name; the caller keeps ownership of them). `lrScale` multiplies every
    * group's lr (a schedule's multiplier). Parameters without a gradient are left untouched.
    */
-  step(grads: Map<string, Grad>, lrScale = 1): void {
+  step(grads: Map<string, Float32Array>, lrScale = 1): void {
     for (const [name, g] of grads) {
       const slot = this.slots.get(name);
       if (!slot) throw new Error(`optimizer step: gradient for unknown parameter '${name}'`);
-      if (g instanceof Float32Array ? g.length !== slot.param.size : g.shape.join(',') !== slot.param.shape.join(',')) {
-        const shape = g instanceof Float32Array ? `${g.length} values` : `shape [${g.shape}]`;
-        throw new Error(`optimizer step: gradient of '${name}' has ${shape}, parameter has [${slot.param.shape}]`);
-      }
+      if (g.length !== slot.param.size) throw new Error(`optimizer step: gradient of '${name}' has ${g.length} values, parameter has [${slot.param.shape}]`);
     }
     const { beta1, beta2, eps } = this;
-    // One fused pass per parameter over host arrays: the moments live outside the tensor backend, and the update
-    // reads θ, g, m, v once and writes θ, m, v once (as tensor ops it made a dozen full-size temporaries, which
-    // on a single-threaded wasm backend cost more than the forward and backward of a base-size model).
+    // One fused pass per parameter over host arrays, updating θ in place: reads θ, g, m, v once and writes θ, m,
+    // v once.
     for (const [name, g] of grads) {
       const slot = this.slots.get(name)!;
       const p = slot.param;
@@ -117,20 +127,7 @@ class AdamBase {
       const invRoot2 = 1 / Math.sqrt(1 - beta2 ** t);
       const c1 = 1 - beta1;
       const c2 = 1 - beta2;
-      const grad = g instanceof Float32Array ? g : (g.dataSync() as Float32Array);
-      const theta = p.dataSync() as Float32Array;
-      if (this.scratch.length < n) this.scratch = new Float32Array(n);
-      const out = this.scratch.subarray(0, n);
-      for (let i = 0; i < n; i++) {
-        const th = theta[i]!;
-        const gi = grad[i]! + l2 * th;
-        const mi = beta1 * m[i]! + c1 * gi;
-        const vi = beta2 * v[i]! + c2 * gi * gi;
-        m[i] = mi;
-        v[i] = vi;
-        out[i] = th * keep - (stepSize * mi) / (Math.sqrt(vi) * invRoot2 + eps);
-      }
-      tf.tidy(() => p.assign(tensorFromScratch(out, p.shape)));
+      adamUpdate(p.data, g, m, v, { l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps, n });
     }
   }
 
@@ -173,7 +170,6 @@ class AdamBase {
   }
 
   private disposeMoments(): void {
-    this.scratch = new Float32Array(0);
     for (const s of this.slots.values()) {
       s.m = s.v = null;
       s.step = 0;
@@ -201,12 +197,12 @@ export class AdamW extends AdamBase {
  * Empty groups are dropped.
  */
 export function decayGroups(
-  params: Map<string, tf.Variable>,
-  opts: { lr: number; weightDecay: number; noDecay?: (name: string, v: tf.Variable) => boolean; name?: string },
+  params: Map<string, Parameter>,
+  opts: { lr: number; weightDecay: number; noDecay?: (name: string, v: Parameter) => boolean; name?: string },
 ): ParamGroup[] {
-  const noDecay = opts.noDecay ?? ((_n: string, v: tf.Variable) => v.rank <= 1);
-  const decay = new Map<string, tf.Variable>();
-  const plain = new Map<string, tf.Variable>();
+  const noDecay = opts.noDecay ?? ((_n: string, v: Parameter) => v.shape.length <= 1);
+  const decay = new Map<string, Parameter>();
+  const plain = new Map<string, Parameter>();
   for (const [n, v] of params) (noDecay(n, v) ? plain : decay).set(n, v);
   const prefix = opts.name ? `${opts.name} ` : '';
   const groups: ParamGroup[] = [
@@ -217,34 +213,15 @@ export function decayGroups(
 }
 
 /**
- * torch.nn.utils.clip_grad_norm_: scales all gradients by min(1, maxNorm / (‖g‖ + 1e-6)), where ‖g‖ is the
- * L2 norm over all of them together. Host arrays are scaled in place; clipped tensors replace the map's
- * entries (the originals are disposed). Returns the total norm before clipping.
+ * torch.nn.utils.clip_grad_norm_: scales all gradients (in place) by min(1, maxNorm / (‖g‖ + 1e-6)), where ‖g‖
+ * is the L2 norm over all of them together. Returns the total norm before clipping.
  */
-export function clipGradNorm(grads: Map<string, Grad>, maxNorm: number): number {
+export function clipGradNorm(grads: Map<string, Float32Array>, maxNorm: number): number {
   if (!(maxNorm > 0)) throw new Error(`clipGradNorm: maxNorm must be > 0, got ${maxNorm}`);
-  if (grads.size === 0) return 0;
   let sumSq = 0;
-  for (const g of grads.values()) {
-    if (g instanceof Float32Array) {
-      for (let i = 0; i < g.length; i++) sumSq += g[i]! * g[i]!;
-    } else {
-      const t = tf.tidy(() => tf.sum(tf.square(g)));
-      sumSq += t.dataSync()[0]!;
-      t.dispose();
-    }
-  }
+  for (const g of grads.values()) for (let i = 0; i < g.length; i++) sumSq += g[i]! * g[i]!;
   const norm = Math.sqrt(sumSq);
   const coef = maxNorm / (norm + 1e-6);
-  if (coef < 1) {
-    for (const [name, g] of grads) {
-      if (g instanceof Float32Array) {
-        for (let i = 0; i < g.length; i++) g[i] = g[i]! * coef;
-      } else {
-        grads.set(name, tf.mul(g, coef));
-        g.dispose();
-      }
-    }
-  }
+  if (coef < 1) for (const g of grads.values()) for (let i = 0; i < g.length; i++) g[i] = g[i]! * coef;
   return norm;
 }

@@ -1,20 +1,20 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { tf } from '../engine/index.js';
+import { getRuntime } from '../engine/runtime.js';
+import { prefixed, type Parameter } from '../engine/tensor.js';
 import { loadModel } from '../models/load.js';
-import type { LanguageModel } from '../models/lm.js';
+import type { LanguageModel } from '../models/model.js';
 import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
-import { makeHead, crossEntropy, type Head, type HeadSpec } from '../prompt/heads.js';
-import { answerLogits } from '../prompt/ptuning.js';
-import { CompiledPTuning } from '../prompt/compiled.js';
+import { makeHead, type Head, type HeadSpec } from '../prompt/heads.js';
+import { PTuningPrograms } from '../prompt/programs.js';
 import { collate, renderExample, type RenderedExample } from '../prompt/render.js';
 import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
 import { readRecords } from '../data/read.js';
 import type { Progress } from '../util/progress.js';
 import { Adam, AdamW, decayGroups, type ParamGroup } from '../train/optim.js';
 import { makeSchedule, type Schedule, type ScheduleConfig } from '../train/schedule.js';
-import { loadVariables, writeJsonAtomic } from './checkpoint.js';
-import { writeSafetensors } from '../engine/safetensors.js';
+import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.js';
+import { safetensorsBytes, writeSafetensors } from '../engine/safetensors.js';
 import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
 import { UserError } from '../util/errors.js';
 
@@ -48,6 +48,8 @@ export interface RunConfig {
   data?: { train: string; dev: string };
   loop: TrainLoopConfig;
   optim: OptimConfig;
+  /** where the run trained (recorded, not required to match on resume) */
+  runtime?: { name: string; threads: number };
 }
 
 export const DEFAULT_LOOP: TrainLoopConfig = {
@@ -109,9 +111,8 @@ export class PTuningSession {
   readonly template: Template;
   readonly encoder: PromptEncoder | null;
   readonly head: Head;
-  private readonly candidates: tf.Tensor | null;
-  /** the whole step as one ONNX Runtime program, when the LM runs on that engine */
-  private readonly compiled: CompiledPTuning | null;
+  /** the training step, scoring and ranking as programs over the LM */
+  readonly programs: PTuningPrograms;
 
   private constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
@@ -120,9 +121,8 @@ export class PTuningSession {
     validateFor(this.template, lm.info.kind);
     const n = numPseudo(this.template) + (config.peftPrefix ?? 0);
     this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.hiddenSize }) : null;
-    this.head = makeHead(config.head, lm.tokenizer);
-    this.candidates = this.head.candidates ? tf.tensor1d(this.head.candidates, 'int32') : null;
-    this.compiled = CompiledPTuning.for(lm, this.encoder, this.head);
+    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize);
+    this.programs = new PTuningPrograms(lm, this.encoder, this.head);
   }
 
   static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
@@ -136,17 +136,17 @@ export class PTuningSession {
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
     const config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
     const s = await PTuningSession.create(config, lm);
-    const weights = path.join(runDir, which, 'params.safetensors');
+    const weights = path.join(resolveCheckpointDir(path.join(runDir, which)) ?? path.join(runDir, which), 'params.safetensors');
     if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);
-    loadVariables(weights, s.trainedParams());
+    loadParams(weights, s.trainedParams());
     return s;
   }
 
-  /** The variables training updates: the encoder's ("encoder.*"), and with tuneLm the LM's ("lm.*"). */
-  trainedParams(): Map<string, tf.Variable> {
-    const out = new Map<string, tf.Variable>();
-    for (const [k, v] of this.encoder?.variables() ?? []) out.set(`encoder.${k}`, v);
-    if (this.config.optim.tuneLm) for (const [k, v] of this.lm.parameters()) out.set(`lm.${k}`, v);
+  /** The parameters training updates: the encoder's ("encoder.*"), and with tuneLm the LM's ("lm.*"). */
+  trainedParams(): Map<string, Parameter> {
+    const out = new Map<string, Parameter>();
+    for (const [k, v] of this.encoder?.params ?? []) out.set(`encoder.${k}`, v);
+    if (this.config.optim.tuneLm) for (const [k, v] of this.lm.params) out.set(`lm.${k}`, v);
     return out;
   }
 
@@ -185,98 +185,49 @@ export class PTuningSession {
     return { items, skipped };
   }
 
-  /** Per-class scores [B, K] for a batch of items (inside tf.tidy). */
-  scores(items: readonly Item[], training = false): tf.Tensor {
-    const batch = collate(
-      items.map((i) => i.ex),
-      this.lm.info,
-    );
-    if (this.compiled && !training) return this.compiled.scores(batch);
-    const prompts = this.encoder ? this.encoder.forward(training) : null;
-    const logits = answerLogits(this.lm, batch, prompts, this.candidates ?? undefined);
-    return this.head.scores(logits);
+  private batch(items: readonly Item[]) {
+    return collate(items.map((i) => i.ex), this.lm.info);
   }
 
-  loss(items: readonly Item[]): tf.Scalar {
-    return crossEntropy(
-      this.scores(items, true),
-      items.map((i) => i.target),
-    );
+  /** Per-class scores [B, K] for a batch of items. */
+  scores(items: readonly Item[]): Promise<{ data: Float32Array; shape: number[] }> {
+    return this.programs.scores(this.batch(items));
   }
 
-  /**
-   * Loss and gradients of a batch without the tape, as one compiled program (ONNX Runtime engine); null on the
-   * tfjs engine, where `loss` runs under tf.variableGrads.
-   */
-  lossAndGrads(items: readonly Item[]): { loss: number; grads: Map<string, Float32Array> } | null {
-    if (!this.compiled) return null;
-    const batch = collate(
-      items.map((i) => i.ex),
-      this.lm.info,
-    );
-    return this.compiled.lossAndGrads(
-      batch,
-      items.map((i) => i.target),
-    );
+  /** Mean loss of a batch, its gradients written into the trained parameters' `grad`. */
+  lossAndGrads(items: readonly Item[]): Promise<{ loss: number; graded: Parameter[] }> {
+    return this.programs.lossAndGrads(this.batch(items), items.map((i) => i.target));
   }
 
   /** Argmax (restricted to the head's predictable classes) and top-k per item. */
-  rank(items: readonly Item[], topK: number, batchSize = 32): { top: number[][]; topScores: number[][] } {
+  async rank(items: readonly Item[], topK: number, batchSize = 32): Promise<{ top: number[][]; topScores: number[][] }> {
     const top: number[][] = [];
     const topScores: number[][] = [];
-    const allowed = this.head.predictable;
-    if (this.compiled) {
-      for (let i = 0; i < items.length; i += batchSize) {
-        const batch = collate(
-          items.slice(i, i + batchSize).map((it) => it.ex),
-          this.lm.info,
-        );
-        const r = this.compiled.topK(batch, topK, allowed);
-        top.push(...r.indices);
-        topScores.push(...r.values);
-      }
-      return { top, topScores };
-    }
-    const mask = allowed
-      ? tf.tidy(() => {
-          const m = new Float32Array(this.head.numClasses).fill(-Infinity);
-          for (const id of allowed) m[id] = 0;
-          return tf.tensor1d(m);
-        })
-      : null;
     for (let i = 0; i < items.length; i += batchSize) {
-      const chunk = items.slice(i, i + batchSize);
-      const { values, indices } = tf.tidy(() => {
-        let s = tf.logSoftmax(this.scores(chunk));
-        if (mask) s = tf.add(s, mask);
-        const k = Math.min(topK, s.shape[1]!);
-        const r = tf.topk(s, k);
-        return { values: r.values.arraySync() as number[][], indices: r.indices.arraySync() as number[][] };
-      });
-      top.push(...indices);
-      topScores.push(...values);
+      const r = await this.programs.topK(this.batch(items.slice(i, i + batchSize)), topK, this.head.predictable);
+      top.push(...r.indices);
+      topScores.push(...r.values);
     }
-    mask?.dispose();
     return { top, topScores };
   }
 
-  evaluateItems(items: readonly Item[], skipped = 0): EvalResult {
-    const { top } = this.rank(items, 1);
+  async evaluateItems(items: readonly Item[], skipped = 0): Promise<EvalResult> {
+    const { top } = await this.rank(items, 1);
     const predictions = top.map((t) => t[0]!);
     const targets = items.map((i) => i.target);
     return { metrics: classificationMetrics(predictions, targets, this.head), predictions, targets, skipped };
   }
 
-  evaluateFile(file: string): EvalResult {
+  async evaluateFile(file: string): Promise<EvalResult> {
     const { items, skipped } = this.prepare(readRecords(file), file);
-    const r = this.evaluateItems(items, skipped);
+    const r = await this.evaluateItems(items, skipped);
     r.metrics.skipped = skipped;
     return r;
   }
 
-  predict(records: readonly Record<string, unknown>[], source: string, topK: number): Prediction[] {
+  async predict(records: readonly Record<string, unknown>[], source: string, topK: number): Promise<Prediction[]> {
     const { items } = this.prepare(records, source, false);
-    const { top, topScores } = this.rank(items, topK);
+    const { top, topScores } = await this.rank(items, topK);
     return items.map((it, r) => ({
       index: it.index,
       ...recordId(records[it.index]!),
@@ -286,7 +237,7 @@ export class PTuningSession {
   }
 
   /** Trains on `config.data` (or the given records) and writes the run directory. */
-  train(opts: {
+  async train(opts: {
     runDir: string;
     resume?: boolean;
     progress?: Progress;
@@ -294,7 +245,9 @@ export class PTuningSession {
     dev?: Record<string, unknown>[];
     /** end with the weights of best/ loaded (default: the last step's weights stay) */
     restoreBest?: boolean;
-  }): TrainResult & { trainSkipped: number; devSkipped: number } {
+    /** polled after each step: true stops with a checkpoint (see trainLoop) */
+    stopRequested?: () => boolean;
+  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number }> {
     const { runDir } = opts;
     const c = this.config;
     const trainRecords = opts.train ?? readRecords(c.data!.train);
@@ -302,30 +255,42 @@ export class PTuningSession {
     const tr = this.prepare(trainRecords, c.data?.train ?? 'train');
     const dv = this.prepare(devRecords, c.data?.dev ?? 'dev');
     if (tr.items.length === 0) throw new UserError('no training examples left after rendering');
+    const rt = await getRuntime();
     fs.mkdirSync(runDir, { recursive: true });
-    writeJsonAtomic(path.join(runDir, 'config.json'), c);
+    writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
 
     const optimizer = this.makeOptimizer();
+    const encoder = this.encoder;
     try {
-      const result = trainLoop<Item>({
+      const result = await trainLoop<Item>({
         runDir,
         config: c.loop,
         task: {
           examples: tr.items,
-          loss: (batch) => this.loss(batch),
           lossAndGrads: (batch) => this.lossAndGrads(batch),
-          evaluate: (): DevResult => {
-            const r = this.evaluateItems(dv.items);
+          evaluate: async (): Promise<DevResult> => {
+            const r = await this.evaluateItems(dv.items);
             return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };
           },
+          ...(encoder?.hasDropout && {
+            saveState: () => ({ dropout: encoder.dropoutState }),
+            restoreState: (st: unknown) => {
+              const d = (st as { dropout?: number[] } | null)?.dropout;
+              if (d) encoder.dropoutState = d;
+            },
+          }),
         },
         params: this.trainedParams(),
         optimizer,
         lrScale: this.lrSchedule(tr.items.length),
         resume: opts.resume ?? false,
         progress: opts.progress,
-        onSaveBest: (dir) => this.savePromptTable(path.join(dir, 'prompt_table.safetensors')),
+        onSaveBest: async (): Promise<Record<string, Uint8Array>> => {
+          const table = await this.promptTable();
+          return table ? { 'prompt_table.safetensors': safetensorsBytes({ prompt_embeddings: table }) } : {};
+        },
         restoreBest: opts.restoreBest,
+        stopRequested: opts.stopRequested,
       });
       return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
     } finally {
@@ -338,10 +303,10 @@ export class PTuningSession {
     const c = this.config;
     const groups: ParamGroup[] = [];
     if (this.encoder) {
-      groups.push({ name: 'prompt', params: prefixed(this.encoder.variables(), 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
+      groups.push({ name: 'prompt', params: prefixed(this.encoder.params, 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
     }
     if (c.optim.tuneLm) {
-      groups.push(...decayGroups(prefixed(this.lm.parameters(), 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
+      groups.push(...decayGroups(prefixed(this.lm.params, 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
     }
     if (groups.length === 0) throw new UserError('nothing to train: the template has no pseudo tokens and --tune-lm is off');
     return c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
@@ -363,29 +328,19 @@ export class PTuningSession {
   }
 
   /** The frozen prompt table (encoder output): all inference needs. */
-  promptTable(): { shape: number[]; data: Float32Array } | null {
-    if (!this.encoder) return null;
-    return tf.tidy(() => {
-      const t = this.encoder!.forward(false);
-      return { shape: t.shape.slice(), data: t.dataSync() as Float32Array };
-    });
+  promptTable(): Promise<{ shape: number[]; data: Float32Array } | null> {
+    return this.encoder ? this.encoder.table() : Promise.resolve(null);
   }
 
-  savePromptTable(file: string): void {
-    const table = this.promptTable();
+  async savePromptTable(file: string): Promise<void> {
+    const table = await this.promptTable();
     if (table) writeSafetensors(file, { prompt_embeddings: table });
   }
 
-  /** Frees the encoder and, unless the LM is shared with other sessions (`keepLm`), the LM. */
+  /** Frees the LM unless it is shared with other sessions (`keepLm`). */
   dispose(opts: { keepLm?: boolean } = {}): void {
-    this.encoder?.dispose();
-    this.candidates?.dispose();
     if (!opts.keepLm) this.lm.dispose();
   }
-}
-
-function prefixed(vars: Map<string, tf.Variable>, prefix: string): Map<string, tf.Variable> {
-  return new Map([...vars].map(([k, v]) => [prefix + k, v]));
 }
 
 /** PEFT's placement: the virtual tokens before the whole input. */

@@ -1,22 +1,14 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { tf, hostCopy } from '../engine/index.js';
+import type { Parameter } from '../engine/tensor.js';
 import { makeRng } from '../util/rng.js';
 import type { Progress } from '../util/progress.js';
-import { clipGradNorm, type Grad, type OptimizerState } from './optim.js';
-import {
-  loadOptimizerState,
-  saveOptimizerState,
-  loadVariables,
-  resolveCheckpointDir,
-  saveVariables,
-  writeCheckpointDir,
-  writeJsonAtomic,
-} from './checkpoint.js';
+import { clipGradNorm, type OptimizerState } from './optim.js';
+import { loadOptimizerState, loadParams, resolveCheckpointDir, saveOptimizerState, saveParams, writeCheckpointDir, writeFileAtomic, writeJsonAtomic } from './checkpoint.js';
 
 /** What the training loop needs from an optimizer (Adam and AdamW in optim.ts). */
 export interface TrainOptimizer {
-  step(grads: Map<string, Grad>, lrScale: number): void;
+  step(grads: Map<string, Float32Array>, lrScale: number): void;
   state(): OptimizerState;
   loadState(state: OptimizerState): void;
 }
@@ -49,17 +41,20 @@ export interface DevResult {
 
 export interface TrainTask<E> {
   examples: E[];
-  /** mean loss of a micro-batch; runs under tf.variableGrads */
-  loss(batch: E[]): tf.Scalar;
   /**
-   * The loss and its gradients computed without the tape (a compiled program), as host arrays the loop may
-   * modify, keyed by variable name as tf.variableGrads keys them; null: use `loss` under the tape.
+   * Mean loss of a micro-batch, its gradients written into the `grad` buffers of the parameters it returns
+   * (a training program run).
    */
-  lossAndGrads?(batch: E[]): { loss: number; grads: Map<string, Float32Array> } | null;
-  evaluate(): DevResult;
+  lossAndGrads(batch: E[]): Promise<{ loss: number; graded: Parameter[] }>;
+  evaluate(): Promise<DevResult>;
+  /** state outside the parameters that an exact resume needs (e.g. a dropout stream), saved with `last/` */
+  saveState?(): unknown;
+  restoreState?(state: unknown): void;
 }
 
 export interface TrainState {
+  /** the task's own state (saveState) at this point */
+  task?: unknown;
   epoch: number;
   /** micro-batches already done in `epoch` */
   batchInEpoch: number;
@@ -81,35 +76,49 @@ export interface TrainLoopOptions<E> {
   runDir: string;
   config: TrainLoopConfig;
   task: TrainTask<E>;
-  /** the variables being trained, by checkpoint name */
-  params: Map<string, tf.Variable>;
+  /** the parameters being trained, by checkpoint name */
+  params: Map<string, Parameter>;
   optimizer: TrainOptimizer;
   /** learning-rate multiplier for optimizer step `step` (0-based) in epoch `epoch` */
   lrScale(step: number, epoch: number): number;
   /** continue from `runDir/last` when it exists */
   resume: boolean;
   progress?: Progress;
-  /** extra files for best/ (e.g. the exported prompt table) */
-  onSaveBest?(dir: string): void;
+  /** extra files for best/ by name (e.g. the exported prompt table) */
+  onSaveBest?(): Promise<Record<string, Uint8Array>>;
   /** when training ends, load the weights of best/ into `params`, so the model is the one the dev score selected */
   restoreBest?: boolean;
+  /** polled after every optimizer step: true ends training with a checkpoint of the current step */
+  stopRequested?: () => boolean;
 }
 
 export class NonFiniteLossError extends Error {}
 
-/**
- * Loss and gradients (host arrays the caller owns, by variable name) of one micro-batch: from the task's
- * compiled path when it has one, else from the tape.
- */
-function gradientsOf<E>(task: TrainTask<E>, batch: E[], params: Map<string, tf.Variable>): { loss: number; grads: Map<string, Float32Array> } {
-  const direct = task.lossAndGrads?.(batch);
-  if (direct) return direct;
-  const { value, grads } = tf.variableGrads(() => task.loss(batch), [...params.values()]);
-  const loss = value.dataSync()[0]!;
-  value.dispose();
-  const host = new Map(Object.entries(grads).map(([name, g]) => [name, hostCopy(g)]));
-  tf.dispose(Object.values(grads));
-  return { loss, grads: host };
+/** Training stopped on request (a signal) after writing a checkpoint of the current step. */
+export class TrainingInterrupted extends Error {
+  constructor(
+    readonly step: number,
+    readonly checkpoint: string,
+  ) {
+    super(`training interrupted at step ${step}; checkpoint written to ${checkpoint}`);
+  }
+}
+
+/** Drops metrics.jsonl lines logged after `step` (a run resumed from a checkpoint at `step` logs them again). */
+function truncateMetrics(file: string, step: number): void {
+  if (!fs.existsSync(file)) return;
+  const kept = fs
+    .readFileSync(file, 'utf8')
+    .split('\n')
+    .filter((line) => {
+      if (!line.trim()) return false;
+      try {
+        return (JSON.parse(line) as { step?: number }).step! <= step;
+      } catch {
+        return false;
+      }
+    });
+  writeFileAtomic(file, kept.map((l) => l + '\n').join(''));
 }
 
 function initialState(): TrainState {
@@ -142,7 +151,7 @@ export function epochOrder(n: number, seed: number, epoch: number): number[] {
  * steps or per epoch, early stopping with patience, `best/` and `last/` checkpoints written atomically,
  * `metrics.jsonl`, exact resume from `last/`, and a stop on a non-finite loss that keeps the last good checkpoint.
  */
-export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
+export async function trainLoop<E>(o: TrainLoopOptions<E>): Promise<TrainResult> {
   const { config: c, task, params, optimizer, runDir } = o;
   const t0 = Date.now();
   const metricsFile = path.join(runDir, 'metrics.jsonl');
@@ -154,31 +163,39 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
   const bestDir = path.join(runDir, 'best');
   const resumeFrom = o.resume ? resolveCheckpointDir(lastDir) : null;
   if (resumeFrom) {
-    loadVariables(path.join(resumeFrom, 'params.safetensors'), params);
+    loadParams(path.join(resumeFrom, 'params.safetensors'), params);
     optimizer.loadState(loadOptimizerState(path.join(resumeFrom, 'optimizer.safetensors')));
     state = JSON.parse(fs.readFileSync(path.join(resumeFrom, 'state.json'), 'utf8')) as TrainState;
+    if (state.task !== undefined) task.restoreState?.(state.task);
+    truncateMetrics(metricsFile, state.step);
     o.progress?.log(`resuming from ${resumeFrom}: epoch ${state.epoch + 1}, step ${state.step}`);
   } else if (fs.existsSync(metricsFile)) {
     fs.rmSync(metricsFile);
   }
 
-  const saveLast = () =>
+  let saved = resumeFrom !== null;
+  const saveLast = () => {
+    state.task = task.saveState?.();
     writeCheckpointDir(lastDir, (dir) => {
-      saveVariables(path.join(dir, 'params.safetensors'), params);
+      saveParams(path.join(dir, 'params.safetensors'), params);
       saveOptimizerState(path.join(dir, 'optimizer.safetensors'), optimizer.state());
       writeJsonAtomic(path.join(dir, 'state.json'), state);
     });
-  const saveBest = (dev: DevResult) =>
+    saved = true;
+  };
+  const saveBest = async (dev: DevResult) => {
+    const files: Record<string, Uint8Array> = (await o.onSaveBest?.()) ?? {};
     writeCheckpointDir(bestDir, (dir) => {
-      saveVariables(path.join(dir, 'params.safetensors'), params);
+      saveParams(path.join(dir, 'params.safetensors'), params);
       writeJsonAtomic(path.join(dir, 'state.json'), { ...state, dev });
-      o.onSaveBest?.(dir);
+      for (const [name, bytes] of Object.entries(files)) fs.writeFileSync(path.join(dir, name), bytes);
     });
+  };
 
   let lastDev: DevResult | null = null;
   /** `epoch`: the epoch the evaluated weights are in (0-based) */
-  const evaluate = (epoch = state.epoch): boolean => {
-    const dev = task.evaluate();
+  const evaluate = async (epoch = state.epoch): Promise<boolean> => {
+    const dev = await task.evaluate();
     lastDev = dev;
     const better = state.bestScore === null || dev.score > state.bestScore;
     if (better) {
@@ -191,7 +208,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
     }
     logMetric({ type: 'eval', step: state.step, epoch, score: dev.score, ...dev.metrics, best: better });
     o.progress?.log(`eval step ${state.step} epoch ${epoch + 1}: score ${dev.score.toFixed(4)}${better ? ' (best)' : ''}`);
-    if (better) saveBest(dev);
+    if (better) await saveBest(dev);
     return c.patience > 0 && state.evalsWithoutGain >= c.patience;
   };
 
@@ -202,6 +219,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
   o.progress?.start(totalSteps, 'train');
   let lossSum = 0;
   let lossCount = 0;
+  const accBuffers = new Map<string, Float32Array>();
 
   outer: while (!state.finished && state.epoch < c.epochs) {
     const order = epochOrder(n, c.seed, state.epoch);
@@ -213,21 +231,30 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
       while (micro < c.gradAccum && state.batchInEpoch < batchesPerEpoch) {
         const start = state.batchInEpoch * c.batchSize;
         const batch = order.slice(start, start + c.batchSize).map((i) => task.examples[i]!);
-        const { loss: lossValue, grads } = gradientsOf(task, batch, params);
+        const { loss: lossValue, graded } = await task.lossAndGrads(batch);
         if (!Number.isFinite(lossValue)) {
           logMetric({ type: 'error', step: state.step, epoch: state.epoch, loss: lossValue });
           o.progress?.stop();
-          throw new NonFiniteLossError(
-            `loss became ${lossValue} at step ${state.step + 1} (epoch ${state.epoch + 1}); training stopped, ` +
-              `the last good checkpoint is in ${lastDir}`,
-          );
+          const where = saved ? `the last good checkpoint is in ${resolveCheckpointDir(lastDir) ?? lastDir}` : 'no checkpoint was written yet';
+          throw new NonFiniteLossError(`loss became ${lossValue} at step ${state.step + 1} (epoch ${state.epoch + 1}); training stopped, ${where}`);
         }
-        for (const [name, v] of params) {
-          const g = grads.get(v.name);
-          if (!g) continue;
+        const gradded = new Set(graded);
+        for (const [name, p] of params) {
+          if (!gradded.has(p)) continue;
           const prev = accumulated.get(name);
-          if (!prev) accumulated.set(name, g);
-          else for (let i = 0; i < prev.length; i++) prev[i] = prev[i]! + g[i]!;
+          if (!prev) {
+            // with accumulation the sum needs its own buffer: the next micro-batch overwrites p.grad
+            let acc = p.grad;
+            if (c.gradAccum > 1) {
+              acc = accBuffers.get(name) ?? new Float32Array(p.size);
+              accBuffers.set(name, acc);
+              acc.set(p.grad);
+            }
+            accumulated.set(name, acc);
+          } else {
+            const g = p.grad;
+            for (let i = 0; i < prev.length; i++) prev[i] = prev[i]! + g[i]!;
+          }
         }
         stepLoss += lossValue;
         micro++;
@@ -252,7 +279,7 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
       }
       const atMax = c.maxSteps > 0 && state.step >= c.maxSteps;
       if (c.evalEvery > 0 && state.step % c.evalEvery === 0) {
-        if (evaluate()) {
+        if (await evaluate()) {
           state.finished = true;
           state.stopReason = `early stop: no dev gain in ${c.patience} evaluations`;
           saveLast();
@@ -265,15 +292,21 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
       if (atMax) {
         state.finished = true;
         state.stopReason = `reached max steps ${c.maxSteps}`;
-        if (c.evalEvery === 0 || state.step % c.evalEvery !== 0) evaluate();
+        if (c.evalEvery === 0 || state.step % c.evalEvery !== 0) await evaluate();
         saveLast();
         break outer;
+      }
+      if (o.stopRequested?.()) {
+        state.stopReason = `interrupted at step ${state.step}`;
+        saveLast();
+        o.progress?.stop();
+        throw new TrainingInterrupted(state.step, resolveCheckpointDir(lastDir) ?? lastDir);
       }
     }
     state.epoch++;
     state.batchInEpoch = 0;
     if (c.evalEvery === 0) {
-      const stop = evaluate(state.epoch - 1);
+      const stop = await evaluate(state.epoch - 1);
       if (stop) {
         state.finished = true;
         state.stopReason = `early stop: no dev gain in ${c.patience} evaluations`;
@@ -284,11 +317,11 @@ export function trainLoop<E>(o: TrainLoopOptions<E>): TrainResult {
   if (!state.finished) {
     state.finished = true;
     state.stopReason = `completed ${c.epochs} epochs`;
-    if (lastDev === null && state.bestScore === null) evaluate(state.epoch - 1);
+    if (lastDev === null && state.bestScore === null) await evaluate(state.epoch - 1);
     saveLast();
   }
   o.progress?.stop();
   const best = o.restoreBest ? resolveCheckpointDir(bestDir) : null;
-  if (best) loadVariables(path.join(best, 'params.safetensors'), params);
+  if (best) loadParams(path.join(best, 'params.safetensors'), params);
   return { ...state, lastDev, seconds: (Date.now() - t0) / 1000 };
 }

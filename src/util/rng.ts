@@ -14,12 +14,19 @@ function splitmix32(seed: number): () => number {
   };
 }
 
-/** Uniform numbers in [0, 1) with 32 random bits each. */
-export function makeRng(seed: number): () => number {
-  if (!Number.isFinite(seed)) throw new Error(`makeRng: seed must be a finite number, got ${seed}`);
-  const init = splitmix32(Math.floor(seed) ^ Math.floor(seed / 0x100000000));
-  let a = init(), b = init(), c = init(), d = init();
-  return () => {
+/** xoshiro128** with a state that can be saved and restored (checkpointed dropout streams). */
+export class Rng {
+  private s: [number, number, number, number];
+
+  constructor(seed: number) {
+    if (!Number.isFinite(seed)) throw new Error(`makeRng: seed must be a finite number, got ${seed}`);
+    const init = splitmix32(Math.floor(seed) ^ Math.floor(seed / 0x100000000));
+    this.s = [init(), init(), init(), init()];
+  }
+
+  /** Uniform in [0, 1) with 32 random bits. */
+  next(): number {
+    let [a, b, c, d] = this.s;
     const result = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
     const t = b << 9;
     c ^= a;
@@ -28,8 +35,24 @@ export function makeRng(seed: number): () => number {
     a ^= d;
     c ^= t;
     d = rotl(d, 11);
+    this.s = [a, b, c, d];
     return result / 0x100000000;
-  };
+  }
+
+  state(): number[] {
+    return [...this.s];
+  }
+
+  restore(state: readonly number[]): void {
+    if (state.length !== 4 || !state.every((x) => Number.isInteger(x))) throw new Error(`rng state: expected 4 integers, got ${JSON.stringify(state)}`);
+    this.s = [state[0]! | 0, state[1]! | 0, state[2]! | 0, state[3]! | 0];
+  }
+}
+
+/** Uniform numbers in [0, 1) with 32 random bits each. */
+export function makeRng(seed: number): () => number {
+  const rng = new Rng(seed);
+  return () => rng.next();
 }
 
 function rotl(x: number, k: number): number {

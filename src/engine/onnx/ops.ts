@@ -70,6 +70,8 @@ export class OnnxOps implements Ops<Sym> {
   geluTanh(x: Sym): Sym { return this.unary('FastGelu', x, undefined, 'com.microsoft'); }
   silu(x: Sym): Sym { return this.mul(x, this.sigmoid(x)); }
   erf(x: Sym): Sym { return this.unary('Erf', x); }
+  cos(x: Sym): Sym { return this.unary('Cos', x); }
+  sin(x: Sym): Sym { return this.unary('Sin', x); }
 
   matmul(a: Sym, b: Sym, transposeB = false): Sym {
     return transposeB ? this.fusedMatMul(a, b, false, true) : this.fusedMatMul(a, b, false, false);

@@ -11,7 +11,6 @@
  *   (a seeded sample, as PET caps them), evaluation scores all. Only train / dev32 exist, so dev32 is the
  *   evaluation set: no checkpoint selection on it, the last epoch is kept.
  */
-import { tf } from '../../engine/index.js';
 import { parseTemplate, type Template } from '../../prompt/template.js';
 import type { PTuningSession } from '../../train/session.js';
 import { trainLoop, type TrainResult } from '../../train/trainer.js';
@@ -20,7 +19,7 @@ import { mirrorCopa } from './loaders.js';
 import { normalizeAnswer } from './metrics.js';
 import { templateFor, type Pattern } from './patterns.js';
 import { seededRandom, shuffled } from './sampling.js';
-import { bestThreshold, choiceLoss, renderChoices, scoreCandidates, spanLoss, type ChoiceItem } from './scoring.js';
+import { bestThreshold, ChoiceScorer, renderChoices, type ChoiceItem } from './scoring.js';
 import type { TaskExample, TaskName } from './tasks.js';
 
 export const CHOICE_TASKS: readonly TaskName[] = ['copa', 'wsc', 'record'];
@@ -37,6 +36,7 @@ export interface ChoiceRunResult {
 
 export class ChoiceTask {
   private readonly templates = new Map<string, Template>();
+  private readonly scorer: ChoiceScorer;
 
   constructor(
     readonly task: TaskName,
@@ -46,6 +46,7 @@ export class ChoiceTask {
     readonly seed: number,
   ) {
     if (!CHOICE_TASKS.includes(task)) throw new Error(`${task} is not a choice / span task (${CHOICE_TASKS.join(', ')})`);
+    this.scorer = new ChoiceScorer(session.lm, session.encoder);
   }
 
   private template(ex: TaskExample): Template {
@@ -84,18 +85,13 @@ export class ChoiceTask {
     return train.filter((x) => this.candidates(x, true).target >= 0);
   }
 
-  private prompts(training: boolean): tf.Tensor | null {
-    return this.session.encoder ? this.session.encoder.forward(training) : null;
-  }
-
-  loss(items: readonly ChoiceItem[]): tf.Scalar {
-    const prompts = this.prompts(true);
-    return this.task === 'wsc' ? spanLoss(this.session.lm, items, prompts) : choiceLoss(this.session.lm, items, prompts);
+  lossAndGrads(items: readonly ChoiceItem[]) {
+    return this.task === 'wsc' ? this.scorer.spanLoss(items) : this.scorer.choiceLoss(items);
   }
 
   /** Predictions for `examples` ('0'/'1' for COPA, the entity for ReCoRD, 'True'/'False' for WSC with `threshold`). */
-  predict(examples: readonly TaskExample[], items: readonly ChoiceItem[], threshold = 0): string[] {
-    const scores = scoreCandidates(this.session.lm, items, () => this.prompts(false));
+  async predict(examples: readonly TaskExample[], items: readonly ChoiceItem[], threshold = 0): Promise<string[]> {
+    const scores = await this.scorer.score(items);
     return scores.map((s, i) => {
       if (this.task === 'wsc') return s.mean[0]! >= threshold ? 'True' : 'False';
       const k = s.sum.indexOf(Math.max(...s.sum));
@@ -104,19 +100,19 @@ export class ChoiceTask {
   }
 
   /** WSC: the dev32 threshold and accuracy for the current weights. */
-  wscThreshold(dev: readonly TaskExample[], devItems: readonly ChoiceItem[]): { threshold: number; accuracy: number } {
-    const means = scoreCandidates(this.session.lm, devItems, () => this.prompts(false)).map((s) => s.mean[0]!);
+  async wscThreshold(dev: readonly TaskExample[], devItems: readonly ChoiceItem[]): Promise<{ threshold: number; accuracy: number }> {
+    const means = (await this.scorer.score(devItems)).map((s) => s.mean[0]!);
     return bestThreshold(means, dev.map((x) => x.label === 'True'));
   }
 
-  devScore(dev: readonly TaskExample[], devItems: readonly ChoiceItem[]): number {
-    if (this.task === 'wsc') return this.wscThreshold(dev, devItems).accuracy;
-    const preds = this.predict(dev, devItems);
+  async devScore(dev: readonly TaskExample[], devItems: readonly ChoiceItem[]): Promise<number> {
+    if (this.task === 'wsc') return (await this.wscThreshold(dev, devItems)).accuracy;
+    const preds = await this.predict(dev, devItems);
     return preds.filter((p, i) => p === dev[i]!.label).length / dev.length;
   }
 
   /** Trains the session's parameters on the task loss; restores the selected checkpoint. */
-  train(train: readonly TaskExample[], dev: readonly TaskExample[], runDir: string, progress?: Progress): TrainResult {
+  async train(train: readonly TaskExample[], dev: readonly TaskExample[], runDir: string, progress?: Progress): Promise<TrainResult> {
     const c = this.session.config;
     const examples = this.trainingExamples(train);
     if (examples.length === 0) throw new Error(`${this.task}: no usable training examples`);
@@ -125,15 +121,15 @@ export class ChoiceTask {
     const optimizer = this.session.makeOptimizer();
     let evals = 0;
     try {
-      const result = trainLoop<ChoiceItem>({
+      const result = await trainLoop<ChoiceItem>({
         runDir,
         config: c.loop,
         task: {
           examples: items,
-          loss: (batch) => this.loss(batch),
+          lossAndGrads: (batch) => this.lossAndGrads(batch),
           // ReCoRD's dev32 is its evaluation set: an increasing score keeps the last checkpoint
-          evaluate: () => {
-            const score = this.task === 'record' ? ++evals : this.devScore(dev, devItems);
+          evaluate: async () => {
+            const score = this.task === 'record' ? ++evals : await this.devScore(dev, devItems);
             return { score, metrics: { score } };
           },
         },
@@ -151,23 +147,23 @@ export class ChoiceTask {
   }
 
   /** Train (unless `manual`), then predict on `evalSet`. */
-  run(data: { train: TaskExample[]; dev: TaskExample[]; evalSet: TaskExample[] }, runDir: string, trainIt: boolean, progress?: Progress): ChoiceRunResult {
+  async run(data: { train: TaskExample[]; dev: TaskExample[]; evalSet: TaskExample[] }, runDir: string, trainIt: boolean, progress?: Progress): Promise<ChoiceRunResult> {
     let devScore: number | null = null, bestEpoch: number | null = null, steps = 0;
     if (trainIt) {
-      const res = this.train(data.train, data.dev, runDir, progress);
+      const res = await this.train(data.train, data.dev, runDir, progress);
       devScore = this.task === 'record' ? null : res.bestScore;
       bestEpoch = res.bestEpoch + 1;
       steps = res.step;
     }
     let threshold: number | undefined;
     if (this.task === 'wsc') {
-      const t = this.wscThreshold(data.dev, this.prepare(data.dev));
+      const t = await this.wscThreshold(data.dev, this.prepare(data.dev));
       threshold = t.threshold;
       devScore ??= t.accuracy;
     } else if (!trainIt && this.task === 'copa') {
-      devScore = this.devScore(data.dev, this.prepare(data.dev));
+      devScore = await this.devScore(data.dev, this.prepare(data.dev));
     }
-    const predictions = this.predict(data.evalSet, this.prepare(data.evalSet), threshold);
+    const predictions = await this.predict(data.evalSet, this.prepare(data.evalSet), threshold);
     return { predictions, devScore, bestEpoch, steps, ...(threshold === undefined ? {} : { threshold }) };
   }
 }

@@ -1,13 +1,16 @@
-import { tf } from '../../engine/index.js';
-import type { LanguageModel } from '../../models/lm.js';
-import { crossEntropy } from '../../prompt/heads.js';
-import { promptedHidden } from '../../prompt/ptuning.js';
+import type { Program, ProgramGraph } from '../../engine/program.js';
+import { Parameter } from '../../engine/tensor.js';
+import { dense, rowsAt } from '../../models/common.js';
+import type { LanguageModel } from '../../models/model.js';
+import { crossEntropyOn } from '../../prompt/heads.js';
+import { batchFeeds, paddedLength, paddedRows } from '../../prompt/ptuning.js';
 import { collate, renderExample, type RenderedExample } from '../../prompt/render.js';
 import { parseTemplate } from '../../prompt/template.js';
 import { AdamW, decayGroups } from '../../train/optim.js';
 import { makeSchedule } from '../../train/schedule.js';
 import { trainLoop, type TrainLoopConfig, type TrainResult } from '../../train/trainer.js';
 import { makeNormal, makeRng } from '../../util/rng.js';
+import { argmax } from '../../models/generate.js';
 import type { Progress } from '../../util/progress.js';
 import { taskInfo, type TaskExample, type TaskName } from './tasks.js';
 
@@ -50,8 +53,9 @@ export interface ClassifierConfig {
 
 export class LinearClassifier {
   readonly labels: readonly string[];
-  private readonly weight: tf.Variable;
-  private readonly bias: tf.Variable;
+  /** torch layout: weight [K, H], bias [K] */
+  private readonly weight: Parameter;
+  private readonly bias: Parameter;
   private readonly template;
 
   constructor(readonly lm: LanguageModel, readonly config: ClassifierConfig) {
@@ -59,9 +63,8 @@ export class LinearClassifier {
     const h = lm.info.hiddenSize;
     const k = this.labels.length;
     const normal = makeNormal(makeRng(config.seed));
-    const w = Float32Array.from({ length: h * k }, () => 0.02 * normal());
-    this.weight = tf.variable(tf.tensor2d(w, [h, k]), true, `cls_weight_${config.seed}_${Date.now()}`);
-    this.bias = tf.variable(tf.zeros([k]), true, `cls_bias_${config.seed}_${Date.now()}`);
+    this.weight = new Parameter('head.weight', [k, h], Float32Array.from({ length: h * k }, () => 0.02 * normal()), true);
+    this.bias = new Parameter('head.bias', [k], new Float32Array(k), true);
     this.template = parseTemplate(classifierTemplate(config.task, lm.info.kind));
   }
 
@@ -72,33 +75,70 @@ export class LinearClassifier {
     });
   }
 
-  /** logits [B, K] */
-  logits(items: readonly ClsItem[]): tf.Tensor {
-    const batch = collate(items.map((i) => i.ex), this.lm.info);
-    const hidden = promptedHidden(this.lm, batch, null);
-    const [b, s, h] = hidden.shape as [number, number, number];
-    const pos = this.lm.info.kind === 'masked' ? batch.answerPositions.map((_, r) => r * s) : batch.answerPositions.map((p, r) => r * s + p);
-    const picked = tf.gather(tf.reshape(hidden, [b * s, h]), tf.tensor1d(pos, 'int32'));
-    return tf.add(tf.matMul(picked, this.weight), this.bias);
+  private lookup = (name: string) => (name === 'cls.weight' ? this.weight : name === 'cls.bias' ? this.bias : undefined);
+
+  /** logits [rows, K] of the hidden state read (masked LM: position 0; causal LM: the last real token) */
+  private program(rows: number, sp: number, train: boolean): Program {
+    const lm = this.lm;
+    const k = this.labels.length;
+    return {
+      key: `classifier ${rows}x${sp} k${k} ${train ? 'train' : 'infer'}`,
+      build: (b): ProgramGraph => {
+        const { o } = b;
+        const w = lm.weights(b);
+        const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
+        const { hidden } = lm.fns.hidden(o, w, {
+          embeds: lm.fns.embed(o, w, ints('ids', [rows, sp])),
+          attentionMask: ints('attention_mask', [rows, sp]),
+          ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+        });
+        const read = rowsAt(o, hidden, ints('read_at', [rows]));
+        const logits = dense(o, read, b.param('cls.weight', [k, lm.info.hiddenSize], train), b.param('cls.bias', [k], train));
+        if (!train) return { outputs: { logits } };
+        const loss = crossEntropyOn(o, logits, ints('targets', [rows]));
+        return { outputs: { loss }, loss };
+      },
+    };
   }
 
-  predict(items: readonly ClsItem[], batchSize = 32): string[] {
+  private feeds(items: readonly ClsItem[], rows: number) {
+    const batch = collate(items.map((i) => i.ex), this.lm.info);
+    const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
+    const feeds = batchFeeds(batch, rows, sp, this.lm.info);
+    const answers = feeds.positions!.data as Int32Array;
+    const readAt = this.lm.info.kind === 'masked' ? new Int32Array(rows) : answers;
+    feeds.read_at = { data: readAt, shape: [rows] };
+    feeds.targets = { data: Int32Array.from({ length: rows }, (_, i) => Math.max(items[i]?.target ?? 0, 0)), shape: [rows] };
+    return { feeds, sp };
+  }
+
+  async lossAndGrads(items: readonly ClsItem[]): Promise<{ loss: number; graded: Parameter[] }> {
+    const { feeds, sp } = this.feeds(items, items.length);
+    const r = await this.lm.run(this.program(items.length, sp, true), feeds, this.lookup);
+    return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
+  }
+
+  async predict(items: readonly ClsItem[], batchSize = 32): Promise<string[]> {
     const out: string[] = [];
+    const k = this.labels.length;
     for (let i = 0; i < items.length; i += batchSize) {
-      const am = tf.tidy(() => tf.argMax(this.logits(items.slice(i, i + batchSize)), 1).arraySync() as number[]);
-      out.push(...am.map((k) => this.labels[k]!));
+      const chunk = items.slice(i, i + batchSize);
+      const rows = paddedRows(chunk.length);
+      const { feeds, sp } = this.feeds(chunk, rows);
+      const logits = (await this.lm.run(this.program(rows, sp, false), feeds, this.lookup)).outputs.logits!.data as Float32Array;
+      for (let r = 0; r < chunk.length; r++) out.push(this.labels[argmax(logits.subarray(r * k, (r + 1) * k))]!);
     }
     return out;
   }
 
-  params(): Map<string, tf.Variable> {
-    const out = new Map<string, tf.Variable>([['head.weight', this.weight], ['head.bias', this.bias]]);
-    for (const [k, v] of this.lm.parameters()) out.set(`lm.${k}`, v);
+  params(): Map<string, Parameter> {
+    const out = new Map<string, Parameter>([['head.weight', this.weight], ['head.bias', this.bias]]);
+    for (const [k, v] of this.lm.params) out.set(`lm.${k}`, v);
     return out;
   }
 
   /** Trains with dev accuracy for model selection and restores the best weights. */
-  train(train: readonly TaskExample[], dev: readonly TaskExample[], runDir: string, progress?: Progress): TrainResult {
+  async train(train: readonly TaskExample[], dev: readonly TaskExample[], runDir: string, progress?: Progress): Promise<TrainResult> {
     const c = this.config;
     const trItems = this.prepare(train);
     const dvItems = this.prepare(dev);
@@ -109,17 +149,18 @@ export class LinearClassifier {
       { name: 'head', params: new Map([['head.weight', this.weight], ['head.bias', this.bias]]), lr: c.headLr, weightDecay: 0 },
     ];
     const optimizer = new AdamW(groups);
+    if (!this.lm.trainable) throw new Error('finetune: the classifier trains the LM jointly; load it with { trainable: true }');
     const steps = Math.ceil(trItems.length / c.loop.batchSize) * c.loop.epochs;
     const totalSteps = c.loop.maxSteps > 0 ? Math.min(c.loop.maxSteps, steps) : steps;
     try {
-      const result = trainLoop<ClsItem>({
+      const result = await trainLoop<ClsItem>({
         runDir,
         config: c.loop,
         task: {
           examples: trItems,
-          loss: (batch) => crossEntropy(this.logits(batch), batch.map((b) => b.target)),
-          evaluate: () => {
-            const preds = this.predict(dvItems);
+          lossAndGrads: (batch) => this.lossAndGrads(batch),
+          evaluate: async () => {
+            const preds = await this.predict(dvItems);
             const acc = preds.filter((p, i) => p === dev[i]!.label).length / dev.length;
             return { score: acc, metrics: { accuracy: acc } };
           },
@@ -138,7 +179,7 @@ export class LinearClassifier {
   }
 
   dispose(): void {
-    this.weight.dispose();
-    this.bias.dispose();
+    this.weight.dropGrad();
+    this.bias.dropGrad();
   }
 }

@@ -1,7 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel } from '../../models/load.js';
-import type { LanguageModel } from '../../models/lm.js';
+import type { LanguageModel } from '../../models/model.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
 import type { TrainLoopConfig } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
@@ -245,9 +245,9 @@ async function runOne(
       warmupRatio: r.warmupRatio, seed,
     });
     try {
-      const res = cls.train(data.train, data.dev, runDir, o.progress);
+      const res = await cls.train(data.train, data.dev, runDir, o.progress);
       devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
-      preds = cls.predict(cls.prepare(data.evalSet));
+      preds = await cls.predict(cls.prepare(data.evalSet));
       pattern = '(classifier head)';
     } finally {
       cls.dispose();
@@ -262,17 +262,17 @@ async function runOne(
     const session = await PTuningSession.create(config, lm);
     try {
       if (CHOICE_TASKS.includes(task)) {
-        const res = new ChoiceTask(task, session, patternFor(pf, mode), maxLength, seed).run(data, runDir, mode !== 'manual', o.progress);
+        const res = await new ChoiceTask(task, session, patternFor(pf, mode), maxLength, seed).run(data, runDir, mode !== 'manual', o.progress);
         preds = res.predictions;
         devScore = res.devScore; bestEpoch = res.bestEpoch; steps = res.steps;
         if (res.threshold !== undefined) pattern += ` (threshold ${res.threshold.toFixed(3)})`;
       } else {
         if (mode !== 'manual') {
-          const res = session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev), restoreBest: true });
+          const res = await session.train({ runDir, progress: o.progress, train: records(data.train), dev: records(data.dev), restoreBest: true });
           devScore = res.bestScore; bestEpoch = res.bestEpoch + 1; steps = res.step;
         }
         const { items } = session.prepare(records(data.evalSet), `${task} ${data.evalSplit}`);
-        const ev = session.evaluateItems(items);
+        const ev = await session.evaluateItems(items);
         preds = ev.predictions.map((k) => session.head.className(k));
       }
     } finally {

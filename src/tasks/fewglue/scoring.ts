@@ -13,14 +13,17 @@
  * Both render with maxLength reduced by (longest candidate - 1), so every candidate of an example sees the
  * same (possibly truncated) context.
  *
- * Training: cross-entropy over the candidates' summed scores (`choiceLoss`), or, for WSC, the mean token NLL of
- * the true span at its masks (`spanLoss`, trained on positive examples only, as PET). Both run under
- * tf.variableGrads: gradients reach the prompt encoder through `promptedHidden` and, with a tuned LM, the LM.
+ * Training: cross-entropy over the candidates' summed scores ('choice'), or, for WSC, the mean token NLL of the
+ * true span at its masks ('span', trained on positive examples only, as PET). All three are one program each
+ * (src/engine/program.ts): gradients reach the prompt encoder and, with a tuned LM, the LM.
  */
-import { tf } from '../../engine/index.js';
-import type { LanguageModel } from '../../models/lm.js';
-import { crossEntropy } from '../../prompt/heads.js';
-import { promptedHidden } from '../../prompt/ptuning.js';
+import type { Sym } from '../../engine/onnx/index.js';
+import type { Program, ProgramGraph } from '../../engine/program.js';
+import type { HostTensor, Parameter } from '../../engine/tensor.js';
+import type { LanguageModel } from '../../models/model.js';
+import type { PromptEncoder } from '../../prompt/encoder.js';
+import { crossEntropyOn } from '../../prompt/heads.js';
+import { batchFeeds, paddedLength, paddedRows, spliceOn } from '../../prompt/ptuning.js';
 import { collate, renderExample, type RenderedExample } from '../../prompt/render.js';
 import type { Template } from '../../prompt/template.js';
 
@@ -99,96 +102,177 @@ export function renderChoices(
   return { seqs, cands, target };
 }
 
-/**
- * Token log-probabilities of every candidate of `items` (inside tf.tidy): `sums` [C] and `counts` (tokens per
- * candidate), candidates in item order. `prompts` is the encoder output (null without pseudo tokens).
- */
-export function candidateLogProbs(lm: LanguageModel, items: readonly ChoiceItem[], prompts: tf.Tensor | null): { sums: tf.Tensor; counts: number[] } {
+type ChoiceOutput = 'sums' | 'choice' | 'span';
+
+/** One batch of items as program feeds: token positions, ids and the candidate each token belongs to. */
+interface ChoiceBatch {
+  feeds: Record<string, HostTensor>;
+  rows: number;
+  sp: number;
+  /** answer tokens (padded) */
+  m: number;
+  /** candidates (padded) */
+  c: number;
+  /** items and the widest item's candidate count (training losses only) */
+  n: number;
+  width: number;
+  counts: number[];
+}
+
+const pow2 = (n: number) => paddedRows(n);
+
+function choiceBatch(lm: LanguageModel, items: readonly ChoiceItem[], train: boolean): ChoiceBatch {
   const seqs = items.flatMap((it) => it.seqs);
   const batch = collate(seqs, lm.info);
-  const hidden = promptedHidden(lm, batch, prompts);
-  const [b, s, h] = hidden.shape as [number, number, number];
+  const rows = train ? seqs.length : paddedRows(seqs.length);
+  const sp = paddedLength(batch.ids[0]!.length, lm.info.maxPositions);
+  const feeds = batchFeeds(batch, rows, sp, lm.info);
+  const answers = feeds.positions!.data as Int32Array;
   const flatPos: number[] = [];
-  const targets: number[] = [];
+  const tokens: number[] = [];
   const owner: number[] = [];
   const counts: number[] = [];
   let rowBase = 0;
   for (const it of items) {
-    for (const c of it.cands) {
-      const row = rowBase + c.seq;
-      c.tokens.forEach((t, j) => {
-        flatPos.push(row * s + batch.answerPositions[row]! + j);
-        targets.push(t);
+    for (const cand of it.cands) {
+      const row = rowBase + cand.seq;
+      cand.tokens.forEach((t, j) => {
+        flatPos.push(row * sp + answers[row]! + j);
+        tokens.push(t);
         owner.push(counts.length);
       });
-      counts.push(c.tokens.length);
+      counts.push(cand.tokens.length);
     }
     rowBase += it.seqs.length;
   }
-  const m = flatPos.length;
-  const picked = tf.gather(tf.reshape(hidden, [b * s, h]), tf.tensor1d(flatPos, 'int32'));
-  const logits = lm.logitsAt(tf.reshape(picked, [m, 1, h]), tf.zeros([m], 'int32'));
-  const v = logits.shape[1]!;
-  const logp = tf.gather(tf.reshape(tf.logSoftmax(logits), [-1]), tf.tensor1d(targets.map((t, i) => i * v + t), 'int32'));
-  const select = new Float32Array(counts.length * m);
-  owner.forEach((c, i) => (select[c * m + i] = 1));
-  const sums = tf.reshape(tf.matMul(tf.tensor2d(select, [counts.length, m]), tf.reshape(logp, [m, 1])), [counts.length]);
-  return { sums, counts };
-}
-
-/** Summed log-probs per item, padded to [B, Cmax] with -1e9 where an item has fewer candidates. */
-function paddedScores(sums: tf.Tensor, items: readonly ChoiceItem[]): tf.Tensor {
+  const m = pow2(flatPos.length);
+  const c = pow2(counts.length);
+  const select = new Float32Array(c * m);
+  owner.forEach((k, i) => (select[k * m + i] = 1));
+  const pad = (xs: number[], n: number) => Int32Array.from({ length: n }, (_, i) => xs[i] ?? 0);
+  feeds.token_pos = { data: pad(flatPos, m), shape: [m] };
+  feeds.token_ids = { data: pad(tokens, m), shape: [m] };
+  feeds.select = { data: select, shape: [c, m] };
+  feeds.counts = { data: Float32Array.from({ length: c }, (_, i) => counts[i] ?? 1), shape: [c] };
   const width = Math.max(...items.map((it) => it.cands.length));
   const index = new Int32Array(items.length * width);
-  const pad = new Float32Array(items.length * width);
-  let c = 0;
+  const padScores = new Float32Array(items.length * width);
+  let k = 0;
   items.forEach((it, r) => {
-    for (let k = 0; k < width; k++) {
-      if (k < it.cands.length) index[r * width + k] = c + k;
-      else pad[r * width + k] = -1e9;
+    for (let j = 0; j < width; j++) {
+      if (j < it.cands.length) index[r * width + j] = k + j;
+      else padScores[r * width + j] = -1e9;
     }
-    c += it.cands.length;
+    k += it.cands.length;
   });
-  const gathered = tf.gather(sums, tf.tensor2d(index, [items.length, width], 'int32'));
-  return tf.add(gathered, tf.tensor2d(pad, [items.length, width]));
+  feeds.cand_index = { data: index, shape: [items.length, width] };
+  feeds.cand_pad = { data: padScores, shape: [items.length, width] };
+  feeds.targets = { data: Int32Array.from(items, (it) => Math.max(it.target, 0)), shape: [items.length] };
+  return { feeds, rows, sp, m, c, n: items.length, width, counts };
 }
 
-/** Mean cross-entropy over each item's candidates (scores = summed token log-probs); items need a target. */
-export function choiceLoss(lm: LanguageModel, items: readonly ChoiceItem[], prompts: tf.Tensor | null): tf.Scalar {
-  if (items.some((it) => it.target < 0)) throw new Error('choiceLoss: every item needs a target candidate');
-  const { sums } = candidateLogProbs(lm, items, prompts);
-  return crossEntropy(paddedScores(sums, items), items.map((it) => it.target));
+/**
+ * The summed token log-probabilities of every candidate ([C]), and for training the task loss: 'choice' =
+ * cross-entropy over each item's candidates (padded to the widest item with -1e9), 'span' = the mean over
+ * items of the span's mean token NLL.
+ */
+function choiceProgram(lm: LanguageModel, encoder: PromptEncoder | null, shape: ChoiceBatch, out: ChoiceOutput): Program {
+  const { rows, sp, m, c, n, width } = shape;
+  const train = out !== 'sums';
+  const dropout = train && (encoder?.hasDropout ?? false);
+  const e = encoder?.config;
+  const enc = e ? `${e.type}/${e.numVirtualTokens}/${e.hiddenSize}/${e.lstmLayers}/${e.preset}` : 'none';
+  return {
+    key: `choice ${out} ${rows}x${sp} m${m} c${c}${train ? ` n${n}x${width}` : ''} enc ${enc}${dropout ? ' dropout' : ''}`,
+    build: (b): ProgramGraph => {
+      const { o } = b;
+      const w = lm.weights(b);
+      const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
+      let embeds = lm.fns.embed(o, w, ints('ids', [rows, sp]));
+      if (encoder) {
+        const prompts = encoder.inProgram(b, train, dropout);
+        embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
+      }
+      const { hidden } = lm.fns.hidden(o, w, {
+        embeds,
+        attentionMask: ints('attention_mask', [rows, sp]),
+        ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+      });
+      const h = lm.info.hiddenSize;
+      const picked = o.gather(o.reshape(hidden, [rows * sp, h]), ints('token_pos', [m]));
+      const logits = lm.fns.logits(o, w, picked);
+      const v = o.shape(logits)[1]!;
+      const flat = o.add(o.constInt(Array.from({ length: m }, (_, i) => i * v), [m]), ints('token_ids', [m]));
+      const logp = o.gather(o.reshape(o.logSoftmax(logits), [-1]), flat);
+      const sums = o.reshape(o.matmul(b.input('select', [c, m]), o.reshape(logp, [m, 1])), [c]);
+      if (out === 'sums') return { outputs: { sums } };
+      let loss: Sym;
+      if (out === 'choice') {
+        const scores = o.add(o.gather(sums, ints('cand_index', [n, width])), b.input('cand_pad', [n, width]));
+        loss = crossEntropyOn(o, scores, ints('targets', [n]));
+      } else {
+        const means = o.slice(o.div(sums, b.input('counts', [c])), [0], [n]);
+        loss = o.neg(o.mean(means, 0));
+      }
+      return { outputs: { loss }, loss };
+    },
+  };
 }
 
-/** Mean over items of the target candidate's mean token NLL (WSC: generate the referent at the masks). */
-export function spanLoss(lm: LanguageModel, items: readonly ChoiceItem[], prompts: tf.Tensor | null): tf.Scalar {
-  const only = items.map((it) => {
-    if (it.target < 0) throw new Error('spanLoss: every item needs a target span');
-    return { seqs: [it.seqs[it.cands[it.target]!.seq]!], cands: [{ seq: 0, tokens: it.cands[it.target]!.tokens }], target: 0 };
-  });
-  const { sums, counts } = candidateLogProbs(lm, only, prompts);
-  return tf.neg(tf.mean(tf.div(sums, tf.tensor1d(counts)))) as tf.Scalar;
-}
+/** Scores and losses of choice items for one LM and (optional) prompt encoder. */
+export class ChoiceScorer {
+  constructor(
+    readonly lm: LanguageModel,
+    readonly encoder: PromptEncoder | null,
+  ) {}
 
-/** Per item, per candidate: summed and mean token log-probs (no gradients; batched by items). */
-export function scoreCandidates(
-  lm: LanguageModel, items: readonly ChoiceItem[], prompts: () => tf.Tensor | null, batchSize = 16,
-): { sum: number[]; mean: number[] }[] {
-  const out: { sum: number[]; mean: number[] }[] = [];
-  for (let i = 0; i < items.length; i += batchSize) {
-    const chunk = items.slice(i, i + batchSize);
-    const { values, counts } = tf.tidy(() => {
-      const r = candidateLogProbs(lm, chunk, prompts());
-      return { values: r.sums.dataSync() as Float32Array, counts: r.counts };
-    });
-    let c = 0;
-    for (const it of chunk) {
-      const sum = [...values.slice(c, c + it.cands.length)];
-      out.push({ sum, mean: sum.map((x, k) => x / counts[c + k]!) });
-      c += it.cands.length;
-    }
+  private lookup = (name: string): Parameter | undefined => this.encoder?.lookup(name);
+
+  private async run(items: readonly ChoiceItem[], out: ChoiceOutput) {
+    const batch = choiceBatch(this.lm, items, out !== 'sums');
+    const dropout = out !== 'sums' ? this.encoder?.dropoutFeeds() : null;
+    const r = await this.lm.run(choiceProgram(this.lm, this.encoder, batch, out), { ...batch.feeds, ...dropout }, this.lookup);
+    return { r, batch };
   }
-  return out;
+
+  /** Summed token log-probs per candidate, in item order, and each candidate's token count. */
+  async logProbs(items: readonly ChoiceItem[]): Promise<{ sums: number[]; counts: number[] }> {
+    const { r, batch } = await this.run(items, 'sums');
+    return { sums: Array.from((r.outputs.sums!.data as Float32Array).subarray(0, batch.counts.length)), counts: batch.counts };
+  }
+
+  /** Mean cross-entropy over each item's candidates (scores = summed token log-probs); items need a target. */
+  async choiceLoss(items: readonly ChoiceItem[]): Promise<{ loss: number; graded: Parameter[] }> {
+    if (items.some((it) => it.target < 0)) throw new Error('choiceLoss: every item needs a target candidate');
+    const { r } = await this.run(items, 'choice');
+    return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
+  }
+
+  /** Mean over items of the target candidate's mean token NLL (WSC: generate the referent at the masks). */
+  async spanLoss(items: readonly ChoiceItem[]): Promise<{ loss: number; graded: Parameter[] }> {
+    const only = items.map((it) => {
+      if (it.target < 0) throw new Error('spanLoss: every item needs a target span');
+      return { seqs: [it.seqs[it.cands[it.target]!.seq]!], cands: [{ seq: 0, tokens: it.cands[it.target]!.tokens }], target: 0 };
+    });
+    const { r } = await this.run(only, 'span');
+    return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
+  }
+
+  /** Per item, per candidate: summed and mean token log-probs (no gradients; batched by items). */
+  async score(items: readonly ChoiceItem[], batchSize = 16): Promise<{ sum: number[]; mean: number[] }[]> {
+    const out: { sum: number[]; mean: number[] }[] = [];
+    for (let i = 0; i < items.length; i += batchSize) {
+      const chunk = items.slice(i, i + batchSize);
+      const { sums, counts } = await this.logProbs(chunk);
+      let c = 0;
+      for (const it of chunk) {
+        const sum = sums.slice(c, c + it.cands.length);
+        out.push({ sum, mean: sum.map((x, k) => x / counts[c + k]!) });
+        c += it.cands.length;
+      }
+    }
+    return out;
+  }
 }
 
 /**

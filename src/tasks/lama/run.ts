@@ -235,7 +235,7 @@ export async function runLama(o: LamaRunOptions): Promise<LamaRunResult> {
   const display = new LamaDisplay(all.length, all.length - todo.length, Math.max(workers, 1), o.quiet ?? false);
   try {
     if (workers === 1) await runInProcess(settings, todo, display);
-    else if (workers > 1) await runPool(settings, todo, workers, display);
+    else if (workers > 1) await runPool(settings, todo, workers, display, (await initEngine()).threads);
   } finally {
     display.stop();
   }
@@ -296,7 +296,7 @@ async function runInProcess(settings: LamaSettings, todo: Task[], display: LamaD
 
 const WORKER_FILE = fileURLToPath(new URL('./worker.js', import.meta.url));
 
-function runPool(settings: LamaSettings, todo: Task[], n: number, display: LamaDisplay): Promise<void> {
+function runPool(settings: LamaSettings, todo: Task[], n: number, display: LamaDisplay, threads: number): Promise<void> {
   const queue = [...todo];
   const children: ChildProcess[] = [];
   let failed = false;
@@ -313,7 +313,9 @@ function runPool(settings: LamaSettings, todo: Task[], n: number, display: LamaD
       if (alive === 0 && !failed) resolve();
     };
     for (let slot = 0; slot < n; slot++) {
-      const child = fork(WORKER_FILE, [], { execArgv: [], stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
+      // the cores are divided among the workers
+      const env = { ...process.env, PTUNE_THREADS: String(Math.max(1, Math.floor(threads / n))) };
+      const child = fork(WORKER_FILE, [], { execArgv: [], env, stdio: ['ignore', 'ignore', 'inherit', 'ipc'] });
       children.push(child);
       let current: Task | null = null;
       let exiting = false;

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initEngine } from '../../engine/index.js';
 import { loadModel } from '../../models/load.js';
-import type { LanguageModel } from '../../models/lm.js';
+import type { LanguageModel } from '../../models/model.js';
 import { fromLamaTemplate, withAnchorsAndPseudo } from '../../prompt/template.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
 import { NonFiniteLossError } from '../../train/trainer.js';
@@ -210,7 +210,7 @@ export class LamaTaskRunner {
         onStatus(`${mode} ${rel}: training`);
         let trained;
         try {
-          trained = session.train({
+          trained = await session.train({
             runDir,
             resume: sameConfig(runDir, config),
             train: records(f.train!),
@@ -230,13 +230,13 @@ export class LamaTaskRunner {
         if (mode === 'finetune' && !s.keepCheckpoints) fs.rmSync(path.join(runDir, 'best'), { recursive: true, force: true });
       } else {
         onStatus(`${mode} ${rel}: scoring`);
-        if (f.dev && f.dev.length > 0) out.dev_p1 = session.evaluateItems(session.prepare(records(f.dev), `${rel} dev`).items).metrics['p@1']!;
+        if (f.dev && f.dev.length > 0) out.dev_p1 = (await session.evaluateItems(session.prepare(records(f.dev), `${rel} dev`).items)).metrics['p@1']!;
       }
       onStatus(`${mode} ${rel}: testing`);
       const test = f.test!;
       const { items } = session.prepare(records(test), `${rel} test`);
       if (items.length !== test.length) throw new Error(`${rel} test: ${test.length - items.length} facts did not render`);
-      const { top, topScores } = session.rank(items, s.topK);
+      const { top, topScores } = await session.rank(items, s.topK);
       const tok = session.lm.tokenizer;
       const ranked = top.map((ids, r) => ids.map((id, j) => ({ id, score: Number(Math.exp(topScores[r]![j]!).toPrecision(6)) })));
       const predictions = toPredictions(test, ranked, (id) => tok.decode([id]).trim());

@@ -1,5 +1,5 @@
-import * as tf from '@tensorflow/tfjs-core';
-import type { Ops } from './ops.js';
+import { tf } from './backend.js';
+import type { Ops } from '../../src/engine/ops.js';
 
 type T = tf.Tensor;
 
@@ -30,10 +30,7 @@ function geluTanh(x: T): T {
   });
 }
 
-/**
- * Matmul that never asks the kernel for a transposed operand: the wasm backend's transposed BatchMatMul is
- * 8-15x slower than an explicit transpose followed by the plain kernel.
- */
+/** a @ b, or a @ bᵀ (b broadcast over a's batch axes when it is a matrix). */
 function matmul(a: T, b: T, transposeB = false): T {
   if (!transposeB) return tf.matMul(a, b);
   const r = b.rank;
@@ -65,7 +62,7 @@ function rmsNorm(x: T, weight: T, eps: number): T {
   return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), weight);
 }
 
-/** The op vocabulary on tfjs tensors. Every op is differentiable through tfjs's tape. */
+/** The op vocabulary on tfjs tensors (the test oracle): every op is differentiable through tfjs's tape. */
 export const tfOps: Ops<T> = {
   shape: (x) => x.shape.slice(),
   scalar: (v) => tf.scalar(v),
@@ -86,6 +83,8 @@ export const tfOps: Ops<T> = {
   gelu,
   geluTanh,
   silu: (x) => tf.mul(x, tf.sigmoid(x)),
+  cos: (x) => tf.cos(x),
+  sin: (x) => tf.sin(x),
 
   matmul,
   linear,

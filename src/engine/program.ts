@@ -1,0 +1,172 @@
+import { Graph, OnnxOps, gradients, type DType, type Sym } from './onnx/index.js';
+import { getRuntime, type RuntimeSession } from './runtime.js';
+import type { HostTensor, Parameter } from './tensor.js';
+
+const PARAM = 'param:';
+const GRAD = 'grad:';
+const WRT = 'd:';
+
+/**
+ * Builds one program's graph. Data inputs are fed by the caller on every run; parameters are fed from their
+ * host arrays (`Parameter.data`) by name, and those declared with `grad` receive the gradient of the loss.
+ */
+export class ProgramBuilder {
+  readonly g = new Graph();
+  readonly o = new OnnxOps(this.g);
+  /** parameters read by the graph, by name */
+  readonly params = new Map<string, { sym: Sym; grad: boolean }>();
+
+  input(name: string, shape: number[], dtype: DType = 'float32'): Sym {
+    return this.g.input(name, shape, dtype);
+  }
+
+  /** A parameter input; with `grad`, a training run writes d loss / d parameter into the parameter's `grad`. */
+  param(name: string, shape: number[], grad = false): Sym {
+    const hit = this.params.get(name);
+    if (hit) {
+      if (hit.grad !== grad) throw new Error(`program: parameter "${name}" declared with and without a gradient`);
+      return hit.sym;
+    }
+    const sym = this.g.input(PARAM + name, shape, 'float32');
+    this.params.set(name, { sym, grad });
+    return sym;
+  }
+}
+
+export interface ProgramGraph {
+  outputs: Record<string, Sym>;
+  /** scalar loss: the program then returns the gradients of every `grad` parameter and of every `wrt` entry */
+  loss?: Sym;
+  /** values (inputs or computed) whose gradients the run returns as `wrt[key]` */
+  wrt?: Record<string, Sym>;
+}
+
+/** A computation compiled once into an ONNX Runtime session and run many times. */
+export interface Program {
+  /** identifies the graph: every shape and option `build` depends on (sessions are cached by it) */
+  key: string;
+  build(b: ProgramBuilder): ProgramGraph;
+}
+
+export interface ProgramResult {
+  outputs: Record<string, HostTensor>;
+  /** d loss / d wrt[key] (training programs with `wrt`) */
+  wrt: Record<string, HostTensor>;
+  /** parameters whose gradient was written into their `grad` buffer */
+  graded: Parameter[];
+}
+
+interface Compiled {
+  session: RuntimeSession;
+  inputs: Set<string>;
+  outputs: string[];
+  /** parameters the compiled graph reads */
+  paramInputs: string[];
+  /** parameters it returns gradients of */
+  paramGrads: string[];
+}
+
+/** Resolves a parameter by the name the program declared it with. */
+export type ParamLookup = (name: string) => Parameter | undefined;
+
+/**
+ * Compiled programs, kept least-recently-used up to a bound on their number (each holds ONNX Runtime's
+ * memory arena for its activations). Programs compile on first use; identical keys share one session.
+ */
+export class ProgramCache {
+  private readonly entries = new Map<string, Promise<Compiled>>();
+
+  constructor(public maxSessions = 24) {}
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Runs `program`; feeds holds the data inputs (extra ones are ignored), `lookup` the parameters. */
+  async run(program: Program, feeds: Record<string, HostTensor>, lookup: ParamLookup): Promise<ProgramResult> {
+    const compiled = await this.compiled(program);
+    const all: Record<string, HostTensor> = {};
+    for (const [name, t] of Object.entries(feeds)) if (compiled.inputs.has(name)) all[name] = t;
+    const into: Record<string, HostTensor> = {};
+    const graded: Parameter[] = [];
+    const param = (name: string) => {
+      const p = lookup(name);
+      if (!p) throw new Error(`program ${program.key}: no parameter "${name}"`);
+      return p;
+    };
+    for (const name of compiled.paramInputs) {
+      const p = param(name);
+      all[PARAM + name] = { data: p.data, shape: p.shape };
+    }
+    for (const name of compiled.paramGrads) {
+      const p = param(name);
+      into[GRAD + name] = { data: p.grad, shape: p.shape };
+      graded.push(p);
+    }
+    for (const n of compiled.inputs) if (!all[n]) throw new Error(`program ${program.key}: input "${n}" was not fed`);
+    const r = await compiled.session.run(all, compiled.outputs, into);
+    const result: ProgramResult = { outputs: {}, wrt: {}, graded };
+    for (const name of compiled.outputs) {
+      if (name.startsWith(WRT)) result.wrt[name.slice(WRT.length)] = r[name]!;
+      else if (!name.startsWith(GRAD)) result.outputs[name] = r[name]!;
+    }
+    return result;
+  }
+
+  private compiled(program: Program): Promise<Compiled> {
+    const hit = this.entries.get(program.key);
+    if (hit) {
+      this.entries.delete(program.key);
+      this.entries.set(program.key, hit);
+      return hit;
+    }
+    const made = compile(program);
+    this.entries.set(program.key, made);
+    made.catch(() => this.entries.delete(program.key));
+    this.evict();
+    return made;
+  }
+
+  private evict(): void {
+    while (this.entries.size > this.maxSessions) {
+      const [key, oldest] = this.entries.entries().next().value as [string, Promise<Compiled>];
+      this.entries.delete(key);
+      void oldest.then((c) => c.session.release()).catch(() => undefined);
+    }
+  }
+
+  /** Releases every session. */
+  async clear(): Promise<void> {
+    const all = [...this.entries.values()];
+    this.entries.clear();
+    await Promise.all(all.map((c) => c.then((x) => x.session.release()).catch(() => undefined)));
+  }
+}
+
+async function compile(program: Program): Promise<Compiled> {
+  const b = new ProgramBuilder();
+  const { outputs, loss, wrt = {} } = program.build(b);
+  const all: Record<string, Sym> = { ...outputs };
+  if (loss) {
+    if (loss.size !== 1) throw new Error(`program ${program.key}: the loss must be a scalar, got [${loss.shape}]`);
+    const graded = [...b.params].filter(([, p]) => p.grad);
+    const keys = Object.keys(wrt);
+    const targets = [...keys.map((k) => wrt[k]!), ...graded.map(([, p]) => p.sym)];
+    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets);
+    keys.forEach((k, i) => (all[WRT + k] = grads[i]!));
+    graded.forEach(([name], i) => (all[GRAD + name] = grads[keys.length + i]!));
+  } else if (Object.keys(wrt).length) {
+    throw new Error(`program ${program.key}: gradients need a loss`);
+  }
+  const model = b.g.toModel(all);
+  const inputs = new Set(model.inputNames);
+  const paramInputs = [...b.params.keys()].filter((name) => inputs.has(PARAM + name));
+  const paramGrads = [...b.params.keys()].filter((name) => (GRAD + name) in all);
+  const rt = await getRuntime();
+  const session = await rt.createSession(model.bytes);
+  const dataInputs = new Set([...inputs].filter((n) => !n.startsWith(PARAM)));
+  return { session, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
+}
+
+/** The process-wide cache all models' programs compile into. */
+export const programs = new ProgramCache();

@@ -1,0 +1,112 @@
+import type { InferenceSession, Tensor, Env } from 'onnxruntime-common';
+import type { HostTensor, TensorData } from './tensor.js';
+
+/** What ptune uses of an onnxruntime package (onnxruntime-node and onnxruntime-web share this API). */
+export interface OrtModule {
+  InferenceSession: typeof InferenceSession;
+  Tensor: typeof Tensor;
+  env: Env;
+}
+
+export type RuntimeName = 'onnxruntime-node' | 'onnxruntime-web';
+
+export interface RuntimeSession {
+  readonly inputNames: readonly string[];
+  readonly outputNames: readonly string[];
+  /** Runs the model; `into` names outputs to write into the given arrays instead of fresh ones. */
+  run(feeds: Record<string, HostTensor>, outputs: string[], into?: Record<string, HostTensor>): Promise<Record<string, HostTensor>>;
+  release(): Promise<void>;
+}
+
+const ORT_TYPE = (d: TensorData): Tensor.Type => {
+  if (d instanceof Float32Array) return 'float32';
+  if (d instanceof Int32Array) return 'int32';
+  if (d instanceof BigInt64Array) return 'int64';
+  if (d instanceof Uint8Array) return 'uint8';
+  return 'float16';
+};
+
+/**
+ * One ONNX Runtime package behind ptune's programs: sessions are created from serialised models with the
+ * package's public API (`InferenceSession.create` / `run`), tensors are fed from host arrays without copies.
+ */
+export class Runtime {
+  private threadCount: number;
+
+  constructor(
+    readonly name: RuntimeName,
+    private readonly ort: OrtModule,
+    defaultThreads: number,
+  ) {
+    this.threadCount = defaultThreads;
+    if (name === 'onnxruntime-web') this.configureWasm(defaultThreads);
+  }
+
+  /** Intra-op threads of sessions created from now on. */
+  get threads(): number {
+    return this.threadCount;
+  }
+
+  set threads(n: number) {
+    if (!Number.isInteger(n) || n < 1) throw new Error(`threads must be a positive integer, got ${n}`);
+    this.threadCount = n;
+    if (this.name === 'onnxruntime-web') this.configureWasm(n);
+  }
+
+  private configureWasm(threads: number): void {
+    this.ort.env.wasm.numThreads = threads;
+    this.ort.env.wasm.simd = true;
+  }
+
+  async createSession(model: Uint8Array): Promise<RuntimeSession> {
+    const spin = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.PTUNE_ORT_SPIN ?? '1';
+    const options: InferenceSession.SessionOptions =
+      this.name === 'onnxruntime-node'
+        ? {
+            intraOpNumThreads: this.threadCount,
+            interOpNumThreads: 1,
+            graphOptimizationLevel: 'all',
+            executionMode: 'sequential',
+            extra: { session: { intra_op: { allow_spinning: spin }, inter_op: { allow_spinning: '0' } } },
+          }
+        : { executionProviders: ['wasm'], graphOptimizationLevel: 'all' };
+    const session = await this.ort.InferenceSession.create(model, options);
+    const Tensor = this.ort.Tensor;
+    const toOrt = (t: HostTensor) => new Tensor(ORT_TYPE(t.data), t.data as Float32Array, t.shape);
+    return {
+      inputNames: session.inputNames,
+      outputNames: session.outputNames,
+      async run(feeds, outputs, into) {
+        const ortFeeds: Record<string, Tensor> = {};
+        for (const [name, t] of Object.entries(feeds)) ortFeeds[name] = toOrt(t);
+        const fetches: Record<string, Tensor | null> = {};
+        for (const name of outputs) fetches[name] = into?.[name] ? toOrt(into[name]!) : null;
+        const result = await session.run(ortFeeds, fetches);
+        const out: Record<string, HostTensor> = {};
+        for (const name of outputs) {
+          const v = result[name] as Tensor | undefined;
+          if (!v) throw new Error(`onnx session: no output "${name}"`);
+          out[name] = into?.[name] ?? { data: v.data as TensorData, shape: v.dims.slice() };
+        }
+        return out;
+      },
+      release: () => session.release(),
+    };
+  }
+}
+
+let current: Promise<Runtime> | null = null;
+
+/**
+ * The process's runtime: the one set with `useRuntime`, else (in Node) onnxruntime-node, falling back to
+ * onnxruntime-web with a one-line notice when the native binding cannot load.
+ */
+export function getRuntime(): Promise<Runtime> {
+  current ??= import('./runtime-node.js').then((m) => m.loadNodeRuntime());
+  return current;
+}
+
+/** Makes `rt` the process's runtime (the browser entry point uses onnxruntime-web). */
+export function useRuntime(rt: Runtime | Promise<Runtime>): void {
+  current = Promise.resolve(rt);
+}

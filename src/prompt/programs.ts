@@ -1,0 +1,131 @@
+import type { Sym } from '../engine/onnx/index.js';
+import type { Program, ProgramBuilder, ProgramGraph } from '../engine/program.js';
+import type { HostTensor, Parameter } from '../engine/tensor.js';
+import { rowsAt } from '../models/common.js';
+import type { LanguageModel } from '../models/model.js';
+import type { PromptEncoder } from './encoder.js';
+import { crossEntropyOn, type Head } from './heads.js';
+import { batchFeeds, paddedLength, paddedRows, spliceOn, type PromptBatch } from './ptuning.js';
+
+type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
+
+/**
+ * log-softmax over the classes, plus the fed `class_mask` (0 for allowed classes, -∞ for the others) when
+ * `masked`, then ONNX TopK (best first).
+ */
+function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Record<string, Sym> {
+  const { g, o } = b;
+  const [rows, classes] = scores.shape as [number, number];
+  let logp = o.logSoftmax(scores);
+  if (masked) logp = o.add(logp, b.input('class_mask', [classes]));
+  const kk = Math.min(k, classes);
+  const [values, indices] = g.node('TopK', [logp, g.ints([kk])], [{ shape: [rows, kk], dtype: 'float32' }, { shape: [rows, kk], dtype: 'int64' }], { axis: 1, largest: 1, sorted: 1 });
+  return { top_values: values!, top_indices: o.cast(indices!, 'int32') };
+}
+
+/**
+ * The P-tuning computation — prompt encoder → pseudo-token rows spliced into the input embeddings → LM →
+ * logits at the answer position → head scores → cross-entropy — as programs over one model: a training step
+ * is one run returning the loss and writing the gradients of the encoder (and, when the LM trains, of its
+ * weights) into their parameters' `grad`; evaluation runs the forward only, and ranking selects the top-k
+ * inside the program so only k values per row come out.
+ *
+ * Programs are keyed by batch shape, encoder shape and head, so runs that share a model and a template shape
+ * (LAMA's relations) share compiled sessions.
+ */
+export class PTuningPrograms {
+  private readonly signature: string;
+
+  constructor(
+    readonly lm: LanguageModel,
+    readonly encoder: PromptEncoder | null,
+    readonly head: Head,
+  ) {
+    const e = encoder?.config;
+    const enc = e ? `${e.type}/${e.numVirtualTokens}/${e.hiddenSize}/${e.lstmLayers}/${e.preset}` : 'none';
+    const spec = head.spec;
+    const h = spec.kind === 'answer' ? `answer${head.numClasses}` : JSON.stringify([spec.labelWords, spec.tokenRule, spec.wordAggregation]);
+    this.signature = `enc ${enc} head ${h}`;
+  }
+
+  private lookup = (name: string): Parameter | undefined => this.encoder?.lookup(name);
+
+  /**
+   * Mean cross-entropy of a batch against `targets` (class indices); the gradients land in the `grad` of the
+   * encoder's parameters and, when the LM trains, of the LM's. Returns the loss and the parameters written.
+   */
+  async lossAndGrads(batch: PromptBatch, targets: number[]): Promise<{ loss: number; graded: Parameter[] }> {
+    const b = batch.ids.length;
+    const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
+    const dropout = this.encoder?.dropoutFeeds() ?? null;
+    const feeds = { ...batchFeeds(batch, b, sp, this.lm.info), ...dropout, targets: { data: Int32Array.from(targets), shape: [b] } };
+    const r = await this.lm.run(this.program(b, sp, { kind: 'train', dropout: dropout !== null }), feeds, this.lookup);
+    return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
+  }
+
+  /** Per-class scores [B, K] (inference: no dropout, no gradient). */
+  async scores(batch: PromptBatch): Promise<HostTensor<Float32Array>> {
+    const { feeds, b, rows, sp } = this.inferenceFeeds(batch);
+    const r = await this.lm.run(this.program(rows, sp, { kind: 'scores' }), feeds, this.lookup);
+    const s = r.outputs.scores!;
+    const k = s.shape[1]!;
+    return { data: (s.data as Float32Array).subarray(0, b * k), shape: [b, k] };
+  }
+
+  /**
+   * The `k` best classes of each row by log-probability (log-softmax of the scores), restricted to `allowed`
+   * classes when given, best first.
+   */
+  async topK(batch: PromptBatch, k: number, allowed: readonly number[] | null): Promise<{ indices: number[][]; values: number[][] }> {
+    const { feeds, b, rows, sp } = this.inferenceFeeds(batch);
+    if (allowed) {
+      const mask = new Float32Array(this.head.numClasses).fill(-Infinity);
+      for (const id of allowed) mask[id] = 0;
+      feeds.class_mask = { data: mask, shape: [mask.length] };
+    }
+    const r = await this.lm.run(this.program(rows, sp, { kind: 'topk', k, masked: allowed !== null }), feeds, this.lookup);
+    const kk = r.outputs.top_indices!.shape[1]!;
+    const take = (d: ArrayLike<number>) => Array.from({ length: b }, (_, i) => Array.from(d).slice(i * kk, (i + 1) * kk));
+    return { indices: take(r.outputs.top_indices!.data as Int32Array), values: take(r.outputs.top_values!.data as Float32Array) };
+  }
+
+  private inferenceFeeds(batch: PromptBatch) {
+    const b = batch.ids.length;
+    const rows = paddedRows(b);
+    const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
+    return { feeds: batchFeeds(batch, rows, sp, this.lm.info), b, rows, sp };
+  }
+
+  private program(rows: number, sp: number, out: Output): Program {
+    const { lm, encoder, head } = this;
+    const candidates = head.candidates;
+    const train = out.kind === 'train';
+    const dropout = out.kind === 'train' && out.dropout;
+    const what = out.kind === 'topk' ? `topk ${out.k}${out.masked ? ' masked' : ''}` : out.kind;
+    return {
+      key: `ptune ${rows}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
+      build: (b): ProgramGraph => {
+        const { o } = b;
+        const w = lm.weights(b);
+        const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
+        let embeds = lm.fns.embed(o, w, ints('ids', [rows, sp]));
+        if (encoder) {
+          const prompts = encoder.inProgram(b, train, dropout);
+          embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
+        }
+        const { hidden } = lm.fns.hidden(o, w, {
+          embeds,
+          attentionMask: ints('attention_mask', [rows, sp]),
+          ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+        });
+        const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
+        const logits = lm.fns.logits(o, w, rowsAt(o, hidden, ints('positions', [rows])), cand);
+        const scores = head.scoresOn(o, logits);
+        if (out.kind === 'scores') return { outputs: { scores } };
+        if (out.kind === 'topk') return { outputs: topK(b, scores, out.k, out.masked) };
+        const loss = crossEntropyOn(o, scores, ints('targets', [rows]));
+        return { outputs: { loss }, loss };
+      },
+    };
+  }
+}
