@@ -39,6 +39,11 @@ function intHeader(res: Response, name: string): number | undefined {
  * HEAD on the resolve URL, redirects not followed by fetch: a redirect that carries the Hub's headers (X-Repo-Commit
  * and an ETag: an LFS file whose bytes live elsewhere) gives the metadata and the download location; one without
  * them (a renamed repository) is followed with another HEAD.
+ *
+ * Written here rather than taken from @huggingface/hub: its fileDownloadInfo lets fetch follow the LFS redirect, so
+ * the Hub's own answer (X-Repo-Commit, the redirect target) is lost and the commit is not returned; and its
+ * downloadFileToCacheDir names the snapshot after the file's last commit instead of the revision's commit, does
+ * not resume a broken download (it leaves blobs/<sha>.incomplete behind) and does not verify the sha256.
  */
 export async function headFile(s: HttpSettings, repo: string, revision: string, file: string): Promise<FileMeta> {
   const first = resolveUrl(s.endpoint, repo, revision, file);

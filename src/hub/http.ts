@@ -53,7 +53,7 @@ export class TransientError extends Error {
   }
 }
 
-const USER_AGENT = 'ptune (huggingface_hub cache layout)';
+const USER_AGENT = 'ptune';
 const MAX_DELAY_MS = 10_000;
 
 export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
