@@ -359,7 +359,11 @@ test('5xx and 429 are retried with backoff; a Hub that stays down or cannot be r
   server.fail('/api/models/solo', 500, 2);
   server.fail('/solo/resolve/', 429, 1);
   server.fail('/lfs/', 503, 1);
+  const seen = { api: server.count('GET', '/api/models/solo'), head: server.count('HEAD', '/solo/resolve/'), lfs: server.count('GET', '/lfs/') };
   const dir = await resolveModel('solo', opts(cache));
+  assert.equal(server.count('GET', '/api/models/solo') - seen.api, 3);
+  assert.equal(server.count('HEAD', '/solo/resolve/') - seen.head, 3); // config.json twice, model.safetensors
+  assert.equal(server.count('GET', '/lfs/') - seen.lfs, 2);
   assert.equal(dir, path.join(repoDir(cache, 'models--solo'), 'snapshots', path.basename(dir)));
   assert.deepEqual(fs.readdirSync(dir).sort(), ['config.json', 'model.safetensors']);
 
