@@ -4,6 +4,7 @@ import { loadModel } from '../models/load.js';
 import { generate } from '../models/generate.js';
 import type { LanguageModel } from '../models/model.js';
 import { paddedLength } from '../prompt/ptuning.js';
+import { sequenceWrap } from '../prompt/render.js';
 import { UserError } from '../util/errors.js';
 import { parseIntOption, parseFloatOption } from './options.js';
 
@@ -19,12 +20,10 @@ export interface FillPrediction {
   top: TopToken[];
 }
 
-/** Ids the model sees for `text`: [CLS] text [SEP] for a masked LM, BOS + text for a causal LM. */
+/** Ids the model sees for `text`: wrapped as its tokenizer wraps a sequence (e.g. [CLS] text [SEP], BOS + text). */
 export function modelInputIds(lm: LanguageModel, text: string): number[] {
-  const ids = lm.tokenizer.encode(text);
-  const s = lm.info.special;
-  if (lm.info.kind === 'masked') return [s.cls ?? s.bos!, ...ids, s.sep ?? s.eos!];
-  return s.bos !== undefined ? [s.bos, ...ids] : ids;
+  const { start, end } = sequenceWrap(lm.tokenizer, lm.info);
+  return [...start, ...lm.tokenizer.encode(text), ...end];
 }
 
 /**

@@ -122,7 +122,9 @@ export function rowsAt<T>(o: Ops<T>, hidden: T, positions: T): T {
  */
 export function projectRows<T>(o: Ops<T>, rows: T, table: T, bias: T | undefined, candidates?: T): T {
   const t = candidates ? o.gather(table, candidates) : table;
-  const logits = o.matmul(rows, t, true);
+  // (table · rowsᵀ)ᵀ: the [V, H] table is read as it is stored and only the small [N, H] rows are transposed
+  // (rows · tableᵀ would make the matmul repack the whole table on every run)
+  const logits = o.transpose(o.matmul(t, rows, true), [1, 0]);
   if (!bias) return logits;
   return o.add(logits, candidates ? o.gather(bias, candidates) : bias);
 }

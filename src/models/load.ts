@@ -11,21 +11,26 @@ import { llamaFamily } from './llama.js';
 import { isTokenizerBin, llama2cCheckpointIn, readLlama2c } from './llama2c.js';
 import type { ModelFamily, SpecialIds } from './lm.js';
 import { LanguageModel } from './model.js';
+import { resolveModel, type ResolveOptions } from '../hub/index.js';
 
 export interface LoadOptions {
   /** the LM's weights train (joint tuning, fine-tuning); default false (frozen LM) */
   trainable?: boolean;
+  /** how a Hub repository id is resolved (revision, cache, endpoint, token, offline, progress) */
+  hub?: ResolveOptions;
 }
 
 /**
  * Loads a language model, one way: files → config → weights → model.
+ * - a Hub repository id (`org/name`, `org/name@revision`): resolved into the huggingface_hub cache first
+ *   (src/hub), then read as the directory below;
  * - a Hugging Face directory: config.json (its `model_type` picks the family), model.safetensors or a sharded
  *   index (each tensor read from its file offsets), tokenizer.json (+ tokenizer_config.json and
  *   special_tokens_map.json);
  * - a llama2.c `.bin` checkpoint, or a directory holding one (and no config.json with a model_type).
  */
-export async function loadModel(dirOrFile: string, opts: LoadOptions = {}): Promise<LanguageModel> {
-  if (!fs.existsSync(dirOrFile)) throw new Error(`${dirOrFile}: no such file or directory`);
+export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<LanguageModel> {
+  const dirOrFile = fs.existsSync(spec) ? spec : await resolveModel(spec, opts.hub);
   const configFile = path.join(dirOrFile, 'config.json');
   const isDir = fs.statSync(dirOrFile).isDirectory();
   const raw = isDir && fs.existsSync(configFile) ? readConfig(configFile) : null;

@@ -95,6 +95,22 @@ function shrinkFields(pieces: Piece[], excess: number): boolean {
   return true;
 }
 
+/**
+ * The special tokens around a rendered sequence: as the tokenizer's own post-processor adds them when it has
+ * one (`[CLS] … [SEP]`, `<s> … </s>`, BOS only, or nothing), else a masked LM's cls/sep and a causal LM's bos.
+ * A causal LM's sequence never ends with a special token: the answer is the token after it.
+ */
+export function sequenceWrap(tok: TextTokenizer, info: RenderInfo): { start: number[]; end: number[] } {
+  const { special } = info;
+  const wrap = tok.wrap;
+  if (info.kind === 'causal') return { start: wrap ? wrap.start : special.bos !== undefined ? [special.bos] : [], end: [] };
+  if (wrap && wrap.start.length + wrap.end.length > 0) return wrap;
+  const start = special.cls ?? special.bos;
+  const end = special.sep ?? special.eos;
+  if (start === undefined || end === undefined) throw new Error(`a masked LM needs cls and sep token ids (have ${JSON.stringify(special)})`);
+  return { start: [start], end: [end] };
+}
+
 export function renderExample(
   template: Template,
   record: Record<string, unknown>,
@@ -105,11 +121,8 @@ export function renderExample(
   validateFor(template, info.kind);
   const masked = info.kind === 'masked';
   const { special } = info;
-  const start = masked ? (special.cls ?? special.bos) : special.bos;
-  const end = masked ? (special.sep ?? special.eos) : undefined;
-  if (masked && (start === undefined || end === undefined || special.mask === undefined)) {
-    throw new Error(`a masked LM needs cls, sep and mask token ids (have ${JSON.stringify(special)})`);
-  }
+  const { start, end } = sequenceWrap(tok, info);
+  if (masked && special.mask === undefined) throw new Error(`a masked LM needs a mask token id (have ${JSON.stringify(special)})`);
 
   const pieces: Piece[] = template.parts.map((part) => {
     switch (part.type) {
@@ -131,7 +144,7 @@ export function renderExample(
     }
   });
 
-  const extra = (start !== undefined ? 1 : 0) + (end !== undefined ? 1 : 0);
+  const extra = start.length + end.length;
   const total = extra + pieces.reduce((n, p) => n + p.ids.length, 0);
   if (total > opts.maxLength && !shrinkFields(pieces, total - opts.maxLength)) {
     if (opts.skipTooLong) return null;
@@ -150,7 +163,7 @@ export function renderExample(
     ids.push(id);
     tokenTypeIds.push(segment);
   };
-  if (start !== undefined) push(start);
+  for (const id of start) push(id);
   for (const { part, ids: pieceIds } of pieces) {
     if (part.type === 'pseudo') {
       for (const id of pieceIds) {
@@ -164,7 +177,7 @@ export function renderExample(
     for (const id of pieceIds) push(id);
     if (part.type === 'special' && pieceIds[0] === special.sep) segment = 1;
   }
-  if (end !== undefined) push(end);
+  for (const id of end) push(id);
   if (answerPosition < 0) {
     throw new Error(`${describeRecord(record, opts.index)}: the prompt before [MASK] is empty and the model has no BOS token`);
   }

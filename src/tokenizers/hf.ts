@@ -38,6 +38,7 @@ export class HfTokenizer implements TextTokenizer {
   readonly byteLevel: boolean;
   /** ids of the special tokens the tokenizer config names (absent roles are left out) */
   readonly special: Partial<Record<SpecialRole, number>>;
+  readonly wrap: { start: number[]; end: number[] };
   private readonly inner: Tokenizer;
   private readonly idToTok: (string | undefined)[];
   private readonly tokToId: Map<string, number>;
@@ -56,6 +57,7 @@ export class HfTokenizer implements TextTokenizer {
     this.vocabSize = this.idToTok.length;
     this.lowercase = normalizerLowercases(json.normalizer);
     this.byteLevel = preTokenizerTypes(json.pre_tokenizer).includes('ByteLevel');
+    this.wrap = wrapOf(this.inner);
     this.special = {};
     for (const role of ROLES) {
       const tok = tokenString(config[`${role}_token`]);
@@ -89,6 +91,11 @@ export class HfTokenizer implements TextTokenizer {
     return this.inner.encode(text, { add_special_tokens: false }).ids;
   }
 
+  /** text → ids with the special tokens the tokenizer's post-processor adds (as transformers' tokenizer(text)) */
+  encodeWithSpecials(text: string): number[] {
+    return this.inner.encode(text, { add_special_tokens: true }).ids;
+  }
+
   decode(ids: number[], opts: { skipSpecial?: boolean } = {}): string {
     return this.inner.decode(ids, { skip_special_tokens: opts.skipSpecial ?? false });
   }
@@ -104,6 +111,17 @@ export class HfTokenizer implements TextTokenizer {
   encodeWord(word: string): number[] {
     return this.encode(this.byteLevel ? ` ${word}` : word);
   }
+}
+
+/** What the post-processor adds around a single sequence: found by encoding a probe with and without it. */
+function wrapOf(t: Tokenizer): { start: number[]; end: number[] } {
+  const probe = 'a';
+  const plain = t.encode(probe, { add_special_tokens: false }).ids;
+  const full = t.encode(probe, { add_special_tokens: true }).ids;
+  for (let i = 0; i + plain.length <= full.length; i++) {
+    if (plain.every((id: number, k: number) => full[i + k] === id)) return { start: full.slice(0, i), end: full.slice(i + plain.length) };
+  }
+  return { start: [], end: [] };
 }
 
 function readJson(file: string): unknown {

@@ -13,4 +13,9 @@ export interface TextTokenizer {
   encodeWord(word: string): number[];
   /** true when the tokenizer lowercases its input (uncased WordPiece) */
   readonly lowercase: boolean;
+  /**
+   * The special tokens its post-processor puts around a single sequence (e.g. `[CLS]` / `[SEP]`, `<s>` / `</s>`,
+   * BOS only), when the tokenizer says; undefined when it has no such rule.
+   */
+  readonly wrap?: { start: number[]; end: number[] };
 }
