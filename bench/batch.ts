@@ -1,4 +1,4 @@
-import type { LanguageModel } from '../src/models/lm.js';
+import type { LanguageModel } from '../src/models/model.js';
 import { collate, type CollatedBatch, type RenderedExample } from '../src/prompt/render.js';
 
 /**
