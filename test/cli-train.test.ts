@@ -25,9 +25,15 @@ function slice(dir: string): { train: string; dev: string } {
   return { train, dev };
 }
 
+/** With encoder dropout, so that an exact resume also needs the checkpointed dropout stream. */
 function trainArgs(data: { train: string; dev: string }, out: string): string[] {
   return [cli, 'train', '--model', bert, '--train', data.train, '--dev', data.dev, '--template', '3,3,3',
-    '--answer-field', 'obj_label', '--epochs', '3', '--save-every', '2', '--seed', '5', '--out', out, '--quiet'];
+    '--answer-field', 'obj_label', '--epochs', '3', '--save-every', '2', '--seed', '5', '--encoder-dropout', '0.2',
+    '--out', out, '--quiet'];
+}
+
+function metricLines(run: string): Record<string, unknown>[] {
+  return fs.readFileSync(path.join(run, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
 }
 
 function evalLines(run: string): unknown[] {
@@ -35,7 +41,7 @@ function evalLines(run: string): unknown[] {
     .map((l) => JSON.parse(l)).filter((r) => r.type === 'eval').map((r) => [r.step, r.score]);
 }
 
-test('train killed with SIGKILL mid-epoch, then --resume, ends with the same metrics as an uninterrupted run', async () => {
+test('train (encoder dropout 0.2) killed with SIGKILL mid-epoch, then --resume, ends with the same weights and metrics as an uninterrupted run', async () => {
   const dir = tmp();
   const data = slice(dir);
   const full = path.join(dir, 'full');
@@ -69,6 +75,8 @@ test('train killed with SIGKILL mid-epoch, then --resume, ends with the same met
   await new Promise((res) => child.on('exit', res));
   const killedAt = JSON.parse(fs.readFileSync(state, 'utf8'));
   assert.ok(killedAt.step < 36 && !killedAt.finished, `killed too late: ${JSON.stringify(killedAt)}`);
+  assert.equal(killedAt.task.dropout.length, 4, 'the checkpoint holds the dropout stream');
+  assert.ok(killedAt.batchInEpoch > 0, `killed mid-epoch: ${JSON.stringify(killedAt)}`);
 
   const resumed = spawnSync('node', [...trainArgs(data, cut), '--resume'], { encoding: 'utf8' });
   assert.equal(resumed.status, 0, resumed.stderr);
@@ -76,7 +84,14 @@ test('train killed with SIGKILL mid-epoch, then --resume, ends with the same met
   assert.equal(after.best, summary.best);
   assert.equal(after.steps, summary.steps);
   assert.deepEqual(evalLines(cut), evalLines(full));
-  assert.deepEqual(fs.readFileSync(path.join(cut, 'best/params.safetensors')), fs.readFileSync(path.join(full, 'best/params.safetensors')));
+  // every step logged once, with the numbers of the uninterrupted run
+  const lines = metricLines(cut);
+  const keys = lines.map((l) => `${l.type} ${l.step}`);
+  assert.equal(new Set(keys).size, keys.length, `duplicate metric lines: ${keys.join(', ')}`);
+  assert.deepEqual(lines, metricLines(full));
+  for (const f of ['best/params.safetensors', 'best/prompt_table.safetensors', 'last/params.safetensors', 'last/optimizer.safetensors']) {
+    assert.deepEqual(fs.readFileSync(path.join(cut, f)), fs.readFileSync(path.join(full, f)), f);
+  }
 });
 
 test('bad inputs give one-line errors naming the place', () => {

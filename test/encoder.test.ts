@@ -1,11 +1,13 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { initEngine, tf } from '../src/engine/index.js';
+import { Parameter, programs, type Program } from '../src/engine/index.js';
 import { PromptEncoder, type PromptEncoderConfig, type TensorState } from '../src/prompt/encoder.js';
 import { AdamW } from '../src/train/optim.js';
 import { makeRng } from '../src/util/rng.js';
+import { initOracle, tf, tfOps } from './oracle/index.js';
+import { collectGarbage } from './fixtures.js';
 
-await initEngine();
+await initOracle();
 
 type State = Map<string, TensorState>;
 
@@ -70,7 +72,8 @@ function refLstmDirection(x: number[][], s: State, sfx: string, reverse: boolean
   return out;
 }
 
-function refForward(cfg: PromptEncoderConfig, s: State): number[][] {
+/** `masks`: one dropout mask [n·2h] per LSTM layer but the last (as `dropoutMasks` draws them). */
+function refForward(cfg: PromptEncoderConfig, s: State, masks?: Float32Array[] | null): number[][] {
   const emb = get(s, 'embedding.weight');
   const [n, d] = emb.shape as [number, number];
   let x: number[][] = [];
@@ -78,10 +81,13 @@ function refForward(cfg: PromptEncoderConfig, s: State): number[][] {
   const lin = (v: number[][], p: string) => refLinear(v, get(s, `${p}.weight`), get(s, `${p}.bias`));
   if (cfg.type === 'embedding') return x;
   if (cfg.type === 'mlp') return lin(relu(lin(relu(lin(x, 'mlp_head.0')), 'mlp_head.2')), 'mlp_head.4');
-  for (let l = 0; l < (cfg.lstmLayers ?? 2); l++) {
+  const layers = cfg.lstmLayers ?? 2;
+  for (let l = 0; l < layers; l++) {
     const f = refLstmDirection(x, s, `l${l}`, false);
     const b = refLstmDirection(x, s, `l${l}_reverse`, true);
     x = f.map((row, t) => [...row, ...b[t]!]);
+    const mask = masks?.[l];
+    if (mask && l < layers - 1) x = x.map((row, t) => row.map((v, j) => v * mask[t * row.length + j]!));
   }
   return lin(relu(lin(x, 'mlp_head.0')), 'mlp_head.2');
 }
@@ -94,11 +100,42 @@ function maxAbsDiff(a: Float32Array, b: number[][]): number {
   return m;
 }
 
-function forwardData(enc: PromptEncoder, training = false): Float32Array {
-  const y = enc.forward(training);
-  const d = y.dataSync() as Float32Array;
-  y.dispose();
-  return Float32Array.from(d);
+/** The encoder's inference output: its table program. */
+async function tableData(enc: PromptEncoder): Promise<Float32Array> {
+  const t = await enc.table();
+  assert.deepEqual(t.shape, [enc.config.numVirtualTokens, enc.config.tokenDim]);
+  return Float32Array.from(t.data);
+}
+
+const sizeKey = (enc: PromptEncoder) => {
+  const c = enc.config;
+  return `${c.type}/${c.numVirtualTokens}/${c.tokenDim}/${c.hiddenSize}/${c.lstmLayers}/${c.preset}`;
+};
+
+/** A training forward: the encoder with dropout masks fed (from `dropoutFeeds`, advancing the stream when drawn here). */
+async function trainingData(enc: PromptEncoder, feeds = enc.dropoutFeeds()): Promise<Float32Array> {
+  const program: Program = {
+    key: `test encoder train ${sizeKey(enc)} ${feeds ? 'dropout' : 'plain'}`,
+    build: (b) => ({ outputs: { y: enc.inProgram(b, false, feeds !== null) } }),
+  };
+  const r = await programs.run(program, feeds ?? {}, (name) => enc.lookup(name));
+  return Float32Array.from(r.outputs.y!.data as Float32Array);
+}
+
+/**
+ * loss = Σ enc(θ) ⊙ r as a program: its run writes d loss / dθ into every encoder parameter's `grad`.
+ */
+function weightedSum(enc: PromptEncoder): Program {
+  const { numVirtualTokens: n, tokenDim: d } = enc.config;
+  return {
+    key: `test encoder weighted-sum ${sizeKey(enc)}`,
+    build: (b) => {
+      const { o } = b;
+      const y = enc.inProgram(b, true, false);
+      const loss = o.sum(o.sum(o.mul(y, b.input('r', [n, d])), 1), 0);
+      return { outputs: { loss }, loss };
+    },
+  };
 }
 
 const small: PromptEncoderConfig[] = [
@@ -112,44 +149,42 @@ const small: PromptEncoderConfig[] = [
 
 test('THUDM preset for H=768 and 9 pseudo tokens has 8,278,272 parameters in torch layout', () => {
   const enc = new PromptEncoder({ type: 'lstm', numVirtualTokens: 9, tokenDim: 768, seed: 1 });
-  try {
-    assert.equal(enc.parameterCount(), 8_278_272);
-    const shapes = Object.fromEntries([...enc.variables()].map(([k, v]) => [k, v.shape.join('x')]));
-    assert.deepEqual(Object.keys(shapes).slice(0, 5), [
-      'embedding.weight',
-      'lstm_head.weight_ih_l0',
-      'lstm_head.weight_hh_l0',
-      'lstm_head.bias_ih_l0',
-      'lstm_head.bias_hh_l0',
-    ]);
-    assert.equal(shapes['embedding.weight'], '9x768');
-    assert.equal(shapes['lstm_head.weight_ih_l0'], '1536x768');
-    assert.equal(shapes['lstm_head.weight_hh_l0_reverse'], '1536x384');
-    assert.equal(shapes['lstm_head.weight_ih_l1'], '1536x768');
-    assert.equal(shapes['lstm_head.bias_hh_l1_reverse'], '1536');
-    assert.equal(shapes['mlp_head.0.weight'], '768x768');
-    assert.equal(shapes['mlp_head.2.weight'], '768x768');
-    assert.equal(Object.keys(shapes).length, 1 + 16 + 4);
-  } finally {
-    enc.dispose();
+  assert.equal(enc.parameterCount(), 8_278_272);
+  const shapes = Object.fromEntries([...enc.params].map(([k, v]) => [k, v.shape.join('x')]));
+  assert.deepEqual(Object.keys(shapes).slice(0, 5), [
+    'embedding.weight',
+    'lstm_head.weight_ih_l0',
+    'lstm_head.weight_hh_l0',
+    'lstm_head.bias_ih_l0',
+    'lstm_head.bias_hh_l0',
+  ]);
+  assert.equal(shapes['embedding.weight'], '9x768');
+  assert.equal(shapes['lstm_head.weight_ih_l0'], '1536x768');
+  assert.equal(shapes['lstm_head.weight_hh_l0_reverse'], '1536x384');
+  assert.equal(shapes['lstm_head.weight_ih_l1'], '1536x768');
+  assert.equal(shapes['lstm_head.bias_hh_l1_reverse'], '1536');
+  assert.equal(shapes['mlp_head.0.weight'], '768x768');
+  assert.equal(shapes['mlp_head.2.weight'], '768x768');
+  assert.equal(Object.keys(shapes).length, 1 + 16 + 4);
+  for (const [name, p] of enc.params) {
+    assert.ok(p instanceof Parameter && p.trainable, `${name}: a trainable parameter`);
+    assert.equal(p.name, name);
   }
 });
 
-test('PEFT presets: lstm hidden per direction with a 2h MLP, and the 3-layer MLP encoder', () => {
+test('PEFT presets: lstm hidden per direction with a 2h MLP, and the 3-layer MLP encoder', async () => {
   const d = 64, h = 32, n = 10;
   const lstm = new PromptEncoder({ type: 'lstm', numVirtualTokens: n, tokenDim: d, hiddenSize: h, preset: 'peft', seed: 1 });
   const layer = (inDim: number) => 2 * (4 * h * inDim + 4 * h * h + 8 * h);
   assert.equal(lstm.parameterCount(), n * d + layer(d) + layer(2 * h) + (2 * h * 2 * h + 2 * h) + (2 * h * d + d));
-  assert.deepEqual(lstm.variables().get('mlp_head.2.weight')!.shape, [d, 2 * h]);
+  assert.deepEqual(lstm.params.get('mlp_head.2.weight')!.shape, [d, 2 * h]);
   const mlp = new PromptEncoder({ type: 'mlp', numVirtualTokens: n, tokenDim: d, hiddenSize: h, seed: 1 });
   assert.equal(mlp.parameterCount(), n * d + (d * h + h) + (h * h + h) + (h * d + d));
   const emb = new PromptEncoder({ type: 'embedding', numVirtualTokens: n, tokenDim: d, seed: 1 });
   assert.equal(emb.parameterCount(), n * d);
   for (const e of [lstm, mlp, emb]) {
-    const y = e.forward();
+    const y = await e.table();
     assert.deepEqual(y.shape, [n, d]);
-    y.dispose();
-    e.dispose();
   }
 });
 
@@ -185,21 +220,26 @@ test('same seed gives bit-identical weights; init follows PyTorch defaults', () 
   checkUniform('lstm_head.bias_ih_l1', 1 / Math.sqrt(32));
   checkUniform('mlp_head.0.weight', 1 / Math.sqrt(64));
   checkUniform('mlp_head.2.weight', 1 / Math.sqrt(64));
-  for (const x of [a, b, c]) x.dispose();
 });
 
 // ---- forward against the reference ----
 
-test('forward matches a float64 reference of the LSTM / MLP equations to 1e-5', () => {
+test('the table program matches a float64 reference of the LSTM / MLP equations to 1e-5, and so does the oracle', async () => {
   for (const cfg of small) {
     const enc = new PromptEncoder(cfg);
-    const diff = maxAbsDiff(forwardData(enc), refForward(cfg, enc.state()));
+    const ref = refForward(cfg, enc.state());
+    const diff = maxAbsDiff(await tableData(enc), ref);
     assert.ok(diff < 1e-5, `${cfg.type}/${cfg.preset ?? ''}: max |diff| ${diff}`);
-    enc.dispose();
+    // the same function evaluated eagerly by the tfjs oracle
+    const oracle = tf.tidy(() => {
+      const y = enc.encode(tfOps, (name) => tf.tensor(enc.params.get(name)!.data, enc.params.get(name)!.shape));
+      return Float32Array.from(y.dataSync() as Float32Array);
+    });
+    assert.ok(maxAbsDiff(oracle, ref) < 1e-5, `${cfg.type}: oracle`);
   }
 });
 
-test('LSTM forward matches the reference with larger, saturating weights', () => {
+test('LSTM forward matches the reference with larger, saturating weights', async () => {
   const cfg: PromptEncoderConfig = { type: 'lstm', numVirtualTokens: 7, tokenDim: 16, hiddenSize: 12, seed: 9 };
   const enc = new PromptEncoder(cfg);
   const s = enc.state();
@@ -207,44 +247,44 @@ test('LSTM forward matches the reference with larger, saturating weights', () =>
   enc.loadState(s);
   const ref = refForward(cfg, s);
   const scale = Math.max(...ref.flat().map(Math.abs));
-  const diff = maxAbsDiff(forwardData(enc), ref);
+  const diff = maxAbsDiff(await tableData(enc), ref);
   assert.ok(diff < 1e-5 * Math.max(1, scale), `max |diff| ${diff} (output scale ${scale})`);
-  enc.dispose();
 });
 
 // ---- gradients against central finite differences ----
 
-test('gradients match central finite differences for every encoder type', () => {
+test('program gradients (written into param.grad) match central finite differences for every encoder type', async () => {
   const eps = 1e-2;
   for (const cfg of small) {
     const enc = new PromptEncoder(cfg);
-    const vars = enc.variables();
     const n = cfg.numVirtualTokens, d = cfg.tokenDim;
     const rng = makeRng(100 + cfg.seed);
-    const rData = Float32Array.from({ length: n * d }, () => 2 * rng() - 1);
-    const r = tf.tensor2d(rData, [n, d]);
-    const loss = () => tf.sum(tf.mul(enc.forward(), r)) as tf.Scalar;
-    const { value, grads } = tf.variableGrads(loss, [...vars.values()]);
-    value.dispose();
+    const r = { data: Float32Array.from({ length: n * d }, () => 2 * rng() - 1), shape: [n, d] };
+    const program = weightedSum(enc);
+    const lookup = (name: string) => enc.lookup(name);
+    const run = await programs.run(program, { r }, lookup);
+    assert.equal(run.graded.length, enc.params.size, 'every encoder parameter gets a gradient');
+    const grads = new Map([...enc.params].map(([name, p]) => [name, Float32Array.from(p.grad)]));
+    const loss = async () => (await programs.run(program, { r }, lookup)).outputs.loss!.data[0] as number;
     let checked = 0, nearKink = 0;
-    for (const [name, v] of vars) {
-      const g = grads[v.name]!.dataSync() as Float32Array;
-      const base = Float32Array.from(v.dataSync() as Float32Array);
-      const lossWith = (i: number, delta: number): number => {
-        const p = Float32Array.from(base);
-        p[i] = base[i]! + delta;
-        tf.tidy(() => v.assign(tf.tensor(p, v.shape, 'float32')));
-        return tf.tidy(() => loss().dataSync()[0]!);
+    for (const [name, p] of enc.params) {
+      const g = grads.get(name)!;
+      const base = Float32Array.from(p.data);
+      const lossWith = async (i: number, delta: number): Promise<number> => {
+        p.data[i] = base[i]! + delta;
+        const v = await loss();
+        p.data[i] = base[i]!;
+        return v;
       };
-      const centralDiff = (i: number, h: number) => (lossWith(i, h) - lossWith(i, -h)) / (2 * h);
+      const centralDiff = async (i: number, h: number) => ((await lossWith(i, h)) - (await lossWith(i, -h))) / (2 * h);
       // floor: float32 rounding of the loss (~1e-6) over 2·eps is ~1e-4, so smaller gradients are not resolvable
       const relErr = (a: number, b: number) => Math.abs(a - b) / Math.max(Math.abs(a), Math.abs(b), 1e-2);
       for (let found = 0, tries = 0; found < 3 && tries < 12; tries++) {
         const i = Math.floor(rng() * base.length);
-        const fd = centralDiff(i, eps);
+        const fd = await centralDiff(i, eps);
         // A ReLU switching inside [x−eps, x+eps] breaks the finite difference, not the gradient: such
         // coordinates show up as disagreement between step sizes eps and eps/2 and are not counted.
-        if (relErr(fd, centralDiff(i, eps / 2)) > 2e-3) {
+        if (relErr(fd, await centralDiff(i, eps / 2)) > 2e-3) {
           nearKink++;
           continue;
         }
@@ -253,47 +293,94 @@ test('gradients match central finite differences for every encoder type', () => 
         found++;
         checked++;
       }
-      tf.tidy(() => v.assign(tf.tensor(base, v.shape, 'float32')));
+      assert.deepEqual(p.data, base, `${name}: restored`);
     }
-    assert.equal(checked, 3 * vars.size, `${cfg.type}: too many coordinates near a ReLU kink`);
-    assert.ok(nearKink <= vars.size, `${cfg.type}: ${nearKink} coordinates near a kink`);
-    for (const t of Object.values(grads)) t.dispose();
-    r.dispose();
-    enc.dispose();
+    assert.equal(checked, 3 * enc.params.size, `${cfg.type}: too many coordinates near a ReLU kink`);
+    assert.ok(nearKink <= enc.params.size, `${cfg.type}: ${nearKink} coordinates near a kink`);
   }
 });
 
 // ---- dropout ----
 
-test('dropout acts only in training mode, between LSTM layers, scaled by 1/(1-p)', () => {
+test('dropout acts only in training mode, between LSTM layers, scaled by 1/(1-p)', async () => {
   const base: PromptEncoderConfig = { type: 'lstm', numVirtualTokens: 6, tokenDim: 8, seed: 11 };
   const plain = new PromptEncoder(base);
-  assert.deepEqual(forwardData(plain, true), forwardData(plain, false));
+  assert.equal(plain.hasDropout, false);
+  assert.equal(plain.dropoutMasks(true), null, 'no dropout configured: no masks');
+  assert.deepEqual(await trainingData(plain), await tableData(plain));
   const withDrop = new PromptEncoder({ ...base, dropout: 0.5 });
-  const evalOut = forwardData(withDrop, false);
-  assert.deepEqual(evalOut, forwardData(plain, false), 'eval output must ignore dropout');
-  const t1 = forwardData(withDrop, true);
-  const t2 = forwardData(withDrop, true);
+  assert.equal(withDrop.hasDropout, true);
+  assert.equal(withDrop.dropoutMasks(false), null, 'no masks outside training');
+  const evalOut = await tableData(withDrop);
+  assert.deepEqual(evalOut, await tableData(plain), 'eval output must ignore dropout');
+  const stream = withDrop.dropoutState;
+  const m1 = withDrop.dropoutMasks(true)!;
+  // one mask per LSTM layer but the last, [tokens, 2h], entries 0 or 1/(1-p)
+  assert.equal(m1.length, 1);
+  assert.deepEqual(withDrop.dropoutShape(), [6, 8]);
+  assert.equal(m1[0]!.length, 6 * 8);
+  assert.ok(m1[0]!.every((v) => v === 0 || v === 2), 'mask entries are 0 or 1/(1-p)');
+  const dropped = m1[0]!.filter((v) => v === 0).length;
+  assert.ok(dropped > 8 && dropped < 40, `${dropped} of 48 dropped at p = 0.5`);
+  withDrop.dropoutState = stream;
+  const t1 = await trainingData(withDrop);
+  const t2 = await trainingData(withDrop);
   assert.notDeepEqual(t1, evalOut);
   assert.notDeepEqual(t1, t2, 'fresh masks each training forward');
+  // the training output is the reference with the drawn masks applied after layer 0
+  assert.ok(maxAbsDiff(t1, refForward({ ...base, dropout: 0.5 }, withDrop.state(), m1)) < 1e-5, 'masked forward vs reference');
   // seeded: a fresh encoder with the same config draws the same masks
   const again = new PromptEncoder({ ...base, dropout: 0.5 });
-  assert.deepEqual(forwardData(again, true), t1);
+  assert.deepEqual(await trainingData(again), t1);
   // single-layer LSTM: nn.LSTM applies no dropout after the last layer
   const one = new PromptEncoder({ ...base, lstmLayers: 1, dropout: 0.5 });
-  assert.deepEqual(forwardData(one, true), forwardData(one, false));
-  for (const e of [plain, withDrop, again, one]) e.dispose();
+  assert.equal(one.hasDropout, false);
+  assert.equal(one.dropoutMasks(true), null);
+  assert.deepEqual(await trainingData(one), await tableData(one));
   assert.throws(() => new PromptEncoder({ type: 'mlp', numVirtualTokens: 2, tokenDim: 4, dropout: 0.1, seed: 1 }), /LSTM layers only/);
+});
+
+test('the dropout stream state saved and restored continues the identical mask sequence', () => {
+  const cfg: PromptEncoderConfig = { type: 'lstm', numVirtualTokens: 5, tokenDim: 8, lstmLayers: 3, dropout: 0.3, seed: 21 };
+  const a = new PromptEncoder(cfg);
+  for (let i = 0; i < 3; i++) a.dropoutMasks(true);
+  const saved = a.dropoutState;
+  assert.ok(Array.isArray(saved) && saved.length === 4);
+  // JSON round trip, as a checkpoint's state.json stores it
+  const stored = JSON.parse(JSON.stringify(saved)) as number[];
+  const next = Array.from({ length: 4 }, () => a.dropoutMasks(true)!);
+  assert.equal(next[0]!.length, 2, 'a 3-layer LSTM has 2 dropout masks per step');
+  assert.notDeepEqual(next[0], next[1]);
+  // an encoder with another seed, brought to the saved position, draws exactly the same masks
+  const b = new PromptEncoder({ ...cfg, seed: 99 });
+  b.dropoutState = stored;
+  const resumed = Array.from({ length: 4 }, () => b.dropoutMasks(true)!);
+  assert.deepEqual(resumed, next);
+  // restoring rewinds: the same encoder repeats its sequence
+  a.dropoutState = stored;
+  assert.deepEqual(a.dropoutMasks(true), next[0]);
+  // the feeds a training step uses come from the same stream
+  a.dropoutState = stored;
+  const feeds = a.dropoutFeeds()!;
+  assert.deepEqual(Object.keys(feeds), ['dropout:0', 'dropout:1']);
+  assert.deepEqual(feeds['dropout:1']!.data, next[0]![1]);
+  assert.deepEqual(feeds['dropout:0']!.shape, a.dropoutShape());
+  assert.throws(() => (a.dropoutState = [1, 2]), /rng state/);
 });
 
 // ---- checkpoints ----
 
-test('state/loadState round-trips exactly and rejects bad tensors by name', () => {
+test('state/loadState round-trips exactly and rejects bad tensors by name', async () => {
   const cfg = small[0]!;
   const a = new PromptEncoder(cfg);
   const b = new PromptEncoder({ ...cfg, seed: 99 });
+  assert.notDeepEqual(await tableData(b), await tableData(a));
   b.loadState(a.state());
-  assert.deepEqual(forwardData(b), forwardData(a));
+  assert.deepEqual(await tableData(b), await tableData(a));
+  // state() is a copy: changing it does not change the encoder
+  const copy = a.state();
+  copy.get('embedding.weight')!.data.fill(0);
+  assert.notDeepEqual(a.params.get('embedding.weight')!.data, copy.get('embedding.weight')!.data);
   const s = a.state();
   s.get('lstm_head.weight_hh_l1_reverse')!.shape = [16, 3];
   assert.throws(() => b.loadState(s), /'lstm_head\.weight_hh_l1_reverse' has shape \[16,3\], expected \[16,4\]/);
@@ -307,9 +394,7 @@ test('state/loadState round-trips exactly and rejects bad tensors by name', () =
   short.get('embedding.weight')!.data = new Float32Array(3);
   assert.throws(() => b.loadState(short), /'embedding\.weight' has 3 values, expected 30/);
   // a failed load changes nothing
-  assert.deepEqual(forwardData(b), forwardData(a));
-  a.dispose();
-  b.dispose();
+  assert.deepEqual(await tableData(b), await tableData(a));
 });
 
 test('bad configs fail with a message naming the field', () => {
@@ -319,27 +404,45 @@ test('bad configs fail with a message naming the field', () => {
   assert.throws(() => new PromptEncoder({ ...ok, hiddenSize: 5 }), /hiddenSize 5 must be even/);
   assert.throws(() => new PromptEncoder({ ...ok, dropout: 1 }), /dropout must be in \[0, 1\)/);
   assert.throws(() => new PromptEncoder({ ...ok, preset: 'x' as 'peft' }), /preset must be/);
+  assert.throws(() => new PromptEncoder({ ...ok, seed: NaN }), /seed must be a finite number/);
 });
 
 // ---- memory ----
 
-test('tensor count stays flat over repeated forward + grad + optimizer step', () => {
-  for (const cfg of small) {
-    const enc = new PromptEncoder({ ...cfg, dropout: cfg.type === 'lstm' ? 0.1 : 0 });
-    const vars = enc.variables();
-    const opt = new AdamW([{ params: vars, lr: 1e-2, weightDecay: 0.01 }]);
-    const step = () => {
-      const { value, grads } = tf.variableGrads(() => tf.sum(tf.square(enc.forward(true))) as tf.Scalar, [...vars.values()]);
-      const byName = new Map([...vars].map(([name, v]) => [name, grads[v.name]!]));
-      opt.step(byName);
-      value.dispose();
-      for (const g of Object.values(grads)) g.dispose();
+test('repeated program forward + grad + optimizer steps keep memory and the session count bounded', async (t) => {
+  const steps = async (enc: PromptEncoder, opt: AdamW, count: number) => {
+    const program: Program = {
+      key: `test encoder sum-of-squares ${sizeKey(enc)}${enc.hasDropout ? ' dropout' : ''}`,
+      build: (b) => {
+        const { o } = b;
+        const y = enc.inProgram(b, true, enc.hasDropout);
+        const loss = o.sum(o.sum(o.mul(y, y), 1), 0);
+        return { outputs: { loss }, loss };
+      },
     };
-    step(); // creates the optimizer's moment variables
-    const before = tf.memory().numTensors;
-    for (let i = 0; i < 5; i++) step();
-    assert.equal(tf.memory().numTensors, before, cfg.type);
-    opt.dispose();
-    enc.dispose();
-  }
+    for (let i = 0; i < count; i++) {
+      const r = await programs.run(program, enc.dropoutFeeds() ?? {}, (name) => enc.lookup(name));
+      assert.ok(Number.isFinite(r.outputs.loss!.data[0] as number));
+      opt.step(new Map([...enc.params].map(([k, p]) => [k, p.grad])));
+    }
+  };
+  const STEPS = 100;
+  // the small encoders, and one whose parameters (≈ 2 MiB) would make any per-step copy left behind visible
+  const configs = [...small, { type: 'lstm', numVirtualTokens: 9, tokenDim: 128, seed: 8 } as PromptEncoderConfig];
+  const encoders = configs.map((cfg) => new PromptEncoder({ ...cfg, dropout: cfg.type === 'lstm' ? 0.1 : 0 }));
+  const opts = encoders.map((enc) => new AdamW([{ params: enc.params, lr: 1e-2, weightDecay: 0.01 }]));
+  // warm up: compile each program, allocate gradient buffers and optimizer moments
+  for (let e = 0; e < encoders.length; e++) await steps(encoders[e]!, opts[e]!, 3);
+  const sessions = programs.size;
+  const gradBuffers = encoders.map((enc) => [...enc.params.values()].map((p) => p.grad));
+  collectGarbage();
+  const rss0 = process.memoryUsage().rss;
+  for (let e = 0; e < encoders.length; e++) await steps(encoders[e]!, opts[e]!, STEPS);
+  collectGarbage();
+  const grown = (process.memoryUsage().rss - rss0) / 2 ** 20;
+  assert.equal(programs.size, sessions, 'no new sessions for repeated steps');
+  encoders.forEach((enc, e) => [...enc.params.values()].forEach((p, i) => assert.equal(p.grad, gradBuffers[e]![i], 'gradients land in the same buffers')));
+  t.diagnostic(`RSS change over ${STEPS * encoders.length} steps: ${grown.toFixed(1)} MiB`);
+  assert.ok(grown < 40, `RSS grew by ${grown.toFixed(1)} MiB over ${STEPS * encoders.length} steps`);
+  for (const o of opts) o.dispose();
 });

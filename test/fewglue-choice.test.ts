@@ -3,20 +3,29 @@ import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { initEngine, tf } from '../src/engine/index.js';
+import { programs } from '../src/engine/index.js';
 import { loadModel } from '../src/models/load.js';
+import { logitsAt, sequenceLogits } from '../src/models/forward.js';
 import { parseTemplate } from '../src/prompt/template.js';
 import { PTuningSession } from '../src/train/session.js';
 import { ChoiceTask } from '../src/tasks/fewglue/choice-tasks.js';
 import { loadPatterns } from '../src/tasks/fewglue/patterns.js';
 import { loadTaskData, patternFor, resolveOptions, runFewGlue, sessionConfig, type FewGlueReport } from '../src/tasks/fewglue/run.js';
-import { answerTokens, bestThreshold, expandMasks, renderChoices, scoreCandidates } from '../src/tasks/fewglue/scoring.js';
+import { answerTokens, bestThreshold, ChoiceScorer, expandMasks, renderChoices } from '../src/tasks/fewglue/scoring.js';
 
-await initEngine();
 const SHARED = path.resolve(process.cwd(), '../shared');
 const DATA = path.join(SHARED, 'data');
 const BERT = path.join(SHARED, 'models/bert-mini-lama');
 const GPT2 = path.join(SHARED, 'models/gpt2-mini-lama');
+
+/** float64 log-softmax of a logits row, at `id`. */
+function logProb(logits: Float32Array, id: number): number {
+  let m = -Infinity;
+  for (const v of logits) m = Math.max(m, v);
+  let z = 0;
+  for (const v of logits) z += Math.exp(v - m);
+  return logits[id]! - m - Math.log(z);
+}
 
 test('masked LM: the answer slot holds n masks for an n-token candidate; later pseudo positions shift by n-1', async () => {
   const lm = await loadModel(BERT);
@@ -39,6 +48,16 @@ test('masked LM: the answer slot holds n masks for an n-token candidate; later p
   }
   assert.ok(item.cands[1]!.tokens.length > 3);
   assert.deepEqual(item.cands[1]!.tokens, answerTokens(lm, template, cands[1]!));
+  // the scorer's sum is each answer token's log-prob at its own mask, read from the full logits of its input
+  // (no prompt encoder: the pseudo slot keeps its placeholder embedding)
+  const [scored] = await new ChoiceScorer(lm, null).score([item]);
+  for (const [k, c] of item.cands.entries()) {
+    const seq = item.seqs[c.seq]!;
+    const rows = await logitsAt(lm, { ids: [seq.ids], tokenTypeIds: [seq.tokenTypeIds!] }, c.tokens.map((_, j) => ({ row: 0, position: seq.answerPosition + j })));
+    const byHand = c.tokens.reduce((s, t, j) => s + logProb(rows[j]!, t), 0);
+    assert.ok(Math.abs(scored!.sum[k]! - byHand) < 1e-3, `candidate ${k}: ${scored!.sum[k]} vs ${byHand}`);
+    assert.ok(Math.abs(scored!.mean[k]! - byHand / c.tokens.length) < 1e-3);
+  }
   lm.dispose();
 });
 
@@ -47,30 +66,27 @@ test('causal LM: the teacher-forced score is the sum of next-token log-probs fro
   const template = parseTemplate('{premise} so [MASK]');
   const cands = ['it rained', 'the man went home to sleep early'];
   const item = renderChoices(lm, template, { premise: 'The grass was wet' }, cands, 0, { maxLength: 64 });
-  const before = tf.memory().numTensors;
-  const [scored] = scoreCandidates(lm, [item], () => null);
-  assert.equal(tf.memory().numTensors, before);
+  const scorer = new ChoiceScorer(lm, null);
+  const [scored] = await scorer.score([item]);
+  // scoring again compiles nothing new and gives the same numbers
+  const sessions = programs.size;
+  const [again] = await scorer.score([item]);
+  assert.equal(programs.size, sessions);
+  assert.deepEqual(again, scored);
   const prompt = item.seqs[0]!.ids.slice(0, item.seqs[0]!.answerPosition + 1);
-  cands.forEach((_, k) => {
+  for (const [k] of cands.entries()) {
     const tokens = item.cands[k]!.tokens;
     const ids = [...prompt, ...tokens];
-    const byHand = tf.tidy(() => {
-      const hidden = lm.run({ embeds: lm.embed(tf.tensor2d(ids, [1, ids.length], 'int32')), attentionMask: tf.ones([1, ids.length], 'int32') });
-      let sum = 0;
-      tokens.forEach((t, j) => {
-        const logits = lm.logitsAt(hidden, tf.tensor1d([prompt.length - 1 + j], 'int32'));
-        sum += (tf.logSoftmax(logits).arraySync() as number[][])[0]![t]!;
-      });
-      return sum;
-    });
+    const logits = await sequenceLogits(lm, ids);
+    const byHand = tokens.reduce((s, t, j) => s + logProb(logits[prompt.length - 1 + j]!, t), 0);
     assert.ok(Math.abs(scored!.sum[k]! - byHand) < 1e-3, `candidate ${k}: ${scored!.sum[k]} vs ${byHand}`);
     assert.ok(Math.abs(scored!.mean[k]! - byHand / tokens.length) < 1e-3);
-  });
+  }
   assert.ok(item.cands[0]!.tokens.length !== item.cands[1]!.tokens.length, 'left padding exercised');
   lm.dispose();
 });
 
-test('the COPA choice loss trains the prompt encoder (non-zero gradient) and leaks no tensors', async () => {
+test('the COPA choice loss is the cross-entropy over summed candidate scores and trains the prompt encoder', async () => {
   const lm = await loadModel(BERT);
   const data = loadTaskData('copa', 1, DATA, 8, 4);
   const pf = loadPatterns('copa');
@@ -79,21 +95,32 @@ test('the COPA choice loss trains the prompt encoder (non-zero gradient) and lea
   const task = new ChoiceTask('copa', session, patternFor(pf, 'ptune'), 128, 1);
   const items = task.prepare(task.trainingExamples(data.train), true);
   assert.equal(items.length, 8, 'mirrored');
-  const vars = [...session.encoder!.variables().values()];
-  const step = () => {
-    const { value, grads } = tf.variableGrads(() => task.loss(items), vars);
-    const norm = tf.tidy(() => Math.sqrt(Object.values(grads).reduce((s, g) => s + (tf.sum(tf.square(g)).dataSync()[0] as number), 0)));
-    const loss = value.dataSync()[0]!;
-    value.dispose();
-    for (const g of Object.values(grads)) g.dispose();
-    return { loss, norm };
+  const params = [...session.encoder!.params.values()];
+  const step = async () => {
+    const { loss, graded } = await task.lossAndGrads(items);
+    assert.equal(graded.length, params.length, 'a gradient for every encoder parameter');
+    let sq = 0;
+    for (const p of params) for (const g of p.grad) sq += g * g;
+    return { loss, norm: Math.sqrt(sq) };
   };
-  step();
-  const before = tf.memory().numTensors;
-  const { loss, norm } = step();
-  assert.equal(tf.memory().numTensors, before);
+  await step();
+  const sessions = programs.size;
+  const { loss, norm } = await step();
+  assert.equal(programs.size, sessions, 'a repeated step reuses its program');
   assert.ok(Number.isFinite(loss) && loss > 0, `loss ${loss}`);
   assert.ok(norm > 1e-6, `encoder gradient norm ${norm}`);
+  // the same number from the scoring program: mean over items of -log softmax(candidate sums)[target]
+  const { sums } = await new ChoiceScorer(lm, session.encoder).logProbs(items);
+  let c = 0;
+  let ce = 0;
+  for (const it of items) {
+    const s = sums.slice(c, c + it.cands.length);
+    c += it.cands.length;
+    const m = Math.max(...s);
+    ce += -(s[it.target]! - m - Math.log(s.reduce((z, v) => z + Math.exp(v - m), 0)));
+  }
+  ce /= items.length;
+  assert.ok(Math.abs(loss - ce) < 1e-4, `choice loss ${loss} vs cross-entropy of the scores ${ce}`);
   session.dispose();
 });
 

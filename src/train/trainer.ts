@@ -65,6 +65,9 @@ export interface TrainState {
   evalsWithoutGain: number;
   finished: boolean;
   stopReason: string;
+  /** training losses summed since the last `train` line of metrics.jsonl (a resumed run's next line averages them too) */
+  lossSum?: number;
+  lossCount?: number;
 }
 
 export interface TrainResult extends TrainState {
@@ -176,6 +179,8 @@ export async function trainLoop<E>(o: TrainLoopOptions<E>): Promise<TrainResult>
   let saved = resumeFrom !== null;
   const saveLast = () => {
     state.task = task.saveState?.();
+    state.lossSum = lossSum;
+    state.lossCount = lossCount;
     writeCheckpointDir(lastDir, (dir) => {
       saveParams(path.join(dir, 'params.safetensors'), params);
       saveOptimizerState(path.join(dir, 'optimizer.safetensors'), optimizer.state());
@@ -217,8 +222,8 @@ export async function trainLoop<E>(o: TrainLoopOptions<E>): Promise<TrainResult>
   const stepsPerEpoch = Math.ceil(batchesPerEpoch / c.gradAccum);
   const totalSteps = c.maxSteps > 0 ? Math.min(c.maxSteps, stepsPerEpoch * c.epochs) : stepsPerEpoch * c.epochs;
   o.progress?.start(totalSteps, 'train');
-  let lossSum = 0;
-  let lossCount = 0;
+  let lossSum = state.lossSum ?? 0;
+  let lossCount = state.lossCount ?? 0;
   const accBuffers = new Map<string, Float32Array>();
 
   outer: while (!state.finished && state.epoch < c.epochs) {
