@@ -16,10 +16,24 @@ interface Run {
   stderr: string;
 }
 
-function ptune(...args: string[]): Run {
-  const r = spawnSync(process.execPath, ['bin/ptune.js', ...args], { encoding: 'utf8', timeout: 60_000 });
+/** the environment the CLI runs in: this process's, without the runtime settings, plus `env` */
+function envWith(env: Record<string, string>): NodeJS.ProcessEnv {
+  const base = { ...process.env };
+  for (const k of ['PTUNE_RUNTIME', 'PTUNE_DISABLE_NATIVE', 'PTUNE_THREADS']) delete base[k];
+  return { ...base, ...env };
+}
+
+function run(env: Record<string, string>, args: string[]): Run {
+  const r = spawnSync(process.execPath, ['bin/ptune.js', ...args], { encoding: 'utf8', timeout: 60_000, env: envWith(env) });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
+
+/** Runs the CLI entry (bin/ptune.js) in a child process. */
+function ptune(...args: string[]): Run {
+  return run({}, args);
+}
+/** The same, with extra environment variables. */
+ptune.env = (env: Record<string, string>) => (...args: string[]): Run => run(env, args);
 
 /** Exit code ≠ 0, one line on stderr, no stack frames. */
 function assertOneLineError(r: Run, pattern: RegExp): void {
@@ -165,15 +179,40 @@ test('--verbose adds the stack trace', () => {
   assert.match(r.stderr, /\n\s+at /);
 });
 
-test('--engine tfjs and --engine ort give the same fill predictions; a bad engine is a one-line error', () => {
-  const top = (engine: string) => {
-    const r = ptune('--engine', engine, 'fill', BERT, 'paris is the capital of [MASK] .', '--json', '--top', '5');
-    assert.equal(r.code, 0, r.stderr);
-    return JSON.parse(r.stdout).predictions[0].top as { id: number; logit: number }[];
-  };
-  const a = top('tfjs');
-  const b = top('ort');
+/** The top predictions of `fill --json` at the first predicted position. */
+function fillTop(r: Run): { id: number; logit: number }[] {
+  assert.equal(r.code, 0, r.stderr);
+  return (JSON.parse(r.stdout) as FillJson).predictions[0]!.top;
+}
+
+test('--threads 1 gives the same fill predictions; a bad thread count is a one-line error', () => {
+  const text = 'paris is the capital of [MASK] .';
+  const a = fillTop(ptune('fill', BERT, text, '--json', '--top', '5'));
+  const one = ptune('--threads', '1', 'fill', BERT, text, '--json', '--top', '5');
+  assert.equal(one.stderr, '');
+  const b = fillTop(one);
   assert.deepEqual(b.map((t) => t.id), a.map((t) => t.id));
-  b.forEach((t, i) => assert.ok(Math.abs(t.logit - a[i]!.logit) < 1e-4));
-  assertOneLineError(ptune('--engine', 'cuda', 'info', BERT), /--engine must be ort or tfjs/);
+  b.forEach((t, i) => assert.ok(Math.abs(t.logit - a[i]!.logit) < 1e-4, `logit ${i}: ${t.logit} vs ${a[i]!.logit}`));
+  assertOneLineError(ptune('--threads', '0', 'info', BERT), /--threads: expected a positive integer, got "0"/);
+});
+
+test('without the native binding (PTUNE_DISABLE_NATIVE=1) fill runs on onnxruntime-web with a one-line notice and the same predictions', () => {
+  const text = 'paris is the capital of [MASK] .';
+  const native = ptune('fill', BERT, text, '--json', '--top', '5');
+  assert.equal(native.stderr, '', 'no notice with the native binding');
+  const a = fillTop(native);
+  const web = ptune.env({ PTUNE_DISABLE_NATIVE: '1' })('fill', BERT, text, '--json', '--top', '5');
+  const lines = web.stderr.split('\n').filter((l) => l.length > 0);
+  assert.equal(lines.length, 1, `stderr: ${web.stderr}`);
+  assert.match(lines[0]!, /onnxruntime-node cannot be loaded .*running on onnxruntime-web \(WebAssembly\)/);
+  const b = fillTop(web);
+  assert.deepEqual(b.map((t) => t.id), a.map((t) => t.id));
+  b.forEach((t, i) => assert.ok(Math.abs(t.logit - a[i]!.logit) < 1e-4, `logit ${i}: ${t.logit} vs ${a[i]!.logit}`));
+});
+
+test('--runtime web runs on onnxruntime-web without a notice; an unknown --runtime is a one-line error', () => {
+  const web = ptune('--runtime', 'web', 'fill', BERT, 'paris is the capital of [MASK] .', '--json', '--top', '3');
+  assert.equal(web.stderr, '', 'asked for, not a fallback');
+  assert.equal((JSON.parse(web.stdout) as FillJson).predictions[0]!.top[0]!.token, 'paris');
+  assertOneLineError(ptune('--runtime', 'foo', 'info', BERT), /--runtime: expected node or web, got "foo"/);
 });

@@ -1,7 +1,11 @@
 import { before, after } from 'node:test';
 import path from 'node:path';
+import v8 from 'node:v8';
+import vm from 'node:vm';
 import { loadModel } from '../src/models/load.js';
 import type { LanguageModel } from '../src/models/model.js';
+import type { TokenBatch } from '../src/models/forward.js';
+import { rowsAt } from '../src/models/common.js';
 import { main } from '../src/cli/main.js';
 
 export const shared = path.resolve(process.cwd(), '../shared');
@@ -37,4 +41,74 @@ export async function runCli(args: string[]): Promise<{ code: number; text: stri
   } finally {
     process.stderr.write = write;
   }
+}
+
+/** A batch of `seqs` padded with `pad` on `side` to the longest row, with its attention mask. */
+export function padBatch(seqs: number[][], pad: number, side: 'left' | 'right'): TokenBatch {
+  const s = Math.max(...seqs.map((q) => q.length));
+  const ids: number[][] = [];
+  const attentionMask: number[][] = [];
+  for (const q of seqs) {
+    const fill = Array<number>(s - q.length).fill(pad);
+    const ones = Array<number>(q.length).fill(1);
+    const zeros = Array<number>(s - q.length).fill(0);
+    ids.push(side === 'left' ? [...fill, ...q] : [...q, ...fill]);
+    attentionMask.push(side === 'left' ? [...zeros, ...ones] : [...ones, ...zeros]);
+  }
+  return { ids, attentionMask };
+}
+
+let gc: (() => void) | undefined;
+
+/** Full garbage collection (exposed at run time), so that RSS readings are not dominated by dead JS objects. */
+export function collectGarbage(): void {
+  if (!gc) {
+    v8.setFlagsFromString('--expose-gc');
+    gc = vm.runInNewContext('gc') as () => void;
+  }
+  gc();
+}
+
+/**
+ * Process RSS after `early` and after `late` calls of `step`, with a full collection every 10 calls and before
+ * each reading (so that RSS follows live memory, not how long dead buffers waited for a collection): a leak per
+ * call shows as growth between the two readings.
+ */
+export async function rssAfter(early: number, late: number, step: (i: number) => unknown): Promise<{ early: number; late: number }> {
+  let i = 0;
+  const run = async (until: number) => {
+    for (; i < until; i++) {
+      await step(i);
+      if (i % 10 === 9) collectGarbage();
+    }
+    collectGarbage();
+    return process.memoryUsage().rss;
+  };
+  const a = await run(early);
+  return { early: a, late: await run(late) };
+}
+
+/** Logits [B, C] over `candidates` at one position per row (the model's candidate path: only those rows of the output table are read). */
+export async function candidateLogits(lm: LanguageModel, batch: TokenBatch, positions: number[], candidates: number[]): Promise<Float32Array> {
+  const [b, s] = [batch.ids.length, batch.ids[0]!.length];
+  const r = await lm.run(
+    {
+      key: `test candidates ${b}x${s} c${candidates.length}`,
+      build: (pb) => {
+        const { o } = pb;
+        const w = lm.weights(pb);
+        const ints = (name: string, shape: number[]) => pb.input(name, shape, 'int32');
+        const { hidden } = lm.fns.hidden(o, w, { embeds: lm.fns.embed(o, w, ints('ids', [b, s])), attentionMask: ints('attention_mask', [b, s]) });
+        const rows = rowsAt(o, hidden, ints('positions', [b]));
+        return { outputs: { logits: lm.fns.logits(o, w, rows, ints('candidates', [candidates.length])) } };
+      },
+    },
+    {
+      ids: { data: Int32Array.from(batch.ids.flat()), shape: [b, s] },
+      attention_mask: { data: Int32Array.from((batch.attentionMask ?? batch.ids.map((r) => r.map(() => 1))).flat()), shape: [b, s] },
+      positions: { data: Int32Array.from(positions), shape: [b] },
+      candidates: { data: Int32Array.from(candidates), shape: [candidates.length] },
+    },
+  );
+  return r.outputs.logits!.data as Float32Array;
 }

@@ -3,12 +3,13 @@ import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { initEngine, tf } from '../src/engine/index.js';
 import { readSafetensors, writeSafetensors } from '../src/engine/safetensors.js';
-import { bertConfigToHf, type BertConfig, BertLM } from '../src/models/bert.js';
-import { gpt2ConfigToHf, Gpt2LM } from '../src/models/gpt2.js';
+import type { BertConfig } from '../src/models/bert.js';
+import { gpt2Family, type Gpt2Config } from '../src/models/gpt2.js';
 import { createRandomModel, loadModel } from '../src/models/load.js';
-import type { LanguageModel } from '../src/models/lm.js';
+import { supportedModelTypes } from '../src/models/families.js';
+import type { LanguageModel } from '../src/models/model.js';
+import { logitsAt } from '../src/models/forward.js';
 import { HfTokenizer } from '../src/tokenizers/hf.js';
 
 const shared = path.resolve(process.cwd(), '../shared/models');
@@ -16,14 +17,24 @@ const bertDir = path.join(shared, 'bert-mini-lama');
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-load-'));
 let tokenizer: HfTokenizer;
 
-before(async () => {
-  await initEngine('wasm');
+before(() => {
   tokenizer = HfTokenizer.fromDir(bertDir);
 });
 
 const TINY = { hiddenSize: 8, numLayers: 1, numHeads: 2, intermediateSize: 16, maxPositions: 32 };
 
-/** Writes `lm` as a Hugging Face directory (config.json, model.safetensors, the WordPiece tokenizer files). */
+/** The model's weights as safetensors entries (Hugging Face names and layout). */
+function tensorsOf(lm: LanguageModel): Map<string, { shape: number[]; data: Float32Array }> {
+  return new Map([...lm.params].map(([name, p]) => [name, { shape: p.shape, data: p.data }]));
+}
+
+/** config.json for `lm` as Hugging Face writes it (`special` overrides a GPT-2's bos/eos/pad). */
+function hfConfig(lm: LanguageModel, special?: Gpt2Config['special']): Record<string, unknown> {
+  const config = special ? { ...(lm.config as Gpt2Config), special } : lm.config;
+  return lm.family.toHfConfig(config);
+}
+
+/** Writes a Hugging Face directory (config.json, model.safetensors, the WordPiece tokenizer files). */
 function writeModelDir(name: string, config: Record<string, unknown>, tensors: Map<string, { shape: number[]; data: Float32Array }>): string {
   const dir = path.join(tmp, name);
   fs.mkdirSync(dir, { recursive: true });
@@ -33,17 +44,13 @@ function writeModelDir(name: string, config: Record<string, unknown>, tensors: M
   return dir;
 }
 
-function tinyBertDir(name: string, over: Partial<BertConfig> = {}): { dir: string; lm: BertLM } {
+function tinyBertDir(name: string, over: Partial<BertConfig> = {}): { dir: string; lm: LanguageModel } {
   const lm = createRandomModel('bert', { ...TINY, ...over }, 11, tokenizer);
-  return { dir: writeModelDir(name, bertConfigToHf(lm.config), lm.exportTensors()), lm };
+  return { dir: writeModelDir(name, hfConfig(lm), tensorsOf(lm)), lm };
 }
 
-function logitsOf(lm: LanguageModel, ids: number[], position: number): Float32Array {
-  return tf.tidy(() => {
-    const idT = tf.tensor2d([ids], [1, ids.length], 'int32');
-    const hidden = lm.run({ embeds: lm.embed(idT), attentionMask: tf.onesLike(idT) });
-    return lm.logitsAt(hidden, tf.tensor1d([position], 'int32')).dataSync() as Float32Array;
-  });
+async function logitsOf(lm: LanguageModel, ids: number[], position: number): Promise<Float32Array> {
+  return (await logitsAt(lm, { ids: [ids] }, [{ row: 0, position }]))[0]!;
 }
 
 async function rejects(p: string, pattern: RegExp): Promise<void> {
@@ -55,7 +62,6 @@ async function rejects(p: string, pattern: RegExp): Promise<void> {
 }
 
 test('bert-mini-lama and gpt2-mini-lama load with the right info and parameter counts', async () => {
-  const tensorsBefore = tf.memory().numTensors;
   const bert = await loadModel(bertDir);
   assert.equal(bert.info.parameterCount, 4_764_090);
   assert.deepEqual(
@@ -63,22 +69,29 @@ test('bert-mini-lama and gpt2-mini-lama load with the right info and parameter c
     { family: 'bert', kind: 'masked', side: 'right', v: 30522, h: 128, l: 4, pos: 128 },
   );
   assert.deepEqual(bert.info.special, { pad: 0, unk: 100, cls: 101, sep: 102, mask: 103 });
-  const params = bert.parameters();
+  const params = bert.params;
   assert.equal([...params.values()].reduce((n, v) => n + v.size, 0), 4_764_090);
-  assert.deepEqual(params.get('bert.encoder.layer.0.intermediate.dense.weight')!.shape, [128, 512]);
+  // Hugging Face layout: torch nn.Linear weights are [out, in]
+  assert.deepEqual(params.get('bert.encoder.layer.0.intermediate.dense.weight')!.shape, [512, 128]);
   assert.equal([...params.values()].every((v) => !v.trainable), true);
+  assert.equal(bert.trainable, false);
   bert.dispose();
+  assert.equal(bert.params.size, 0, 'dispose releases the weights');
 
   const gpt2 = await loadModel(path.join(shared, 'gpt2-mini-lama'), { trainable: true });
   assert.equal(gpt2.info.parameterCount, 4_716_544);
   assert.equal(gpt2.info.family, 'gpt2');
   assert.equal(gpt2.info.kind, 'causal');
   assert.equal(gpt2.info.paddingSide, 'left');
-  assert.equal(typeof gpt2.decodeStep, 'function');
+  assert.equal(gpt2.family, gpt2Family);
+  // GPT-2's Conv1D weights are stored [in, out]
+  assert.deepEqual(gpt2.params.get('transformer.h.0.mlp.c_fc.weight')!.shape, [128, 512]);
   assert.deepEqual(gpt2.info.special, { pad: 0, unk: 100, bos: 101, eos: 102, cls: 101, sep: 102, mask: 103 });
-  assert.equal([...gpt2.parameters().values()].every((v) => v.trainable), true);
+  assert.equal([...gpt2.params.values()].every((v) => v.trainable), true);
+  assert.equal(gpt2.trainable, true);
+  gpt2.setTrainable(false);
+  assert.equal([...gpt2.params.values()].some((v) => v.trainable), false);
   gpt2.dispose();
-  assert.equal(tf.memory().numTensors, tensorsBefore);
 });
 
 test('a llama2.c directory (config.json without model_type) is routed to the Llama loader', async () => {
@@ -93,7 +106,7 @@ test('createRandomModel is deterministic per seed and counts parameters like the
   const b = createRandomModel('bert', TINY, 3);
   const c = createRandomModel('bert', TINY, 4);
   const name = 'bert.encoder.layer.0.attention.self.query.weight';
-  const [va, vb, vc] = [a, b, c].map((m) => m.parameters().get(name)!.dataSync());
+  const [va, vb, vc] = [a, b, c].map((m) => m.params.get(name)!.data);
   assert.deepEqual(va, vb);
   assert.notDeepEqual(va, vc);
   assert.equal(a.tokenizer.vocabSize, 30522);
@@ -108,27 +121,31 @@ test('createRandomModel is deterministic per seed and counts parameters like the
   assert.equal(gptMini.info.parameterCount, 4_716_544);
   assert.deepEqual(gptMini.info.special, { pad: 0, unk: 1, cls: 2, sep: 3, mask: 4, bos: 2, eos: 3 });
   gptMini.dispose();
+  assert.ok(createRandomModel('gpt2', TINY, 1, undefined, { trainable: true }).trainable);
 });
 
 test('export → safetensors → loadModel reproduces BERT, RoBERTa and GPT-2 logits', async () => {
   const ids = [101, 3000, 2003, 103, 1012, 102];
-  const cases: [string, LanguageModel, Record<string, unknown>, Map<string, { shape: number[]; data: Float32Array }>][] = [];
+  const cases: [string, LanguageModel, Record<string, unknown>][] = [];
   const bert = createRandomModel('bert', TINY, 21, tokenizer);
-  cases.push(['bert', bert, bertConfigToHf(bert.config), bert.exportTensors()]);
-  const roberta = createRandomModel('bert', { ...TINY, modelType: 'roberta', padTokenId: 1, maxPositions: 34, typeVocabSize: 1 }, 22, tokenizer);
-  cases.push(['roberta', roberta, bertConfigToHf(roberta.config), roberta.exportTensors()]);
+  cases.push(['bert', bert, hfConfig(bert)]);
+  const roberta = createRandomModel('roberta', { ...TINY, modelType: 'roberta', padTokenId: 1, maxPositions: 34, typeVocabSize: 1 }, 22, tokenizer);
+  cases.push(['roberta', roberta, hfConfig(roberta)]);
   const gpt2 = createRandomModel('gpt2', TINY, 23, tokenizer);
-  cases.push(['gpt2', gpt2, gpt2ConfigToHf(gpt2.config, { bos: 101, eos: 102, pad: 0 }), gpt2.exportTensors()]);
-  for (const [name, lm, config, tensors] of cases) {
-    const dir = writeModelDir(`rt-${name}`, config, tensors);
+  cases.push(['gpt2', gpt2, hfConfig(gpt2, { bos: 101, eos: 102, pad: 0 })]);
+  for (const [name, lm, config] of cases) {
+    const dir = writeModelDir(`rt-${name}`, config, tensorsOf(lm));
     const stored = readSafetensors(path.join(dir, 'model.safetensors')).tensors;
     if (name === 'roberta') assert.ok(stored.has('lm_head.dense.weight') && stored.has('roberta.embeddings.word_embeddings.weight'));
     if (name === 'bert') assert.deepEqual(stored.get('bert.encoder.layer.0.intermediate.dense.weight')!.shape, [16, 8]);
-    // the tfjs engine on both sides: the round trip must reproduce the logits bit for bit
-    const loaded = await loadModel(dir, { engine: 'tfjs' });
+    const loaded = await loadModel(dir);
+    assert.equal(loaded.info.family, lm.info.family);
     assert.equal(loaded.info.parameterCount, lm.info.parameterCount);
-    const want = logitsOf(lm, ids, 3);
-    const got = logitsOf(loaded, ids, 3);
+    const json = (x: unknown) => JSON.parse(JSON.stringify(x)) as unknown;
+    assert.deepEqual(json(loaded.family.toHfConfig(loaded.config)), json(config), `${name}: config.json reads back as the same configuration`);
+    // the same program on both sides: the round trip must reproduce the logits bit for bit
+    const want = await logitsOf(lm, ids, 3);
+    const got = await logitsOf(loaded, ids, 3);
     assert.deepEqual(got, want, name);
     loaded.dispose();
     lm.dispose();
@@ -137,11 +154,12 @@ test('export → safetensors → loadModel reproduces BERT, RoBERTa and GPT-2 lo
 
 test('gpt2 checkpoints without the transformer. prefix load too', async () => {
   const lm = createRandomModel('gpt2', TINY, 5, tokenizer);
-  const bare = new Map([...lm.exportTensors()].map(([k, v]) => [k.replace(/^transformer\./, ''), v]));
-  const dir = writeModelDir('gpt2-bare', gpt2ConfigToHf(lm.config, { bos: 101, eos: 102, pad: 0 }), bare);
-  const loaded = await loadModel(dir, { engine: 'tfjs' });
-  assert.ok(loaded instanceof Gpt2LM);
-  assert.deepEqual(logitsOf(loaded, [101, 2023], 1), logitsOf(lm, [101, 2023], 1));
+  const bare = new Map([...tensorsOf(lm)].map(([k, v]) => [k.replace(/^transformer\./, ''), v]));
+  const dir = writeModelDir('gpt2-bare', hfConfig(lm, { bos: 101, eos: 102, pad: 0 }), bare);
+  const loaded = await loadModel(dir);
+  assert.equal(loaded.family, gpt2Family);
+  assert.ok(loaded.params.has('transformer.h.0.attn.c_attn.weight'), 'weights keep their canonical names');
+  assert.deepEqual(await logitsOf(loaded, [101, 2023], 1), await logitsOf(lm, [101, 2023], 1));
   loaded.dispose();
   lm.dispose();
 });
@@ -156,7 +174,9 @@ test('load errors are one line and name the path, field or tensor', async () => 
   const t5 = path.join(tmp, 't5');
   fs.mkdirSync(t5);
   fs.writeFileSync(path.join(t5, 'config.json'), JSON.stringify({ model_type: 't5' }));
-  await rejects(t5, /t5\/config\.json: unsupported model_type "t5" \(supported: bert, roberta, gpt2, llama\)/);
+  const supported = supportedModelTypes();
+  for (const t of ['bert', 'roberta', 'gpt2', 'llama']) assert.ok(supported.includes(t), t);
+  await rejects(t5, new RegExp(`t5/config\\.json: unsupported model_type "t5" \\(supported: ${supported.join(', ')}\\)`));
   fs.writeFileSync(path.join(t5, 'config.json'), '{ "model_type": ');
   await rejects(t5, /t5\/config\.json: invalid JSON/);
 
@@ -173,10 +193,10 @@ test('load errors are one line and name the path, field or tensor', async () => 
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, intermediate_size: 12 }));
   await rejects(
     dir,
-    /errors\/model\.safetensors: tensor "bert\.encoder\.layer\.0\.intermediate\.dense\.weight": expected shape \[12,8\], found \[16,8\]/,
+    /errors\/model\.safetensors: tensor "bert\.encoder\.layer\.0\.intermediate\.dense\.weight": expected shape \[12,8\] from config\.json, found \[16,8\]/,
   );
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify({ ...config, num_hidden_layers: 2 }));
-  await rejects(dir, /errors\/model\.safetensors: missing tensor "bert\.encoder\.layer\.1\.attention\.self\.query\.weight" \(expected shape \[8,8\]\)/);
+  await rejects(dir, /errors: checkpoint has no tensor "bert\.encoder\.layer\.1\.attention\.self\.query\.weight" \(expected shape \[8,8\]\)/);
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
 
   const weights = path.join(dir, 'model.safetensors');

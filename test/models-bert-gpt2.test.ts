@@ -1,12 +1,16 @@
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
 import path from 'node:path';
-import { initEngine, tf } from '../src/engine/index.js';
-import { loadModel, createRandomModel } from '../src/models/load.js';
-import type { KvCache, LanguageModel } from '../src/models/lm.js';
+import { createRandomModel } from '../src/models/load.js';
+import type { LanguageModel } from '../src/models/model.js';
+import { hiddenStates, logitsAt, sequenceLogits, type TokenBatch } from '../src/models/forward.js';
+import { decodeStep, KvCache } from '../src/models/generate.js';
+import { rowsAt } from '../src/models/common.js';
+import type { ProgramBuilder } from '../src/engine/program.js';
+import { bert, candidateLogits, gpt2, modelDir, padBatch, rssAfter, useMiniModels } from './fixtures.js';
 
-const shared = path.resolve(process.cwd(), '../shared/models');
+useMiniModels();
 
 interface GoldenPosition {
   top10_ids: number[];
@@ -24,49 +28,7 @@ interface GoldenItem {
   logits_sum_all_positions: number;
 }
 function golden(model: string): GoldenItem[] {
-  return (JSON.parse(fs.readFileSync(path.join(shared, model, 'golden.json'), 'utf8')) as { items: GoldenItem[] }).items;
-}
-
-let bert: LanguageModel;
-let gpt2: LanguageModel;
-
-before(async () => {
-  await initEngine('wasm');
-  bert = await loadModel(path.join(shared, 'bert-mini-lama'));
-  gpt2 = await loadModel(path.join(shared, 'gpt2-mini-lama'));
-});
-
-after(() => {
-  bert.dispose();
-  gpt2.dispose();
-});
-
-/** ids of a padded batch: rows of `seqs` padded with `pad` on `side` to the longest row. */
-function padBatch(seqs: number[][], pad: number, side: 'left' | 'right') {
-  const s = Math.max(...seqs.map((q) => q.length));
-  const ids: number[] = [];
-  const mask: number[] = [];
-  for (const q of seqs) {
-    const fill = Array(s - q.length).fill(pad);
-    const ones = Array(q.length).fill(1);
-    const zeros = Array(s - q.length).fill(0);
-    ids.push(...(side === 'left' ? [...fill, ...q] : [...q, ...fill]));
-    mask.push(...(side === 'left' ? [...zeros, ...ones] : [...ones, ...zeros]));
-  }
-  return { ids: tf.tensor2d(ids, [seqs.length, s], 'int32'), mask: tf.tensor2d(mask, [seqs.length, s], 'int32'), s };
-}
-
-/** Full-vocab logits at every position of one unpadded sequence: [S][V]. */
-function allLogits(lm: LanguageModel, ids: number[]): Float32Array[] {
-  const flat = tf.tidy(() => {
-    const idT = tf.tensor2d([ids], [1, ids.length], 'int32');
-    const hidden = lm.run({ embeds: lm.embed(idT), attentionMask: tf.onesLike(idT) });
-    // one row per position: [S, 1, H] with position 0 in each row
-    const rows = tf.reshape(hidden, [ids.length, 1, lm.info.hiddenSize]);
-    return lm.logitsAt(rows, tf.zeros([ids.length], 'int32')).dataSync() as Float32Array;
-  });
-  const v = lm.info.vocabSize;
-  return ids.map((_, i) => flat.subarray(i * v, (i + 1) * v));
+  return (JSON.parse(fs.readFileSync(path.join(modelDir(model), 'golden.json'), 'utf8')) as { items: GoldenItem[] }).items;
 }
 
 function logSoftmaxAt(row: Float32Array, id: number): number {
@@ -83,8 +45,15 @@ function topK(row: Float32Array, k: number): number[] {
 
 const sum = (row: Float32Array) => row.reduce((a, b) => a + b, 0);
 
-function checkGolden(lm: LanguageModel, item: GoldenItem, loss: (logits: Float32Array[]) => number): void {
-  const logits = allLogits(lm, item.input_ids);
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i]! - b[i]!));
+  return m;
+}
+
+async function checkGolden(lm: LanguageModel, item: GoldenItem, loss: (logits: Float32Array[]) => number): Promise<void> {
+  const logits = await sequenceLogits(lm, item.input_ids);
   for (const [pos, want] of Object.entries(item.positions)) {
     const row = logits[Number(pos)]!;
     const where = `"${item.text}" position ${pos}`;
@@ -101,25 +70,25 @@ function checkGolden(lm: LanguageModel, item: GoldenItem, loss: (logits: Float32
   assert.ok(Math.abs(l - item.loss_float64_numpy) < 1e-4, `"${item.text}" loss ${l} vs ${item.loss_float64_numpy}`);
 }
 
-test('bert-mini-lama: tokenizer ids, top-10, logits, sums and MLM loss match golden.json', () => {
+test('bert-mini-lama: tokenizer ids, top-10, logits, sums and MLM loss match golden.json', async () => {
   const items = golden('bert-mini-lama');
   const s = bert.info.special;
   for (const item of items) {
     assert.deepEqual([s.cls!, ...bert.tokenizer.encode(item.text), s.sep!], item.input_ids);
     // HF BertForMaskedLM loss: mean CE over the [MASK] positions
-    checkGolden(bert, item, (logits) => {
+    await checkGolden(bert, item, (logits) => {
       const ce = item.mask_positions!.map((p, i) => -logSoftmaxAt(logits[p]!, item.label_ids![i]!));
       return ce.reduce((a, b) => a + b, 0) / ce.length;
     });
   }
 });
 
-test('gpt2-mini-lama: tokenizer ids (BOS + text), top-10, logits, sums and LM loss match golden.json', () => {
+test('gpt2-mini-lama: tokenizer ids (BOS + text), top-10, logits, sums and LM loss match golden.json', async () => {
   const items = golden('gpt2-mini-lama');
   for (const item of items) {
     assert.deepEqual([gpt2.info.special.bos!, ...gpt2.tokenizer.encode(item.text)], item.input_ids);
     // HF GPT2LMHeadModel(labels=input_ids): mean CE of token t+1 given tokens <= t
-    checkGolden(gpt2, item, (logits) => {
+    await checkGolden(gpt2, item, (logits) => {
       const ids = item.input_ids;
       let total = 0;
       for (let t = 0; t + 1 < ids.length; t++) total -= logSoftmaxAt(logits[t]!, ids[t + 1]!);
@@ -128,128 +97,111 @@ test('gpt2-mini-lama: tokenizer ids (BOS + text), top-10, logits, sums and LM lo
   }
 });
 
-test('logitsAt with candidates equals the matching columns of the full logits', () => {
+test('logits over candidates equal the matching columns of the full logits', async () => {
   for (const lm of [bert, gpt2]) {
     const item = golden(lm === bert ? 'bert-mini-lama' : 'gpt2-mini-lama')[0]!;
     const candidates = [2605, 3000, 7, 30521, 101];
-    const { full, restricted } = tf.tidy(() => {
-      const ids = tf.tensor2d([item.input_ids, item.input_ids], [2, item.input_ids.length], 'int32');
-      const hidden = lm.run({ embeds: lm.embed(ids), attentionMask: tf.onesLike(ids) });
-      const positions = tf.tensor1d([1, item.input_ids.length - 2], 'int32');
-      const r = lm.logitsAt(hidden, positions, tf.tensor1d(candidates, 'int32'));
-      assert.deepEqual(r.shape, [2, candidates.length]);
-      return { full: lm.logitsAt(hidden, positions).arraySync() as number[][], restricted: r.arraySync() as number[][] };
-    });
+    const batch = { ids: [item.input_ids, item.input_ids] };
+    const positions = [1, item.input_ids.length - 2];
+    const full = await logitsAt(lm, batch, positions.map((position, row) => ({ row, position })));
+    const restricted = await candidateLogits(lm, batch, positions, candidates);
+    assert.equal(restricted.length, 2 * candidates.length);
     for (let b = 0; b < 2; b++) {
-      candidates.forEach((c, j) => assert.ok(Math.abs(full[b]![c]! - restricted[b]![j]!) < 1e-5, `${lm.info.family} row ${b} cand ${c}`));
+      candidates.forEach((c, j) =>
+        assert.ok(Math.abs(full[b]![c]! - restricted[b * candidates.length + j]!) < 1e-5, `${lm.info.family} row ${b} cand ${c}`),
+      );
     }
   }
 });
 
-test('right-padded BERT batch gives the same mask logits as each sentence alone', () => {
+test('right-padded BERT batch gives the same mask logits as each sentence alone', async () => {
   const items = golden('bert-mini-lama');
   const seqs = items.map((it) => it.input_ids);
-  const { ids, mask, s } = padBatch(seqs, bert.info.special.pad, 'right');
+  const batch = padBatch(seqs, bert.info.special.pad, 'right');
+  const s = batch.ids[0]!.length;
+  batch.tokenTypeIds = batch.ids.map((r) => r.map(() => 0));
   const maskPos = items.map((it) => it.mask_positions![0]!);
-  const batched = tf.tidy(() => {
-    const hidden = bert.run({ embeds: bert.embed(ids), attentionMask: mask, tokenTypeIds: tf.zerosLike(ids) });
-    return bert.logitsAt(hidden, tf.tensor1d(maskPos, 'int32')).arraySync() as number[][];
-  });
+  const batched = await logitsAt(bert, batch, maskPos.map((position, row) => ({ row, position })));
   assert.ok(s > Math.min(...seqs.map((q) => q.length)));
-  items.forEach((it, b) => {
-    const alone = allLogits(bert, it.input_ids)[maskPos[b]!]!;
-    let maxDiff = 0;
-    alone.forEach((v, i) => (maxDiff = Math.max(maxDiff, Math.abs(v - batched[b]![i]!))));
-    assert.ok(maxDiff < 1e-4, `row ${b}: max diff ${maxDiff}`);
-  });
-  tf.dispose([ids, mask]);
+  for (const [b, it] of items.entries()) {
+    const alone = (await sequenceLogits(bert, it.input_ids))[maskPos[b]!]!;
+    const d = maxAbsDiff(alone, batched[b]!);
+    assert.ok(d < 1e-4, `row ${b}: max diff ${d}`);
+  }
 });
 
-test('left-padded GPT-2 batch gives the same next-token logits as each prefix alone', () => {
+test('left-padded GPT-2 batch gives the same next-token logits as each prefix alone', async () => {
   const items = golden('gpt2-mini-lama');
   const seqs = items.map((it) => it.input_ids);
-  const { ids, mask, s } = padBatch(seqs, gpt2.info.special.pad, 'left');
-  const batched = tf.tidy(() => {
-    const hidden = gpt2.run({ embeds: gpt2.embed(ids), attentionMask: mask });
-    return gpt2.logitsAt(hidden, tf.fill([seqs.length], s - 1, 'int32')).arraySync() as number[][];
-  });
-  items.forEach((it, b) => {
-    const alone = allLogits(gpt2, it.input_ids)[it.input_ids.length - 1]!;
-    let maxDiff = 0;
-    alone.forEach((v, i) => (maxDiff = Math.max(maxDiff, Math.abs(v - batched[b]![i]!))));
-    assert.ok(maxDiff < 1e-4, `row ${b}: max diff ${maxDiff}`);
-  });
-  tf.dispose([ids, mask]);
+  const batch = padBatch(seqs, gpt2.info.special.pad, 'left');
+  const s = batch.ids[0]!.length;
+  const batched = await logitsAt(gpt2, batch, seqs.map((_, row) => ({ row, position: s - 1 })));
+  for (const [b, it] of items.entries()) {
+    const alone = (await sequenceLogits(gpt2, it.input_ids))[it.input_ids.length - 1]!;
+    const d = maxAbsDiff(alone, batched[b]!);
+    assert.ok(d < 1e-4, `row ${b}: max diff ${d}`);
+  }
 });
 
-test('GPT-2 decodeStep with a KV cache reproduces the full forward, step by step', () => {
+test('GPT-2 decodeStep with a KV cache reproduces the full forward, step by step', async () => {
   const ids = golden('gpt2-mini-lama')[2]!.input_ids;
-  const full = allLogits(gpt2, ids);
-  const before = tf.memory().numTensors;
-  let cache: KvCache | null = null;
+  const full = await sequenceLogits(gpt2, ids);
+  const cache = new KvCache(gpt2);
   // a 3-token prompt, then one token at a time
   const chunks = [ids.slice(0, 3), ...ids.slice(3).map((id) => [id])];
   let seen = 0;
   for (const chunk of chunks) {
-    const logits = tf.tidy(() => {
-      const r = gpt2.decodeStep!(tf.tensor2d([chunk], [1, chunk.length], 'int32'), cache);
-      cache = r.cache;
-      return r.logits;
-    });
+    const got = await decodeStep(gpt2, cache, chunk);
     seen += chunk.length;
-    assert.equal(cache!.length, seen);
-    const got = logits.dataSync();
-    logits.dispose();
-    const want = full[seen - 1]!;
-    let maxDiff = 0;
-    want.forEach((v, i) => (maxDiff = Math.max(maxDiff, Math.abs(v - got[i]!))));
-    assert.ok(maxDiff < 1e-4, `after ${seen} tokens: max diff ${maxDiff}`);
+    assert.equal(cache.length, seen);
+    const d = maxAbsDiff(got, full[seen - 1]!);
+    assert.ok(d < 1e-4, `after ${seen} tokens: max diff ${d}`);
   }
-  cache!.dispose();
-  assert.equal(tf.memory().numTensors, before);
 });
 
-test('tensor count stays flat over 100 forwards (both models)', () => {
+test('memory stays flat over repeated forwards (both models)', async (t) => {
   for (const lm of [bert, gpt2]) {
-    const ids = tf.tensor2d([[101, 3000, 2003, 1996, 103, 102]], [1, 6], 'int32');
-    const mask = tf.onesLike(ids);
-    const once = () => tf.tidy(() => lm.logitsAt(lm.run({ embeds: lm.embed(ids), attentionMask: mask }), tf.tensor1d([4], 'int32')));
-    once().dispose();
-    const start = tf.memory().numTensors;
-    for (let i = 0; i < 100; i++) once().dispose();
-    assert.equal(tf.memory().numTensors, start, lm.info.family);
-    tf.dispose([ids, mask]);
+    const batch = { ids: [[101, 3000, 2003, 1996, 103, 102]] };
+    const { early, late } = await rssAfter(20, 200, () => hiddenStates(lm, batch));
+    t.diagnostic(`${lm.info.family}: RSS ${(early / 2 ** 20).toFixed(0)} MiB after 20 forwards, ${(late / 2 ** 20).toFixed(0)} MiB after 200`);
+    assert.ok(late - early < 12 * 2 ** 20, `${lm.info.family}: RSS grew by ${((late - early) / 2 ** 20).toFixed(1)} MiB from run 20 to run 200`);
   }
 });
 
-test('gradients flow to the input embeddings and match finite differences (tiny random models)', () => {
+test('gradients flow to the input embeddings and match finite differences (tiny random models)', async () => {
   for (const family of ['bert', 'gpt2'] as const) {
     const lm = createRandomModel(family, { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 16 }, 7);
-    const ids = tf.tensor2d([[2, 9, 4, 17, 3]], [1, 5], 'int32');
-    const mask = tf.onesLike(ids);
+    const [b, s, h] = [1, 5, 8];
+    // loss = logits[2] · (1, -0.5) over candidates (5, 11), a function of the input embeddings
+    const program = {
+      key: 'test embeds fd',
+      build: (pb: ProgramBuilder) => {
+        const { o } = pb;
+        const w = lm.weights(pb);
+        const embeds = pb.input('embeds', [b, s, h]);
+        const { hidden } = lm.fns.hidden(o, w, { embeds, attentionMask: o.constInt(Array(s).fill(1), [b, s]) });
+        const logits = lm.fns.logits(o, w, rowsAt(o, hidden, o.constInt([2], [1])), o.constInt([5, 11], [2]));
+        const loss = o.reshape(o.sum(o.mul(logits, o.constFloat([1, -0.5], [2])), 1), [1]);
+        return { outputs: { loss }, loss, wrt: { embeds } };
+      },
+    };
     // inputs of unit scale, so that a finite-difference step of 1e-2 stays in the linear regime
-    const embeds = tf.tensor(Float32Array.from({ length: 5 * 8 }, (_, i) => Math.sin(1.7 * i + 0.3)), [1, 5, 8]);
-    const loss = (e: tf.Tensor) =>
-      tf.tidy(() => {
-        const lg = lm.logitsAt(lm.run({ embeds: e, attentionMask: mask }), tf.tensor1d([2], 'int32'), tf.tensor1d([5, 11], 'int32'));
-        return tf.sum(tf.mul(lg, tf.tensor1d([1, -0.5])));
-      });
-    const grad = tf.grad(loss)(embeds);
-    const g = grad.dataSync();
-    const base = embeds.dataSync();
+    const base = Float32Array.from({ length: s * h }, (_, i) => Math.sin(1.7 * i + 0.3));
+    const run = (e: Float32Array) => lm.run(program, { embeds: { data: e, shape: [b, s, h] } });
+    const r = await run(base);
+    const g = r.wrt.embeds!.data as Float32Array;
     const eps = 1e-2;
     for (const i of [0, 3, 9, 17, 30, 39]) {
       const plus = Float32Array.from(base);
       const minus = Float32Array.from(base);
       plus[i]! += eps;
       minus[i]! -= eps;
-      const lp = tf.tidy(() => loss(tf.tensor(plus, embeds.shape)).dataSync()[0]!);
-      const lmn = tf.tidy(() => loss(tf.tensor(minus, embeds.shape)).dataSync()[0]!);
+      const lp = (await run(plus)).outputs.loss!.data[0] as number;
+      const lmn = (await run(minus)).outputs.loss!.data[0] as number;
       const numeric = (lp - lmn) / (2 * eps);
       assert.ok(Math.abs(numeric - g[i]!) < 2e-3 + 0.02 * Math.abs(numeric), `${family} d/de[${i}]: ${g[i]} vs ${numeric}`);
     }
     assert.ok(g.some((x) => Math.abs(x) > 1e-6), `${family}: gradient is all zero`);
-    tf.dispose([ids, mask, embeds, grad]);
     lm.dispose();
   }
 });

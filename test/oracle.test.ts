@@ -1,64 +1,70 @@
-import { test } from 'node:test';
+import { test, before } from 'node:test';
 import assert from 'node:assert/strict';
 import fs from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
-import { tf, initEngine } from '../src/engine/index.js';
-import { createRandomModel, loadModel, resolveEngine } from '../src/models/load.js';
-import { BertLM } from '../src/models/bert.js';
-import { OrtLM } from '../src/models/ort.js';
-import { Graph, OnnxOps, OrtSession, WeightFile } from '../src/engine/onnx/index.js';
-import { SyntheticTokenizer } from '../src/models/common.js';
-import type { LanguageModel, LmBatch } from '../src/models/lm.js';
-import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
-import { readRecords } from '../src/data/read.js';
-import { bert, gpt2, modelDir, shared, useMiniModels } from './fixtures.js';
+import type { Ops, Program } from '../src/engine/index.js';
+import { createRandomModel, loadModel } from '../src/models/load.js';
+import { rowsAt, SyntheticTokenizer } from '../src/models/common.js';
+import { hiddenStates, logitsAt, type TokenBatch } from '../src/models/forward.js';
+import type { LanguageModel } from '../src/models/model.js';
+import type { WeightOf } from '../src/models/lm.js';
+import { tf, initOracle, tfOps, oracleWeights, oracleHidden, int2d, maxAbsDiff } from './oracle/index.js';
+import { bert, candidateLogits, gpt2, modelDir, useMiniModels } from './fixtures.js';
 
 useMiniModels();
 
+before(async () => {
+  await initOracle();
+});
+
+/** Deterministic values in [-1, 1). */
+function rand(n: number, seed: number): Float32Array {
+  let s = seed >>> 0;
+  return Float32Array.from({ length: n }, () => {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    return (s / 2 ** 32 - 0.5) * 2;
+  });
+}
+
+const maxAbs = (a: ArrayLike<number>) => Array.from(a).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+
 /** A padded batch of pseudo-random ids: row r has `lengths[r]` real tokens, padded on the model's side. */
-function batchOf(lm: LanguageModel, lengths: number[], opts: { types?: boolean; positions?: boolean } = {}) {
+function batchOf(lm: LanguageModel, lengths: number[], opts: { types?: boolean; positions?: boolean } = {}): TokenBatch {
   const s = Math.max(...lengths);
-  const ids: number[] = [];
-  const mask: number[] = [];
+  const ids: number[][] = [];
+  const attentionMask: number[][] = [];
   lengths.forEach((n, r) => {
+    const row: number[] = [];
+    const mask: number[] = [];
     for (let j = 0; j < s; j++) {
       const real = lm.info.paddingSide === 'right' ? j < n : j >= s - n;
-      ids.push(real ? 5 + ((r * 7919 + j * 104729) % Math.min(20000, lm.info.vocabSize - 5)) : lm.info.special.pad);
+      row.push(real ? 5 + ((r * 7919 + j * 104729) % Math.min(20000, lm.info.vocabSize - 5)) : lm.info.special.pad);
       mask.push(real ? 1 : 0);
     }
+    ids.push(row);
+    attentionMask.push(mask);
   });
-  const b = lengths.length;
-  const idT = tf.tensor2d(ids, [b, s], 'int32');
-  const batch: LmBatch = { embeds: lm.embed(idT), attentionMask: tf.tensor2d(mask, [b, s], 'int32') };
-  if (opts.types) batch.tokenTypeIds = tf.tensor2d(ids.map((_, i) => (i % s > s / 2 ? 1 : 0)), [b, s], 'int32');
-  if (opts.positions) batch.positionIds = tf.tensor2d(ids.map((_, i) => i % s), [b, s], 'int32');
+  const batch: TokenBatch = { ids, attentionMask };
+  if (opts.types) batch.tokenTypeIds = ids.map((row) => row.map((_, j) => (j > s / 2 ? 1 : 0)));
+  if (opts.positions) batch.positionIds = ids.map((row) => row.map((_, j) => j));
   return batch;
 }
 
-function maxAbsDiff(a: tf.Tensor, b: tf.Tensor): number {
-  return tf.tidy(() => tf.max(tf.abs(tf.sub(a, b))).dataSync()[0]!);
-}
-
-function maxAbs(a: tf.Tensor): number {
-  return tf.tidy(() => tf.max(tf.abs(a)).dataSync()[0]!);
-}
-
-test('ORT hidden states equal the tfjs model on padded batches (BERT right padding + token types, GPT-2 left padding + positions)', () => {
-  const before = tf.memory().numTensors;
+test('program hidden states equal the oracle on padded batches (BERT right padding + token types, GPT-2 left padding, explicit positions)', async (t) => {
   for (const [lm, opts] of [[bert, { types: true }], [gpt2, {}], [gpt2, { positions: true }]] as const) {
-    const ort = new OrtLM(lm);
-    tf.tidy(() => {
-      const batch = batchOf(lm, [13, 9, 11], opts);
-      const want = lm.run(batch);
-      const got = ort.run(batch);
-      assert.deepEqual(got.shape, want.shape);
-      const d = maxAbsDiff(got, want);
-      assert.ok(d < 1e-4, `${lm.info.family}: max |ORT - tfjs| = ${d}`);
+    const batch = batchOf(lm, [13, 9, 11], opts);
+    const got = await hiddenStates(lm, batch);
+    const { w, dispose } = oracleWeights(lm);
+    const want = tf.tidy(() => {
+      const h = oracleHidden(lm, w, batch);
+      assert.deepEqual(got.shape, h.shape);
+      return h.dataSync().slice();
     });
-    ort.resetSessions();
+    dispose();
+    const d = maxAbsDiff(got.data, want);
+    t.diagnostic(`${lm.info.family} ${JSON.stringify(opts)}: max |program - oracle| = ${d.toExponential(2)}`);
+    assert.ok(d < 1e-4, `${lm.info.family} ${JSON.stringify(opts)}: max |program - oracle| = ${d}`);
   }
-  assert.equal(tf.memory().numTensors, before);
 });
 
 interface GoldenItem {
@@ -66,261 +72,200 @@ interface GoldenItem {
   positions: Record<string, { top10_ids: number[]; logits_first8: number[] }>;
 }
 
-test('ORT logits match golden.json (bert-mini-lama, gpt2-mini-lama) through loadModel with engine "ort"', async () => {
-  for (const name of ['bert-mini-lama', 'gpt2-mini-lama']) {
-    const lm = await loadModel(modelDir(name), { engine: 'ort' });
-    assert.ok(lm instanceof OrtLM);
+test('the oracle itself reproduces golden.json (bert-mini-lama, gpt2-mini-lama)', async () => {
+  for (const lm of [bert, gpt2]) {
+    const name = lm === bert ? 'bert-mini-lama' : 'gpt2-mini-lama';
     const items = (JSON.parse(fs.readFileSync(path.join(modelDir(name), 'golden.json'), 'utf8')) as { items: GoldenItem[] }).items;
+    const { w, dispose } = oracleWeights(lm);
     let checked = 0;
-    for (const item of items) {
-      const ids = item.input_ids;
-      for (const [pos, want] of Object.entries(item.positions)) {
-        const logits: Float32Array = tf.tidy(() => {
-          const idT = tf.tensor2d([ids], [1, ids.length], 'int32');
-          const hidden = lm.run({ embeds: lm.embed(idT), attentionMask: tf.onesLike(idT) });
-          return lm.logitsAt(hidden, tf.tensor1d([Number(pos)], 'int32')).dataSync() as Float32Array;
-        });
-        want.logits_first8.forEach((v, i) => assert.ok(Math.abs(logits[i]! - v) < 1e-4, `${name} pos ${pos} logit ${i}: ${logits[i]} vs ${v}`));
-        const top: number[] = [...logits.keys()].sort((a, b) => logits[b]! - logits[a]!).slice(0, 10);
-        assert.deepEqual(top.slice(0, 5), want.top10_ids.slice(0, 5), `${name} pos ${pos} top ids`);
-        checked++;
-      }
+    for (const item of items.slice(0, 2)) {
+      const positions = Object.keys(item.positions).map(Number);
+      const logits = tf.tidy(() => {
+        const hidden = oracleHidden(lm, w, { ids: [item.input_ids] });
+        return lm.fns.logits(tfOps, w, rowsAt(tfOps, hidden, tf.tensor1d([positions[0]!], 'int32'))).dataSync().slice();
+      });
+      const want = item.positions[String(positions[0])]!;
+      want.logits_first8.forEach((v, i) => assert.ok(Math.abs(logits[i]! - v) < 1e-4, `${name} logit ${i}: ${logits[i]} vs ${v}`));
+      const top = [...logits.keys()].sort((a, b) => logits[b]! - logits[a]!).slice(0, 5);
+      assert.deepEqual(top, want.top10_ids.slice(0, 5), `${name} top ids`);
+      checked++;
     }
-    assert.ok(checked >= 5);
-    lm.dispose();
+    dispose();
+    assert.equal(checked, 2);
   }
 });
 
-test('ORT Llama (stories260K, GQA + interleaved RoPE) hidden states and logits equal tfjs', async () => {
-  const lm = await loadModel(modelDir('stories260K'), { engine: 'tfjs' });
-  const ort = new OrtLM(lm);
-  tf.tidy(() => {
-    const ids = tf.tensor2d([[1, 30, 40, 50, 60, 70], [0, 0, 1, 80, 90, 100]], [2, 6], 'int32');
-    const batch = { embeds: lm.embed(ids), attentionMask: tf.tensor2d([[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]], [2, 6], 'int32') };
-    const [hOrt, hTf] = [ort.run(batch), lm.run(batch)];
-    const d = maxAbsDiff(hOrt, hTf);
-    assert.ok(d < 1e-4, `llama: max |ORT - tfjs| = ${d}`);
-    const at = tf.tensor1d([5, 5], 'int32');
-    const cand = tf.tensor1d([3, 17, 200], 'int32');
-    const dl = maxAbsDiff(ort.logitsAt(hOrt, at), lm.logitsAt(hTf, at));
-    const dc = maxAbsDiff(ort.logitsAt(hOrt, at, cand), lm.logitsAt(hTf, at, cand));
-    assert.ok(dl < 1e-4 && dc < 1e-4, `llama logits: max |ORT - tfjs| = ${dl} (full), ${dc} (candidates)`);
+test('Llama (stories260K: GQA, interleaved RoPE) hidden states and logits equal the oracle', async (t) => {
+  const lm = await loadModel(modelDir('stories260K'));
+  const batch: TokenBatch = { ids: [[1, 30, 40, 50, 60, 70], [0, 0, 1, 80, 90, 100]], attentionMask: [[1, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 1]] };
+  const candidates = [3, 17, 200];
+  const hidden = await hiddenStates(lm, batch);
+  const logits = await logitsAt(lm, batch, [{ row: 0, position: 5 }, { row: 1, position: 5 }]);
+  const picked = await candidateLogits(lm, batch, [5, 5], candidates);
+  const { w, dispose } = oracleWeights(lm);
+  const want = tf.tidy(() => {
+    const h = oracleHidden(lm, w, batch);
+    const rows = rowsAt(tfOps, h, tf.tensor1d([5, 5], 'int32'));
+    return {
+      hidden: h.dataSync().slice(),
+      logits: lm.fns.logits(tfOps, w, rows).dataSync().slice(),
+      picked: lm.fns.logits(tfOps, w, rows, tf.tensor1d(candidates, 'int32')).dataSync().slice(),
+    };
   });
-  ort.dispose();
+  dispose();
+  const dh = maxAbsDiff(hidden.data, want.hidden);
+  const dl = maxAbsDiff([...logits[0]!, ...logits[1]!], want.logits);
+  const dc = maxAbsDiff(picked, want.picked);
+  t.diagnostic(`max |program - oracle|: hidden ${dh.toExponential(2)}, logits ${dl.toExponential(2)}, candidate logits ${dc.toExponential(2)}`);
+  assert.ok(dh < 1e-4, `llama hidden: max |program - oracle| = ${dh}`);
+  assert.ok(dl < 1e-4 && dc < 1e-4, `llama logits: max |program - oracle| = ${dl} (full), ${dc} (candidates)`);
+  lm.dispose();
 });
 
-/** Gradient of sum(hidden * w) with respect to the input embeddings. */
-function embedsGrad(lm: LanguageModel, batch: LmBatch, w: tf.Tensor): tf.Tensor {
-  return tf.grad((e: tf.Tensor) => tf.sum(tf.mul(lm.run({ ...batch, embeds: e }), w)))(batch.embeds);
+/** sum(hidden(embeds) · weights): written once over the op vocabulary, for the program and for the oracle. */
+function hiddenDot<T>(o: Ops<T>, lm: LanguageModel, w: WeightOf<T>, embeds: T, weights: T, batch: { mask: T; types?: T; positions?: T }): T {
+  const { hidden } = lm.fns.hidden(o, w, {
+    embeds,
+    attentionMask: batch.mask,
+    ...(batch.types && { tokenTypeIds: batch.types }),
+    ...(batch.positions && { positionIds: batch.positions }),
+  });
+  const n = o.shape(hidden).reduce((a, b) => a * b, 1);
+  return o.reshape(o.sum(o.reshape(o.mul(hidden, weights), [1, n]), 1), [1]);
 }
 
-test('ORT gradients with respect to the input embeddings equal tfjs gradients', () => {
-  const before = tf.memory().numTensors;
+/** The program's value and gradient of `hiddenDot` with respect to the input embeddings. */
+async function programEmbedsGrad(lm: LanguageModel, batch: TokenBatch, embeds: Float32Array, weights: Float32Array): Promise<{ loss: number; grad: Float32Array }> {
+  const [b, s, h] = [batch.ids.length, batch.ids[0]!.length, lm.info.hiddenSize];
+  const grid = (rows: number[][]) => ({ data: Int32Array.from(rows.flat()), shape: [b, s] });
+  const program: Program = {
+    key: `test hidden-dot ${b}x${s} t${+!!batch.tokenTypeIds} p${+!!batch.positionIds}`,
+    build: (pb) => {
+      const ints = (name: string) => pb.input(name, [b, s], 'int32');
+      const e = pb.input('embeds', [b, s, h]);
+      const loss = hiddenDot(pb.o, lm, lm.weights(pb), e, pb.input('weights', [b, s, h]), {
+        mask: ints('attention_mask'),
+        ...(batch.tokenTypeIds && { types: ints('token_type_ids') }),
+        ...(batch.positionIds && { positions: ints('position_ids') }),
+      });
+      return { outputs: { loss }, loss, wrt: { embeds: e } };
+    },
+  };
+  const r = await lm.run(program, {
+    embeds: { data: embeds, shape: [b, s, h] },
+    weights: { data: weights, shape: [b, s, h] },
+    attention_mask: grid(batch.attentionMask!),
+    ...(batch.tokenTypeIds && { token_type_ids: grid(batch.tokenTypeIds) }),
+    ...(batch.positionIds && { position_ids: grid(batch.positionIds) }),
+  });
+  return { loss: r.outputs.loss!.data[0] as number, grad: r.wrt.embeds!.data as Float32Array };
+}
+
+/** The oracle's input embeddings of a batch and gradient of `hiddenDot` with respect to them. */
+function oracleEmbedsGrad(lm: LanguageModel, batch: TokenBatch, weights: Float32Array): { embeds: Float32Array; grad: Float32Array } {
+  const { w, dispose } = oracleWeights(lm);
+  const out = tf.tidy(() => {
+    const embeds = lm.fns.embed(tfOps, w, int2d(batch.ids));
+    const wt = tf.tensor(weights, embeds.shape, 'float32');
+    const inputs = {
+      mask: int2d(batch.attentionMask!),
+      ...(batch.tokenTypeIds && { types: int2d(batch.tokenTypeIds) }),
+      ...(batch.positionIds && { positions: int2d(batch.positionIds) }),
+    };
+    const grad = tf.grad((e: tf.Tensor) => hiddenDot(tfOps, lm, w, e, wt, inputs))(embeds);
+    return { embeds: embeds.dataSync().slice() as Float32Array, grad: grad.dataSync().slice() as Float32Array };
+  });
+  dispose();
+  return out;
+}
+
+test('program gradients with respect to the input embeddings equal the oracle (bert-mini-lama, gpt2-mini-lama)', async (t) => {
   for (const lm of [bert, gpt2]) {
-    const ort = new OrtLM(lm);
-    tf.tidy(() => {
-      const batch = batchOf(lm, [12, 7], { types: lm === bert });
-      const w = tf.randomNormal(batch.embeds.shape, 0, 1, 'float32', 3);
-      const want = embedsGrad(lm, batch, w);
-      const got = embedsGrad(ort, batch, w);
-      const rel = maxAbsDiff(got, want) / maxAbs(want);
-      assert.ok(rel < 1e-5, `${lm.info.family}: relative gradient error ${rel}`);
-    });
-    ort.resetSessions();
+    const batch = batchOf(lm, [12, 7], { types: lm === bert });
+    const weights = rand(2 * 12 * lm.info.hiddenSize, 3);
+    const want = oracleEmbedsGrad(lm, batch, weights);
+    const { grad } = await programEmbedsGrad(lm, batch, want.embeds, weights);
+    const rel = maxAbsDiff(grad, want.grad) / maxAbs(want.grad);
+    t.diagnostic(`${lm.info.family}: relative gradient difference ${rel.toExponential(2)}`);
+    assert.ok(rel < 1e-5, `${lm.info.family}: relative gradient difference ${rel}`);
   }
-  assert.equal(tf.memory().numTensors, before);
 });
 
-test('ORT embedding gradients match central finite differences on tiny random BERT and GPT-2', async () => {
-  await initEngine('cpu');
+test('program embedding gradients match central finite differences on tiny random BERT, GPT-2 and Llama', async (t) => {
   const tok = new SyntheticTokenizer(40);
   const cfg = { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 16 };
-  for (const family of ['bert', 'gpt2'] as const) {
-    const ort = new OrtLM(createRandomModel(family, cfg, 7, tok));
-    const ids = tf.tensor2d([[2, 7, 8, 9, 4, 3], [2, 10, 11, 4, 3, 0]], [2, 6], 'int32');
-    const mask = tf.tensor2d([[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]], [2, 6], 'int32');
-    const embeds = ort.embed(ids);
-    const w = tf.randomNormal(embeds.shape, 0, 1, 'float32', 11);
-    const loss = (e: tf.Tensor) => tf.tidy(() => tf.sum(tf.mul(ort.run({ embeds: e, attentionMask: mask }), w)).dataSync()[0]!);
-    const g = tf.tidy(() => embedsGrad(ort, { embeds, attentionMask: mask }, w)).dataSync();
-    const base = embeds.dataSync();
+  for (const family of ['bert', 'gpt2', 'llama'] as const) {
+    const lm = createRandomModel(family, family === 'llama' ? { ...cfg, numHeads: 4, numKvHeads: 2 } : cfg, 7, tok);
+    const batch: TokenBatch = { ids: [[2, 7, 8, 9, 4, 3], [2, 10, 11, 4, 3, 0]], attentionMask: [[1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 0]] };
+    const weights = rand(2 * 6 * 8, 11);
+    // embeddings of unit scale, so that the loss moves measurably with a step of 1e-3
+    const embeds = rand(2 * 6 * 8, 5);
+    const { grad: g } = await programEmbedsGrad(lm, batch, embeds, weights);
+    let worst = 0;
     for (const i of [0, 9, 27, 50, 77, 95]) {
       const eps = 1e-3;
-      const at = (d: number) => {
-        const x = Float32Array.from(base);
+      const at = async (d: number) => {
+        const x = Float32Array.from(embeds);
         x[i] = x[i]! + d;
-        const t = tf.tensor(x, embeds.shape);
-        const v = loss(t);
-        t.dispose();
-        return v;
+        return (await programEmbedsGrad(lm, batch, x, weights)).loss;
       };
-      const fd = (at(eps) - at(-eps)) / (2 * eps);
+      const fd = ((await at(eps)) - (await at(-eps))) / (2 * eps);
       const err = Math.abs(fd - g[i]!) / Math.max(1e-2, Math.abs(fd) + Math.abs(g[i]!));
+      worst = Math.max(worst, err);
       assert.ok(err < 2e-2, `${family} embeds[${i}]: finite difference ${fd} vs gradient ${g[i]}`);
     }
-    tf.dispose([ids, mask, embeds, w]);
-    ort.dispose();
+    t.diagnostic(`${family}: largest relative difference to finite differences ${worst.toExponential(2)}`);
+    assert.ok(g.some((x) => Math.abs(x) > 1e-6), `${family}: gradient is all zero`);
+    lm.dispose();
   }
-  await initEngine('wasm');
 });
 
-test('ORT weight gradients (full fine-tuning, body and output head) equal tfjs gradients for every weight', () => {
+/** mean(logits at (row, position) · a ramp over the vocabulary): a loss that reaches every weight. */
+function rampLoss<T>(o: Ops<T>, lm: LanguageModel, w: WeightOf<T>, ids: T, mask: T, positions: number[]): T {
+  const v = lm.info.vocabSize;
+  const { hidden } = lm.fns.hidden(o, w, { embeds: lm.fns.embed(o, w, ids), attentionMask: mask });
+  const logits = lm.fns.logits(o, w, rowsAt(o, hidden, o.constInt(positions, [positions.length])));
+  const ramp = o.constFloat(Float32Array.from({ length: v }, (_, i) => -1 + (2 * i) / (v - 1)), [v]);
+  return o.reshape(o.mean(o.reshape(o.mul(logits, ramp), [1, positions.length * v]), 1), [1]);
+}
+
+test('program weight gradients (the LM trains: body and output head) equal the oracle for every weight', async (t) => {
   const cfg = { vocabSize: 60, hiddenSize: 16, numLayers: 2, numHeads: 2, intermediateSize: 32, maxPositions: 24 };
   const tok = new SyntheticTokenizer(60);
-  for (const family of ['bert', 'gpt2'] as const) {
-    const tfModel = createRandomModel(family, cfg, 5, tok, { trainable: true });
-    const ort = new OrtLM(createRandomModel(family, cfg, 5, tok, { trainable: true }));
-    const grads = (lm: LanguageModel) => {
-      const vars = [...lm.parameters().values()];
-      const { value, grads: g } = tf.variableGrads(() =>
-        tf.tidy(() => {
-          const batch = batchOf(lm, [9, 6]);
-          const hidden = lm.run(batch);
-          const logits = lm.logitsAt(hidden, tf.tensor1d([4, 3], 'int32'));
-          return tf.mean(tf.mul(logits, tf.linspace(-1, 1, logits.shape[1]!))) as tf.Scalar;
-        }), vars);
-      value.dispose();
-      const names = [...lm.parameters().keys()];
-      const out = new Map(names.map((n, i) => [n, g[vars[i]!.name]!]));
-      return out;
+  for (const family of ['bert', 'gpt2', 'llama'] as const) {
+    const lm = createRandomModel(family, family === 'llama' ? { ...cfg, numHeads: 4, numKvHeads: 2 } : cfg, 5, tok, { trainable: true });
+    const batch = batchOf(lm, [9, 6]);
+    const [b, s] = [2, 9];
+    const positions = lm.info.paddingSide === 'right' ? [4, 3] : [8, 8];
+    const program: Program = {
+      key: 'test ramp loss',
+      build: (pb) => {
+        const loss = rampLoss(pb.o, lm, lm.weights(pb), pb.input('ids', [b, s], 'int32'), pb.input('attention_mask', [b, s], 'int32'), positions);
+        return { outputs: { loss }, loss };
+      },
     };
-    const want = grads(tfModel);
-    const got = grads(ort);
-    assert.equal(got.size, want.size);
-    for (const [name, w] of want) {
-      const g = got.get(name)!;
-      const scale = Math.max(maxAbs(w), 1e-6);
-      const rel = maxAbsDiff(g, w) / scale;
-      assert.ok(rel < 1e-4, `${family} ${name}: relative gradient error ${rel}`);
+    const r = await lm.run(program, {
+      ids: { data: Int32Array.from(batch.ids.flat()), shape: [b, s] },
+      attention_mask: { data: Int32Array.from(batch.attentionMask!.flat()), shape: [b, s] },
+    });
+    assert.equal(r.graded.length, lm.params.size, `${family}: every weight has a gradient`);
+
+    const { w, vars, dispose } = oracleWeights(lm, true);
+    const names = [...vars.keys()];
+    const { value, grads } = tf.variableGrads(() => tf.sum(rampLoss(tfOps, lm, w, int2d(batch.ids), int2d(batch.attentionMask!), positions)) as tf.Scalar);
+    const loss = value.dataSync()[0]!;
+    assert.ok(Math.abs(loss - (r.outputs.loss!.data[0] as number)) < 1e-5 * Math.max(1, Math.abs(loss)), `${family} loss`);
+    let worst = 0;
+    for (const name of names) {
+      const want = grads[vars.get(name)!.name]!.dataSync();
+      const got = lm.params.get(name)!.grad;
+      const rel = maxAbsDiff(got, want) / Math.max(maxAbs(want), 1e-6);
+      worst = Math.max(worst, rel);
+      assert.ok(rel < 1e-4, `${family} ${name}: relative gradient difference ${rel}`);
     }
-    tf.dispose([...want.values(), ...got.values()]);
-    tfModel.dispose();
-    ort.dispose();
-  }
-});
-
-test('sessions are cached per shape bucket: lengths 9..16 share one forward session', () => {
-  const ort = new OrtLM(bert, { seqBucket: 8 });
-  for (const n of [9, 12, 16]) tf.tidy(() => ort.run(batchOf(bert, [n, n - 1])));
-  assert.equal(ort.sessionCount, 1);
-  tf.tidy(() => ort.run(batchOf(bert, [5])));
-  assert.equal(ort.sessionCount, 2);
-  ort.resetSessions();
-  assert.equal(ort.sessionCount, 0);
-});
-
-test('a byte budget evicts least recently used sessions; a gradient whose session was evicted still comes out right', () => {
-  const ort = new OrtLM(bert, { maxSessionBytes: 1 });
-  tf.tidy(() => {
-    const batch = batchOf(bert, [10, 8]);
-    const at = tf.tensor1d([3, 5], 'int32');
-    const loss = (lm: LanguageModel) => (e: tf.Tensor) => tf.sum(lm.logitsAt(lm.run({ ...batch, embeds: e }), at));
-    const want = tf.grad(loss(bert))(batch.embeds);
-    const got = tf.grad(loss(ort))(batch.embeds);
-    const rel = maxAbsDiff(got, want) / maxAbs(want);
-    assert.ok(rel < 1e-4, `relative gradient error ${rel}`);
-  });
-  assert.equal(ort.sessionCount, 1);
-  ort.resetSessions();
-});
-
-test('the engine option: explicit choice, PTUNE_ENGINE, and a one-line error for an unknown engine', async () => {
-  assert.equal(resolveEngine({ engine: 'tfjs' }), 'tfjs');
-  assert.equal(resolveEngine({}), 'ort');
-  process.env.PTUNE_ENGINE = 'tfjs';
-  try {
-    assert.equal(resolveEngine({}), 'tfjs');
-    const lm = await loadModel(modelDir('bert-mini-lama'));
-    assert.ok(lm instanceof BertLM);
+    t.diagnostic(`${family}: ${names.length} weights, largest relative gradient difference ${worst.toExponential(2)}`);
+    tf.dispose([value, ...Object.values(grads)]);
+    dispose();
     lm.dispose();
-    process.env.PTUNE_ENGINE = 'tpu';
-    assert.throws(() => resolveEngine({}), /^Error: engine: expected "tfjs" or "ort", got "tpu"$/);
-  } finally {
-    delete process.env.PTUNE_ENGINE;
   }
-});
-
-test('a short P-tuning run on ORT follows the tfjs loss and dev P@1 curve', async () => {
-  const rel = path.join(shared, 'data/lama/fact-retrieval/original/P1412');
-  const train = readRecords(path.join(rel, 'train.jsonl')).slice(0, 48);
-  const dev = readRecords(path.join(rel, 'dev.jsonl')).slice(0, 32);
-  const config: RunConfig = {
-    version: 1,
-    model: modelDir('bert-mini-lama'),
-    template: '[P*3] {sub_label} [P*3] [MASK] .',
-    head: { kind: 'answer', answerField: 'obj_label' },
-    encoder: { type: 'lstm', seed: 3 },
-    maxLength: 32,
-    skipTooLong: false,
-    loop: { ...DEFAULT_LOOP, epochs: 2, batchSize: 8, evalEvery: 3, logEvery: 1, saveEvery: 0 },
-    optim: { ...DEFAULT_OPTIM, lr: 3e-3 },
-  };
-  const curve = async (lm: LanguageModel) => {
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-ort-'));
-    const s = await PTuningSession.create(config, lm);
-    s.train({ runDir: dir, train, dev });
-    s.dispose({ keepLm: true });
-    return fs.readFileSync(path.join(dir, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l) as Record<string, unknown>);
-  };
-  const want = await curve(bert);
-  const ort = new OrtLM(bert);
-  const got = await curve(ort);
-  ort.resetSessions();
-  assert.equal(got.length, want.length);
-  let losses = 0;
-  let evals = 0;
-  want.forEach((w, i) => {
-    const g = got[i]!;
-    for (const [k, v] of Object.entries(w)) {
-      if (typeof v !== 'number' || /time|sec/i.test(k)) continue;
-      assert.ok(Math.abs((g[k] as number) - v) <= 1e-3 * Math.max(1, Math.abs(v)), `record ${i} ${k}: ORT ${g[k]} vs tfjs ${v}`);
-      if (k === 'loss') losses++;
-      if (/p@1/.test(k)) evals++;
-    }
-  });
-  assert.ok(losses >= 6 && evals >= 2, `compared ${losses} losses and ${evals} dev scores`);
-});
-
-test('frozen weights sit in one external-data file per model: shared by its sessions, removed with them, swept when its process died', () => {
-  const stale = path.join(os.tmpdir(), `ptune-weights-${2 ** 22 + 7}-test`); // above Linux's pid_max: a dead process
-  fs.mkdirSync(stale, { recursive: true });
-  const mine = () => fs.readdirSync(os.tmpdir()).filter((n) => n.startsWith(`ptune-weights-${process.pid}-`));
-  const before = mine();
-  const ort = new OrtLM(bert);
-  tf.tidy(() => ort.run(batchOf(bert, [5])));
-  tf.tidy(() => ort.run(batchOf(bert, [12])));
-  assert.equal(ort.sessionCount, 2);
-  const added = mine().filter((n) => !before.includes(n));
-  assert.equal(added.length, 1, 'one weight file for both sessions');
-  assert.equal(fs.existsSync(stale), false, 'the dead process\'s file is swept');
-  assert.ok(fs.statSync(path.join(os.tmpdir(), added[0]!, 'weights.bin')).size >= bert.info.parameterCount * 4);
-  ort.resetSessions();
-  assert.deepEqual(mine(), before);
-});
-
-test('serialised graphs: a weight embedded in the model and the same weight as external data give the same result', () => {
-  const w = Float32Array.from({ length: 1200 }, (_, i) => Math.sin(i) / 2);
-  const build = () => {
-    const g = new Graph();
-    const o = new OnnxOps(g);
-    const x = g.input('x', [2, 3], 'float32');
-    const weight = g.constant(w, [3, 400], 'float32', 'dense.weight');
-    const gamma = o.constFloat(Float32Array.from({ length: 400 }, (_, i) => 1 + i / 400), [400]);
-    const y = o.layerNorm(o.matmul(x, weight), gamma, o.constFloat(new Float32Array(400).fill(0.1), [400]), 1e-5);
-    return { g, out: o.transpose(o.relu(y), [1, 0]) };
-  };
-  const feeds = { x: { data: Float32Array.of(1, 2, 3, -1, 0.5, 2), dims: [2, 3] } };
-  const embedded = build();
-  const inline = embedded.g.toModel({ out: embedded.out });
-  assert.ok(inline.bytes.length > w.byteLength);
-  const a = new OrtSession(inline.bytes).run(feeds, ['out']).out!;
-  const file = new WeightFile([['dense.weight', () => w]]);
-  const external = build();
-  const model = external.g.toModel({ out: external.out }, [], (name) => file.place(name));
-  assert.ok(model.bytes.length < inline.bytes.length - w.byteLength + 200, `the external model leaves the weight out (${model.bytes.length} bytes)`);
-  const b = file.session(model.bytes, {}).run(feeds, ['out']).out!;
-  file.dispose();
-  assert.deepEqual(b.dims, [400, 2]);
-  assert.deepEqual(Array.from(b.data), Array.from(a.data));
-  assert.ok(Array.from(a.data).some((v) => v > 0));
 });

@@ -101,11 +101,13 @@ test('causal LM: BOS + prefix, answer read at the last prefix token, no mask or 
 
 test('causal LM: the answer slot must be last, and something must precede it', () => {
   assert.throws(() => renderExample(parseTemplate('3,3,3'), fact, tok, gpt2, { maxLength: 32 }), /template column 32: \[MASK\] must be the last part/);
-  const noBos: RenderInfo = { kind: 'causal', family: 'llama', special: { pad: 0, unk: 100 } };
-  const ex = renderExample(parseTemplate('{sub_label} [MASK]'), fact, tok, noBos, { maxLength: 8 });
+  // a causal LM whose tokenizer adds nothing around a sequence and which has no BOS
+  const noBos: RenderInfo = { kind: 'causal', tokenTypes: false, special: { pad: 0, unk: 100 } };
+  const plain = Object.assign(Object.create(tok) as typeof tok, { wrap: { start: [], end: [] } });
+  const ex = renderExample(parseTemplate('{sub_label} [MASK]'), fact, plain, noBos, { maxLength: 8 });
   assert.deepEqual(ex?.ids, ALLAN_PEIPER);
   assert.equal(ex?.answerPosition, 2);
-  assert.throws(() => renderExample(parseTemplate('[MASK]'), fact, tok, noBos, { maxLength: 8, index: 4 }), /record 5 \(uuid "u-1"\): the prompt before \[MASK\] is empty/);
+  assert.throws(() => renderExample(parseTemplate('[MASK]'), fact, plain, noBos, { maxLength: 8, index: 4 }), /record 5 \(uuid "u-1"\): the prompt before \[MASK\] is empty/);
 });
 
 test('BPE-style spacing follows the template: a leading space only where the template has one', () => {

@@ -19,7 +19,7 @@ export interface GenerateOptions {
    * document; that id is not returned
    */
   stopAtEos?: boolean;
-  /** stop once the decoded continuation contains one of these strings (the string is cut off) */
+  /** stop once the decoded continuation contains one of these strings (the tokens up to and including the one that completes it are returned) */
   stop?: string[];
   /** called with each new token id as soon as it is chosen (streaming) */
   onToken?: (id: number) => void;

@@ -30,13 +30,22 @@ function geluTanh(x: T): T {
   });
 }
 
-/** a @ b, or a @ bᵀ (b broadcast over a's batch axes when it is a matrix). */
+/**
+ * a @ b, or a @ bᵀ, over the last two axes. tfjs's BatchMatMul gradient does not reduce a broadcast operand back
+ * to its shape: a matrix b under batched rows a is applied to a's rows flattened into one matrix, other broadcast
+ * batch axes are broadcast explicitly.
+ */
 function matmul(a: T, b: T, transposeB = false): T {
-  if (!transposeB) return tf.matMul(a, b);
-  const r = b.rank;
-  const perm = [...Array(r).keys()];
-  [perm[r - 1], perm[r - 2]] = [perm[r - 2]!, perm[r - 1]!];
-  return tf.matMul(a, tf.transpose(b, perm));
+  if (b.rank === 2 && a.rank > 2) {
+    const lead = a.shape.slice(0, -1) as number[];
+    const y = tf.matMul(tf.reshape(a, [-1, a.shape[a.rank - 1]!]), b, false, transposeB);
+    return tf.reshape(y, [...lead, y.shape[1]!]);
+  }
+  // other broadcast batch axes: made explicit, so that the gradient of the broadcast sums them back
+  const r = Math.max(a.rank, b.rank);
+  const batch = Array.from({ length: r - 2 }, (_, i) => Math.max(a.shape[a.rank - r + i] ?? 1, b.shape[b.rank - r + i] ?? 1));
+  const full = (x: T) => (x.rank === r && x.shape.slice(0, -2).join() === batch.join() ? x : tf.broadcastTo(x, [...batch, ...x.shape.slice(-2)]));
+  return tf.matMul(full(a), full(b), false, transposeB);
 }
 
 function linear(x: T, w: T, bias?: T): T {
@@ -60,6 +69,38 @@ function layerNorm(x: T, gamma: T, beta: T, eps: number): T {
 function rmsNorm(x: T, weight: T, eps: number): T {
   const ms = tf.mean(tf.square(x), x.rank - 1, true);
   return tf.mul(tf.mul(x, tf.rsqrt(tf.add(ms, eps))), weight);
+}
+
+/**
+ * tf.gather with a gradient that scatter-adds on the host: tfjs's own (UnsortedSegmentSum on the cpu backend)
+ * costs one pass per table row, which for a vocabulary-wide table or a flattened [B·V] log-probability vector
+ * is minutes.
+ */
+function gather(table: T, ids: T, axis = 0): T {
+  const ax = norm(axis, table.rank);
+  if (table.dtype !== 'float32') return tf.gather(table, ids, ax);
+  const shape = table.shape;
+  const idx = Int32Array.from(ids.dataSync() as Int32Array);
+  const f = tf.customGrad(((t: T) => ({
+    value: tf.gather(t, ids, ax),
+    gradFunc: (dy: T) => {
+      const pre = shape.slice(0, ax).reduce((x, y) => x * y, 1);
+      const n = shape[ax]!;
+      const post = shape.slice(ax + 1).reduce((x, y) => x * y, 1);
+      const g = dy.dataSync() as Float32Array;
+      const k = idx.length;
+      const out = new Float32Array(pre * n * post);
+      for (let p = 0; p < pre; p++) {
+        for (let j = 0; j < k; j++) {
+          const to = (p * n + idx[j]!) * post;
+          const from = (p * k + j) * post;
+          for (let q = 0; q < post; q++) out[to + q] += g[from + q]!;
+        }
+      }
+      return tf.tensor(out, shape, 'float32');
+    },
+  })) as unknown as Parameters<typeof tf.customGrad>[0]);
+  return f(table);
 }
 
 /** The op vocabulary on tfjs tensors (the test oracle): every op is differentiable through tfjs's tape. */
@@ -97,7 +138,7 @@ export const tfOps: Ops<T> = {
   layerNorm,
   rmsNorm,
 
-  gather: (table, ids, axis = 0) => tf.gather(table, ids, axis),
+  gather,
   concat: (xs, axis) => tf.concat(xs, axis),
   slice: (x, begin, size) => tf.slice(x, begin, size),
   transpose: (x, perm) => tf.transpose(x, perm),
