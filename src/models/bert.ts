@@ -223,5 +223,5 @@ export const bertFamily: ModelFamily<BertConfig> = {
   weights,
   functions,
   specialIds: (cfg) => ({ pad: cfg.padTokenId }),
-  randomConfig: (overrides, vocabSize) => ({ ...BERT_BASE, ...(overrides as Partial<BertConfig>), vocabSize }),
+  randomConfig: (overrides, vocabSize, modelType) => ({ ...BERT_BASE, modelType: modelType as BertConfig['modelType'], ...(overrides as Partial<BertConfig>), vocabSize }),
 };

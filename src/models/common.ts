@@ -142,6 +142,8 @@ export interface WeightSpec {
   std?: number;
   /** other names checkpoints store the same tensor under */
   aliases?: string[];
+  /** what a checkpoint without this tensor lacks, said in the loader's error instead of the tensor's name */
+  missing?: string;
 }
 
 /** Deterministic values for `specs` (normal via mulberry32 + Box-Muller, i.i.d. in stored order). */

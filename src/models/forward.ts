@@ -111,6 +111,6 @@ export async function inputEmbeddingGradient(
     feedsOf(batch),
   );
   const g = r.wrt.embeds!;
-  const h = lm.info.hiddenSize;
+  const h = lm.info.embeddingSize ?? lm.info.hiddenSize;
   return { logProb: r.outputs.logp!.data[0] as number, grad: { data: (g.data as Float32Array).slice(0, s * h), shape: [s, h] } };
 }

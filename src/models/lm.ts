@@ -23,6 +23,11 @@ export interface ModelInfo {
   source: string;
   vocabSize: number;
   hiddenSize: number;
+  /**
+   * width of the input embeddings (what `embed` returns, hence of prompt tokens) where it differs from
+   * hiddenSize (ALBERT's factorised embeddings); absent: hiddenSize
+   */
+  embeddingSize?: number;
   numLayers: number;
   numHeads: number;
   numKvHeads: number;
@@ -91,5 +96,5 @@ export interface ModelFamily<C = unknown> {
   /** special ids config.json names (pad/bos/eos), used where the tokenizer names none */
   specialIds?(config: C): Partial<SpecialIds>;
   /** a config for random weights (benchmarks, tests): `overrides` on the family's base size */
-  randomConfig?(overrides: Record<string, number | boolean | string>, vocabSize: number): C;
+  randomConfig?(overrides: Record<string, number | boolean | string>, vocabSize: number, modelType: string): C;
 }

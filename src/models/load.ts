@@ -54,10 +54,14 @@ function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
   return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts);
 }
 
-function assemble(family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: LoadOptions): LanguageModel {
+function assemble(
+  family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: LoadOptions,
+  fallback: Partial<SpecialIds> = {},
+): LanguageModel {
   const vocab = family.describe(config).vocabSize;
   if (tokenizer.vocabSize > vocab) throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${vocab}`);
-  const lm = new LanguageModel(family, config, params, tokenizer, { source, special: specialIds(tokenizer, family.specialIds?.(config) ?? {}) });
+  const special = specialIds(tokenizer, { ...fallback, ...(family.specialIds?.(config) ?? {}) });
+  const lm = new LanguageModel(family, config, params, tokenizer, { source, special });
   if (opts.trainable) lm.setTrainable(true);
   return lm;
 }
@@ -86,6 +90,7 @@ function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: 
   const params: ParamMap = new Map();
   for (const spec of specs) {
     const found = [spec.name, ...(spec.aliases ?? [])].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
+    if (!found && spec.missing) throw new Error(`${dir}: ${spec.missing}`);
     if (!found) throw new Error(`${dir}: checkpoint has no tensor "${spec.name}" (expected shape [${spec.shape.join(',')}])`);
     const [name, t] = found as [string, LazyTensor];
     if (t.shape.join(',') !== spec.shape.join(',')) {
@@ -149,10 +154,15 @@ export function createRandomModel(
   const family = familyFor(modelType, 'createRandomModel');
   if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
   const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
-  const config = family.randomConfig(overrides, vocabSize);
+  const config = family.randomConfig(overrides, vocabSize, modelType);
   const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
   const specs = family.weights(config);
   const values = randomValues(specs, seed);
   const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
-  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts);
+  // a causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]
+  const known = specialIdsOf(tok);
+  const fallback: Partial<SpecialIds> = {};
+  if (family.kind === 'causal' && known.cls !== undefined) fallback.bos = known.cls;
+  if (family.kind === 'causal' && known.sep !== undefined) fallback.eos = known.sep;
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, fallback);
 }

@@ -76,9 +76,10 @@ export class HfTokenizer implements TextTokenizer {
     }
     const mapFile = path.join(dir, 'special_tokens_map.json');
     const cfgFile = path.join(dir, 'tokenizer_config.json');
+    // as transformers loads them: special_tokens_map.json overrides what tokenizer_config.json says
     const config = {
-      ...(fs.existsSync(mapFile) ? (readJson(mapFile) as object) : {}),
       ...(fs.existsSync(cfgFile) ? (readJson(cfgFile) as object) : {}),
+      ...(fs.existsSync(mapFile) ? (readJson(mapFile) as object) : {}),
     };
     try {
       return new HfTokenizer(json, config);

@@ -120,7 +120,7 @@ export class PTuningSession {
     this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
     validateFor(this.template, lm.info.kind);
     const n = numPseudo(this.template) + (config.peftPrefix ?? 0);
-    this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.hiddenSize }) : null;
+    this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.embeddingSize ?? lm.info.hiddenSize }) : null;
     this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize);
     this.programs = new PTuningPrograms(lm, this.encoder, this.head);
   }
