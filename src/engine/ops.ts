@@ -45,6 +45,8 @@ export interface Ops<T> {
   matmul(a: T, b: T, transposeB?: boolean): T;
   /** x[..., in] @ w[in, out] (+ bias[out]). */
   linear(x: T, w: T, bias?: T): T;
+  /** x[..., in] @ wᵀ (+ bias[out]) for w [out, in]: torch nn.Linear's layout. */
+  dense(x: T, w: T, bias?: T): T;
 
   // reductions and normalisation
   sum(x: T, axis: number, keepDims?: boolean): T;

@@ -1,7 +1,9 @@
 import type { Ops } from '../engine/ops.js';
 import {
   ConfigFields,
+  atRows,
   attend,
+  biasAt,
   attentionBias,
   dense,
   keyMaskOf,
@@ -166,15 +168,16 @@ function functions(cfg: BertConfig): LmFunctions {
     return norm(o, w, x, `${n.base}.embeddings.LayerNorm`);
   };
 
-  /** One post-LN layer: x = LN(x + attn(x)); x = LN(x + ffn(x)). */
-  const layer = <T>(o: Ops<T>, w: WeightOf<T>, i: number, x: T, bias: T, past?: LayerKv<T>): { x: T; kv: LayerKv<T> } => {
+  /** One post-LN layer: x = LN(x + attn(x)); x = LN(x + ffn(x)); with `at`, for the rows at `at` only. */
+  const layer = <T>(o: Ops<T>, w: WeightOf<T>, i: number, x: T, bias: T, past?: LayerKv<T>, at?: T): { x: T; kv: LayerKv<T> } => {
     const p = `${n.base}.encoder.layer.${i}`;
     const heads = cfg.numHeads;
-    const q = splitHeads(o, lin(o, w, x, `${p}.attention.self.query`), heads);
+    const xq = at ? atRows(o, x, at) : x;
+    const q = splitHeads(o, lin(o, w, xq, `${p}.attention.self.query`), heads);
     const kv = { k: splitHeads(o, lin(o, w, x, `${p}.attention.self.key`), heads), v: splitHeads(o, lin(o, w, x, `${p}.attention.self.value`), heads) };
     const all = withPast(o, kv, past);
-    const attn = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, bias)), `${p}.attention.output.dense`);
-    x = norm(o, w, o.add(x, attn), `${p}.attention.output.LayerNorm`);
+    const attn = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias)), `${p}.attention.output.dense`);
+    x = norm(o, w, o.add(xq, attn), `${p}.attention.output.LayerNorm`);
     const ffn = lin(o, w, activation(o, cfg, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`);
     return { x: norm(o, w, o.add(x, ffn), `${p}.output.LayerNorm`), kv };
   };
@@ -188,11 +191,12 @@ function functions(cfg: BertConfig): LmFunctions {
       let x = embeddings(o, w, inp);
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
-        const r = layer(o, w, i, x, bias, inp.past?.layers[i]);
+        // the last layer computes only the rows asked for: nothing after it reads the others
+        const r = layer(o, w, i, x, bias, inp.past?.layers[i], i === cfg.numLayers - 1 ? inp.at : undefined);
         x = r.x;
         present.push(r.kv);
       }
-      return { hidden: x, present };
+      return { hidden: x, present, ...(inp.at && { rows: o.reshape(x, [o.shape(x)[0]!, cfg.hiddenSize]) }) };
     },
     /** MLM head: dense + act + LN, then the tied word embeddings (+ bias), over all or the candidate rows */
     logits(o, w, rows, candidates) {

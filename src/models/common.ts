@@ -11,8 +11,7 @@ export const MASKED = -1e9;
 
 /** torch nn.Linear: x [..., in] @ wᵀ (w [out, in]) + b. */
 export function dense<T>(o: Ops<T>, x: T, w: T, b?: T): T {
-  const y = o.matmul(x, w, true);
-  return b ? o.add(y, b) : y;
+  return o.dense(x, w, b);
 }
 
 /** Keys and values of one layer, [B, kvHeads, K, headDim] (keys after any rotary embedding). */
@@ -114,6 +113,29 @@ export function rowsAt<T>(o: Ops<T>, hidden: T, positions: T): T {
   const [b, s, h] = o.shape(hidden) as [number, number, number];
   const rowStarts = o.constInt(Array.from({ length: b }, (_, i) => i * s), [b]);
   return o.gather(o.reshape(hidden, [b * s, h]), o.add(rowStarts, positions));
+}
+
+/** x [B, S, ...] at one position per row, `at` [B] int32 → [B, 1, ...] (the sequence axis kept, of length 1). */
+export function atRows<T>(o: Ops<T>, x: T, at: T): T {
+  const [b, s, ...rest] = o.shape(x) as number[];
+  const width = rest.reduce((a, c) => a * c, 1);
+  return o.reshape(rowsAt(o, o.reshape(x, [b!, s!, width]), at), [b!, 1, ...rest]);
+}
+
+/** Attention bias [B, 1, S, K] (or [B, 1, 1, K]) for the queries at `at` [B] only → [B, 1, 1, K]. */
+export function biasAt<T>(o: Ops<T>, bias: T, at: T): T {
+  const [b, , q, k] = o.shape(bias) as [number, number, number, number];
+  if (q === 1) return bias;
+  return o.reshape(rowsAt(o, o.reshape(bias, [b, q, k]), at), [b, 1, 1, k]);
+}
+
+/** Rotary cos/sin [B, 1, S, D] at the query positions `at` [B] → [B, 1, 1, D]. */
+export function ropeRowsAt<T>(o: Ops<T>, rope: { cos: T; sin: T }, at: T): { cos: T; sin: T } {
+  const pick = (t: T) => {
+    const [b, , s, d] = o.shape(t) as [number, number, number, number];
+    return o.reshape(rowsAt(o, o.reshape(t, [b, s, d]), at), [b, 1, 1, d]);
+  };
+  return { cos: pick(rope.cos), sin: pick(rope.sin) };
 }
 
 /**

@@ -160,13 +160,15 @@ function stepProgram(lm: LanguageModel, s: number, capacity: number, withPrompts
             })),
           }
         : undefined;
-      const { hidden, present } = lm.fns.hidden(o, w, {
+      const last = ints('last', [1]);
+      const { hidden, present, rows } = lm.fns.hidden(o, w, {
         embeds,
         attentionMask: ints('attention_mask', [1, s]),
         positionIds: ints('position_ids', [1, s]),
         past,
+        at: last,
       });
-      const outputs: Record<string, Sym> = { logits: lm.fns.logits(o, w, rowsAt(o, hidden, ints('last', [1]))) };
+      const outputs: Record<string, Sym> = { logits: lm.fns.logits(o, w, rows ?? rowsAt(o, hidden, last)) };
       present.forEach((kv, i) => {
         outputs[`k${i}`] = kv.k;
         outputs[`v${i}`] = kv.v;

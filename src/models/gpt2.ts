@@ -1,7 +1,9 @@
 import type { Ops } from '../engine/ops.js';
 import {
   ConfigFields,
+  atRows,
   attend,
+  biasAt,
   attentionBias,
   keyMaskOf,
   mergeHeads,
@@ -120,13 +122,15 @@ function functions(cfg: Gpt2Config): LmFunctions {
   const conv = <T>(o: Ops<T>, w: WeightOf<T>, x: T, p: string) => o.linear(x, w(`${p}.weight`), w(`${p}.bias`));
 
   /** causal self-attention over the past keys/values and the current ones */
-  const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, bias: T, past?: LayerKv<T>): { out: T; kv: LayerKv<T> } => {
+  /** causal self-attention; with `at`, only the queries at those positions (one per row): out is [B, 1, H] */
+  const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, bias: T, past?: LayerKv<T>, at?: T): { out: T; kv: LayerKv<T> } => {
     const [b, s, h] = o.shape(x) as [number, number, number];
     const qkv = conv(o, w, x, `${p}.attn.c_attn`);
-    const part = (i: number) => splitHeads(o, o.slice(qkv, [0, 0, i * h], [b, s, h]), cfg.numHeads);
-    const kv = { k: part(1), v: part(2) };
+    const part = (i: number) => o.slice(qkv, [0, 0, i * h], [b, s, h]);
+    const kv = { k: splitHeads(o, part(1), cfg.numHeads), v: splitHeads(o, part(2), cfg.numHeads) };
+    const q = splitHeads(o, at ? atRows(o, part(0), at) : part(0), cfg.numHeads);
     const all = withPast(o, kv, past);
-    const out = conv(o, w, mergeHeads(o, attend(o, part(0), all.k, all.v, bias)), `${p}.attn.c_proj`);
+    const out = conv(o, w, mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias)), `${p}.attn.c_proj`);
     return { out, kv };
   };
 
@@ -141,13 +145,16 @@ function functions(cfg: Gpt2Config): LmFunctions {
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
         const p = `transformer.h.${i}`;
-        const attn = attention(o, w, p, norm(o, w, x, `${p}.ln_1`), bias, inp.past?.layers[i]);
-        x = o.add(x, attn.out);
+        // the last layer computes only the rows asked for: nothing after it reads the others
+        const at = i === cfg.numLayers - 1 ? inp.at : undefined;
+        const attn = attention(o, w, p, norm(o, w, x, `${p}.ln_1`), bias, inp.past?.layers[i], at);
+        x = o.add(at ? atRows(o, x, at) : x, attn.out);
         const mlp = conv(o, w, o.geluTanh(conv(o, w, norm(o, w, x, `${p}.ln_2`), `${p}.mlp.c_fc`)), `${p}.mlp.c_proj`);
         x = o.add(x, mlp);
         present.push(attn.kv);
       }
-      return { hidden: norm(o, w, x, 'transformer.ln_f'), present };
+      const hidden = norm(o, w, x, 'transformer.ln_f');
+      return { hidden, present, ...(inp.at && { rows: o.reshape(hidden, [o.shape(hidden)[0]!, cfg.hiddenSize]) }) };
     },
     logits: (o, w, rows, candidates) => projectRows(o, rows, w('transformer.wte.weight'), undefined, candidates),
   };

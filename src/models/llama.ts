@@ -2,12 +2,15 @@ import type { Ops } from '../engine/ops.js';
 import {
   ConfigFields,
   MASKED,
+  atRows,
   attend,
+  biasAt,
   attentionBias,
   dense,
   keyMaskOf,
   positionsFrom,
   projectRows,
+  ropeRowsAt,
   withPast,
   type LayerKv,
   type WeightSpec,
@@ -364,20 +367,23 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
     return [o.slice(fused, [0, 0, 0], [b, s, q]), o.slice(fused, [0, 0, q], [b, s, kv]), o.slice(fused, [0, 0, q + kv], [b, s, kv])];
   };
 
-  const attention = <T>(o: Ops<T>, w: WeightOf<T>, i: number, x: T, rope: { cos: T; sin: T }, bias: T, past?: LayerKv<T>) => {
+  /** self-attention; with `at`, only the queries at those positions (one per row): out is [B, 1, H] */
+  const attention = <T>(o: Ops<T>, w: WeightOf<T>, i: number, x: T, rope: { cos: T; sin: T }, bias: T, past?: LayerKv<T>, at?: T) => {
     const [b, s] = o.shape(x) as [number, number];
+    const sq = at ? 1 : s;
     const p = `${layerPrefix(i)}.self_attn`;
     const [qs, ks, vs] = qkv(o, w, p, x);
-    let q = heads(o, qs, b, s, c.numHeads);
+    let q = heads(o, at ? atRows(o, qs, at) : qs, b, sq, c.numHeads);
     let k = heads(o, ks, b, s, c.numKvHeads);
     const v = heads(o, vs, b, s, c.numKvHeads);
     if (hooks.qkNorm) ({ q, k } = hooks.qkNorm(o, w, i, q, k));
-    q = applyPartialRope(o, q, rope.cos, rope.sin, c.ropeStyle, rotaryDim);
+    const ropeQ = at ? ropeRowsAt(o, rope, at) : rope;
+    q = applyPartialRope(o, q, ropeQ.cos, ropeQ.sin, c.ropeStyle, rotaryDim);
     k = applyPartialRope(o, k, rope.cos, rope.sin, c.ropeStyle, rotaryDim);
     const kv = { k, v };
     const all = withPast(o, kv, past);
-    const context = attend(o, q, all.k, all.v, bias);
-    const merged = o.reshape(o.transpose(context, [0, 2, 1, 3]), [b, s, c.numHeads * hd]);
+    const context = attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias);
+    const merged = o.reshape(o.transpose(context, [0, 2, 1, 3]), [b, sq, c.numHeads * hd]);
     return { out: proj(o, w, merged, `${p}.o_proj`, c.outputBias), kv };
   };
 
@@ -411,12 +417,15 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
       for (let i = 0; i < c.numLayers; i++) {
         const p = layerPrefix(i);
         const bias = biasFor(layerWindow(c, i));
-        const attn = attention(o, w, i, o.rmsNorm(x, w(`${p}.input_layernorm.weight`), c.rmsNormEps), rope, bias, inp.past?.layers[i]);
-        x = o.add(x, attn.out);
+        // the last layer computes only the rows asked for: nothing after it reads the others
+        const at = i === c.numLayers - 1 ? inp.at : undefined;
+        const attn = attention(o, w, i, o.rmsNorm(x, w(`${p}.input_layernorm.weight`), c.rmsNormEps), rope, bias, inp.past?.layers[i], at);
+        x = o.add(at ? atRows(o, x, at) : x, attn.out);
         x = o.add(x, mlp(o, w, i, o.rmsNorm(x, w(`${p}.post_attention_layernorm.weight`), c.rmsNormEps)));
         present.push(attn.kv);
       }
-      return { hidden: o.rmsNorm(x, w('model.norm.weight'), c.rmsNormEps), present };
+      const hidden = o.rmsNorm(x, w('model.norm.weight'), c.rmsNormEps);
+      return { hidden, present, ...(inp.at && { rows: o.reshape(hidden, [o.shape(hidden)[0]!, c.hiddenSize]) }) };
     },
     logits: (o, w, rows, candidates) =>
       projectRows(o, rows, w(c.tieWordEmbeddings ? 'model.embed_tokens.weight' : 'lm_head.weight'), undefined, candidates),

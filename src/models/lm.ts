@@ -56,6 +56,11 @@ export interface HiddenInputs<T> {
   tokenTypeIds?: T;
   /** keys and values before the current tokens (a decoding cache, or deep prompts) */
   past?: PastKv<T>;
+  /**
+   * [B] int32: the one position per row whose final hidden state is wanted. A family may then compute its last
+   * layer for those rows only and return them as `rows`.
+   */
+  at?: T;
 }
 
 export interface HiddenOutputs<T> {
@@ -63,6 +68,8 @@ export interface HiddenOutputs<T> {
   hidden: T;
   /** the current tokens' keys and values per layer, [B, kvHeads, S, headDim] */
   present: LayerKv<T>[];
+  /** with `at`: the final hidden states [B, H] at those positions (`hidden` then holds them as [B, 1, H]) */
+  rows?: T;
 }
 
 /**

@@ -139,7 +139,7 @@ export class PromptEncoder {
   encode<T>(o: Ops<T>, w: (name: string) => T, dropout?: T[]): T {
     const emb = w('embedding.weight');
     if (this.config.type === 'embedding') return emb;
-    const linear = (x: T, prefix: string) => o.add(o.matmul(x, w(`${prefix}.weight`), true), w(`${prefix}.bias`));
+    const linear = (x: T, prefix: string) => o.dense(x, w(`${prefix}.weight`), w(`${prefix}.bias`));
     if (this.config.type === 'mlp') {
       let x = o.relu(linear(emb, 'mlp_head.0'));
       x = o.relu(linear(x, 'mlp_head.2'));
@@ -148,9 +148,7 @@ export class PromptEncoder {
     const dims = this.lstm!;
     let x = emb;
     for (let l = 0; l < dims.layers; l++) {
-      const fwd = lstmDirection(o, w, dims.hidden, x, `l${l}`, false);
-      const bwd = lstmDirection(o, w, dims.hidden, x, `l${l}_reverse`, true);
-      x = o.concat([fwd, bwd], 1);
+      x = lstmLayer(o, w, dims.hidden, x, l);
       if (dropout && l < dims.layers - 1) x = o.mul(x, dropout[l]!);
     }
     return linear(o.relu(linear(x, 'mlp_head.0')), 'mlp_head.2');
@@ -219,30 +217,41 @@ export class PromptEncoder {
 }
 
 /**
- * One direction of one LSTM layer over the whole sequence x [n, in] → [n, h], as torch.nn.LSTM with zero
- * initial state: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
+ * One bidirectional LSTM layer over the whole sequence x [n, in] → [n, 2h] (forward | backward), as torch.nn.LSTM
+ * with zero initial states: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
+ * Both directions run as one batch of two recurrences (the backward one over the reversed sequence), so each
+ * time step is one set of ops for both.
  */
-function lstmDirection<T>(o: Ops<T>, w: (name: string) => T, hs: number, x: T, suffix: string, reverse: boolean): T {
+function lstmLayer<T>(o: Ops<T>, w: (name: string) => T, hs: number, x: T, layer: number): T {
   const n = o.shape(x)[0]!;
-  const whhT = o.transpose(w(`lstm_head.weight_hh_${suffix}`), [1, 0]);
-  const bias = o.add(w(`lstm_head.bias_ih_${suffix}`), w(`lstm_head.bias_hh_${suffix}`));
-  const inputGates = o.add(o.matmul(x, w(`lstm_head.weight_ih_${suffix}`), true), bias); // [n, 4h], all steps at once
-  const outs: T[] = new Array(n);
+  const both = (name: string) => {
+    const pair = [w(`lstm_head.${name}_l${layer}`), w(`lstm_head.${name}_l${layer}_reverse`)];
+    return o.concat(pair.map((t) => o.expandDims(t, 0)), 0);
+  };
+  const reversed = o.constInt(Array.from({ length: n }, (_, i) => n - 1 - i), [n]);
+  const xs = o.concat([o.expandDims(x, 0), o.expandDims(o.gather(x, reversed), 0)], 0); // [2, n, in]
+  const bias = o.reshape(o.add(both('bias_ih'), both('bias_hh')), [2, 1, 4 * hs]);
+  const inputGates = o.add(o.matmul(xs, both('weight_ih'), true), bias); // [2, n, 4h], all steps at once
+  const whh = both('weight_hh'); // [2, 4h, h]
+  const outs: T[] = [];
   let h: T | null = null;
   let c: T | null = null;
-  for (let k = 0; k < n; k++) {
-    const t = reverse ? n - 1 - k : k;
-    let gates = o.slice(inputGates, [t, 0], [1, 4 * hs]);
-    if (h) gates = o.add(gates, o.matmul(h, whhT));
-    const i = o.sigmoid(o.slice(gates, [0, 0], [1, hs]));
-    const f = o.sigmoid(o.slice(gates, [0, hs], [1, hs]));
-    const g = o.tanh(o.slice(gates, [0, 2 * hs], [1, hs]));
-    const og = o.sigmoid(o.slice(gates, [0, 3 * hs], [1, hs]));
+  for (let t = 0; t < n; t++) {
+    let gates = o.slice(inputGates, [0, t, 0], [2, 1, 4 * hs]);
+    if (h) gates = o.add(gates, o.matmul(h, whh, true));
+    const gate = (k: number) => o.slice(gates, [0, 0, k * hs], [2, 1, hs]);
+    const i = o.sigmoid(gate(0));
+    const f = o.sigmoid(gate(1));
+    const g = o.tanh(gate(2));
+    const og = o.sigmoid(gate(3));
     c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
     h = o.mul(og, o.tanh(c));
-    outs[t] = h;
+    outs.push(h);
   }
-  return o.concat(outs, 0);
+  const all = o.concat(outs, 1); // [2, n, h]: the backward direction in reversed time
+  const fwd = o.reshape(o.slice(all, [0, 0, 0], [1, n, hs]), [n, hs]);
+  const bwd = o.gather(o.reshape(o.slice(all, [1, 0, 0], [1, n, hs]), [n, hs]), reversed);
+  return o.concat([fwd, bwd], 1);
 }
 
 function normalise(cfg: PromptEncoderConfig): PromptEncoder['config'] {

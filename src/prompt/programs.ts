@@ -113,13 +113,15 @@ export class PTuningPrograms {
           const prompts = encoder.inProgram(b, train, dropout);
           embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
         }
-        const { hidden } = lm.fns.hidden(o, w, {
+        const positions = ints('positions', [rows]);
+        const lmOut = lm.fns.hidden(o, w, {
           embeds,
           attentionMask: ints('attention_mask', [rows, sp]),
           ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+          at: positions,
         });
         const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
-        const logits = lm.fns.logits(o, w, rowsAt(o, hidden, ints('positions', [rows])), cand);
+        const logits = lm.fns.logits(o, w, lmOut.rows ?? rowsAt(o, lmOut.hidden, positions), cand);
         const scores = head.scoresOn(o, logits);
         if (out.kind === 'scores') return { outputs: { scores } };
         if (out.kind === 'topk') return { outputs: topK(b, scores, out.k, out.masked) };

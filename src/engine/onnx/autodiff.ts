@@ -83,6 +83,13 @@ const RULES: Record<string, Rule> = {
     return [o.mul(g, dy)];
   },
   MatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, false, false),
+  // Y = A op(B) + C (A and Y matrices, no transA): the matmul rule, and C's gradient summed to its shape
+  Gemm: (o, n, g, needs) => {
+    if (n.attrs?.transA) throw new Error('onnx autodiff: Gemm with transA is not differentiated');
+    const [ga, gb] = matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, false, !!n.attrs?.transB);
+    const c = n.inputSyms[2];
+    return [ga, gb, c && needs[2] ? o.sumTo(g, c.shape) : undefined];
+  },
   FusedMatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, !!n.attrs!.transA, !!n.attrs!.transB),
   Transpose: (o, n, g) => {
     const perm = n.attrs!.perm as number[];

@@ -94,8 +94,27 @@ export class OnnxOps implements Ops<Sym> {
   }
 
   linear(x: Sym, w: Sym, bias?: Sym): Sym {
-    const y = this.matmul(x, w);
-    return bias ? this.add(y, bias) : y;
+    return this.gemm(x, w, bias, false);
+  }
+
+  dense(x: Sym, w: Sym, bias?: Sym): Sym {
+    return this.gemm(x, w, bias, true);
+  }
+
+  /**
+   * x[..., in] @ op(w) + bias as one ONNX Gemm over the rows (the bias is added by the matmul kernel itself, not by a
+   * pass of its own); `transB`: w is [out, in].
+   */
+  private gemm(x: Sym, w: Sym, bias: Sym | undefined, transB: boolean): Sym {
+    if (w.rank !== 2) throw new Error(`onnx Gemm: weight must be a matrix, got [${w.shape}]`);
+    const k = x.shape[x.rank - 1]!;
+    const [wk, n] = transB ? [w.shape[1]!, w.shape[0]!] : [w.shape[0]!, w.shape[1]!];
+    if (k !== wk) throw new Error(`onnx Gemm: [${x.shape}] times [${w.shape}]${transB ? 'ᵀ' : ''}: inner dimensions differ`);
+    const lead = x.shape.slice(0, -1);
+    const rows = lead.reduce((a, b) => a * b, 1);
+    const x2 = x.rank === 2 ? x : this.reshape(x, [rows, k]);
+    const y = this.graph.op1('Gemm', bias ? [x2, w, bias] : [x2, w], [rows, n], 'float32', { transB: +transB });
+    return x.rank === 2 ? y : this.reshape(y, [...lead, n]);
   }
 
   sum(x: Sym, axis: number, keepDims = false): Sym {

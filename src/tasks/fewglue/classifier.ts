@@ -87,12 +87,14 @@ export class LinearClassifier {
         const { o } = b;
         const w = lm.weights(b);
         const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
-        const { hidden } = lm.fns.hidden(o, w, {
+        const readAt = ints('read_at', [rows]);
+        const out = lm.fns.hidden(o, w, {
           embeds: lm.fns.embed(o, w, ints('ids', [rows, sp])),
           attentionMask: ints('attention_mask', [rows, sp]),
           ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+          at: readAt,
         });
-        const read = rowsAt(o, hidden, ints('read_at', [rows]));
+        const read = out.rows ?? rowsAt(o, out.hidden, readAt);
         const logits = dense(o, read, b.param('cls.weight', [k, lm.info.hiddenSize], train), b.param('cls.bias', [k], train));
         if (!train) return { outputs: { logits } };
         const loss = crossEntropyOn(o, logits, ints('targets', [rows]));
