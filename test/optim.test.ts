@@ -203,12 +203,15 @@ test('clipGradNorm: global L2 norm, scale max/(norm+1e-6) in place only when abo
   assert.deepEqual([...split.values()].flatMap((g) => Array.from(g)), Array.from(joined.get('all')!));
 });
 
-test('optimizer steps update the parameters\' own arrays in place and keep moments as host arrays', () => {
+test('optimizer steps update the parameters\' arrays in place and keep moments as host arrays', () => {
   const w = new Parameter('w', [8, 4], Float32Array.from({ length: 32 }, (_, i) => Math.sin(i)), true);
   const b = new Parameter('b', [4], new Float32Array(4), true);
+  const initial = Float32Array.from(w.data);
+  const opt = new AdamW(decayGroups(new Map([['w', w], ['b', b]]), { lr: 1e-3, weightDecay: 0.1 }));
+  // with the WebAssembly kernel the arrays moved once into its memory, values kept; from then on they stay put
+  assert.deepEqual(w.data, initial);
   const wData = w.data;
   const bData = b.data;
-  const opt = new AdamW(decayGroups(new Map([['w', w], ['b', b]]), { lr: 1e-3, weightDecay: 0.1 }));
   // gradient of Σ (x w + b)² for x = ones [2, 8]
   const step = () => {
     const y = new Float32Array(4);
@@ -233,6 +236,22 @@ test('optimizer steps update the parameters\' own arrays in place and keep momen
   assert.equal(st.params.get('b')!.step, 6);
   opt.dispose();
   assert.equal(opt.state().params.size, 0, 'dispose drops the moments');
+});
+
+test('the WebAssembly SIMD kernel and the JavaScript loop give the same updates (float32 against float64 arithmetic)', () => {
+  const make = () => new Parameter('w', [1001], Float32Array.from({ length: 1001 }, (_, i) => Math.sin(i) * 0.1), true);
+  const [a, b] = [make(), make()];
+  const fast = new AdamW([{ params: new Map([['w', a]]), lr: 1e-2, weightDecay: 0.01 }]);
+  const slow = new AdamW([{ params: new Map([['w', b]]), lr: 1e-2, weightDecay: 0.01 }], { kernel: false });
+  for (let step = 0; step < 20; step++) {
+    const g = Float32Array.from({ length: 1001 }, (_, i) => Math.cos(i * (step + 1)) * (i % 7) * 0.3);
+    fast.step(new Map([['w', g]]), 0.8);
+    slow.step(new Map([['w', g]]), 0.8);
+  }
+  let diff = 0;
+  for (let i = 0; i < 1001; i++) diff = Math.max(diff, Math.abs(a.data[i]! - b.data[i]!));
+  assert.ok(diff < 1e-6, `max difference ${diff}`);
+  assert.equal(a.grad.length, 1001, 'the gradient buffer sits in the arena too');
 });
 
 test('schedules: constant, linear warmup/decay (transformers) and exponential per epoch', () => {

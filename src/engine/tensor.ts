@@ -44,6 +44,12 @@ export class Parameter {
     return (this.gradData ??= new Float32Array(this.data.length));
   }
 
+  /** Makes `buffer` (zeroed, the parameter's size) the gradient buffer, e.g. one inside an optimizer's arena. */
+  useGradBuffer(buffer: Float32Array): void {
+    if (buffer.length !== this.data.length) throw new Error(`parameter "${this.name}": gradient buffer of ${buffer.length} values for shape [${this.shape}]`);
+    this.gradData = buffer;
+  }
+
   /** Frees the gradient buffer (inference only from now on). */
   dropGrad(): void {
     this.gradData = null;

@@ -1,4 +1,5 @@
 import type { Parameter } from '../engine/tensor.js';
+import { AdamArena } from './adam-kernel.js';
 
 /**
  * Adam and AdamW with torch.optim semantics, parameter groups, exact resume, and torch's clip_grad_norm_.
@@ -21,11 +22,6 @@ export interface ParamGroup {
   name?: string;
 }
 
-export interface AdamOptions {
-  betas?: [number, number];
-  eps?: number;
-}
-
 export interface ParamOptimState {
   step: number;
   m: Float32Array;
@@ -44,6 +40,16 @@ interface Slot {
   step: number;
   m: Float32Array | null;
   v: Float32Array | null;
+}
+
+export interface AdamOptions {
+  betas?: [number, number];
+  eps?: number;
+  /**
+   * run the update as a WebAssembly SIMD kernel over an arena holding the parameters, their gradients and the
+   * moments (the parameters' arrays move into it); default true where WebAssembly SIMD is available
+   */
+  kernel?: boolean;
 }
 
 interface AdamCoefficients {
@@ -70,6 +76,7 @@ class AdamBase {
   private readonly beta1: number;
   private readonly beta2: number;
   private readonly eps: number;
+  private readonly arena: AdamArena | null;
 
   protected constructor(
     readonly kind: 'adam' | 'adamw',
@@ -95,6 +102,19 @@ class AdamBase {
       for (const [name, param] of group.params) {
         if (this.slots.has(name)) throw new Error(`${where}: parameter '${name}' is in more than one group`);
         this.slots.set(name, { param, group, step: 0, m: null, v: null });
+      }
+    }
+    this.arena = opts.kernel === false ? null : AdamArena.create([...this.slots.values()].flatMap((s) => Array(4).fill(s.param.size) as number[]));
+    if (this.arena) {
+      // θ, its gradient and both moments side by side in the kernel's memory; ONNX Runtime reads and writes them there
+      for (const slot of this.slots.values()) {
+        const p = slot.param;
+        const theta = this.arena.alloc(p.size);
+        theta.set(p.data);
+        p.data = theta;
+        p.useGradBuffer(this.arena.alloc(p.size));
+        slot.m = this.arena.alloc(p.size);
+        slot.v = this.arena.alloc(p.size);
       }
     }
   }
@@ -127,7 +147,14 @@ class AdamBase {
       const invRoot2 = 1 / Math.sqrt(1 - beta2 ** t);
       const c1 = 1 - beta1;
       const c2 = 1 - beta2;
-      adamUpdate(p.data, g, m, v, { l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps, n });
+      if (this.arena && this.arena.holds(p.data)) {
+        const grad = p.grad;
+        if (g !== grad) grad.set(g);
+        const bytes = Math.ceil(n / 4) * 16; // padding lanes hold zeros and stay zero
+        this.arena.kernel(p.data.byteOffset, grad.byteOffset, m.byteOffset, v.byteOffset, bytes, l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps);
+      } else {
+        adamUpdate(p.data, g, m, v, { l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps, n });
+      }
     }
   }
 
@@ -135,7 +162,7 @@ class AdamBase {
   state(): OptimizerState {
     const params = new Map<string, ParamOptimState>();
     for (const [name, s] of this.slots) {
-      if (!s.m || !s.v) continue;
+      if (!s.m || !s.v || s.step === 0) continue;
       params.set(name, {
         step: s.step,
         m: Float32Array.from(s.m),
@@ -160,8 +187,13 @@ class AdamBase {
     for (const [name, s] of state.params) {
       const slot = this.slots.get(name)!;
       slot.step = s.step;
-      slot.m = Float32Array.from(s.m);
-      slot.v = Float32Array.from(s.v);
+      if (slot.m && this.arena?.holds(slot.m)) {
+        slot.m.set(s.m);
+        slot.v!.set(s.v);
+      } else {
+        slot.m = Float32Array.from(s.m);
+        slot.v = Float32Array.from(s.v);
+      }
     }
   }
 
@@ -171,7 +203,11 @@ class AdamBase {
 
   private disposeMoments(): void {
     for (const s of this.slots.values()) {
-      s.m = s.v = null;
+      // moments in the arena stay where they are (zeroed); the others are dropped
+      if (s.m && this.arena?.holds(s.m)) {
+        s.m.fill(0);
+        s.v!.fill(0);
+      } else s.m = s.v = null;
       s.step = 0;
     }
   }

@@ -4,6 +4,9 @@ import { GELU_TANH, OnnxOps } from './ops.js';
 
 type Rule = (o: OnnxOps, n: GraphNode, g: Sym, needs: boolean[]) => (Sym | undefined)[];
 
+/** gradients made by scattering rows into zeros (Gather's rule), with what was scattered */
+const scatterParts = new WeakMap<Sym, { idx: Sym; updates: Sym }>();
+
 const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 /**
@@ -124,7 +127,11 @@ const RULES: Record<string, Rule> = {
     const idx = o.reshape(o.cast(ids, 'int64'), [...ids.shape, 1]);
     const scatter = (shape: number[], updates: Sym) =>
       o.graph.op1('ScatterND', [o.zeros(shape), idx, updates], shape, 'float32', { reduction: 'add' });
-    if (axis === 0) return [scatter(table.shape, g)];
+    if (axis === 0) {
+      const out = scatter(table.shape, g);
+      scatterParts.set(out, { idx, updates: g });
+      return [out];
+    }
     // columns of a matrix (an untied output head restricted to candidates): scatter rows of the transpose
     if (axis !== 1 || table.rank !== 2 || ids.rank !== 1) throw new Error('onnx autodiff: Gather is differentiable along axis 0, or axis 1 of a matrix with 1-D ids');
     const [r, c] = table.shape as [number, number];
@@ -193,7 +200,17 @@ export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[]): Sym[] {
   const total = (name: string): Sym | undefined => {
     const parts = pending.get(name);
     if (!parts) return undefined;
-    const sum = parts.reduce((a, b) => o.add(a, b));
+    // a gathered table's gradient rows are scattered straight into the rest of its gradient (a tied embedding's
+    // output-projection part) instead of into zeros that are then added: two passes over the table fewer
+    const dense = parts.filter((p) => !scatterParts.has(p));
+    const scattered = parts.filter((p) => scatterParts.has(p));
+    let sum: Sym;
+    if (dense.length === 0) sum = scattered.shift()!;
+    else sum = dense.reduce((a, b) => o.add(a, b));
+    for (const p of scattered) {
+      const { idx, updates } = scatterParts.get(p)!;
+      sum = o.graph.op1('ScatterND', [sum, idx, updates], sum.shape, 'float32', { reduction: 'add' });
+    }
     pending.set(name, [sum]);
     return sum;
   };
