@@ -3,7 +3,7 @@
  * at batch 8 × seq 64).
  *
  *   npm run bench -- [--models bert-mini,gpt2-mini,bert-base,gpt2-base,tinyllama] [--engines ort,ort-web]
- *                    [--modes fwd,ptune,full,lama] [--reps N] [--torch-threads 1,2] [--python PATH] [--no-torch]
+ *                    [--modes fwd,ptune,full,lama] [--reps N] [--rounds N] [--torch-threads 1,2] [--python PATH] [--no-torch]
  *
  * PyTorch: the interpreter given by --python, else `$PTUNE_TORCH_PYTHON`, else `.venv-torch/bin/python` (made by
  * `../shared/bench/setup-pytorch.sh .venv-torch`: current PyTorch, CPU), else Debian's /usr/bin/python3.
@@ -205,49 +205,57 @@ async function parent(): Promise<void> {
   for (const m of models) {
     const def = MODELS[m]!;
     const reps = String(Number(arg('reps') ?? (def.dir ? 5 : 3)));
+    const rounds = Number(arg('rounds') ?? (def.dir ? 3 : 1));
     const mine = modes.filter((x) => def.modes.includes(x));
-    const row: Record<string, unknown> = { batch: def.batch, seq: def.seq };
-    for (const e of engines) {
-      // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
-      const env = { ...process.env, PTUNE_RUNTIME: e === 'ort-web' ? 'web' : 'node', MALLOC_MMAP_THRESHOLD_: '131072' };
-      // every mode in a process of its own, so each peak RSS is that mode's alone
-      const merged: Record<string, unknown> = {};
-      for (const mode of mine) {
-        const part = runJson(process.execPath, ['--max-old-space-size=16384', self, '--child', m, '--modes', mode, '--reps', reps], env);
-        const { peak_rss_mb: rss, error, ...rest } = part;
-        Object.assign(merged, rest, error ? { [`${mode}_error`]: error } : { [`${mode}_peak_rss_mb`]: rss });
-      }
-      row[e] = merged;
-      process.stderr.write(`${m} ${e}: ${JSON.stringify(row[e])}\n`);
-    }
-    if (python) {
-      for (const t of torchThreads) {
+    const byEngine: Record<string, Record<string, unknown>[]> = {};
+    // rounds interleave ptune and PyTorch, so a slow phase of a shared machine hits both; each number below is
+    // the median over the rounds of each round's median
+    for (let round = 0; round < rounds; round++) {
+      for (const e of engines) {
+        // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
+        const env = { ...process.env, PTUNE_RUNTIME: e === 'ort-web' ? 'web' : 'node', MALLOC_MMAP_THRESHOLD_: '131072' };
+        // every mode in a process of its own, so each peak RSS is that mode's alone
         const merged: Record<string, unknown> = {};
-        for (const mode of mine.filter((x) => x !== 'lama')) {
-          const part = runJson(python, [TORCH_SCRIPT, ...def.torchArgs, '--threads', t, '--reps', reps, '--modes', mode]);
+        for (const mode of mine) {
+          const part = runJson(process.execPath, ['--max-old-space-size=16384', self, '--child', m, '--modes', mode, '--reps', reps], env);
           const { peak_rss_mb: rss, error, ...rest } = part;
           Object.assign(merged, rest, error ? { [`${mode}_error`]: error } : { [`${mode}_peak_rss_mb`]: rss });
         }
-        row[`pytorch_${t}t`] = merged;
-        process.stderr.write(`${m} pytorch ${t} thread(s): ${JSON.stringify(row[`pytorch_${t}t`])}\n`);
+        (byEngine[e] ??= []).push(merged);
+        process.stderr.write(`${m} ${e} round ${round + 1}: ${JSON.stringify(merged)}\n`);
       }
-      // ratios ptune / the faster PyTorch (per mode): < 1 means faster than PyTorch
-      const ratios: Record<string, number> = {};
-      const torchRows = torchThreads.map((t) => row[`pytorch_${t}t`] as Record<string, unknown>);
-      const best = (mode: string) => Math.min(...torchRows.map((r) => seconds(r[`${mode}_s`]) ?? Infinity));
-      for (const e of engines) {
-        const r = row[e] as Record<string, unknown>;
-        for (const mode of ['fwd', 'ptune', 'full']) {
-          const a = seconds(r[mode]);
-          const b = best(mode);
-          if (a !== undefined && Number.isFinite(b)) ratios[`${e}_${mode}`] = round(a / b);
-          const rss = r[`${mode}_peak_rss_mb`];
-          const torchRss = Math.min(...torchRows.map((x) => (x[`${mode}_peak_rss_mb`] as number | undefined) ?? Infinity));
-          if (typeof rss === 'number' && Number.isFinite(torchRss)) ratios[`${e}_${mode}_rss`] = round(rss / torchRss);
+      if (python) {
+        for (const t of torchThreads) {
+          const merged: Record<string, unknown> = {};
+          for (const mode of mine.filter((x) => x !== 'lama')) {
+            const part = runJson(python, [TORCH_SCRIPT, ...def.torchArgs, '--threads', t, '--reps', reps, '--modes', mode]);
+            const { peak_rss_mb: rss, error, ...rest } = part;
+            Object.assign(merged, rest, error ? { [`${mode}_error`]: error } : { [`${mode}_peak_rss_mb`]: rss });
+          }
+          (byEngine[`pytorch_${t}t`] ??= []).push(merged);
+          process.stderr.write(`${m} pytorch ${t} thread(s) round ${round + 1}: ${JSON.stringify(merged)}\n`);
         }
-        const lama = (r.lama as { facts_per_s?: number } | undefined)?.facts_per_s;
+      }
+    }
+    const row: Record<string, unknown> = { batch: def.batch, seq: def.seq, rounds };
+    for (const [name, list] of Object.entries(byEngine)) row[name] = combineRounds(list);
+    if (python) {
+      // ratios ptune / the faster PyTorch (per mode and round, then the median over rounds): < 1 is faster
+      const ratios: Record<string, number> = {};
+      const torchRounds = (round: number) => torchThreads.map((t) => byEngine[`pytorch_${t}t`]![round]!);
+      const best = (rows: Record<string, unknown>[], key: string) => Math.min(...rows.map((r) => (typeof r[key] === 'number' ? (r[key] as number) : seconds(r[key]) ?? Infinity)));
+      for (const e of engines) {
+        const perRound = (f: (ours: Record<string, unknown>, torch: Record<string, unknown>[]) => number | undefined) =>
+          medianOf(byEngine[e]!.map((ours, r) => f(ours, torchRounds(r))).filter((x): x is number => x !== undefined && Number.isFinite(x)));
+        for (const mode of ['fwd', 'ptune', 'full']) {
+          const t = perRound((ours, torch) => (seconds(ours[mode]) ?? NaN) / best(torch, `${mode}_s`));
+          if (t !== undefined) ratios[`${e}_${mode}`] = round4(t);
+          const mem = perRound((ours, torch) => (ours[`${mode}_peak_rss_mb`] as number) / best(torch, `${mode}_peak_rss_mb`));
+          if (mem !== undefined) ratios[`${e}_${mode}_rss`] = round4(mem);
+        }
         // PyTorch's script has no LAMA mode: `batch` facts per full-vocab forward is its upper bound in facts/s
-        if (lama && Number.isFinite(best('fwd'))) ratios[`${e}_lama_facts_per_s_vs_torch_fwd_bound`] = round(lama / (def.batch / best('fwd')));
+        const lama = perRound((ours, torch) => ((ours.lama as { facts_per_s?: number } | undefined)?.facts_per_s ?? NaN) / (def.batch / best(torch, 'fwd_s')));
+        if (lama !== undefined) ratios[`${e}_lama_facts_per_s_vs_torch_fwd_bound`] = round4(lama);
       }
       row.ratio_to_pytorch = ratios;
     }
@@ -255,6 +263,27 @@ async function parent(): Promise<void> {
   }
   report.loadavg_end = os.loadavg().map((x) => round(x));
   console.log(JSON.stringify(report, null, 2));
+}
+
+function medianOf(xs: number[]): number | undefined {
+  return xs.length ? median(xs) : undefined;
+}
+
+const round4 = round;
+
+/** One engine's rounds as one record: medians of the timed medians and of the peak RSS per mode. */
+function combineRounds(rounds: Record<string, unknown>[]): Record<string, unknown> {
+  if (rounds.length === 1) return rounds[0]!;
+  const out: Record<string, unknown> = { ...rounds[0]!, per_round: rounds };
+  for (const key of Object.keys(rounds[0]!)) {
+    const values = rounds.map((r) => r[key]);
+    if (values.every((v) => typeof v === 'number')) out[key] = round(median(values as number[]));
+    else if (values.every((v) => seconds(v) !== undefined && typeof v === 'object')) out[key] = { ...(values[0] as object), median_s: round(median(values.map((v) => seconds(v)!))) };
+    else if (key === 'lama' && values.every((v) => typeof (v as { facts_per_s?: number })?.facts_per_s === 'number')) {
+      out[key] = { ...(values[0] as object), facts_per_s: round(median(values.map((v) => (v as { facts_per_s: number }).facts_per_s))) };
+    }
+  }
+  return out;
 }
 
 async function main(): Promise<void> {

@@ -1,5 +1,5 @@
 import { Graph, OnnxOps, gradients, type DType, type Sym } from './onnx/index.js';
-import { getRuntime, type RuntimeSession } from './runtime.js';
+import { getRuntime, releaseNow, type RuntimeSession } from './runtime.js';
 import type { HostTensor, Parameter } from './tensor.js';
 
 const PARAM = 'param:';
@@ -87,7 +87,6 @@ export class ProgramCache {
     const compiled = await this.compiled(program);
     const all: Record<string, HostTensor> = {};
     for (const [name, t] of Object.entries(feeds)) if (compiled.inputs.has(name)) all[name] = t;
-    const into: Record<string, HostTensor> = {};
     const graded: Parameter[] = [];
     const param = (name: string) => {
       const p = lookup(name);
@@ -98,13 +97,17 @@ export class ProgramCache {
       const p = param(name);
       all[PARAM + name] = { data: p.data, shape: p.shape };
     }
-    for (const name of compiled.paramGrads) {
-      const p = param(name);
-      into[GRAD + name] = { data: p.grad, shape: p.shape };
-      graded.push(p);
-    }
+    for (const name of compiled.paramGrads) graded.push(param(name));
     for (const n of compiled.inputs) if (!all[n]) throw new Error(`program ${program.key}: input "${n}" was not fed`);
-    const r = await compiled.session.run(all, compiled.outputs, into);
+    const r = await compiled.session.run(all, compiled.outputs);
+    // gradients are copied into the parameters' own buffers and the runtime's arrays freed at once: a gradient
+    // as large as the model must not wait for a garbage collection (outputs written into buffers given to the
+    // runtime would not help: onnxruntime-node then allocates its own and copies)
+    graded.forEach((p, i) => {
+      const out = r[GRAD + compiled.paramGrads[i]!]!;
+      p.grad.set(out.data as Float32Array);
+      releaseNow(out);
+    });
     const result: ProgramResult = { outputs: {}, wrt: {}, graded };
     for (const name of compiled.outputs) {
       if (name.startsWith(WRT)) result.wrt[name.slice(WRT.length)] = r[name]!;

@@ -120,8 +120,18 @@ export class Graph {
       for (const inp of n.inputs) if (inp) needed.add(inp);
     }
     kept.reverse();
-    // graph outputs get their requested names through Identity nodes
-    for (const [name, s] of Object.entries(outputs)) renamed.push({ op: 'Identity', inputs: [s.name], outputs: [name] });
+    // an output computed by a kept node takes its requested name in place, so the runtime writes it where it is
+    // wanted and frees nothing late (an Identity at the end would hold every gradient until the run ends); other
+    // outputs (graph inputs, a value asked for twice) are copied out by Identity nodes
+    const produced = new Set(kept.flatMap((n) => n.outputs));
+    const alias = new Map<string, string>();
+    for (const [name, s] of Object.entries(outputs)) {
+      if (name === s.name) continue;
+      if (produced.has(s.name) && !alias.has(s.name) && !cut.has(s.name)) alias.set(s.name, name);
+      else renamed.push({ op: 'Identity', inputs: [s.name], outputs: [name] });
+    }
+    const rn = (x: string) => alias.get(x) ?? x;
+    for (const r of renamed) r.inputs = r.inputs.map(rn);
     const inputs = [...this.inputs, ...cut.values()].filter((s) => needed.has(s.name));
     const initializers: TensorSpec[] = [];
     for (const [name, { sym, data: source }] of this.consts) {
@@ -137,7 +147,7 @@ export class Graph {
       initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength, external: external?.(name) });
     }
     const bytes = encodeModel({
-      nodes: [...kept, ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),
+      nodes: [...kept.map((n) => ({ ...n, inputs: n.inputs.map(rn), outputs: n.outputs.map(rn) })), ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),
       initializers,
       inputs: inputs.map((s) => ({ name: s.name, dtype: s.dtype as ElemType, dims: s.shape })),
       outputs: Object.entries(outputs).map(([name, s]) => ({ name, dtype: s.dtype as ElemType, dims: s.shape })),
