@@ -129,6 +129,10 @@ export const tfOps: Ops<T> = {
 
   matmul,
   linear,
+  dense: (x, w, bias) => {
+    const y = matmul(x, w, true);
+    return bias ? tf.add(y, bias) : y;
+  },
 
   sum: (x, axis, keepDims = false) => tf.sum(x, axis, keepDims),
   mean: (x, axis, keepDims = false) => tf.mean(x, axis, keepDims),
