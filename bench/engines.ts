@@ -102,22 +102,28 @@ async function timeSteps(reps: number, fn: () => Promise<void>): Promise<{ media
   }
 }
 
-async function buildModel(key: string): Promise<LanguageModel> {
+async function buildModel(key: string, quantize: string | undefined): Promise<LanguageModel> {
   const def = MODELS[key]!;
-  if (def.dir) return loadModel(path.join(shared, 'models', def.dir));
+  const opts = quantize ? { quantize: quantize as 'int8' | 'int4' } : {};
+  if (def.dir) return loadModel(path.join(shared, 'models', def.dir), opts);
   // the mini models' tokenizer (bert-base-uncased WordPiece), so LAMA facts tokenize for real
   const tok = (await loadModel(path.join(shared, 'models/bert-mini-lama'))).tokenizer;
-  return createRandomModel(def.modelType, def.overrides!, 1, tok);
+  return createRandomModel(def.modelType, def.overrides!, 1, tok, opts);
 }
 
 async function child(key: string, modes: Mode[], reps: number): Promise<void> {
   const def = MODELS[key]!;
   const rt = await getRuntime();
-  const out: Record<string, unknown> = { model: key, runtime: rt.name, threads: rt.threads, reps };
+  const quantize = arg('quantize');
+  const out: Record<string, unknown> = { model: key, runtime: rt.name, threads: rt.threads, reps, ...(quantize && { quantize }) };
   let t0 = performance.now();
-  const lm = await buildModel(key);
+  const lm = await buildModel(key, quantize);
   out.load_s = round((performance.now() - t0) / 1000);
   out.parameters = lm.info.parameterCount;
+  if (lm.info.quantization) {
+    const q = lm.info.quantization;
+    out.quantization = { name: q.name, weights: q.weights, store_mb: Math.round(q.bytes / 1e6), reused: q.reused };
+  }
   const batch = benchBatch(lm, def.batch, def.seq, PSEUDO);
   const targets = Array.from({ length: def.batch }, (_, i) => 1000 + i * 7);
   const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: PSEUDO, tokenDim: lm.info.hiddenSize, seed: 1 });
@@ -150,7 +156,7 @@ async function child(key: string, modes: Mode[], reps: number): Promise<void> {
     await s.evaluateItems(items);
     out.lama = { facts: items.length, facts_per_s: round(items.length / ((performance.now() - t0) / 1000)) };
   }
-  if (modes.includes('full')) {
+  if (modes.includes('full') && !lm.quantized) {
     lm.setTrainable(true);
     const params = new Map([...prefixed(encoder.params, 'enc.'), ...prefixed(lm.params, 'lm.')]);
     const byParam = new Map([...params].map(([name, p]) => [p, name]));

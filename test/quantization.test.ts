@@ -102,7 +102,7 @@ test('quantized layout: 4-bit values two to a byte (low nibble first), zero poin
 // ---------------------------------------------------------------------------------------------------------
 // the quantized dense op: ONNX Runtime's MatMulNBits against the oracle's dequantize + matmul
 
-function symTensors(b: ProgramBuilder, q: QuantizedMatrix, name: string, transposed?: QuantizedMatrix): QuantizedTensors<Sym> {
+function symTensors(b: ProgramBuilder, q: QuantizedMatrix, name: string, transposed?: QuantizedMatrix, activations: 'int8' | 'float32' = 'int8'): QuantizedTensors<Sym> {
   const blocks = blockCount(q.k, q.blockSize);
   const bytes = rowBytes(q.k, q);
   return {
@@ -113,7 +113,8 @@ function symTensors(b: ProgramBuilder, q: QuantizedMatrix, name: string, transpo
     data: b.g.constant(q.data, [q.n, blocks, bytes.data / blocks], 'uint8', `${name}.data`),
     scales: b.g.constant(q.scales, [q.n, blocks], 'float32', `${name}.scales`),
     ...(q.zeroPoints && { zeroPoints: b.g.constant(q.zeroPoints, [q.n, bytes.zeroPoints], 'uint8', `${name}.zp`) }),
-    ...(transposed && { transposed: symTensors(b, transposed, `${name}.T`) }),
+    activations,
+    ...(transposed && { transposed: symTensors(b, transposed, `${name}.T`, undefined, activations) }),
   };
 }
 
@@ -147,9 +148,8 @@ function denseProgram(c: DenseCase, q: QuantizedMatrix, t: QuantizedMatrix | und
   return {
     key: `test quantized dense ${programId++}`,
     build: (b): ProgramGraph => {
-      b.o.quantAccuracy = c.accuracy;
       const x = b.input('x', c.xShape);
-      const w = symTensors(b, q, 'w', t);
+      const w = symTensors(b, q, 'w', t, c.accuracy === 0 ? 'float32' : 'int8');
       const y = b.o.quantizedDense(x, w, bias && b.o.constFloat(bias, [c.n]));
       const n = y.size;
       const loss = b.o.reshape(b.o.sum(b.o.reshape(b.o.mul(y, b.o.constFloat(r, y.shape)), [1, n]), 1), [1]);

@@ -5,7 +5,7 @@ import { ALL_TASKS, FEWGLUE_MODES, runFewGlue, type FewGlueMode } from '../tasks
 import { TASK_NAMES, type TaskName } from '../tasks/fewglue/tasks.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
-import { parseFloatOption, parseIntOption, parseListOption } from './options.js';
+import { addQuantizeOptions, parseFloatOption, parseIntOption, parseListOption, quantizeFrom } from './options.js';
 
 function pick<T extends string>(values: string[], known: readonly T[], all: readonly T[], what: string): T[] {
   if (values.length === 1 && values[0]!.toLowerCase() === 'all') return [...all];
@@ -17,7 +17,7 @@ function pick<T extends string>(values: string[], known: readonly T[], all: read
 }
 
 export function registerFewGlueCommand(program: Command): void {
-  program
+  const cmd = program
     .command('fewglue')
     .description('few-shot SuperGLUE + SST-2: tasks × modes × seeds, report.json / report.md / predictions')
     .requiredOption('--model <dir>', 'model directory')
@@ -37,8 +37,9 @@ export function registerFewGlueCommand(program: Command): void {
     .option('--lm-lr <x>', 'LM lr (ptune-lm, pet, finetune)', parseFloatOption, 1e-4)
     .option('--lm-weight-decay <x>', 'LM weight decay', parseFloatOption, 0.1)
     .option('--head-lr <x>', 'finetune classifier head lr', parseFloatOption, 1e-3)
-    .option('--quiet', 'no progress output')
-    .action(async (o) => {
+    .option('--quiet', 'no progress output');
+  addQuantizeOptions(cmd).action(async (o) => {
+      const quantize = quantizeFrom(o);
       const tasks = pick<TaskName>(o.task, TASK_NAMES, ALL_TASKS, 'task');
       const modes = pick<FewGlueMode>(o.mode, FEWGLUE_MODES, FEWGLUE_MODES, 'mode');
       if (o.seeds < 1) throw new UserError(`--seeds must be at least 1, got ${o.seeds}`);
@@ -64,6 +65,7 @@ export function registerFewGlueCommand(program: Command): void {
         lmLr: o.lmLr,
         lmWeightDecay: o.lmWeightDecay,
         headLr: o.headLr,
+        ...(quantize && { quantize }),
         progress: makeProgress({ quiet: true }),
         log: o.quiet ? undefined : (line) => process.stderr.write(line + '\n'),
       });

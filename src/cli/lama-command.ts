@@ -9,9 +9,9 @@ import {
   type LamaTrainSettings,
 } from '../tasks/lama/run.js';
 import type { FactSet, LamaSplit, VocabStrategy } from '../tasks/lama/data.js';
-import { parseFloatOption, parseIntOption, parseListOption } from './options.js';
+import { addQuantizeOptions, parseFloatOption, parseIntOption, parseListOption, quantizeFrom, type QuantizeCliOptions } from './options.js';
 
-interface LamaCliOptions {
+interface LamaCliOptions extends QuantizeCliOptions {
   model: string;
   data: string;
   out: string;
@@ -58,7 +58,7 @@ function defined<T extends object>(o: T): Partial<T> {
 const fmt = (v: number | null | undefined) => (v === null || v === undefined ? '–' : (v * 100).toFixed(2));
 
 export function registerLamaCommand(program: Command): void {
-  program
+  const cmd = program
     .command('lama')
     .description('LAMA knowledge probing: majority, manual prompts, P-tuning, manual+P-tuning and fine-tuning, per relation')
     .requiredOption('--model <dir>', 'model directory or checkpoint')
@@ -90,8 +90,9 @@ export function registerLamaCommand(program: Command): void {
     .option('--max-test <n>', 'cap test facts per relation', parseIntOption)
     .option('--top-k <n>', 'answers per fact in the predictions files', parseIntOption, 10)
     .option('--keep-checkpoints', "keep finetune's per-relation LM checkpoints")
-    .option('--quiet', 'no progress display')
-    .action(async (o: LamaCliOptions) => {
+    .option('--quiet', 'no progress display');
+  addQuantizeOptions(cmd).action(async (o: LamaCliOptions) => {
+      const quantize = quantizeFrom(o);
       const base = o.preset === 'thudm' ? THUDM_TRAIN : PTUNE_DEFAULTS;
       const ftBase = o.preset === 'thudm' ? THUDM_TRAIN : FINETUNE_DEFAULTS;
       const ptune: LamaTrainSettings = {
@@ -129,6 +130,7 @@ export function registerLamaCommand(program: Command): void {
         maxFacts,
         topK: o.topK,
         keepCheckpoints: o.keepCheckpoints,
+        ...(quantize && { quantize }),
         quiet: o.quiet,
         command: ['ptune', ...process.argv.slice(2)].join(' '),
       });

@@ -6,7 +6,7 @@ import type { LanguageModel } from '../models/model.js';
 import { paddedLength } from '../prompt/ptuning.js';
 import { sequenceWrap } from '../prompt/render.js';
 import { UserError } from '../util/errors.js';
-import { parseIntOption, parseFloatOption } from './options.js';
+import { addQuantizeOptions, parseFloatOption, parseIntOption, quantizeFrom, type QuantizeCliOptions } from './options.js';
 
 export interface TopToken {
   id: number;
@@ -96,14 +96,15 @@ export function topIndices(values: ArrayLike<number>, k: number): number[] {
 }
 
 export function registerModelCommands(program: Command): void {
-  program
+  const info = program
     .command('info')
     .description('show a model: family, parameter count, vocabulary, layers, hidden size, heads')
     .argument('<model>', 'model directory (Hugging Face layout) or llama2.c checkpoint')
-    .option('--json', 'print JSON')
-    .action(async (model: string, opts: { json?: boolean }) => {
+    .option('--json', 'print JSON');
+  addQuantizeOptions(info, 'the model').action(async (model: string, opts: { json?: boolean } & QuantizeCliOptions) => {
+      const quantize = quantizeFrom(opts);
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       const i = lm.info;
       if (opts.json) {
         console.log(JSON.stringify(i, null, 2));
@@ -116,21 +117,27 @@ export function registerModelCommands(program: Command): void {
         console.log(`  hidden size   ${i.hiddenSize} (intermediate ${i.intermediateSize})`);
         console.log(`  heads         ${i.numHeads}${i.numKvHeads !== i.numHeads ? ` (${i.numKvHeads} key/value)` : ''}`);
         console.log(`  max positions ${i.maxPositions}`);
+        const q = i.quantization;
+        if (q) {
+          console.log(`  quantized     ${q.name}: ${q.weights} linear weights (${q.values.toLocaleString('en-US')} values), block ${q.blockSize}, ${q.symmetric ? 'symmetric' : 'zero points'}, backward ${q.backward}`);
+          console.log(`  store         ${q.store} (${(q.bytes / 1e6).toFixed(1)} MB, ${q.reused ? 'reused' : 'written now'})`);
+        }
       }
       lm.dispose();
     });
 
-  program
+  const fillCmd = program
     .command('fill')
     .description('masked LM: top predictions at each [MASK]; causal LM: the next token after the text')
     .argument('<model>', 'model directory or checkpoint')
     .argument('<text>', 'input text, with [MASK] for a masked LM')
     .option('--top <k>', 'predictions per position', parseIntOption, 10)
-    .option('--json', 'print JSON')
-    .action(async (model: string, text: string, opts: { top: number; json?: boolean }) => {
+    .option('--json', 'print JSON');
+  addQuantizeOptions(fillCmd, 'the model').action(async (model: string, text: string, opts: { top: number; json?: boolean } & QuantizeCliOptions) => {
       if (opts.top < 1) throw new UserError(`--top: expected a positive integer, got ${opts.top}`);
+      const quantize = quantizeFrom(opts);
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       const predictions = await fill(lm, text, opts.top);
       if (opts.json) {
         console.log(JSON.stringify({ predictions }));
@@ -143,7 +150,7 @@ export function registerModelCommands(program: Command): void {
       lm.dispose();
     });
 
-  program
+  const generateCmd = program
     .command('generate')
     .description('generate text with a causal LM (greedy at temperature 0, KV cache)')
     .argument('<model>', 'model directory or checkpoint')
@@ -151,11 +158,12 @@ export function registerModelCommands(program: Command): void {
     .option('--max-new-tokens <n>', 'tokens to generate', parseIntOption, 64)
     .option('--temperature <t>', 'sampling temperature; 0 = greedy', parseFloatOption, 0)
     .option('--top-p <p>', 'nucleus sampling mass', parseFloatOption, 1)
-    .option('--seed <n>', 'sampling seed', parseIntOption, 0)
-    .action(async (model: string, opts: { prompt: string; maxNewTokens: number; temperature: number; topP: number; seed: number }) => {
+    .option('--seed <n>', 'sampling seed', parseIntOption, 0);
+  addQuantizeOptions(generateCmd, 'the model').action(async (model: string, opts: { prompt: string; maxNewTokens: number; temperature: number; topP: number; seed: number } & QuantizeCliOptions) => {
       if (opts.maxNewTokens < 0) throw new UserError(`--max-new-tokens: expected a non-negative integer, got ${opts.maxNewTokens}`);
+      const quantize = quantizeFrom(opts);
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
       const ids = opts.prompt ? modelInputIds(lm, opts.prompt) : [];
       if (ids.length >= lm.info.maxPositions) throw new UserError(`--prompt is ${ids.length} tokens: no room left in the ${lm.info.maxPositions} positions of ${lm.info.source}`);

@@ -10,7 +10,7 @@ import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../
 import { exportPeft, exportTable, importPeft } from '../train/export.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
-import { parseFloatOption, parseIntOption } from './options.js';
+import { addQuantizeOptions, parseFloatOption, parseIntOption, quantizeFrom } from './options.js';
 
 interface HeadOptions {
   labelField?: string;
@@ -47,7 +47,7 @@ function writeJsonl(rows: unknown[]): void {
 }
 
 export function registerTrainCommands(program: Command): void {
-  program
+  const train = program
     .command('train')
     .description('P-tune a prompt for a task (frozen LM by default) and write a run directory')
     .requiredOption('--model <dir>', 'model directory or checkpoint')
@@ -86,8 +86,10 @@ export function registerTrainCommands(program: Command): void {
     .option('--legacy-bert-order', 'tuple templates in THUDM\'s legacy BERT order [P] [MASK] [P] {sub_label} [P]')
     .option('--seed <n>', 'seed', parseIntOption, DEFAULT_LOOP.seed)
     .option('--resume', 'continue the run in --out from its last checkpoint')
-    .option('--quiet', 'no progress output')
-    .action(async (o) => {
+    .option('--quiet', 'no progress output');
+  addQuantizeOptions(train).action(async (o) => {
+      const quantize = quantizeFrom(o);
+      if (quantize && o.tuneLm) throw new UserError('--quantize cannot be combined with --tune-lm: quantized weights are frozen (tune the LM in fp32, or P-tune the prompt alone)');
       await initEngine();
       let config: RunConfig;
       const cfgFile = path.join(o.out, 'config.json');
@@ -133,6 +135,7 @@ export function registerTrainCommands(program: Command): void {
             lmLr: o.lmLr,
             lmWeightDecay: o.lmWeightDecay,
           },
+          ...(quantize && { quantize }),
         };
       }
       let session = await PTuningSession.create(config);
@@ -159,31 +162,33 @@ export function registerTrainCommands(program: Command): void {
       session.dispose();
     });
 
-  program
+  const evalCmd = program
     .command('eval')
     .description('evaluate a run (best checkpoint) on a data file')
     .requiredOption('--run <dir>', 'run directory')
     .requiredOption('--data <file>', 'data file with labels/answers')
     .option('--checkpoint <which>', 'best|last', 'best')
-    .option('--json', 'print JSON')
-    .action(async (o) => {
+    .option('--json', 'print JSON');
+  addQuantizeOptions(evalCmd, "the run's LM (default: as the run trained)").action(async (o) => {
+      const quantize = quantizeFrom(o);
       await initEngine();
-      const session = await PTuningSession.load(o.run, o.checkpoint);
+      const session = await PTuningSession.load(o.run, o.checkpoint, undefined, { quantize });
       const r = await session.evaluateFile(o.data);
       if (o.json) console.log(JSON.stringify(r.metrics));
       else for (const [k, v] of Object.entries(r.metrics)) console.log(`${k.padEnd(10)} ${Number.isInteger(v) ? v : v.toFixed(4)}`);
       session.dispose();
     });
 
-  program
+  const predict = program
     .command('predict')
     .description('predict with a run: JSONL with the input index, prediction and top-k scores')
     .requiredOption('--run <dir>', 'run directory')
     .option('--data <file>', 'data file')
     .option('--text <json>', 'one record as JSON, e.g. \'{"sentence":"a fine film"}\'')
     .option('--top <k>', 'scores to list', parseIntOption, 5)
-    .option('--checkpoint <which>', 'best|last', 'best')
-    .action(async (o) => {
+    .option('--checkpoint <which>', 'best|last', 'best');
+  addQuantizeOptions(predict, "the run's LM (default: as the run trained)").action(async (o) => {
+      const quantize = quantizeFrom(o);
       if (!o.data === !o.text) throw new UserError('give exactly one of --data FILE or --text JSON');
       let records: Record<string, unknown>[];
       if (o.text) {
@@ -196,21 +201,22 @@ export function registerTrainCommands(program: Command): void {
         records = readRecords(o.data);
       }
       await initEngine();
-      const session = await PTuningSession.load(o.run, o.checkpoint);
+      const session = await PTuningSession.load(o.run, o.checkpoint, undefined, { quantize });
       writeJsonl(await session.predict(records, o.data ?? '--text', o.top));
       session.dispose();
     });
 
-  program
+  const exportCmd = program
     .command('export')
     .description('export the prompt of a run: a PEFT P-tuning adapter or the bare prompt table')
     .requiredOption('--run <dir>', 'run directory')
     .requiredOption('--out <dir>', 'output directory')
     .option('--format <f>', 'peft|table', 'peft')
-    .option('--checkpoint <which>', 'best|last', 'best')
-    .action(async (o) => {
+    .option('--checkpoint <which>', 'best|last', 'best');
+  addQuantizeOptions(exportCmd, "the run's LM while exporting (default: as the run trained)").action(async (o) => {
+      const quantize = quantizeFrom(o);
       await initEngine();
-      const session = await PTuningSession.load(o.run, o.checkpoint);
+      const session = await PTuningSession.load(o.run, o.checkpoint, undefined, { quantize });
       if (o.format === 'peft') await exportPeft(session, o.out);
       else if (o.format === 'table') await exportTable(session, o.out);
       else throw new UserError(`--format must be peft or table, got ${o.format}`);

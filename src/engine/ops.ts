@@ -27,6 +27,11 @@ export interface QuantizedTensors<T> {
   /** uint8 [n, ceil(kBlocks · bits / 8)]; absent: symmetric blocks (zero point 2^(bits-1)) */
   zeroPoints?: T;
   /**
+   * how an engine may multiply: 'int8' lets it quantize the activations to int8 per block and multiply in
+   * integers (ONNX Runtime's accuracy level 4; default), 'float32' dequantizes and multiplies in float32
+   */
+  activations?: 'int8' | 'float32';
+  /**
    * Ŵᵀ quantized on its own ([k, n], blocks along n): when present, the gradient to the input of a quantized
    * dense runs as another quantized matmul; absent, it dequantizes Ŵ and multiplies in float32
    */

@@ -25,6 +25,13 @@ export interface StoredQuantized {
   transposed?: StoredQuantized;
 }
 
+/** How a program reads a stored quantized weight. */
+export interface QuantizedUse {
+  layout: WeightLayout;
+  /** see QuantizedTensors.activations */
+  activations: 'int8' | 'float32';
+}
+
 /** The file holding quantized weights: ONNX Runtime reads it (external data, by folder and file name), or `read` does. */
 export interface QuantizedSource {
   folder: string;
@@ -70,15 +77,15 @@ export class ProgramBuilder {
    * prepacks them for its quantized kernels, which needs them constant), read from the file by the runtime,
    * and the returned value stands for the weight in `layout` (see `Ops.quantized`).
    */
-  quantizedWeight(name: string, q: StoredQuantized, source: QuantizedSource, layout: WeightLayout): Sym {
+  quantizedWeight(name: string, q: StoredQuantized, source: QuantizedSource, use: QuantizedUse): Sym {
     const hit = this.quantizedWeights.get(name);
     if (hit) return hit;
-    const sym = this.o.quantized(this.quantizedTensors(`q:${name}`, q, source), layout);
+    const sym = this.o.quantized(this.quantizedTensors(`q:${name}`, q, source, use.activations), use.layout);
     this.quantizedWeights.set(name, sym);
     return sym;
   }
 
-  private quantizedTensors(prefix: string, q: StoredQuantized, source: QuantizedSource): QuantizedTensors<Sym> {
+  private quantizedTensors(prefix: string, q: StoredQuantized, source: QuantizedSource, activations: 'int8' | 'float32'): QuantizedTensors<Sym> {
     const blocks = blockCount(q.k, q.blockSize);
     const bytes = rowBytes(q.k, q);
     const constant = (suffix: string, s: FileSlice, shape: number[], dtype: DType) => {
@@ -98,7 +105,8 @@ export class ProgramBuilder {
       data: constant('data', q.data, [q.n, blocks, bytes.data / blocks], 'uint8'),
       scales: constant('scales', q.scales, [q.n, blocks], 'float32'),
       ...(q.zeroPoints && { zeroPoints: constant('zero_points', q.zeroPoints, [q.n, bytes.zeroPoints], 'uint8') }),
-      ...(q.transposed && { transposed: this.quantizedTensors(`${prefix}.T`, q.transposed, source) }),
+      activations,
+      ...(q.transposed && { transposed: this.quantizedTensors(`${prefix}.T`, q.transposed, source, activations) }),
     };
   }
 }

@@ -5,19 +5,44 @@ import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { randomStream, randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
 import { familyFor } from './families.js';
 import { llamaFamily } from './llama.js';
 import { isTokenizerBin, llama2cCheckpointIn, readLlama2c } from './llama2c.js';
 import type { ModelFamily, SpecialIds } from './lm.js';
 import { LanguageModel } from './model.js';
 import { resolveModel, type ResolveOptions } from '../hub/index.js';
+import { defaultQuantCache, linearWeights, parseQuantize, QuantizedStore, sourceChecksum, type QuantizeOptions, type QuantizeSettings } from './quantize.js';
+import type { WeightLayout } from '../engine/ops.js';
+import crypto from 'node:crypto';
 
 export interface LoadOptions {
   /** the LM's weights train (joint tuning, fine-tuning); default false (frozen LM) */
   trainable?: boolean;
   /** how a Hub repository id is resolved (revision, cache, endpoint, token, offline, progress) */
   hub?: ResolveOptions;
+  /**
+   * quantize the frozen LM's linear weights at load: 'int8', 'int4' or options (block size, zero points, the
+   * gradient's form, the cache folder); 'none' or absent: float32. Not with `trainable`.
+   */
+  quantize?: QuantizeOptions | 'int8' | 'int4' | 'none' | null;
+}
+
+function quantizeSettings(opts: LoadOptions): QuantizeSettings | null {
+  const q = parseQuantize(opts.quantize);
+  if (q && opts.trainable) throw new Error('quantized weights are frozen: quantize cannot be combined with a trainable LM (--tune-lm, fine-tuning)');
+  return q;
+}
+
+/** Which of `specs` are quantized (linear weights), with their layouts and shapes. */
+function quantizedSpecs(family: ModelFamily<unknown>, config: unknown, specs: WeightSpec[]): Map<string, { layout: WeightLayout; shape: number[] }> {
+  const layouts = linearWeights(family.functions(config), family.describe(config), specs);
+  const out = new Map<string, { layout: WeightLayout; shape: number[] }>();
+  for (const s of specs) {
+    const layout = layouts.get(s.name);
+    if (layout) out.set(s.name, { layout, shape: s.shape });
+  }
+  return out;
 }
 
 /**
@@ -43,25 +68,50 @@ export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<L
   const family = familyFor(raw!.model_type, configFile);
   const config = family.parseConfig(raw!, configFile);
   const tokenizer = tokenizerIn(dirOrFile);
-  const params = readWeights(family.weights(config), checkpoint(dirOrFile), dirOrFile);
-  return assemble(family, config, params, tokenizer, dirOrFile, opts);
+  const q = quantizeSettings(opts);
+  const specs = family.weights(config);
+  const stored = checkpoint(dirOrFile);
+  const located = locateWeights(specs, stored, dirOrFile);
+  let store: QuantizedStore | undefined;
+  if (q) {
+    const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
+    const files = [...new Set([...located.values()].map(([, t]) => t.file))].sort();
+    const checksum = sourceChecksum(files, q.cacheDir ?? defaultQuantCache());
+    store = QuantizedStore.open(checksum, dirOrFile, chosen, q, (name) => located.get(name)![1].read());
+  }
+  const params: ParamMap = new Map();
+  for (const spec of specs) {
+    if (store?.entries.has(spec.name)) continue;
+    params.set(spec.name, new Parameter(spec.name, spec.shape, located.get(spec.name)![1].read()));
+  }
+  return assemble(family, config, params, tokenizer, dirOrFile, opts, {}, store);
 }
 
 function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
+  const q = quantizeSettings(opts);
   const ckpt = readLlama2c(file);
   const params: ParamMap = new Map();
-  for (const spec of llamaFamily.weights(ckpt.config)) params.set(spec.name, new Parameter(spec.name, spec.shape, ckpt.weights.get(spec.name)!));
-  return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts);
+  const specs = llamaFamily.weights(ckpt.config);
+  let store: QuantizedStore | undefined;
+  if (q) {
+    const chosen = quantizedSpecs(llamaFamily as ModelFamily<unknown>, ckpt.config, specs);
+    store = QuantizedStore.open(sourceChecksum([file], q.cacheDir ?? defaultQuantCache()), file, chosen, q, (name) => ckpt.weights.get(name)!);
+  }
+  for (const spec of specs) {
+    if (!store?.entries.has(spec.name)) params.set(spec.name, new Parameter(spec.name, spec.shape, ckpt.weights.get(spec.name)!));
+    ckpt.weights.delete(spec.name);
+  }
+  return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts, {}, store);
 }
 
 function assemble(
   family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: LoadOptions,
-  fallback: Partial<SpecialIds> = {},
+  fallback: Partial<SpecialIds> = {}, quantized?: QuantizedStore,
 ): LanguageModel {
   const vocab = family.describe(config).vocabSize;
   if (tokenizer.vocabSize > vocab) throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${vocab}`);
   const special = specialIds(tokenizer, { ...fallback, ...(family.specialIds?.(config) ?? {}) });
-  const lm = new LanguageModel(family, config, params, tokenizer, { source, special });
+  const lm = new LanguageModel(family, config, params, tokenizer, { source, special, ...(quantized && { quantized }) });
   if (opts.trainable) lm.setTrainable(true);
   return lm;
 }
@@ -85,9 +135,9 @@ function checkpoint(dir: string): Map<string, LazyTensor> {
   return checkpointIndex(dir);
 }
 
-/** Each weight read from its file (aliases allowed), shape-checked, as a parameter. */
-function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): ParamMap {
-  const params: ParamMap = new Map();
+/** Each weight's tensor in the checkpoint (aliases allowed), shape-checked; nothing is read yet. */
+function locateWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): Map<string, [string, LazyTensor]> {
+  const out = new Map<string, [string, LazyTensor]>();
   for (const spec of specs) {
     const found = [spec.name, ...(spec.aliases ?? [])].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
     if (!found && spec.missing) throw new Error(`${dir}: ${spec.missing}`);
@@ -96,9 +146,9 @@ function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: 
     if (t.shape.join(',') !== spec.shape.join(',')) {
       throw new Error(`${t.file}: tensor "${name}": expected shape [${spec.shape.join(',')}] from config.json, found [${t.shape.join(',')}]`);
     }
-    params.set(spec.name, new Parameter(spec.name, spec.shape, t.read()));
+    out.set(spec.name, [name, t]);
   }
-  return params;
+  return out;
 }
 
 /** tokenizer.json, else a llama2.c tokenizer .bin. */
@@ -157,12 +207,41 @@ export function createRandomModel(
   const config = family.randomConfig(overrides, vocabSize, modelType);
   const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
   const specs = family.weights(config);
-  const values = randomValues(specs, seed);
-  const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
+  const q = quantizeSettings(opts);
+  const params: ParamMap = new Map();
+  let store: QuantizedStore | undefined;
+  if (!q) {
+    const values = randomValues(specs, seed);
+    for (const s of specs) params.set(s.name, new Parameter(s.name, s.shape, values.get(s.name)!));
+  } else {
+    // the values in order, one tensor at a time; the quantized ones are drawn only when the store is written
+    const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
+    const recipe = JSON.stringify({ random: family.name, modelType, config, seed, generator: 1 });
+    const checksum = crypto.createHash('sha256').update(recipe).digest('hex');
+    // the store reads the quantized weights in spec order; the others drawn on the way wait in `pending`
+    const pending = new Map<string, Float32Array>();
+    let drawn = 0;
+    const stream = randomStream(specs, seed);
+    const take = (name: string, materialize: (s: WeightSpec) => boolean): Float32Array => {
+      while (!pending.has(name)) {
+        const spec = specs[drawn++]!;
+        const v = stream(materialize(spec));
+        if (v) pending.set(spec.name, v);
+      }
+      const v = pending.get(name)!;
+      pending.delete(name);
+      return v;
+    };
+    store = QuantizedStore.open(checksum, `random ${family.name} (seed ${seed})`, chosen, q, (name) => take(name, () => true));
+    const quantized = store.entries;
+    for (const s of specs) {
+      if (!quantized.has(s.name)) params.set(s.name, new Parameter(s.name, s.shape, take(s.name, (x) => !quantized.has(x.name))));
+    }
+  }
   // a causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]
   const known = specialIdsOf(tok);
   const fallback: Partial<SpecialIds> = {};
   if (family.kind === 'causal' && known.cls !== undefined) fallback.bos = known.cls;
   if (family.kind === 'causal' && known.sep !== undefined) fallback.eos = known.sep;
-  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, fallback);
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, fallback, store);
 }

@@ -17,6 +17,7 @@ import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.
 import { safetensorsBytes, writeSafetensors } from '../engine/safetensors.js';
 import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
 import { UserError } from '../util/errors.js';
+import type { QuantizeOptions } from '../models/quantize.js';
 
 export interface OptimConfig {
   optimizer: 'adam' | 'adamw';
@@ -50,6 +51,8 @@ export interface RunConfig {
   optim: OptimConfig;
   /** where the run trained (recorded, not required to match on resume) */
   runtime?: { name: string; threads: number };
+  /** the frozen LM's linear weights quantized at load (not with optim.tuneLm) */
+  quantize?: QuantizeOptions;
 }
 
 export const DEFAULT_LOOP: TrainLoopConfig = {
@@ -126,15 +129,24 @@ export class PTuningSession {
   }
 
   static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
-    const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm }));
+    if (config.quantize && config.optim.tuneLm) {
+      throw new UserError('--quantize cannot be combined with --tune-lm: quantized weights are frozen (tune the LM in fp32, or P-tune the prompt alone)');
+    }
+    const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm, quantize: config.quantize }));
     return new PTuningSession(config, model);
   }
 
-  /** Rebuilds a run from its directory, with the weights of `best/` (default) or `last/`. */
-  static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel): Promise<PTuningSession> {
+  /**
+   * Rebuilds a run from its directory, with the weights of `best/` (default) or `last/`. `quantize` overrides
+   * the run's own setting (null: float32).
+   */
+  static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel, opts: { quantize?: QuantizeOptions | null } = {}): Promise<PTuningSession> {
     const cfgFile = path.join(runDir, 'config.json');
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-    const config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
+    const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
+    const { quantize: own, ...rest } = saved;
+    const quantize = opts.quantize === undefined ? own : opts.quantize;
+    const config: RunConfig = { ...rest, ...(quantize && { quantize }) };
     const s = await PTuningSession.create(config, lm);
     const weights = path.join(resolveCheckpointDir(path.join(runDir, which)) ?? path.join(runDir, which), 'params.safetensors');
     if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);

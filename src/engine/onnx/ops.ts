@@ -31,11 +31,6 @@ export class OnnxOps implements Ops<Sym> {
   private readonly handles = new Map<string, { w: QuantizedTensors<Sym>; layout: WeightLayout }>();
   /** quantized weights by the name of their data tensor (what a MatMulNBits node reads; its gradient rule looks it up) */
   private readonly byData = new Map<string, QuantizedTensors<Sym>>();
-  /**
-   * MatMulNBits' accuracy_level: 4 quantizes the activations to int8 per block and multiplies in integers
-   * (VNNI / AVX-512 where the CPU has them); 0 multiplies in float32 after dequantizing
-   */
-  quantAccuracy = Number((globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.PTUNE_QUANT_ACCURACY ?? 4);
 
   constructor(readonly graph: Graph) {}
 
@@ -126,7 +121,10 @@ export class OnnxOps implements Ops<Sym> {
     const absent = this.graph.absent;
     const inputs = [x, w.data, w.scales, w.zeroPoints ?? absent, absent, bias ?? absent];
     while (inputs[inputs.length - 1] === absent) inputs.pop();
-    const attrs = { K: w.k, N: w.n, bits: w.bits, block_size: w.blockSize, accuracy_level: this.quantAccuracy };
+    // accuracy_level 4: the activations quantized to int8 per block, integer products (VNNI / AVX-512 where the CPU
+    // has them); 0: float32 products of the dequantized weight
+    const accuracy = w.activations === 'float32' ? 0 : 4;
+    const attrs = { K: w.k, N: w.n, bits: w.bits, block_size: w.blockSize, accuracy_level: accuracy };
     return this.graph.op1('MatMulNBits', inputs, [...x.shape.slice(0, -1), w.n], 'float32', attrs, 'com.microsoft');
   }
 

@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel } from '../../models/load.js';
+import { parseQuantize, quantizeName, type QuantizeOptions } from '../../models/quantize.js';
 import type { LanguageModel } from '../../models/model.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
 import type { TrainLoopConfig } from '../../train/trainer.js';
@@ -59,6 +60,8 @@ export interface FewGlueOptions {
   /** finetune: classification head lr */
   headLr?: number;
   warmupRatio?: number;
+  /** the frozen LM's linear weights quantized (manual, ptune, pet-free modes; not ptune-lm, pet or finetune) */
+  quantize?: QuantizeOptions;
   progress?: Progress;
   log?: (line: string) => void;
 }
@@ -328,12 +331,19 @@ export async function runFewGlue(o: FewGlueOptions): Promise<FewGlueReport> {
   const r = resolveOptions(o);
   if (o.seeds.length === 0) throw new UserError('no seeds');
   for (const t of o.tasks) taskInfo(t);
+  if (o.quantize) {
+    const tuned = o.modes.filter((m) => m === 'ptune-lm' || m === 'pet' || m === 'finetune');
+    if (tuned.length) throw new UserError(`--quantize cannot be combined with the ${tuned.join(', ')} mode${tuned.length > 1 ? 's' : ''}: they tune the LM, and quantized weights are frozen`);
+  }
   fs.mkdirSync(o.out, { recursive: true });
-  const frozenLm = await loadModel(o.model);
+  const frozenLm = await loadModel(o.model, { quantize: o.quantize });
   const maxLength = o.maxLength ?? Math.min(256, frozenLm.info.maxPositions);
   const report: FewGlueReport = {
     model: o.model, modelKind: `${frozenLm.info.family} (${frozenLm.info.kind})`,
-    settings: { ...r, dataDir: undefined, maxLength, seeds: o.seeds, tasks: o.tasks, modes: o.modes, stdOf: 'sample std (n-1) over seeds' },
+    settings: {
+      ...r, dataDir: undefined, maxLength, seeds: o.seeds, tasks: o.tasks, modes: o.modes, stdOf: 'sample std (n-1) over seeds',
+      ...(o.quantize && { quantize: quantizeName(parseQuantize(o.quantize)!) }),
+    },
     runs: [], cells: [], notRun: [], seconds: 0,
   };
   const save = () => {

@@ -88,7 +88,7 @@ export class LamaTaskRunner {
   constructor(readonly settings: LamaSettings) {}
 
   private async frozenLm(): Promise<LanguageModel> {
-    if (!this.lm) this.lm = await loadModel(this.settings.model);
+    if (!this.lm) this.lm = await loadModel(this.settings.model, { quantize: this.settings.quantize });
     return this.lm;
   }
 
@@ -199,6 +199,7 @@ export class LamaTaskRunner {
         mode === 'finetune'
           ? { ...DEFAULT_OPTIM, tuneLm: true, lmLr: train.lr, lmWeightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma }
           : { ...DEFAULT_OPTIM, lr: train.lr, weightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma },
+      ...(s.quantize && mode !== 'finetune' && { quantize: s.quantize }),
     };
     // fine-tuning changes the LM's weights: a fresh copy per relation, never the shared one
     const session = await PTuningSession.create(config, mode === 'finetune' ? undefined : frozen);
