@@ -17,8 +17,8 @@
  *   lama   PTuningSession.evaluateItems on LAMA P1412 dev facts ([P*3] {sub_label} [P*3] [MASK]), facts/s,
  *          second pass (the first compiles the programs for the shapes met)
  * Engines: `ort` = onnxruntime-node, `ort-web` = onnxruntime-web (WebAssembly) in Node; `-int8` / `-int4` after either:
- * the frozen LM's linear weights quantized (`--quantize`), optionally with `-b64` / `-b128` (block size), `-zp` (zero
- * points), `-deq` (the backward through Ŵ dequantized); quantized engines run fwd, ptune and lama (their weights
+ * the frozen LM's linear weights quantized (`--quantize`), optionally with `-b64` / `-b128` (block size), `-zp` / `-sym` (zero
+ * points or symmetric blocks), `-deq` (the backward through Ŵ dequantized); quantized engines run fwd, ptune and lama (their weights
  * cannot train). Each quantized model's store is written by an unmeasured child first (the cache `--cache DIR`,
  * default .tmp/bench-quantized), so every measured process finds it.
  * Prints one JSON object: results[model][engine] with medians and `<mode>_peak_rss_mb`, PyTorch beside them, and
@@ -48,7 +48,7 @@ const PSEUDO = 9;
 
 /** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128). */
 function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[] } {
-  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-zp|-deq)*))?$/.exec(e);
+  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-zp|-sym|-deq)*))?$/.exec(e);
   if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int4, ort-int4-b128, ...)`);
   const quantize: string[] = [];
   if (m[2]) {
@@ -56,6 +56,7 @@ function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[] }
     for (const part of (m[3] ?? '').split('-').filter(Boolean)) {
       if (part.startsWith('b')) quantize.push('--quant-block', part.slice(1));
       if (part === 'zp') quantize.push('--quant-zero-points');
+      if (part === 'sym') quantize.push('--quant-symmetric');
       if (part === 'deq') quantize.push('--quant-backward', 'dequantize');
     }
   }
@@ -141,6 +142,7 @@ async function child(key: string, modes: Mode[], reps: number): Promise<void> {
     quantize: arg('quantize'),
     quantBlock: arg('quant-block') === undefined ? undefined : Number(arg('quant-block')),
     quantZeroPoints: process.argv.includes('--quant-zero-points'),
+    quantSymmetric: process.argv.includes('--quant-symmetric'),
     quantBackward: arg('quant-backward'),
   });
   const out: Record<string, unknown> = { model: key, runtime: rt.name, threads: rt.threads, reps };

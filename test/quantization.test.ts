@@ -47,7 +47,24 @@ const SETTINGS: QuantSettings[] = [
 ];
 const label = (s: QuantSettings) => `int${s.bits} block ${s.blockSize} ${s.symmetric ? 'symmetric' : 'zero points'}`;
 
-test('quantize → dequantize: every value within half a step (symmetric) or one step (zero points) of its block', () => {
+/** Squared error of plain round-to-nearest over the block's whole range (what the scale search must not exceed). */
+function plainBlockError(w: Float32Array, s: QuantSettings): number {
+  const levels = (1 << s.bits) - 1;
+  const mid = 1 << (s.bits - 1);
+  let lo = 0, hi = 0;
+  for (const v of w) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
+  const scale = Math.fround(s.symmetric ? Math.max(-lo, hi) / (mid - 1) : (hi - lo) / levels);
+  if (scale === 0) return 0;
+  const zp = s.symmetric ? mid : Math.min(levels, Math.max(0, Math.round(-lo / scale)));
+  let e = 0;
+  for (const v of w) {
+    const q = Math.min(levels, Math.max(0, Math.round(v / scale) + zp));
+    e += (v - (q - zp) * scale) ** 2;
+  }
+  return e;
+}
+
+test('quantize → dequantize: values inside a block\'s range within half a step, clipped ones at its ends, no block worse than plain rounding', () => {
   for (const s of SETTINGS) {
     // k = 200: not a multiple of any block size, so the last block of a row is partial
     for (const [n, k] of [[24, 256], [7, 200]] as const) {
@@ -56,26 +73,30 @@ test('quantize → dequantize: every value within half a step (symmetric) or one
       const q = quantizeMatrix(w, n, k, s);
       const back = dequantizeMatrix(q);
       const blocks = blockCount(k, s.blockSize);
+      const levels = (1 << s.bits) - 1;
       assert.equal(q.data.length, n * rowBytes(k, s).data);
       assert.equal(q.scales.length, n * blocks);
       assert.equal(!!q.zeroPoints, !s.symmetric);
-      let worst = 0;
       for (let r = 0; r < n; r++) {
-        for (let i = 0; i < k; i++) {
-          const scale = q.scales[r * blocks + Math.floor(i / s.blockSize)]!;
-          const err = Math.abs(w[r * k + i]! - back[r * k + i]!);
-          const bound = (s.symmetric ? 0.5 : 1) * scale * (1 + 1e-5) + 1e-12;
-          assert.ok(err <= bound, `${label(s)} [${n},${k}] (${r},${i}): |${w[r * k + i]} - ${back[r * k + i]}| > ${bound}`);
-          worst = Math.max(worst, err / (scale || 1));
+        for (let b = 0; b < blocks; b++) {
+          const scale = q.scales[r * blocks + b]!;
+          const zp = zeroPointAt(q, r, b);
+          const [lo, hi] = [(0 - zp) * scale, (levels - zp) * scale];
+          const from = r * k + b * s.blockSize;
+          const to = r * k + Math.min((b + 1) * s.blockSize, k);
+          let err = 0;
+          for (let i = from; i < to; i++) {
+            const [v, d] = [w[i]!, back[i]!];
+            err += (v - d) ** 2;
+            if (v < lo - scale / 2) assert.equal(d, Math.fround(lo), `${label(s)}: ${v} below the range clips to its end`);
+            else if (v > hi + scale / 2) assert.equal(d, Math.fround(hi), `${label(s)}: ${v} above the range clips to its end`);
+            else assert.ok(Math.abs(v - d) <= (scale / 2) * (1 + 1e-5) + 1e-12, `${label(s)} [${n},${k}] (${r},${i - r * k}): |${v} - ${d}| > ${scale / 2}`);
+          }
+          const plain = plainBlockError(w.subarray(from, to), s);
+          assert.ok(err <= plain * (1 + 1e-4) + 1e-15, `${label(s)} block (${r},${b}): squared error ${err} > plain rounding's ${plain}`);
         }
       }
       for (let i = 0; i < k; i++) assert.equal(back[i], 0);
-      // the steps are what the bits allow: max |w| of a block maps to the largest level
-      const levels = s.symmetric ? (1 << (s.bits - 1)) - 1 : (1 << s.bits) - 1;
-      const amax = Math.max(...Array.from(w.subarray(k, k + s.blockSize), Math.abs));
-      const scale1 = q.scales[blocks]!;
-      if (s.symmetric) assert.ok(Math.abs(scale1 * levels - amax) <= amax * 1e-6, `${label(s)}: scale ${scale1} for max ${amax}`);
-      assert.ok(worst <= (s.symmetric ? 0.5 : 1) + 1e-4);
     }
   }
 });

@@ -80,8 +80,8 @@ test('quantized programs compute the dequantized model: float32 products match i
   const llama = createRandomModel('llama', { hiddenSize: 64, numHeads: 4, numKvHeads: 2, numLayers: 2, intermediateSize: 96, maxPositions: 64, vocabSize: 80 }, 5, undefined, q(4, { activations: 'float32' }));
   const cases: [string, LanguageModel, TokenBatch, number][] = [
     ['bert int8', await loadModel(modelDir('bert-mini-lama'), q(8, { activations: 'float32' })), bertBatch, 6],
-    ['gpt2 int4', await loadModel(modelDir('gpt2-mini-lama'), q(4, { activations: 'float32', symmetric: false })), gptBatch, 7],
-    ['llama int4 (quantized lm_head)', llama, { ids: [[1, 5, 9, 33, 61, 7]] }, 5],
+    ['gpt2 int4 symmetric', await loadModel(modelDir('gpt2-mini-lama'), q(4, { activations: 'float32', symmetric: true })), gptBatch, 7],
+    ['llama int4 zero points (quantized lm_head)', llama, { ids: [[1, 5, 9, 33, 61, 7]] }, 5],
   ];
   for (const [what, lm, batch, position] of cases) {
     const twin = dequantizedTwin(lm);
@@ -201,9 +201,9 @@ test('the quantized store: reused by the second load, a new one when the setting
     assert.equal(second.info.quantization!.store, first.info.quantization!.store);
     const logits = async (lm: LanguageModel) => (await logitsAt(lm, gptBatch, [{ row: 0, position: 7 }]))[0]!;
     assert.deepEqual(Array.from(await logits(second)), Array.from(await logits(first)));
-    // settings: another block size, zero points, the other backward each get their own store
+    // settings: another block size, symmetric blocks, the other backward each get their own store
     const stores = new Set([first.info.quantization!.store]);
-    for (const more of [{ blockSize: 64 }, { symmetric: false }, { backward: 'dequantize' as const }]) {
+    for (const more of [{ blockSize: 64 }, { symmetric: true }, { backward: 'dequantize' as const }]) {
       const other = await loadModel(dir, opts(more));
       assert.equal(other.info.quantization!.reused, false, JSON.stringify(more));
       stores.add(other.info.quantization!.store);

@@ -10,9 +10,11 @@
  * - `zeroPoints` (asymmetric only): uint8 [N, ceil(kBlocks · bits / 8)], packed like the data. Symmetric blocks
  *   store none: the kernel's default zero point 2^(bits-1) applies (8 or 128).
  *
- * Symmetric: scale = max |w| / (2^(bits-1) - 1), q = round(w / scale) + 2^(bits-1), so |w - ŵ| ≤ scale / 2.
- * Asymmetric: the block's range [min(w, 0), max(w, 0)] over 2^bits - 1 steps, zero point round(-min / scale), so
- * |w - ŵ| ≤ scale (the zero point's rounding can move one end of the range by half a step).
+ * Symmetric: scale = f · max |w| / (2^(bits-1) - 1), q = clamp(round(w / scale) + 2^(bits-1)); asymmetric: the
+ * range [min(w, 0), max(w, 0)] (its ends possibly pulled in by f) over 2^bits - 1 steps, zero point
+ * round(-min / scale). f is searched per block (SHRINK) for the least squared error, f = 1 (nothing clipped)
+ * included, so no block is worse than plain round-to-nearest over its whole range: a value inside the range is
+ * within scale / 2 of ŵ, one outside it is clipped to the range's end.
  */
 
 export type QuantBits = 4 | 8;
@@ -56,6 +58,57 @@ export function rowBytes(k: number, s: Pick<QuantSettings, 'bits' | 'blockSize'>
   return { data: (blocks * s.blockSize * s.bits) / 8, zeroPoints: Math.ceil((blocks * s.bits) / 8) };
 }
 
+/**
+ * Candidate ranges of a block, as multiples of its largest magnitude (symmetric) or of its extremes
+ * (asymmetric): 1 keeps every value inside the range; below 1 clips the outliers a little to give the rest finer
+ * steps. Each block keeps the candidate with the least squared error (never more than the full range's).
+ */
+const SHRINK = [1, 0.96, 0.92, 0.88, 0.84, 0.8, 0.76, 0.72];
+
+/** Squared error of quantizing w[from, to) with `scale` and zero point `zp` over levels 0..levels. */
+function blockError(w: Float32Array, from: number, to: number, scale: number, zp: number, levels: number): number {
+  const inv = 1 / scale;
+  let e = 0;
+  for (let i = from; i < to; i++) {
+    const v = w[i]!;
+    let q = Math.round(v * inv) + zp;
+    q = q < 0 ? 0 : q > levels ? levels : q;
+    const d = v - (q - zp) * scale;
+    e += d * d;
+  }
+  return e;
+}
+
+/** A symmetric block: zero point 2^(bits-1), levels -mid..mid-1 around it; the scale chosen by least squared error. */
+function symmetricBlock(w: Float32Array, from: number, to: number, mid: number, levels: number): { scale: number; zp: number } {
+  let amax = 0;
+  for (let i = from; i < to; i++) amax = Math.max(amax, Math.abs(w[i]!));
+  if (amax === 0) return { scale: 0, zp: mid };
+  let best = Math.fround(amax / (mid - 1));
+  let bestErr = blockError(w, from, to, best, mid, levels);
+  for (const f of SHRINK.slice(1)) {
+    const scale = Math.fround((amax * f) / (mid - 1));
+    const e = blockError(w, from, to, scale, mid, levels);
+    if (e < bestErr) [best, bestErr] = [scale, e];
+  }
+  return { scale: best, zp: mid };
+}
+
+/** A block with a zero point: the range [lo, hi] (0 inside it) over 2^bits - 1 steps, its ends pulled in by least squared error. */
+function asymmetricBlock(w: Float32Array, from: number, to: number, lo: number, hi: number, levels: number): { scale: number; zp: number } {
+  if (hi === lo) return { scale: 0, zp: 0 };
+  const at = (l: number, h: number) => {
+    const scale = Math.fround((h - l) / levels);
+    const zp = Math.min(levels, Math.max(0, Math.round(-l / scale)));
+    return { scale, zp, err: blockError(w, from, to, scale, zp, levels) };
+  };
+  let best = at(lo, hi);
+  for (const f of SHRINK.slice(1)) {
+    for (const c of [at(lo * f, hi * f), at(lo, hi * f), at(lo * f, hi)]) if (c.err < best.err) best = c;
+  }
+  return { scale: best.scale, zp: best.zp };
+}
+
 /** Quantizes W [n, k] (row-major) block-wise along k. */
 export function quantizeMatrix(w: Float32Array, n: number, k: number, s: QuantSettings): QuantizedMatrix {
   checkSettings(s);
@@ -81,16 +134,8 @@ export function quantizeMatrix(w: Float32Array, n: number, k: number, s: QuantSe
         if (v < lo) lo = v;
         if (v > hi) hi = v;
       }
-      let scale: number;
-      let zp: number;
-      if (s.symmetric) {
-        const amax = Math.max(-lo, hi);
-        scale = amax / (mid - 1);
-        zp = mid;
-      } else {
-        scale = (hi - lo) / levels;
-        zp = scale > 0 ? Math.min(levels, Math.max(0, Math.round(-lo / scale))) : 0;
-      }
+      const { scale: found, zp } = s.symmetric ? symmetricBlock(w, row + start, row + end, mid, levels) : asymmetricBlock(w, row + start, row + end, lo, hi, levels);
+      let scale = found;
       // float32 scale: the kernel multiplies by the stored value
       scale = Math.fround(scale);
       const inv = scale > 0 ? 1 / scale : 0;

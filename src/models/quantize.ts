@@ -36,12 +36,15 @@ import {
 import { rowsAt, type WeightSpec } from './common.js';
 import type { LmFunctions, ModelInfo } from './lm.js';
 
-/** The library option: `{ bits: 8 }` is int8 with symmetric blocks of 32. */
+/** The library option: `{ bits: 8 }` is int8 with symmetric blocks of 32, `{ bits: 4 }` int4 with zero points. */
 export interface QuantizeOptions {
   bits: QuantBits;
   /** values per block along a weight's input axis: 32 (default), 64 or 128 */
   blockSize?: number;
-  /** symmetric blocks (default) or blocks with a zero point each */
+  /**
+   * symmetric blocks or blocks with a zero point each; default symmetric for int8 and zero points for int4 (a
+   * 16-level grid fits a block's skewed range much better with its own zero: docs/quantization.md)
+   */
   symmetric?: boolean;
   /** how the gradient to a layer's input is computed: a quantized copy of Ŵᵀ (default) or Ŵ dequantized */
   backward?: 'transposed' | 'dequantize';
@@ -65,7 +68,7 @@ export function parseQuantize(value: string | QuantizeOptions | null | undefined
   const s: QuantizeSettings = {
     bits: o.bits,
     blockSize: o.blockSize ?? 32,
-    symmetric: o.symmetric ?? true,
+    symmetric: o.symmetric ?? o.bits === 8,
     backward: o.backward ?? 'transposed',
     activations: o.activations ?? 'int8',
     ...(o.cacheDir !== undefined && { cacheDir: o.cacheDir }),
@@ -84,7 +87,7 @@ function invalid(value: string): never {
 export function quantizeName(s: QuantizeSettings): string {
   const parts = [`int${s.bits}`];
   if (s.blockSize !== 32) parts.push(`b${s.blockSize}`);
-  if (!s.symmetric) parts.push('zp');
+  if (s.symmetric !== (s.bits === 8)) parts.push(s.symmetric ? 'sym' : 'zp');
   if (s.backward !== 'transposed') parts.push('deq');
   if (s.activations !== 'int8') parts.push('f32act');
   return parts.join('-');
@@ -207,7 +210,7 @@ function sha256File(file: string): string {
 // ---------------------------------------------------------------------------------------------------------
 // stores
 
-const FORMAT = 1;
+const FORMAT = 2;
 const ALIGN = 4096;
 
 export interface QuantizedEntry {
