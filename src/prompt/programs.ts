@@ -4,6 +4,9 @@ import type { HostTensor, Parameter } from '../engine/tensor.js';
 import { rowsAt } from '../models/common.js';
 import type { LanguageModel } from '../models/model.js';
 import type { PromptEncoder } from './encoder.js';
+import type { PrefixEncoder } from './prefix.js';
+
+const HEAD = 'head.';
 import { crossEntropyOn, type Head } from './heads.js';
 import { batchFeeds, paddedLength, paddedRows, spliceOn, type PromptBatch } from './ptuning.js';
 
@@ -36,19 +39,42 @@ function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Recor
 export class PTuningPrograms {
   private readonly signature: string;
 
+  /** `prefix`: deep prompts (keys and values at every layer), with or without an encoder for input rows */
   constructor(
     readonly lm: LanguageModel,
     readonly encoder: PromptEncoder | null,
     readonly head: Head,
+    readonly prefix: PrefixEncoder | null = null,
   ) {
     const e = encoder?.config;
     const enc = e ? `${e.type}/${e.numVirtualTokens}/${e.hiddenSize}/${e.lstmLayers}/${e.preset}` : 'none';
+    const p = prefix?.config;
+    const pre = p ? ` prefix ${p.numVirtualTokens}/${p.projection}/${p.hiddenSize}` : '';
     const spec = head.spec;
-    const h = spec.kind === 'answer' ? `answer${head.numClasses}` : JSON.stringify([spec.labelWords, spec.tokenRule, spec.wordAggregation]);
-    this.signature = `enc ${enc} head ${h}`;
+    const h =
+      spec.kind === 'answer' ? `answer${head.numClasses}` : spec.kind === 'linear' ? `linear${head.numClasses}` : JSON.stringify([spec.labelWords, spec.tokenRule, spec.wordAggregation]);
+    this.signature = `enc ${enc}${pre} head ${h}`;
   }
 
-  private lookup = (name: string): Parameter | undefined => this.encoder?.lookup(name);
+  private lookup = (name: string): Parameter | undefined =>
+    this.encoder?.lookup(name) ?? this.prefix?.lookup(name) ?? (name.startsWith(HEAD) ? this.head.params?.get(name.slice(HEAD.length)) : undefined);
+
+  /** Dropout masks of one training step (encoder and prefix), or null. */
+  private dropoutFeeds(): Record<string, HostTensor> | null {
+    const feeds = { ...this.encoder?.dropoutFeeds(), ...this.prefix?.dropoutFeeds() };
+    return Object.keys(feeds).length ? feeds : null;
+  }
+
+  /** The linear head reads the first token of a masked LM ([CLS]); everything else reads the answer position. */
+  private readsFirst(): boolean {
+    return this.head.spec.kind === 'linear' && this.lm.info.kind === 'masked';
+  }
+
+  private feedsFor(batch: PromptBatch, rows: number, sp: number): Record<string, HostTensor> {
+    const feeds = batchFeeds(batch, rows, sp, this.lm.info);
+    if (this.readsFirst()) feeds.positions = { data: new Int32Array(rows), shape: [rows] };
+    return feeds;
+  }
 
   /**
    * Mean cross-entropy of a batch against `targets` (class indices); the gradients land in the `grad` of the
@@ -57,8 +83,8 @@ export class PTuningPrograms {
   async lossAndGrads(batch: PromptBatch, targets: number[]): Promise<{ loss: number; graded: Parameter[] }> {
     const b = batch.ids.length;
     const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
-    const dropout = this.encoder?.dropoutFeeds() ?? null;
-    const feeds = { ...batchFeeds(batch, b, sp, this.lm.info), ...dropout, targets: { data: Int32Array.from(targets), shape: [b] } };
+    const dropout = this.dropoutFeeds();
+    const feeds = { ...this.feedsFor(batch, b, sp), ...dropout, targets: { data: Int32Array.from(targets), shape: [b] } };
     const r = await this.lm.run(this.program(b, sp, { kind: 'train', dropout: dropout !== null }), feeds, this.lookup);
     return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
   }
@@ -93,11 +119,11 @@ export class PTuningPrograms {
     const b = batch.ids.length;
     const rows = paddedRows(b);
     const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
-    return { feeds: batchFeeds(batch, rows, sp, this.lm.info), b, rows, sp };
+    return { feeds: this.feedsFor(batch, rows, sp), b, rows, sp };
   }
 
   private program(rows: number, sp: number, out: Output): Program {
-    const { lm, encoder, head } = this;
+    const { lm, encoder, head, prefix } = this;
     const candidates = head.candidates;
     const train = out.kind === 'train';
     const dropout = out.kind === 'train' && out.dropout;
@@ -110,7 +136,7 @@ export class PTuningPrograms {
         const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
         let embeds = lm.fns.embed(o, w, ints('ids', [rows, sp]));
         if (encoder) {
-          const prompts = encoder.inProgram(b, train, dropout);
+          const prompts = encoder.inProgram(b, train, dropout && encoder.hasDropout);
           embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
         }
         const positions = ints('positions', [rows]);
@@ -118,11 +144,18 @@ export class PTuningPrograms {
           embeds,
           attentionMask: ints('attention_mask', [rows, sp]),
           ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+          ...(prefix && { past: prefix.inProgram(b, train, dropout && prefix.hasDropout, rows) }),
           at: positions,
         });
-        const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
-        const logits = lm.fns.logits(o, w, lmOut.rows ?? rowsAt(o, lmOut.hidden, positions), cand);
-        const scores = head.scoresOn(o, logits);
+        const read = lmOut.rows ?? rowsAt(o, lmOut.hidden, positions);
+        let scores: Sym;
+        if (head.params) {
+          const p = (name: string) => b.param(HEAD + name, head.params!.get(name)!.shape, train);
+          scores = o.dense(read, p('weight'), p('bias'));
+        } else {
+          const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
+          scores = head.scoresOn(o, lm.fns.logits(o, w, read, cand));
+        }
         if (out.kind === 'scores') return { outputs: { scores } };
         if (out.kind === 'topk') return { outputs: topK(b, scores, out.k, out.masked) };
         const loss = crossEntropyOn(o, scores, ints('targets', [rows]));
