@@ -19,6 +19,7 @@ import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.
 import { safetensorsBytes, writeSafetensors } from '../engine/safetensors.js';
 import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
 import { UserError } from '../util/errors.js';
+import { describeBaselines, devBaselines, type Baselines } from './baselines.js';
 
 export interface OptimConfig {
   optimizer: 'adam' | 'adamw';
@@ -37,6 +38,8 @@ export interface OptimConfig {
 
 export type MethodName = 'ptuning' | 'prefix' | 'prompt-tuning';
 export const METHODS: readonly MethodName[] = ['ptuning', 'prefix', 'prompt-tuning'];
+/** `ptune train`'s method when none is given (docs/methods.md) */
+export const DEFAULT_METHOD: MethodName = 'ptuning';
 
 /** Everything needed to rebuild a P-tuning run; saved as `<run>/config.json`. */
 export interface RunConfig {
@@ -136,7 +139,7 @@ export class PTuningSession {
   /** the template as rendered (PEFT layout: without its leading pseudo tokens, which go before the input) */
   private readonly rendered: Template;
   /** virtual tokens placed before the whole input, special tokens included */
-  private readonly placedFirst: number;
+  readonly placedFirst: number;
 
   private constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
@@ -161,6 +164,7 @@ export class PTuningSession {
     this.encoder = n > 0 ? new PromptEncoder({ ...encoderConfig, numVirtualTokens: n, tokenDim }) : null;
     if (method === 'prefix') {
       if (!config.prefix) throw new UserError('method "prefix" needs prefix settings (numVirtualTokens, projection)');
+      if (lm.info.past?.ptune === false) throw new UserError(`method "prefix": ${lm.info.family} models take no keys and values before the input here, so deep prompts cannot reach them (use ptuning or prompt-tuning)`);
       this.prefix = new PrefixEncoder({ ...config.prefix, seed: config.encoder.seed }, lm.info);
     } else this.prefix = null;
     this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize);
@@ -294,7 +298,9 @@ export class PTuningSession {
     restoreBest?: boolean;
     /** polled after each step: true stops with a checkpoint (see trainLoop) */
     stopRequested?: () => boolean;
-  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number }> {
+    /** measure the majority and zero-shot dev baselines first (default true; skipped when resuming) */
+    baselines?: boolean;
+  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number; baselines?: Baselines }> {
     const { runDir } = opts;
     const c = this.config;
     const trainRecords = opts.train ?? readRecords(c.data!.train);
@@ -305,6 +311,12 @@ export class PTuningSession {
     const rt = await getRuntime();
     fs.mkdirSync(runDir, { recursive: true });
     writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
+    let baselines: Baselines | undefined;
+    if ((opts.baselines ?? true) && !opts.resume) {
+      baselines = await devBaselines(this, tr.items, dv.items, devRecords, classificationMetrics);
+      writeJsonAtomic(path.join(runDir, 'baselines.json'), baselines);
+      opts.progress?.log(describeBaselines(baselines, primaryMetric(this.head)));
+    }
 
     const optimizer = this.makeOptimizer();
     const encoder = this.encoder;
@@ -341,7 +353,7 @@ export class PTuningSession {
         restoreBest: opts.restoreBest,
         stopRequested: opts.stopRequested,
       });
-      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
+      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped, ...(baselines && { baselines }) };
     } finally {
       optimizer.dispose();
     }
@@ -391,6 +403,11 @@ export class PTuningSession {
   async savePromptTable(file: string): Promise<void> {
     const table = await this.promptTable();
     if (table) writeSafetensors(file, { prompt_embeddings: table });
+  }
+
+  /** Another session over the same LM (e.g. the zero-shot reading of this one's template). */
+  variant(config: RunConfig): Promise<PTuningSession> {
+    return PTuningSession.create(config, this.lm);
   }
 
   /** Frees the LM unless it is shared with other sessions (`keepLm`). */
