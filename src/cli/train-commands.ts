@@ -6,11 +6,18 @@ import { readRecords } from '../data/read.js';
 import { Verbalizer } from '../prompt/verbalizer.js';
 import type { HeadSpec } from '../prompt/heads.js';
 import type { PromptEncoderType } from '../prompt/encoder.js';
-import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../train/session.js';
+import { DEFAULT_LOOP, DEFAULT_METHOD, DEFAULT_OPTIM, METHODS, primaryMetric, PTuningSession, type MethodName, type RunConfig } from '../train/session.js';
+import { DEEP_DEFAULTS } from '../train/defaults.js';
 import { exportPeft, exportTable, importPeft } from '../train/export.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
-import { parseFloatOption, parseIntOption } from './options.js';
+import { parseFloatOption, parseIntOption, parseListOption } from './options.js';
+
+function parseMethod(m: string): MethodName {
+  const method = METHODS.find((x) => x === m);
+  if (!method) throw new UserError(`--method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(m)}`);
+  return method;
+}
 
 interface HeadOptions {
   labelField?: string;
@@ -18,16 +25,41 @@ interface HeadOptions {
   tokenRule?: 'first' | 'mean' | 'sum' | 'max';
   answerField?: string;
   answerVocab?: string;
+  head?: string;
+  labels?: string[];
 }
 
-/** `--label-field F --verbalizer SPEC` or `--answer-field F [--answer-vocab FILE]` → a head spec. */
-function headFrom(o: HeadOptions): HeadSpec {
+/**
+ * `--label-field F --verbalizer SPEC`, `--label-field F --head linear [--labels a,b]` or
+ * `--answer-field F [--answer-vocab FILE]` → a head spec (`trainFile`: where a linear head finds its labels).
+ */
+function headFrom(o: HeadOptions, trainFile?: string, seed = 0): HeadSpec {
   if (o.answerField && o.labelField) throw new UserError('give either --label-field/--verbalizer or --answer-field, not both');
+  if (o.head !== undefined && o.head !== 'verbalizer' && o.head !== 'linear') throw new UserError(`--head must be verbalizer or linear, got ${o.head}`);
   if (o.answerField) {
+    if (o.head === 'linear') throw new UserError('--head linear classifies by --label-field; --answer-field answers with one vocabulary token');
     return { kind: 'answer', answerField: o.answerField };
   }
-  if (!o.labelField || !o.verbalizer) throw new UserError('give --label-field and --verbalizer (classification) or --answer-field (one-token answers)');
+  if (o.head === 'linear') {
+    if (!o.labelField) throw new UserError('--head linear needs --label-field');
+    if (o.verbalizer) throw new UserError('--head linear has no label words: drop --verbalizer');
+    return { kind: 'linear', labelField: o.labelField, labels: o.labels ?? labelsIn(trainFile, o.labelField), seed };
+  }
+  if (!o.labelField || !o.verbalizer) throw new UserError('give --label-field and --verbalizer (classification), --label-field and --head linear, or --answer-field (one-token answers)');
   return { kind: 'label', labelField: o.labelField, labelWords: Verbalizer.parseSpec(o.verbalizer), tokenRule: o.tokenRule };
+}
+
+/** The distinct values of a label field, sorted. */
+function labelsIn(file: string | undefined, field: string): string[] {
+  if (!file) throw new UserError('--head linear: give --labels (no training file to read them from)');
+  const labels = new Set<string>();
+  readRecords(file).forEach((r, i) => {
+    const v = r[field];
+    if (v === undefined || v === null) throw new UserError(`${file} record ${i + 1}: no field "${field}"`);
+    labels.add(String(v));
+  });
+  if (labels.size < 2) throw new UserError(`${file}: field "${field}" has ${labels.size} distinct value(s); a classifier needs two`);
+  return [...labels].sort();
 }
 
 function answerVocabIds(session: PTuningSession, file: string): number[] {
@@ -60,11 +92,21 @@ export function registerTrainCommands(program: Command): void {
     .option('--token-rule <r>', 'multi-token label words: first|mean|sum|max', 'first')
     .option('--answer-field <f>', 'record field holding a one-token answer (open vocabulary)')
     .option('--answer-vocab <file>', 'restrict answers to these words (one per line)')
+    .option('--head <kind>', 'classification head: verbalizer (label words at [MASK]) or linear (a layer over [CLS] / the last token)')
+    .option('--labels <list>', '--head linear: the classes (default: the label field\'s values in --train, sorted)', parseListOption)
+    .option('--method <m>', `how the prompt is learned: ${METHODS.join('|')}`, DEFAULT_METHOD)
+    .option('--virtual-tokens <n>', 'prefix / prompt-tuning: virtual tokens', parseIntOption, DEEP_DEFAULTS.numVirtualTokens)
+    .option('--prefix-projection', 'prefix: compute the keys and values with an MLP from smaller embeddings (PEFT prefix_projection)')
+    .option('--prefix-hidden <n>', 'prefix: width of the projection MLP (default the key/value width)', parseIntOption)
+    .option('--prefix-dropout <x>', 'prefix: dropout on the keys and values while training', parseFloatOption, 0)
+    .option('--init-from-words <text>', 'prompt-tuning: start the rows as these words\' embeddings')
+    .option('--no-peft-layout', 'ptuning: keep [CLS]/BOS first when all pseudo tokens lead the template (PEFT puts them before it)')
+    .option('--no-baselines', 'skip the majority and zero-shot dev baselines')
     .option('--encoder <type>', 'prompt encoder: lstm|mlp|embedding', 'lstm')
     .option('--encoder-hidden <n>', 'encoder hidden size (default: the LM hidden size)', parseIntOption)
     .option('--encoder-preset <p>', 'lstm shapes: thudm (hidden split over both directions) or peft (hidden per direction)', 'thudm')
     .option('--encoder-dropout <x>', 'dropout between LSTM layers', parseFloatOption, 0)
-    .option('--lr <x>', 'prompt encoder learning rate', parseFloatOption, DEFAULT_OPTIM.lr)
+    .option('--lr <x>', `learning rate of the prompt and head (default ${DEFAULT_OPTIM.lr}; prefix / prompt-tuning ${DEEP_DEFAULTS.lr})`, parseFloatOption)
     .option('--weight-decay <x>', 'prompt encoder weight decay', parseFloatOption, DEFAULT_OPTIM.weightDecay)
     .option('--optimizer <name>', 'adam|adamw', DEFAULT_OPTIM.optimizer)
     .option('--schedule <s>', 'constant|linear|exponential', DEFAULT_OPTIM.schedule)
@@ -94,12 +136,19 @@ export function registerTrainCommands(program: Command): void {
       if (o.resume && fs.existsSync(cfgFile)) {
         config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
       } else {
+        const method = parseMethod(o.method);
+        if (method !== 'prefix' && (o.prefixProjection || o.prefixHidden !== undefined || o.prefixDropout)) throw new UserError('--prefix-* options need --method prefix');
+        if (method !== 'prompt-tuning' && o.initFromWords !== undefined) throw new UserError('--init-from-words needs --method prompt-tuning');
         config = {
           version: 1,
           model: path.resolve(o.model),
           template: o.template,
           legacyBertOrder: o.legacyBertOrder ?? false,
-          head: headFrom(o),
+          head: headFrom(o, o.train, o.seed),
+          method,
+          ...(method === 'prefix' && { prefix: { numVirtualTokens: o.virtualTokens, projection: o.prefixProjection ?? false, hiddenSize: o.prefixHidden, dropout: o.prefixDropout } }),
+          ...(method === 'prompt-tuning' && { promptTuning: { numVirtualTokens: o.virtualTokens, initFromWords: o.initFromWords } }),
+          ...(method === 'ptuning' && o.peftLayout && { peftLayout: true }),
           encoder: {
             type: o.encoder as PromptEncoderType,
             hiddenSize: o.encoderHidden,
@@ -124,7 +173,7 @@ export function registerTrainCommands(program: Command): void {
           },
           optim: {
             optimizer: o.optimizer,
-            lr: o.lr,
+            lr: o.lr ?? (method === 'ptuning' ? DEFAULT_OPTIM.lr : DEEP_DEFAULTS.lr),
             weightDecay: o.weightDecay,
             schedule: o.schedule,
             warmupRatio: o.warmup,
@@ -142,9 +191,10 @@ export function registerTrainCommands(program: Command): void {
         session = await PTuningSession.create(config, session.lm);
       }
       const progress = makeProgress({ quiet: o.quiet });
-      const r = await session.train({ runDir: o.out, resume: o.resume ?? false, progress });
+      const r = await session.train({ runDir: o.out, resume: o.resume ?? false, progress, baselines: o.baselines });
       console.log(
         JSON.stringify({
+          ...(r.baselines && { majority: r.baselines.majority.metrics[primaryMetric(session.head)], zeroShot: r.baselines.zeroShot?.metrics[primaryMetric(session.head)] }),
           run: o.out,
           best: r.bestScore,
           bestStep: r.bestStep,
@@ -211,10 +261,15 @@ export function registerTrainCommands(program: Command): void {
     .action(async (o) => {
       await initEngine();
       const session = await PTuningSession.load(o.run, o.checkpoint);
-      if (o.format === 'peft') await exportPeft(session, o.out);
-      else if (o.format === 'table') await exportTable(session, o.out);
-      else throw new UserError(`--format must be peft or table, got ${o.format}`);
-      console.log(`wrote ${o.format} export to ${o.out}`);
+      if (o.format === 'peft') {
+        const compat = await exportPeft(session, o.out);
+        console.log(`wrote a ${compat.peftType} adapter (task_type ${compat.taskType}) to ${o.out}`);
+        if (!compat.reproducible) process.stderr.write(`ptune: warning: PEFT alone will not reproduce this run (ptune import-peft does): ${compat.notes.join('; ')}\n`);
+        else for (const n of compat.notes) console.log(`  ${n}`);
+      } else if (o.format === 'table') {
+        await exportTable(session, o.out);
+        console.log(`wrote the prompt table to ${o.out}`);
+      } else throw new UserError(`--format must be peft or table, got ${o.format}`);
       session.dispose();
     });
 
@@ -230,10 +285,12 @@ export function registerTrainCommands(program: Command): void {
     .option('--answer-field <f>', 'record field holding a one-token answer')
     .action(async (o) => {
       const head = o.labelField || o.answerField ? headFrom(o) : undefined;
+      if (head?.kind === 'linear') throw new UserError('import-peft: a linear head comes from the adapter\'s ptune_head.safetensors, not from options');
       importPeft({ adapterDir: o.adapter, model: path.resolve(o.model), runDir: o.out, template: o.template, head });
       await initEngine();
       const session = await PTuningSession.load(o.out);
-      console.log(`imported ${session.encoder?.config.numVirtualTokens ?? 0} virtual tokens into ${o.out}`);
+      const n = session.prefix?.config.numVirtualTokens ?? session.encoder?.config.numVirtualTokens ?? 0;
+      console.log(`imported ${n} virtual tokens${session.prefix ? ' (deep prompts)' : ''} into ${o.out}`);
       session.dispose();
     });
 }
