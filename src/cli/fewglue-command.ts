@@ -1,7 +1,8 @@
 import path from 'node:path';
 import type { Command } from 'commander';
 import { initEngine } from '../engine/index.js';
-import { ALL_TASKS, FEWGLUE_MODES, runFewGlue, type FewGlueMode } from '../tasks/fewglue/run.js';
+import { ALL_TASKS, FEWGLUE_MODES, parseMode, runFewGlue } from '../tasks/fewglue/run.js';
+import { DEEP_DEFAULTS } from '../train/defaults.js';
 import { TASK_NAMES, type TaskName } from '../tasks/fewglue/tasks.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
@@ -34,13 +35,17 @@ export function registerFewGlueCommand(program: Command): void {
     .option('--max-length <n>', 'maximum tokens per example (default min(256, model max))', parseIntOption)
     .option('--prompt-lr <x>', 'prompt lr, frozen LM (ptune)', parseFloatOption, 3e-3)
     .option('--joint-prompt-lr <x>', 'prompt lr with the LM tuned (ptune-lm)', parseFloatOption, 1e-3)
-    .option('--lm-lr <x>', 'LM lr (ptune-lm, pet, finetune)', parseFloatOption, 1e-4)
+    .option('--lm-lr <x>', 'LM lr (ptune-lm, manual-lm, finetune)', parseFloatOption, 1e-4)
+    .option('--deep-lr <x>', 'lr of deep prompts and prompt tuning (prefix, prefix-linear, prompt-tuning)', parseFloatOption, DEEP_DEFAULTS.lr)
+    .option('--virtual-tokens <n>', 'deep prompts / prompt tuning: virtual tokens', parseIntOption, DEEP_DEFAULTS.numVirtualTokens)
+    .option('--prefix-projection', 'deep prompts: reparameterise the prefix with an MLP (PEFT prefix_projection)')
+    .option('--sst2-train <n>', 'SST-2 training examples drawn from train.tsv (dev: 32, or a quarter when larger)', parseIntOption, 32)
     .option('--lm-weight-decay <x>', 'LM weight decay', parseFloatOption, 0.1)
     .option('--head-lr <x>', 'finetune classifier head lr', parseFloatOption, 1e-3)
     .option('--quiet', 'no progress output')
     .action(async (o) => {
       const tasks = pick<TaskName>(o.task, TASK_NAMES, ALL_TASKS, 'task');
-      const modes = pick<FewGlueMode>(o.mode, FEWGLUE_MODES, FEWGLUE_MODES, 'mode');
+      const modes = o.mode.length === 1 && o.mode[0].toLowerCase() === 'all' ? [...FEWGLUE_MODES] : (o.mode as string[]).map(parseMode);
       if (o.seeds < 1) throw new UserError(`--seeds must be at least 1, got ${o.seeds}`);
       for (const [k, v] of [['--epochs', o.epochs], ['--batch-size', o.batchSize]] as const) {
         if (v < 1) throw new UserError(`${k} must be at least 1, got ${v}`);
@@ -64,6 +69,10 @@ export function registerFewGlueCommand(program: Command): void {
         lmLr: o.lmLr,
         lmWeightDecay: o.lmWeightDecay,
         headLr: o.headLr,
+        deepLr: o.deepLr,
+        numVirtualTokens: o.virtualTokens,
+        prefixProjection: o.prefixProjection ?? DEEP_DEFAULTS.projection,
+        sst2Train: o.sst2Train,
         progress: makeProgress({ quiet: true }),
         log: o.quiet ? undefined : (line) => process.stderr.write(line + '\n'),
       });
