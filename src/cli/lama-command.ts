@@ -67,7 +67,7 @@ export function registerLamaCommand(program: Command): void {
     .option('--relations <list>', 'all, complete (train+dev+test files) or ids like P19,P20', 'all')
     .option('--split <name>', 'original or trex', choice('--split', ['original', 'trex'] as const), 'original')
     .option('--vocab <name>', 'answer vocabulary: 29k, 34k or full', choice('--vocab', ['29k', '34k', 'full'] as const), '29k')
-    .option('--mode <modes...>', 'majority, manual, ptune, manual+ptune, finetune (several allowed)', ['manual'])
+    .option('--mode <modes...>', 'majority, manual, ptune, manual+ptune, ptune-lm, prefix, prompt-tuning, finetune (several allowed)', ['manual'])
     .option('--jobs <n>', 'worker processes (default: number of cores)', parseIntOption)
     .option('--seed <n>', 'training seed (encoder init and batch order)', parseIntOption, 13)
     .option('--template <t>', 'ptune template: tuple like 3,3,3 or template text (default 3,3,3; causal LMs 3,3,0)')
