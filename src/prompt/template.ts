@@ -47,6 +47,8 @@ const MAX_PSEUDO_GROUP = 1024;
 const FIELD_NAME = /^[A-Za-z0-9_-]+$/;
 const SPECIAL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const TUPLE = /^\s*\(?\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)?\s*$/;
+/** numbers and commas only: meant as a tuple, whatever its counts */
+const TUPLE_LIKE = /^[\s()+\-.,\d]*,[\s()+\-.,\d]*$/;
 
 function fail(src: string, column: number, what: string): never {
   throw new Error(`template column ${column}: ${what} in "${src}"`);
@@ -80,6 +82,11 @@ export function parseTemplate(src: string, opts: ParseOptions = {}): Template {
     const counts = [Number(tuple[1]), Number(tuple[2]), Number(tuple[3])] as [number, number, number];
     const parsed = parseTemplate(expandTuple(counts, opts), { knownFields: opts.knownFields });
     return { ...parsed, source: src, tuple: counts };
+  }
+  if (TUPLE_LIKE.test(src)) {
+    throw new Error(
+      `template "${src}": a tuple template is three integers ≥ 0, a,b,c, read as [P*a] {sub_label} [P*b] [MASK] [P*c] (e.g. 3,3,3; 3,3,0 for a causal LM)`,
+    );
   }
   const parts: TemplatePart[] = [];
   let text = '';

@@ -15,7 +15,8 @@ import { Adam, AdamW, decayGroups, type ParamGroup } from '../train/optim.js';
 import { makeSchedule, type Schedule, type ScheduleConfig } from '../train/schedule.js';
 import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.js';
 import { safetensorsBytes, writeSafetensors } from '../engine/safetensors.js';
-import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
+import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult, type TrainState } from './trainer.js';
+import { readRunConfig } from './files.js';
 import { UserError } from '../util/errors.js';
 
 export interface OptimConfig {
@@ -117,11 +118,22 @@ export class PTuningSession {
   private constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
     this.lm = lm;
-    this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
-    validateFor(this.template, lm.info.kind);
+    // the template, the encoder settings and the label words are the user's: their errors are user errors
+    const userInput = <T>(what: () => T): T => {
+      try {
+        return what();
+      } catch (e) {
+        throw e instanceof Error && e.constructor === Error ? new UserError(e.message) : e;
+      }
+    };
+    if (config.maxLength > lm.info.maxPositions) {
+      throw new UserError(`maxLength ${config.maxLength} is more than the ${lm.info.maxPositions} positions of ${lm.info.source}`);
+    }
+    this.template = userInput(() => parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder }));
+    userInput(() => validateFor(this.template, lm.info.kind));
     const n = numPseudo(this.template) + (config.peftPrefix ?? 0);
-    this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.embeddingSize ?? lm.info.hiddenSize }) : null;
-    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize);
+    this.encoder = n > 0 ? userInput(() => new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.embeddingSize ?? lm.info.hiddenSize })) : null;
+    this.head = userInput(() => makeHead(config.head, lm.tokenizer, lm.info.vocabSize));
     this.programs = new PTuningPrograms(lm, this.encoder, this.head);
   }
 
@@ -134,7 +146,7 @@ export class PTuningSession {
   static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel): Promise<PTuningSession> {
     const cfgFile = path.join(runDir, 'config.json');
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-    const config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
+    const config = readRunConfig(cfgFile);
     const s = await PTuningSession.create(config, lm);
     const weights = path.join(resolveCheckpointDir(path.join(runDir, which)) ?? path.join(runDir, which), 'params.safetensors');
     if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);
@@ -247,6 +259,11 @@ export class PTuningSession {
     restoreBest?: boolean;
     /** polled after each step: true stops with a checkpoint (see trainLoop) */
     stopRequested?: () => boolean;
+    /**
+     * called once the data, the configuration and (on resume) the checkpoint have all been read and checked,
+     * before the first file of the run is written
+     */
+    beforeWrite?: (resumedFrom: TrainState | null) => void;
   }): Promise<TrainResult & { trainSkipped: number; devSkipped: number }> {
     const { runDir } = opts;
     const c = this.config;
@@ -256,8 +273,6 @@ export class PTuningSession {
     const dv = this.prepare(devRecords, c.data?.dev ?? 'dev');
     if (tr.items.length === 0) throw new UserError('no training examples left after rendering');
     const rt = await getRuntime();
-    fs.mkdirSync(runDir, { recursive: true });
-    writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
 
     const optimizer = this.makeOptimizer();
     const encoder = this.encoder;
@@ -291,6 +306,10 @@ export class PTuningSession {
         },
         restoreBest: opts.restoreBest,
         stopRequested: opts.stopRequested,
+        onStart: (resumedFrom) => {
+          opts.beforeWrite?.(resumedFrom);
+          writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
+        },
       });
       return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
     } finally {
