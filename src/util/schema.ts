@@ -132,7 +132,7 @@ function issueText(issue: z.core.$ZodIssue, data: unknown): { where: string; wha
   const value = valueAt(data, at);
   switch (issue.code) {
     case 'unrecognized_keys':
-      return { where: fieldPath(at), what: `unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}` };
+      return { where: fieldPath([...at, issue.keys[0]!]), what: `unknown key${issue.keys.length > 1 ? ` (and ${issue.keys.slice(1).map((k) => `"${k}"`).join(', ')})` : ''}` };
     case 'invalid_type':
       return { where: fieldPath(at), what: value === undefined ? 'is missing' : `expected ${issue.expected === 'array' ? 'an array' : issue.expected === 'object' ? 'an object' : `a ${issue.expected}`}, got ${kindOf(value)}` };
     case 'invalid_value':
@@ -144,11 +144,11 @@ function issueText(issue: z.core.$ZodIssue, data: unknown): { where: string; wha
         const v = valueAt(data, [...at, tag]);
         return { where: fieldPath([...at, tag]), what: v === undefined ? 'is missing' : `unknown value ${JSON.stringify(v)}` };
       }
-      const first = issue.errors[0]?.[0];
-      if (first) {
-        const inner = issueText({ ...first, path: [...at, ...first.path] } as z.core.$ZodIssue, data);
-        return inner;
-      }
+      // the branch that got furthest (the one matching the value's type) says what is wrong
+      const firsts = issue.errors.map((e) => e[0]).filter((e): e is z.core.$ZodIssue => e !== undefined);
+      const depth = (e: z.core.$ZodIssue) => e.path.length * 2 + (e.code === 'invalid_type' ? 0 : 1);
+      const first = firsts.sort((a, b) => depth(b) - depth(a))[0];
+      if (first && depth(first) > 0) return issueText({ ...first, path: [...at, ...first.path] } as z.core.$ZodIssue, data);
       return { where: fieldPath(at), what: 'matches none of the accepted forms' };
     }
     case 'too_small':
@@ -196,8 +196,13 @@ export function readJson(file: string, what = 'file'): unknown {
     const code = (e as NodeJS.ErrnoException).code;
     throw new UserError(code === 'ENOENT' ? `${file}: no such ${what}` : `${file}: ${(e as Error).message}`);
   }
+  return parseJsonText(text, file);
+}
+
+/** JSON text of `file`: invalid JSON is a UserError naming the file, the line and the column. */
+export function parseJsonText(text: string, file: string): unknown {
   try {
-    return JSON.parse(text);
+    return JSON.parse(text.replace(/^\uFEFF/, ''));
   } catch (e) {
     const message = (e as Error).message.split('\n')[0]!;
     const at = jsonErrorOffset(text);
