@@ -13,7 +13,7 @@ const GLOBAL_OPTIONS = '--runtime node|web, --threads N, --verbose';
 
 /** Commander's own error line, as ptune's: an unknown option says what is accepted. */
 function commanderMessage(text: string, argv: string[], commands: string[]): string {
-  const msg = text.trim().replace(/^error: /, '');
+  const msg = text.trim().replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
   if (/^unknown option/.test(msg)) {
     const command = argv.slice(2).find((a) => commands.includes(a));
     return `${msg} (global options: ${GLOBAL_OPTIONS}; \`ptune ${command ?? '<command>'} --help\` lists ${command ? 'its' : 'a command\'s'} own)`;
@@ -61,6 +61,8 @@ export async function main(argv: string[]): Promise<number> {
   } catch (err) {
     if (err instanceof CommanderError) {
       if (err.exitCode === 0) return 0;
+      // the help was written (ptune without a command): that is the message
+      if (err.code === 'commander.help' || err.code === 'commander.helpDisplayed') return 2;
       const names = program.commands.map((c) => c.name());
       process.stderr.write(`ptune: ${commanderMessage(commanderError || err.message, argv, names)}\n`);
       return 2;

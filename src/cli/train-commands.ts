@@ -70,7 +70,7 @@ function writeJsonl(rows: unknown[]): void {
 }
 
 /** Whether option `key` was given on the command line (not a default). */
-type Given = (key: string) => boolean;
+export type Given = (key: string) => boolean;
 
 /** The options that apply only with others, given without them. */
 function checkCombinations(o: TrainOptions, given: Given): void {
@@ -134,6 +134,16 @@ function freshConfig(o: TrainOptions): RunConfig {
       lmWeightDecay: o.lmWeightDecay,
     },
   };
+}
+
+/**
+ * The run config `ptune train` builds from its options (commander's values: text, or the declared defaults), after
+ * every check that needs no model; `given` says which options were on the command line.
+ */
+export function trainConfigFromOptions(raw: Record<string, unknown>, given: Given): RunConfig {
+  const o = parseOptions(trainSchema, raw);
+  checkCombinations(o, given);
+  return freshConfig(o);
 }
 
 /** An option as the run's config records it; `loop` ones may change on resume. */

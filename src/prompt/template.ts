@@ -50,14 +50,20 @@ const TUPLE = /^\s*\(?\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)?\s*$/;
 /** numbers and commas only: meant as a tuple, whatever its counts */
 const TUPLE_LIKE = /^[\s()+\-.,\d]*,[\s()+\-.,\d]*$/;
 
+/** A template as messages quote it: control characters (a line break) escaped, so a message stays one line. */
+export function shownTemplate(src: string): string {
+  const named: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+  return src.replace(/[\x00-\x1f\x7f\u2028\u2029]/g, (c) => named[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 function fail(src: string, column: number, what: string): never {
-  throw new Error(`template column ${column}: ${what} in "${src}"`);
+  throw new Error(`template column ${column}: ${what} in "${shownTemplate(src)}"`);
 }
 
 /** columns of a tuple template refer to its expansion, so messages quote that */
 function failIn(template: Template, column: number, what: string): never {
   if (!template.tuple) fail(template.source, column, what);
-  throw new Error(`template column ${column}: ${what} in "${template.text}" (from "${template.source}")`);
+  throw new Error(`template column ${column}: ${what} in "${shownTemplate(template.text)}" (from "${shownTemplate(template.source)}")`);
 }
 
 /**
@@ -85,7 +91,7 @@ export function parseTemplate(src: string, opts: ParseOptions = {}): Template {
   }
   if (TUPLE_LIKE.test(src)) {
     throw new Error(
-      `template "${src}": a tuple template is three integers ≥ 0, a,b,c, read as [P*a] {sub_label} [P*b] [MASK] [P*c] (e.g. 3,3,3; 3,3,0 for a causal LM)`,
+      `template "${shownTemplate(src)}": a tuple template is three integers ≥ 0, a,b,c, read as [P*a] {sub_label} [P*b] [MASK] [P*c] (e.g. 3,3,3; 3,3,0 for a causal LM)`,
     );
   }
   const parts: TemplatePart[] = [];
