@@ -26,7 +26,7 @@ export function registerLamaCommand(program: Command): void {
     .description('LAMA knowledge probing: majority, manual prompts, P-tuning, manual+P-tuning and fine-tuning, per relation')
     .requiredOption('--model <dir>', 'model directory or checkpoint')
     .requiredOption('--data <dir>', 'LAMA data directory (fact-retrieval/, relations.jsonl, 29k-vocab.json)')
-    .requiredOption('--out <dir>', 'output folder (results are resumed from it)')
+    .requiredOption('--out <dir>', 'output folder (--resume reuses its finished tasks)')
     .option('--relations <list>', 'all, complete (train+dev+test files) or ids like P19,P20', 'all')
     .option('--split <name>', 'original or trex', 'original')
     .option('--vocab <name>', 'answer vocabulary: 29k, 34k or full', '29k')

@@ -6,6 +6,7 @@ import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../
 import type { TrainLoopConfig } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
 import { UserError } from '../../util/errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
 import { ChoiceTask, CHOICE_TASKS } from './choice-tasks.js';
 import { LinearClassifier } from './classifier.js';
 import { loadTask } from './loaders.js';
@@ -223,8 +224,7 @@ export function sessionConfig(model: string, lm: LanguageModel, pf: PatternFile,
 }
 
 function writePredictions(file: string, examples: readonly TaskExample[], preds: readonly string[]): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, examples.map((x, i) => JSON.stringify({ id: x.id, gold: x.label, prediction: preds[i] })).join('\n') + '\n');
+  writeFileAtomic(file, examples.map((x, i) => JSON.stringify({ id: x.id, gold: x.label, prediction: preds[i] })).join('\n') + '\n');
 }
 
 /** One (task, mode, seed) run: train when the mode trains, pick the best dev checkpoint, evaluate. */

@@ -1,6 +1,6 @@
 /**
  * The LAMA experiment driver: (mode × relation) tasks run by a pool of child processes (tfjs wasm is
- * single-threaded, so N processes use N cores), one combined progress display, resumable (a task whose
+ * single-threaded, so N processes use N cores), one combined progress display, resumable (with --resume, a task whose
  * result.json exists is not redone), and the report written at the end.
  */
 import { fork, type ChildProcess } from 'node:child_process';
