@@ -201,9 +201,16 @@ function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
 
 test('two train processes into one --out: the second is refused naming the first one\'s pid; the first run is not mixed', async () => {
   const dir = tmp();
-  const data = slice(dir, 32);
+  // a tiny model on a two-label task: 16 steps an epoch
+  const words = 'the and in is are capital of was at to dog on every fox lazy old over warm with boats bread brown castle cat'.split(' ');
+  const rows = (n: number, k: number) => Array.from({ length: n }, (_, i) => JSON.stringify({ sentence: `${words[(i * 7 + k) % words.length]} ${words[(i * 3) % words.length]}`, label: i % 2 ? 'pos' : 'neg' })).join('\n') + '\n';
+  const data = { train: path.join(dir, 'train.jsonl'), dev: path.join(dir, 'dev.jsonl') };
+  fs.writeFileSync(data.train, rows(32, 1));
+  fs.writeFileSync(data.dev, rows(8, 2));
   const out = path.join(dir, 'run');
-  const args = [cli, ...trainArgs(data, out), '--epochs', '6', '--batch-size', '2'];
+  const args = [cli, 'train', '--model', path.join(shared, 'models/tiny/distilbert'), '--train', data.train, '--dev', data.dev,
+    '--template', '{sentence} [P*3] it was [MASK] .', '--label-field', 'label', '--verbalizer', 'pos:warm,neg:old',
+    '--epochs', '6', '--batch-size', '2', '--out', out, '--quiet'];
   const first = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let firstErr = '';
   first.stderr.on('data', (b) => (firstErr += String(b)));
