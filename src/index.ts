@@ -28,9 +28,12 @@ export { makeHead, crossEntropyOn, type Head, type HeadSpec } from './prompt/hea
 
 export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
 export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
-export { trainLoop, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
+export { trainLoop, NonFiniteLossError, TrainingInterrupted, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
 export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type OptimConfig, type Prediction } from './train/session.js';
 export { exportPeft, exportTable, importPeft } from './train/export.js';
+export { readRunConfig, parseRunConfig, readTrainState, RUN_CONFIG_VERSION } from './train/files.js';
+export { checkOutputDir, claimOutputDir, RUN_OUTPUTS, EXPORT_OUTPUTS, LAMA_OUTPUTS, FEWGLUE_OUTPUTS, type OutputSpec, type ClaimedOutput } from './train/rundir.js';
+export { UserError } from './util/errors.js';
 export { readRecords } from './data/read.js';
 export { makeProgress, type Progress } from './util/progress.js';
 

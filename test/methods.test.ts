@@ -115,7 +115,7 @@ test('PEFT export per method: adapter type and sizes, what PEFT reproduces (mode
       assert.equal(fs.existsSync(path.join(out, 'ptune_head.safetensors')), c.over.head?.kind === 'linear');
 
       const back = path.join(dir, `${c.name}-imported`);
-      importPeft({ adapterDir: out, model: modelDir(c.causal ? 'gpt2-mini-lama' : 'bert-mini-lama'), runDir: back });
+      await importPeft({ adapterDir: out, model: modelDir(c.causal ? 'gpt2-mini-lama' : 'bert-mini-lama'), runDir: back }, lm);
       const r = await PTuningSession.load(back, 'best', lm);
       const a = await s.predict(SST, 'sst', 2);
       const b = await r.predict(SST, 'sst', 2);

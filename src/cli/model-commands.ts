@@ -6,7 +6,9 @@ import type { LanguageModel } from '../models/model.js';
 import { paddedLength } from '../prompt/ptuning.js';
 import { sequenceWrap } from '../prompt/render.js';
 import { UserError } from '../util/errors.js';
-import { parseIntOption, parseFloatOption } from './options.js';
+import { fillSchema, generateSchema, parseOptions } from './options.js';
+import { asText } from './options.js';
+
 
 export interface TopToken {
   id: number;
@@ -125,10 +127,10 @@ export function registerModelCommands(program: Command): void {
     .description('masked LM: top predictions at each [MASK]; causal LM: the next token after the text')
     .argument('<model>', 'model directory or checkpoint')
     .argument('<text>', 'input text, with [MASK] for a masked LM')
-    .option('--top <k>', 'predictions per position', parseIntOption, 10)
+    .option('--top <k>', 'predictions per position (≥ 1)', asText, 10)
     .option('--json', 'print JSON')
-    .action(async (model: string, text: string, opts: { top: number; json?: boolean }) => {
-      if (opts.top < 1) throw new UserError(`--top: expected a positive integer, got ${opts.top}`);
+    .action(async (model: string, text: string, raw: Record<string, unknown>) => {
+      const opts = parseOptions(fillSchema, raw);
       await initEngine();
       const lm = await loadModel(model);
       const predictions = await fill(lm, text, opts.top);
@@ -148,12 +150,12 @@ export function registerModelCommands(program: Command): void {
     .description('generate text with a causal LM (greedy at temperature 0, KV cache)')
     .argument('<model>', 'model directory or checkpoint')
     .option('--prompt <text>', 'prompt text (empty: start from BOS)', '')
-    .option('--max-new-tokens <n>', 'tokens to generate', parseIntOption, 64)
-    .option('--temperature <t>', 'sampling temperature; 0 = greedy', parseFloatOption, 0)
-    .option('--top-p <p>', 'nucleus sampling mass', parseFloatOption, 1)
-    .option('--seed <n>', 'sampling seed', parseIntOption, 0)
-    .action(async (model: string, opts: { prompt: string; maxNewTokens: number; temperature: number; topP: number; seed: number }) => {
-      if (opts.maxNewTokens < 0) throw new UserError(`--max-new-tokens: expected a non-negative integer, got ${opts.maxNewTokens}`);
+    .option('--max-new-tokens <n>', 'tokens to generate (≥ 0)', asText, 64)
+    .option('--temperature <t>', 'sampling temperature (≥ 0); 0 = greedy', asText, 0)
+    .option('--top-p <p>', 'nucleus sampling mass, in (0, 1]', asText, 1)
+    .option('--seed <n>', 'sampling seed', asText, 0)
+    .action(async (model: string, raw: Record<string, unknown>) => {
+      const opts = parseOptions(generateSchema, raw);
       await initEngine();
       const lm = await loadModel(model);
       if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);

@@ -1,24 +1,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { readSafetensors, writeSafetensors } from '../engine/safetensors.js';
+import type { LanguageModel } from '../models/model.js';
+import { loadModel } from '../models/load.js';
 import { numPseudo, parseTemplate } from '../prompt/template.js';
 import type { HeadSpec } from '../prompt/heads.js';
 import { UserError } from '../util/errors.js';
-import { writeCheckpointDir, writeJsonAtomic } from './checkpoint.js';
+import { writeCheckpointDir, writeFileAtomic, writeJsonAtomic } from './checkpoint.js';
+import { readAdapterConfig, readPlacement, type Placement } from './files.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, leadingPseudo, PTuningSession, type RunConfig } from './session.js';
 
 /** ptune's own note inside an exported adapter: how ptune renders the input (PEFT itself ignores this file). */
-interface PtunePlacement {
-  template: string;
-  legacyBertOrder?: boolean;
-  head: HeadSpec;
-  maxLength: number;
-  method?: RunConfig['method'];
-  peftLayout?: boolean;
-  peftPrefix?: number;
-  promptTuning?: RunConfig['promptTuning'];
-  peft?: PeftCompatibility;
-}
+type PtunePlacement = Placement;
 
 const PLACEMENT_FILE = 'ptune_template.json';
 const HEAD_FILE = 'ptune_head.safetensors';
@@ -129,46 +122,53 @@ function modelCard(compat: PeftCompatibility, config: Record<string, unknown>): 
  * `adapter_config.json` and `adapter_model.safetensors` holding `prompt_embeddings` —
  * P_TUNING / PROMPT_TUNING: [N, token_dim] input rows; PREFIX_TUNING: [N, layers · 2 · kvDim] keys and values.
  * ptune's rendering (template, head, placement) goes beside it in ptune_template.json, the linear head in
- * ptune_head.safetensors, and README.md says what PEFT reproduces. The folder is replaced as one unit.
+ * ptune_head.safetensors, and README.md says what PEFT reproduces. Each file is written atomically,
+ * adapter_config.json (which makes the folder an adapter) last.
  */
-export async function exportPeft(session: PTuningSession, outDir: string): Promise<PeftCompatibility> {
+export async function exportPeft(session: PTuningSession, outDir: string, opts: WriteOptions = {}): Promise<PeftCompatibility> {
   const table = await session.promptTable();
   if (!table) throw new UserError('the run has no pseudo tokens or deep prompts: nothing to export');
   const compat = peftCompatibility(session);
   const config = adapterConfig(session, compat, table);
   const headParams = session.head.params;
+  const c = session.config;
   const placement: PtunePlacement = {
-    template: session.config.template,
-    legacyBertOrder: session.config.legacyBertOrder,
-    head: session.config.head,
-    maxLength: session.config.maxLength,
-    method: session.config.method,
-    peftLayout: session.config.peftLayout,
-    peftPrefix: session.config.peftPrefix,
-    promptTuning: session.config.promptTuning,
+    template: c.template,
+    ...(c.legacyBertOrder !== undefined && { legacyBertOrder: c.legacyBertOrder }),
+    head: c.head,
+    maxLength: c.maxLength,
+    ...(c.method !== undefined && { method: c.method }),
+    ...(c.peftLayout !== undefined && { peftLayout: c.peftLayout }),
+    ...(c.peftPrefix !== undefined && { peftPrefix: c.peftPrefix }),
+    ...(c.promptTuning !== undefined && { promptTuning: c.promptTuning }),
     peft: compat,
   };
-  writeCheckpointDir(outDir, (dir) => {
-    writeSafetensors(path.join(dir, 'adapter_model.safetensors'), { prompt_embeddings: table }, { format: 'pt' });
-    writeJsonAtomic(path.join(dir, 'adapter_config.json'), config);
-    writeJsonAtomic(path.join(dir, PLACEMENT_FILE), placement);
-    if (headParams) writeSafetensors(path.join(dir, HEAD_FILE), Object.fromEntries([...headParams].map(([k, p]) => [k, { shape: p.shape, data: p.data }])));
-    fs.writeFileSync(path.join(dir, 'README.md'), modelCard(compat, config));
-  });
+  opts.beforeWrite?.();
+  fs.mkdirSync(outDir, { recursive: true });
+  writeSafetensors(path.join(outDir, 'adapter_model.safetensors'), { prompt_embeddings: table }, { format: 'pt' });
+  if (headParams) writeSafetensors(path.join(outDir, HEAD_FILE), Object.fromEntries([...headParams].map(([k, p]) => [k, { shape: p.shape, data: p.data }])));
+  writeJsonAtomic(path.join(outDir, PLACEMENT_FILE), placement);
+  writeFileAtomic(path.join(outDir, 'README.md'), modelCard(compat, config));
+  writeJsonAtomic(path.join(outDir, 'adapter_config.json'), config);
   return compat;
 }
 
-/** Writes just the prompt table (safetensors, `prompt_embeddings`) plus the run config needed to use it. */
-export async function exportTable(session: PTuningSession, outDir: string): Promise<void> {
-  const table = await session.promptTable();
-  if (!table) throw new UserError('the run has no pseudo tokens or deep prompts: nothing to export');
-  writeCheckpointDir(outDir, (dir) => {
-    writeSafetensors(path.join(dir, 'prompt_table.safetensors'), { prompt_embeddings: table });
-    writeJsonAtomic(path.join(dir, 'config.json'), session.config);
-  });
+export interface WriteOptions {
+  /** called once everything has been read and checked, before the first file is written */
+  beforeWrite?: () => void;
 }
 
-export interface ImportOptions {
+/** Writes just the prompt table (safetensors, `prompt_embeddings`) plus the run config needed to use it. */
+export async function exportTable(session: PTuningSession, outDir: string, opts: WriteOptions = {}): Promise<void> {
+  const table = await session.promptTable();
+  if (!table) throw new UserError('the run has no pseudo tokens or deep prompts: nothing to export');
+  opts.beforeWrite?.();
+  fs.mkdirSync(outDir, { recursive: true });
+  writeSafetensors(path.join(outDir, 'prompt_table.safetensors'), { prompt_embeddings: table });
+  writeJsonAtomic(path.join(outDir, 'config.json'), session.config);
+}
+
+export interface ImportOptions extends WriteOptions {
   adapterDir: string;
   model: string;
   runDir: string;
@@ -178,45 +178,45 @@ export interface ImportOptions {
   maxLength?: number;
 }
 
-const PEFT_TYPES: readonly string[] = ['P_TUNING', 'PROMPT_TUNING', 'PREFIX_TUNING'];
-
-function readJson(file: string): Record<string, unknown> {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
-  } catch (e) {
-    throw new UserError(`${file}: ${e instanceof SyntaxError ? `invalid JSON (${e.message})` : (e as Error).message}`);
-  }
-}
-
 /**
  * Turns a PEFT adapter (P_TUNING, PROMPT_TUNING or PREFIX_TUNING, inference mode) into a ptune run usable by
  * eval/predict/serve. With ptune_template.json the original rendering is restored; otherwise the virtual tokens
- * go before the whole input, as PEFT places them, and `template` / `head` must be given.
+ * go before the whole input, as PEFT places them, and `template` / `head` must be given. Everything is checked
+ * against the model (`lm`, else loaded from `model`) before the first file is written: the table's shape, the
+ * template, the head, the length.
  */
-export function importPeft(o: ImportOptions): RunConfig {
+export async function importPeft(o: ImportOptions, lm?: LanguageModel): Promise<RunConfig> {
   const cfgFile = path.join(o.adapterDir, 'adapter_config.json');
   const weightsFile = path.join(o.adapterDir, 'adapter_model.safetensors');
   if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found`);
   if (!fs.existsSync(weightsFile)) throw new UserError(`${weightsFile} not found`);
-  const cfg = readJson(cfgFile);
-  const peftType = String(cfg.peft_type);
-  if (!PEFT_TYPES.includes(peftType)) throw new UserError(`${cfgFile}: peft_type is ${JSON.stringify(cfg.peft_type)}, expected one of ${PEFT_TYPES.join(', ')}`);
+  const cfg = readAdapterConfig(cfgFile);
+  const peftType = cfg.peft_type;
   const table = readSafetensors(weightsFile).tensors.get('prompt_embeddings');
   if (!table) throw new UserError(`${weightsFile}: tensor "prompt_embeddings" is missing (an adapter saved in training mode? PEFT saves the table in inference mode)`);
+  if (table.shape.length !== 2) throw new UserError(`${weightsFile}: prompt_embeddings has shape [${table.shape}], expected [num_virtual_tokens, width]`);
   const n = table.shape[0]!;
   if (cfg.num_virtual_tokens !== undefined && cfg.num_virtual_tokens !== n) {
     throw new UserError(`${cfgFile}: num_virtual_tokens ${cfg.num_virtual_tokens} but prompt_embeddings has ${n} rows`);
   }
   const placementFile = path.join(o.adapterDir, PLACEMENT_FILE);
-  const placement = fs.existsSync(placementFile) ? (readJson(placementFile) as unknown as PtunePlacement) : null;
+  const placement = fs.existsSync(placementFile) ? readPlacement(placementFile) : null;
   const template = placement?.template ?? o.template;
   const head = o.head ?? placement?.head;
   if (!template) throw new UserError(`${o.adapterDir} has no ${PLACEMENT_FILE}: give --template (the input after PEFT's virtual tokens)`);
   if (!head) throw new UserError(`${o.adapterDir} has no ${PLACEMENT_FILE}: give --label-field/--verbalizer or --answer-field`);
-  const inTemplate = numPseudo(parseTemplate(template, { legacyBertOrder: placement?.legacyBertOrder }));
+  let inTemplate: number;
+  try {
+    inTemplate = numPseudo(parseTemplate(template, { legacyBertOrder: placement?.legacyBertOrder }));
+  } catch (e) {
+    throw new UserError(`${placement ? placementFile : '--template'}: ${(e as Error).message}`);
+  }
+  const model = lm ?? (await loadModel(o.model));
   const base = {
-    version: 1 as const, model: o.model, template, legacyBertOrder: placement?.legacyBertOrder, head,
-    encoder: { type: 'embedding' as const, seed: 0 }, maxLength: o.maxLength ?? placement?.maxLength ?? 128, skipTooLong: false,
+    version: 1 as const, model: o.model, template,
+    ...(placement?.legacyBertOrder !== undefined && { legacyBertOrder: placement.legacyBertOrder }),
+    head, encoder: { type: 'embedding' as const, seed: 0 },
+    maxLength: o.maxLength ?? placement?.maxLength ?? Math.min(128, model.info.maxPositions), skipTooLong: false,
     loop: DEFAULT_LOOP, optim: DEFAULT_OPTIM,
   };
   let config: RunConfig;
@@ -243,11 +243,35 @@ export function importPeft(o: ImportOptions): RunConfig {
     if (!fs.existsSync(headFile)) throw new UserError(`${headFile} not found: a linear head's weights are needed`);
     for (const [k, t] of readSafetensors(headFile).tensors) params[`head.${k}`] = { shape: t.shape, data: t.data as Float32Array };
   }
+  // the run as eval will build it: the template must fit the model, the tables their parameters
+  const session = await PTuningSession.create(config, model).catch((e: unknown) => {
+    if (!lm) model.dispose();
+    throw e instanceof UserError ? new UserError(`${placement ? placementFile : o.adapterDir}: ${e.message}`) : e;
+  });
+  try {
+    const want = new Map<string, readonly number[]>([
+      ...[...(session.encoder?.params ?? [])].map(([k, p]) => [`encoder.${k}`, p.shape] as const),
+      ...[...(session.prefix?.params ?? [])].map(([k, p]) => [`prefix.${k}`, p.shape] as const),
+      ...[...(session.head.params ?? [])].map(([k, p]) => [`head.${k}`, p.shape] as const),
+    ]);
+    for (const [name, t] of Object.entries(params)) {
+      const shape = want.get(name);
+      if (!shape || shape.join(',') !== t.shape.join(',')) {
+        const file = name.startsWith('head.') ? headFile : weightsFile;
+        throw new UserError(`${file}: ${name.startsWith('head.') ? name.slice(5) : 'prompt_embeddings'} has shape [${t.shape}], ${session.lm.info.source} needs [${shape ?? '(none)'}]`);
+      }
+    }
+  } finally {
+    session.dispose({ keepLm: lm !== undefined });
+  }
+
+  o.beforeWrite?.();
   fs.mkdirSync(o.runDir, { recursive: true });
-  writeJsonAtomic(path.join(o.runDir, 'config.json'), config);
+  // config.json, which makes the folder a run, after its checkpoint
   writeCheckpointDir(path.join(o.runDir, 'best'), (dir) => {
     writeSafetensors(path.join(dir, 'params.safetensors'), params);
     writeJsonAtomic(path.join(dir, 'state.json'), { importedFrom: path.resolve(o.adapterDir) });
   });
+  writeJsonAtomic(path.join(o.runDir, 'config.json'), config);
   return config;
 }

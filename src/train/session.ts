@@ -17,7 +17,8 @@ import { Adam, AdamW, decayGroups, type ParamGroup } from '../train/optim.js';
 import { makeSchedule, type Schedule, type ScheduleConfig } from '../train/schedule.js';
 import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.js';
 import { safetensorsBytes, writeSafetensors } from '../engine/safetensors.js';
-import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
+import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult, type TrainState } from './trainer.js';
+import { readRunConfig } from './files.js';
 import { UserError } from '../util/errors.js';
 import { describeBaselines, devBaselines, type Baselines } from './baselines.js';
 
@@ -144,8 +145,19 @@ export class PTuningSession {
   private constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
     this.lm = lm;
-    this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
-    validateFor(this.template, lm.info.kind);
+    // the template, the encoder settings and the label words are the user's: their errors are user errors
+    const userInput = <T>(what: () => T): T => {
+      try {
+        return what();
+      } catch (e) {
+        throw e instanceof Error && e.constructor === Error ? new UserError(e.message) : e;
+      }
+    };
+    if (config.maxLength > lm.info.maxPositions) {
+      throw new UserError(`maxLength ${config.maxLength} is more than the ${lm.info.maxPositions} positions of ${lm.info.source}`);
+    }
+    this.template = userInput(() => parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder }));
+    userInput(() => validateFor(this.template, lm.info.kind));
     const method = config.method ?? 'ptuning';
     if (!METHODS.includes(method)) throw new UserError(`method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(method)}`);
     const pseudo = numPseudo(this.template);
@@ -161,13 +173,13 @@ export class PTuningSession {
     const n = numPseudo(this.rendered) + this.placedFirst;
     const tokenDim = lm.info.embeddingSize ?? lm.info.hiddenSize;
     const encoderConfig = method === 'prompt-tuning' ? { ...config.encoder, type: 'embedding' as const } : config.encoder;
-    this.encoder = n > 0 ? new PromptEncoder({ ...encoderConfig, numVirtualTokens: n, tokenDim }) : null;
+    this.encoder = n > 0 ? userInput(() => new PromptEncoder({ ...encoderConfig, numVirtualTokens: n, tokenDim })) : null;
     if (method === 'prefix') {
       if (!config.prefix) throw new UserError('method "prefix" needs prefix settings (numVirtualTokens, projection)');
       if (lm.info.past?.ptune === false) throw new UserError(`method "prefix": ${lm.info.family} models take no keys and values before the input here, so deep prompts cannot reach them (use ptuning or prompt-tuning)`);
-      this.prefix = new PrefixEncoder({ ...config.prefix, seed: config.encoder.seed }, lm.info);
+      this.prefix = userInput(() => new PrefixEncoder({ ...config.prefix!, seed: config.encoder.seed }, lm.info));
     } else this.prefix = null;
-    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize);
+    this.head = userInput(() => makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize));
     this.programs = new PTuningPrograms(lm, this.encoder, this.head, this.prefix);
   }
 
@@ -183,7 +195,7 @@ export class PTuningSession {
   static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel): Promise<PTuningSession> {
     const cfgFile = path.join(runDir, 'config.json');
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-    const config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
+    const config = readRunConfig(cfgFile);
     const s = await PTuningSession.create(config, lm);
     const weights = path.join(resolveCheckpointDir(path.join(runDir, which)) ?? path.join(runDir, which), 'params.safetensors');
     if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);
@@ -300,6 +312,11 @@ export class PTuningSession {
     stopRequested?: () => boolean;
     /** measure the majority and zero-shot dev baselines first (default true; skipped when resuming) */
     baselines?: boolean;
+    /**
+     * called once the data, the configuration and (on resume) the checkpoint have all been read and checked,
+     * before the first file of the run is written
+     */
+    beforeWrite?: (resumedFrom: TrainState | null) => void;
   }): Promise<TrainResult & { trainSkipped: number; devSkipped: number; baselines?: Baselines }> {
     const { runDir } = opts;
     const c = this.config;
@@ -309,14 +326,8 @@ export class PTuningSession {
     const dv = this.prepare(devRecords, c.data?.dev ?? 'dev');
     if (tr.items.length === 0) throw new UserError('no training examples left after rendering');
     const rt = await getRuntime();
-    fs.mkdirSync(runDir, { recursive: true });
-    writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
-    let baselines: Baselines | undefined;
-    if ((opts.baselines ?? true) && !opts.resume) {
-      baselines = await devBaselines(this, tr.items, dv.items, devRecords, classificationMetrics);
-      writeJsonAtomic(path.join(runDir, 'baselines.json'), baselines);
-      opts.progress?.log(describeBaselines(baselines, primaryMetric(this.head)));
-    }
+    // measured before the first file is written; saved with the run's config
+    const baselines = (opts.baselines ?? true) && !opts.resume ? await devBaselines(this, tr.items, dv.items, devRecords, classificationMetrics) : undefined;
 
     const optimizer = this.makeOptimizer();
     const encoder = this.encoder;
@@ -352,6 +363,14 @@ export class PTuningSession {
         },
         restoreBest: opts.restoreBest,
         stopRequested: opts.stopRequested,
+        onStart: (resumedFrom) => {
+          opts.beforeWrite?.(resumedFrom);
+          writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
+          if (baselines) {
+            writeJsonAtomic(path.join(runDir, 'baselines.json'), baselines);
+            opts.progress?.log(describeBaselines(baselines, primaryMetric(this.head)));
+          }
+        },
       });
       return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped, ...(baselines && { baselines }) };
     } finally {

@@ -5,6 +5,7 @@ import { makeRng } from '../util/rng.js';
 import type { Progress } from '../util/progress.js';
 import { clipGradNorm, type OptimizerState } from './optim.js';
 import { loadOptimizerState, loadParams, resolveCheckpointDir, saveOptimizerState, saveParams, writeCheckpointDir, writeFileAtomic, writeJsonAtomic } from './checkpoint.js';
+import { readTrainState } from './files.js';
 
 /** What the training loop needs from an optimizer (Adam and AdamW in optim.ts). */
 export interface TrainOptimizer {
@@ -93,6 +94,11 @@ export interface TrainLoopOptions<E> {
   restoreBest?: boolean;
   /** polled after every optimizer step: true ends training with a checkpoint of the current step */
   stopRequested?: () => boolean;
+  /**
+   * called once everything has been read and checked (the checkpoint to resume from included), before the loop
+   * writes anything into `runDir`
+   */
+  onStart?: (resumedFrom: TrainState | null) => void;
 }
 
 export class NonFiniteLossError extends Error {}
@@ -138,6 +144,16 @@ function initialState(): TrainState {
   };
 }
 
+/**
+ * Whether a finished run stays finished under (possibly changed) limits: a resume with a larger --epochs,
+ * --max-steps or --patience goes on from where the run stopped.
+ */
+export function stillFinished(state: TrainState, c: TrainLoopConfig): boolean {
+  if (state.epoch >= c.epochs) return true;
+  if (c.maxSteps > 0 && state.step >= c.maxSteps) return true;
+  return state.stopReason.startsWith('early stop') && c.patience > 0 && state.evalsWithoutGain >= c.patience;
+}
+
 /** Order of the examples in `epoch`: a permutation that depends only on (seed, epoch), so resume reproduces it. */
 export function epochOrder(n: number, seed: number, epoch: number): number[] {
   const rng = makeRng((seed * 1_000_003 + epoch * 7919) >>> 0);
@@ -158,7 +174,6 @@ export async function trainLoop<E>(o: TrainLoopOptions<E>): Promise<TrainResult>
   const { config: c, task, params, optimizer, runDir } = o;
   const t0 = Date.now();
   const metricsFile = path.join(runDir, 'metrics.jsonl');
-  fs.mkdirSync(runDir, { recursive: true });
   const logMetric = (rec: Record<string, unknown>) => fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n');
 
   let state = initialState();
@@ -166,16 +181,27 @@ export async function trainLoop<E>(o: TrainLoopOptions<E>): Promise<TrainResult>
   const bestDir = path.join(runDir, 'best');
   const resumeFrom = o.resume ? resolveCheckpointDir(lastDir) : null;
   if (resumeFrom) {
+    // everything read and checked before anything is loaded into the parameters
+    state = readTrainState(path.join(resumeFrom, 'state.json'));
+    const optState = loadOptimizerState(path.join(resumeFrom, 'optimizer.safetensors'));
     loadParams(path.join(resumeFrom, 'params.safetensors'), params);
-    optimizer.loadState(loadOptimizerState(path.join(resumeFrom, 'optimizer.safetensors')));
-    state = JSON.parse(fs.readFileSync(path.join(resumeFrom, 'state.json'), 'utf8')) as TrainState;
+    optimizer.loadState(optState);
     if (state.task !== undefined) task.restoreState?.(state.task);
+    if (state.finished && !stillFinished(state, c)) {
+      o.progress?.log(`the run had stopped (${state.stopReason}); the new limits let it go on`);
+      state.finished = false;
+      state.stopReason = '';
+    }
+  }
+  o.onStart?.(resumeFrom ? { ...state } : null);
+  if (resumeFrom) {
     truncateMetrics(metricsFile, state.step);
     o.progress?.log(`resuming from ${resumeFrom}: epoch ${state.epoch + 1}, step ${state.step}`);
   } else if (fs.existsSync(metricsFile)) {
     fs.rmSync(metricsFile);
   }
 
+  fs.mkdirSync(runDir, { recursive: true });
   let saved = resumeFrom !== null;
   const saveLast = () => {
     state.task = task.saveState?.();

@@ -6,6 +6,7 @@ import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../
 import type { TrainLoopConfig } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
 import { UserError } from '../../util/errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
 import { ChoiceTask, CHOICE_TASKS } from './choice-tasks.js';
 import { classifierFields, classifierTemplate } from './classifier.js';
 import { fitBagOfWords, type BowExample } from '../bow.js';
@@ -98,6 +99,8 @@ export interface FewGlueOptions {
   warmupRatio?: number;
   progress?: Progress;
   log?: (line: string) => void;
+  /** called once the options and the model have been checked, before the first file is written */
+  beforeWrite?: () => void;
 }
 
 export interface RunResult {
@@ -280,8 +283,7 @@ function bowExamples(task: TaskName, xs: readonly TaskExample[]): BowExample[] {
 }
 
 function writePredictions(file: string, examples: readonly TaskExample[], preds: readonly string[]): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, examples.map((x, i) => JSON.stringify({ id: x.id, gold: x.label, prediction: preds[i] })).join('\n') + '\n');
+  writeFileAtomic(file, examples.map((x, i) => JSON.stringify({ id: x.id, gold: x.label, prediction: preds[i] })).join('\n') + '\n');
 }
 
 /** One (task, mode, seed) run: train when the mode trains, pick the best dev checkpoint, evaluate. */
@@ -377,9 +379,20 @@ export async function runFewGlue(o: FewGlueOptions): Promise<FewGlueReport> {
   const r = resolveOptions(o);
   if (o.seeds.length === 0) throw new UserError('no seeds');
   for (const t of o.tasks) taskInfo(t);
-  fs.mkdirSync(o.out, { recursive: true });
   const frozenLm = await loadModel(o.model);
   const maxLength = o.maxLength ?? Math.min(256, frozenLm.info.maxPositions);
+  if (maxLength > frozenLm.info.maxPositions) {
+    frozenLm.dispose();
+    throw new UserError(`--max-length: expected an integer from 1 to ${frozenLm.info.maxPositions} (the positions of ${frozenLm.info.source}), got ${maxLength}`);
+  }
+  try {
+    for (const task of o.tasks) if (RUNNABLE_TASKS.includes(task) || CHOICE_TASKS.includes(task)) loadPatterns(task);
+    o.beforeWrite?.();
+  } catch (e) {
+    frozenLm.dispose();
+    throw e;
+  }
+  fs.mkdirSync(o.out, { recursive: true });
   const report: FewGlueReport = {
     model: o.model, modelKind: `${frozenLm.info.family} (${frozenLm.info.kind})`,
     settings: { ...r, dataDir: undefined, maxLength, seeds: o.seeds, tasks: o.tasks, modes: o.modes, stdOf: 'sample std (n-1) over seeds' },

@@ -1,6 +1,6 @@
 /**
  * The LAMA experiment driver: (mode × relation) tasks run by a pool of child processes (tfjs wasm is
- * single-threaded, so N processes use N cores), one combined progress display, resumable (a task whose
+ * single-threaded, so N processes use N cores), one combined progress display, resumable (with --resume, a task whose
  * result.json exists is not redone), and the report written at the end.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -14,6 +14,8 @@ import { DEEP_DEFAULTS } from '../../train/defaults.js';
 import { completeRelations, listRelations, type FactSet, type LamaSplit, type VocabStrategy } from './data.js';
 import { collectResults, relationDone, writeLamaReport, type LamaReport } from './report.js';
 import { writeFileAtomic } from '../../util/atomic.js';
+import { parseFile, readJson, z } from '../../util/schema.js';
+import { parseTemplate } from '../../prompt/template.js';
 import { LamaTaskRunner, type FromWorker, type LamaTaskResult, type ToWorker } from './worker.js';
 
 export const LAMA_MODES = ['majority', 'manual', 'ptune', 'manual+ptune', 'ptune-lm', 'prefix', 'prompt-tuning', 'finetune'] as const;
@@ -119,6 +121,8 @@ export interface LamaRunOptions {
   /** the command line, recorded in the report */
   command?: string;
   title?: string;
+  /** called once the settings, modes and relations have been checked, before the first file is written */
+  beforeWrite?: () => void;
 }
 
 export interface LamaRunResult {
@@ -218,11 +222,12 @@ function modeKey(s: LamaSettings, mode: LamaMode): Record<string, unknown> {
   return key;
 }
 
-function checkModeSettings(s: LamaSettings, mode: LamaMode): void {
+/** Results already in `out` for `mode` must have been made with the same settings; `write` records them when new. */
+function checkModeSettings(s: LamaSettings, mode: LamaMode, write: boolean): void {
   const file = path.join(s.out, mode, 'settings.json');
   const want = modeKey(s, mode);
   if (fs.existsSync(file)) {
-    const have = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    const have = parseFile(z.record(z.string(), z.unknown()), readJson(file, 'settings file'), file);
     for (const k of new Set([...Object.keys(have), ...Object.keys(want)])) {
       if (JSON.stringify(have[k] ?? null) !== JSON.stringify(want[k] ?? null)) {
         throw new UserError(
@@ -230,7 +235,7 @@ function checkModeSettings(s: LamaSettings, mode: LamaMode): void {
         );
       }
     }
-  } else {
+  } else if (write) {
     writeFileAtomic(file, JSON.stringify(want, null, 2) + '\n');
   }
 }
@@ -242,7 +247,16 @@ export async function runLama(o: LamaRunOptions): Promise<LamaRunResult> {
   const relations = resolveRelations(settings.data, settings.split, o.relations);
   const jobs = o.jobs ?? os.availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1) throw new UserError(`--jobs must be a positive integer, got ${jobs}`);
-  for (const mode of modes) checkModeSettings(settings, mode);
+  if (settings.template !== undefined) {
+    try {
+      parseTemplate(settings.template);
+    } catch (e) {
+      throw new UserError(`--template: ${(e as Error).message}`);
+    }
+  }
+  for (const mode of modes) checkModeSettings(settings, mode, false);
+  o.beforeWrite?.();
+  for (const mode of modes) checkModeSettings(settings, mode, true);
 
   const all = modes.flatMap((mode) => relations.map((relation) => ({ mode, relation })));
   const todo = all
