@@ -3,6 +3,7 @@ import { registerModelCommands } from './model-commands.js';
 import { registerLamaCommand } from './lama-command.js';
 import { registerTrainCommands } from './train-commands.js';
 import { registerFewGlueCommand } from './fewglue-command.js';
+import { registerServeCommands } from './serve-commands.js';
 import { UserError } from '../util/errors.js';
 
 /**
@@ -35,6 +36,7 @@ export async function main(argv: string[]): Promise<number> {
   registerLamaCommand(program);
   registerTrainCommands(program);
   registerFewGlueCommand(program);
+  registerServeCommands(program);
 
   try {
     await program.parseAsync(argv);

@@ -25,6 +25,11 @@ export interface GenerateOptions {
   onToken?: (id: number) => void;
   /** continuous prompt rows for pseudo-token positions of the prompt (P-tuned generation) */
   prompts?: PromptRows;
+  /**
+   * keep the keys and values of earlier positions (default true); false recomputes the whole sequence at every
+   * step (the reference the cache is checked against)
+   */
+  cache?: boolean;
 }
 
 /** Prompt-table rows written over the input embeddings at the given prompt positions. */
@@ -237,10 +242,13 @@ export async function generate(lm: LanguageModel, promptIds: number[], opts: Gen
   const budget = Math.min(opts.maxNewTokens, lm.info.maxPositions - input.length + 1);
   const rng = makeRng(opts.seed ?? 0);
   const out: number[] = [];
-  const cache = new KvCache(lm);
+  const cached = opts.cache !== false;
+  let cache = new KvCache(lm);
   let first = true;
   while (out.length < budget) {
-    const logits = await decodeStep(lm, cache, input, first ? opts.prompts : undefined);
+    // without the cache every step starts from an empty one and runs the prompt and all generated tokens again
+    if (!cached && !first) cache = new KvCache(lm);
+    const logits = await decodeStep(lm, cache, cached || first ? input : [...input, ...out], first || !cached ? opts.prompts : undefined);
     first = false;
     const next = temperature === 0 ? argmax(logits) : sampleToken(logits, temperature, topP, rng);
     if ((next === eos || next === bos) && opts.stopAtEos !== false) break;
@@ -251,7 +259,7 @@ export async function generate(lm: LanguageModel, promptIds: number[], opts: Gen
       if (opts.stop.some((s) => text.includes(s))) break;
     }
     if (out.length >= budget || cache.length >= lm.info.maxPositions) break;
-    input = [next];
+    if (cached) input = [next];
   }
   return out;
 }

@@ -74,12 +74,19 @@ export interface ImportOptions {
   maxLength?: number;
 }
 
+/** A PEFT P-tuning adapter read into memory: the run configuration that uses it and its prompt table. */
+export interface PeftAdapter {
+  config: RunConfig;
+  table: { shape: number[]; data: Float32Array };
+  /** adapter_config.json as written */
+  adapterConfig: Record<string, unknown>;
+}
+
 /**
- * Turns a PEFT P-tuning adapter into a ptune run (encoder type `embedding` holding the table) usable by
- * eval/predict. With ptune_template.json the original placement is restored; otherwise the virtual tokens go
- * before the whole input, as PEFT places them.
+ * Reads a PEFT P-tuning adapter: with ptune_template.json the original placement is restored; otherwise the
+ * virtual tokens go before the whole input, as PEFT places them (`template` and `head` must then be given).
  */
-export function importPeft(o: ImportOptions): RunConfig {
+export function readPeftAdapter(o: Omit<ImportOptions, 'runDir'>): PeftAdapter {
   const cfgFile = path.join(o.adapterDir, 'adapter_config.json');
   const weightsFile = path.join(o.adapterDir, 'adapter_model.safetensors');
   if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found`);
@@ -119,6 +126,16 @@ export function importPeft(o: ImportOptions): RunConfig {
     loop: DEFAULT_LOOP,
     optim: DEFAULT_OPTIM,
   };
+  return { config, table: { shape: table.shape, data: table.data as Float32Array }, adapterConfig: cfg };
+}
+
+/**
+ * Turns a PEFT P-tuning adapter into a ptune run (encoder type `embedding` holding the table) usable by
+ * eval/predict. With ptune_template.json the original placement is restored; otherwise the virtual tokens go
+ * before the whole input, as PEFT places them.
+ */
+export function importPeft(o: ImportOptions): RunConfig {
+  const { config, table } = readPeftAdapter(o);
   fs.mkdirSync(o.runDir, { recursive: true });
   writeJsonAtomic(path.join(o.runDir, 'config.json'), config);
   writeCheckpointDir(path.join(o.runDir, 'best'), (dir) => {
