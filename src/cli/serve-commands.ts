@@ -1,10 +1,8 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import type { Command } from 'commander';
 import { initEngine } from '../engine/index.js';
 import { loadModel } from '../models/load.js';
 import { PromptTable } from '../serve/table.js';
-import { createServer } from '../serve/server.js';
+import { createServer, runModel } from '../serve/server.js';
 import { UserError } from '../util/errors.js';
 import { parseIntOption } from './options.js';
 
@@ -17,11 +15,6 @@ export function namedDir(spec: string, option: string): { name: string; dir: str
   return { name: spec.slice(0, at), dir: spec.slice(at + 1) };
 }
 
-function runModel(runDir: string): string {
-  const cfgFile = path.join(runDir, 'config.json');
-  if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-  return (JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model: string }).model;
-}
 
 export function registerServeCommands(program: Command): void {
   program

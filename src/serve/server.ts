@@ -1,11 +1,21 @@
+import fs from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import path from 'node:path';
 import Fastify, { type FastifyError, type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import swagger from '@fastify/swagger';
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
 import { Batcher, QueueFull } from './batcher.js';
 import { InferenceEngine, ServeError } from './engine.js';
 import type { ModelSummary, WireError } from './protocol.js';
-import type { Generation, TaskInfo } from './table.js';
+import { PromptTable, type Generation, type TaskInfo } from './table.js';
+import { UserError } from '../util/errors.js';
+
+/** The base model a run directory names. */
+export function runModel(runDir: string): string {
+  const cfgFile = path.join(runDir, 'config.json');
+  if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
+  return (JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model: string }).model;
+}
 
 export interface ServeOptions {
   /** the base model (directory or Hub id); default: the table's */
@@ -126,9 +136,8 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
     maxNewTokens: 512,
     ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
   } as Required<Omit<ServeOptions, 'model' | 'table' | 'runs' | 'threads'>> & ServeOptions;
-  let model = o.model;
-  if (!model && o.table) model = (await import('./table.js')).PromptTable.modelOf(o.table);
-  if (!model) throw new Error('createServer: give a model (or a table that names one)');
+  const model = o.model ?? (o.table ? PromptTable.modelOf(o.table) : o.runs?.[0] ? runModel(o.runs[0].run) : undefined);
+  if (!model) throw new UserError('createServer: give a model, a table or a run (each names its model)');
   const { engine, tasks: initial } = await InferenceEngine.start({ model, table: o.table, runs: o.runs, threads: o.threads });
   const tasks = new Map(initial.map((t) => [t.name, t]));
 
@@ -170,6 +179,7 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
   });
   let running = 0;
   let closing: Promise<void> | null = null;
+  let draining = false;
 
   const app = Fastify({
     bodyLimit: o.bodyLimit,
@@ -199,6 +209,11 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
     return sendError(reply, { status, code, message: error.message, ...(status === 400 && { path: '/' }) });
   });
   app.setNotFoundHandler((req, reply) => sendError(reply, { status: 404, code: 'not_found', message: `no route ${req.method} ${req.url}` }));
+  // while draining, every answer closes its connection (keep-alive ones would otherwise hold the close up)
+  app.addHook('onSend', async (_req, reply, payload) => {
+    if (draining) reply.header('Connection', 'close');
+    return payload;
+  });
   app.addHook('onResponse', async (req, reply) => {
     const route = req.routeOptions.url ?? 'unmatched';
     requests.inc({ method: req.method, route, status: String(reply.statusCode) });
@@ -406,7 +421,7 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
       // could have become a stop string), then "done" with the whole answer (or "error")
       reply.hijack();
       const raw = reply.raw;
-      raw.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: 'keep-alive' });
+      raw.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache', Connection: draining ? 'close' : 'keep-alive' });
       const event = (name: string, data: unknown) => raw.write(`event: ${name}\ndata: ${JSON.stringify(data)}\n\n`);
       const t0 = performance.now();
       const { id, done } = engine.generate({ ...job, stream: true }, { onToken: (tok) => event('token', tok), onRest: (text) => event('text', { text }) });
@@ -425,6 +440,8 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
         clearTimeout(timer);
         finished();
         raw.end();
+        // a stream that outlived the start of a drain leaves no idle connection behind
+        if (draining) raw.once('finish', () => req.raw.socket?.end());
         requests.inc({ method: 'POST', route: '/v1/generate', status: String(status) });
         latency.observe({ route: '/v1/generate' }, (performance.now() - t0) / 1000);
       }
@@ -447,6 +464,7 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
     },
     close() {
       closing ??= (async () => {
+        draining = true;
         await app.close();
         await batcher.drained();
         await engine.close();
