@@ -30,7 +30,12 @@ export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
 export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
 export { trainLoop, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
 export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type OptimConfig, type Prediction } from './train/session.js';
-export { exportPeft, exportTable, importPeft } from './train/export.js';
+export { exportPeft, exportTable, importPeft, readPeftAdapter } from './train/export.js';
+
+export { PromptTable, TaskInputError, UnknownTaskError, type TaskDefinition, type TaskInfo, type TaskPrediction, type Generation, type GenerationRequest } from './serve/table.js';
+export { modelFingerprint, baseDifference, type BaseModelId } from './serve/fingerprint.js';
+export { mixedLogitsProgram, type MixedOutputs } from './serve/programs.js';
+export { createServer, type ServeOptions, type PtuneServer } from './serve/server.js';
 export { readRecords } from './data/read.js';
 export { makeProgress, type Progress } from './util/progress.js';
 

@@ -62,6 +62,20 @@ test('a table of a LAMA and an SST-2 task on bert-mini-lama predicts what ptune 
   });
 });
 
+test('an answer task restricted to an answer vocabulary predicts what ptune predict reports for it', async () => {
+  const run = path.join(tmp, 'p1412-vocab');
+  fs.cpSync(runs.p1412, run, { recursive: true });
+  const cfg = JSON.parse(fs.readFileSync(path.join(run, 'config.json'), 'utf8'));
+  const answerVocab = ['french', 'english', 'german', 'spanish', 'italian', 'russian', 'dutch', 'latin'].map((w) => bert.tokenizer.encodeWord(w)[0]!);
+  fs.writeFileSync(path.join(run, 'config.json'), JSON.stringify({ ...cfg, head: { ...cfg.head, answerVocab } }));
+  const table = PromptTable.create(bert);
+  await table.addRun('vocab', run);
+  await table.addRun('sst2', runs.sst2);
+  const records = lamaInputs();
+  const served = await table.predictBatch(records.flatMap((record) => [{ task: 'vocab', record, topK: 3 }, { task: 'sst2', record: { sentence: String(record.sub_label) }, topK: 2 }]));
+  assertSame(served.filter((_, i) => i % 2 === 0) as { prediction: string; top: { label: string; score: number }[] }[], ptunePredict(run, records, 3), 'P1412 with an answer vocabulary');
+});
+
 test('bad rows: unknown task, a missing template field (named), an input too long for a task that does not truncate', async () => {
   const table = PromptTable.create(bert);
   await table.addRun('sst2', runs.sst2);

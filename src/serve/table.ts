@@ -14,7 +14,7 @@ import { readPeftAdapter } from '../train/export.js';
 import { PTuningSession, withPeftPrefix, type RunConfig } from '../train/session.js';
 import { UserError } from '../util/errors.js';
 import { baseDifference, fingerprintOf, modelFingerprint, type BaseModelId } from './fingerprint.js';
-import { mixedLogitsProgram } from './programs.js';
+import { mixedLogitsProgram, type MixedOutputs } from './programs.js';
 
 /** One task of a prompt table: how a record becomes the LM's input, its frozen prompt rows and its head. */
 export interface TaskDefinition {
@@ -110,6 +110,14 @@ export interface Generation {
   /** stop: a stop string; eos: the model ended the text; length: max_new_tokens or the model's context */
   finishReason: 'stop' | 'eos' | 'length';
   promptTokens: number;
+}
+
+interface ForwardOutputs {
+  /** token id → column of `candidates` */
+  columns: Map<number, number>;
+  candidates: { data: Float32Array; width: number } | null;
+  top: { values: Float32Array; indices: Int32Array; width: number } | null;
+  full: { data: Float32Array; width: number } | null;
 }
 
 interface ServedTask {
@@ -482,52 +490,70 @@ export class PromptTable {
       }
     });
     if (ok.length === 0) return results;
-    const { logits, width, column } = await this.forward(ok);
-    ok.forEach((r, i) => (results[r.at] = this.score(r.t, logits.subarray(i * width, (i + 1) * width), column, r.topK)));
+    const out = await this.forward(ok);
+    ok.forEach((r, i) => (results[r.at] = this.score(r.t, i, out, r.topK)));
     return results;
   }
 
-  /** The logits at each row's answer position: over the label words' tokens when every row is a label task, else the vocabulary. */
-  private async forward(rows: { t: ServedTask; ex: RenderedExample }[]): Promise<{ logits: Float32Array; width: number; column: ((id: number) => number) | null }> {
+  /**
+   * One forward over rows of any tasks. Label rows need the logits of their label words' tokens; answer rows
+   * the best log-probabilities over the vocabulary (computed in the program), or the whole logits when their
+   * task restricts the answers.
+   */
+  private async forward(rows: { t: ServedTask; ex: RenderedExample; topK: number }[]): Promise<ForwardOutputs> {
     const lm = this.lm;
     const union = this.unionTable();
     const batch = collate(rows.map((r) => r.ex), lm.info);
     batch.pseudoIndex = batch.pseudoIndex.map((k, i) => k + union.offsets.get(rows[batch.pseudoRows[i]!]!.t)!);
-    const b = rows.length;
-    const padded = paddedRows(b);
+    const padded = paddedRows(rows.length);
     const sp = paddedLength(batch.ids[0]!.length, lm.info.maxPositions);
     const feeds: Record<string, HostTensor> = {
       ...batchFeeds(batch, padded, sp, lm.info),
       prompt_table: { data: union.data, shape: [union.rows, lm.info.embeddingSize ?? lm.info.hiddenSize] },
     };
-    let column: ((id: number) => number) | null = null;
-    let candidates: number | null = null;
-    if (rows.every((r) => r.t.verbalizer)) {
-      const ids = [...new Set(rows.flatMap((r) => r.t.verbalizer!.candidateIds()))].sort((x, y) => x - y);
-      const cols = new Map(ids.map((id, i) => [id, i]));
-      candidates = Math.ceil(ids.length / 8) * 8;
-      const fed = new Int32Array(candidates).fill(ids[0]!);
-      fed.set(ids);
-      feeds.candidates = { data: fed, shape: [candidates] };
-      column = (id) => cols.get(id)!;
+    const labelIds = [...new Set(rows.flatMap((r) => r.t.verbalizer?.candidateIds() ?? []))].sort((x, y) => x - y);
+    const columns = new Map(labelIds.map((id, i) => [id, i]));
+    const c = Math.ceil(labelIds.length / 8) * 8;
+    if (c > 0) {
+      const fed = new Int32Array(c).fill(labelIds[0]!);
+      fed.set(labelIds);
+      feeds.candidates = { data: fed, shape: [c] };
     }
-    const r = await lm.run(mixedLogitsProgram(lm, padded, sp, union.rows, candidates), feeds);
-    const logits = r.outputs.logits!;
-    return { logits: logits.data as Float32Array, width: logits.shape[1]!, column };
+    const answers = rows.filter((r) => !r.t.verbalizer);
+    const kinds: MixedOutputs =
+      answers.length === 0
+        ? { kind: 'candidates', candidates: c }
+        : { kind: 'vocabulary', k: Math.max(8, paddedRows(Math.max(...answers.map((r) => r.topK)))), candidates: c, full: answers.some((r) => r.t.head.predictable !== null) };
+    const r = await lm.run(mixedLogitsProgram(lm, padded, sp, union.rows, kinds), feeds);
+    const o = r.outputs;
+    const cand = kinds.kind === 'candidates' ? o.logits : o.candidate_logits;
+    return {
+      columns,
+      candidates: cand ? { data: cand.data as Float32Array, width: cand.shape[1]! } : null,
+      top: o.top_values ? { values: o.top_values.data as Float32Array, indices: o.top_indices!.data as Int32Array, width: o.top_values.shape[1]! } : null,
+      full: kinds.kind === 'vocabulary' && kinds.full ? { data: o.logits!.data as Float32Array, width: o.logits!.shape[1]! } : null,
+    };
   }
 
-  /** A task's head on one row's logits, as PTuningPrograms.topK computes it: log-softmax over the classes, top k. */
-  private score(t: ServedTask, logits: Float32Array, column: ((id: number) => number) | null, k: number): TaskPrediction {
+  /** A task's head on one row of a forward, as PTuningPrograms.topK computes it: log-softmax over the classes, top k. */
+  private score(t: ServedTask, row: number, out: ForwardOutputs, k: number): TaskPrediction {
+    if (!t.verbalizer && t.head.predictable === null) {
+      const { values, indices, width } = out.top!;
+      const top = Array.from({ length: Math.min(k, width) }, (_, j) => ({ label: t.head.className(indices[row * width + j]!), score: Math.exp(values[row * width + j]!) }));
+      return { prediction: top[0]!.label, score: top[0]!.score, top };
+    }
     let classLogp: Float64Array;
-    let allowed: readonly number[] | null;
+    let allowed: readonly number[] | null = null;
     if (t.verbalizer) {
-      const z = t.verbalizer.candidateIds().map((id) => logits[column ? column(id) : id]!);
+      const { data, width } = out.candidates!;
+      const z = t.verbalizer.candidateIds().map((id) => data[row * width + out.columns.get(id)!]!);
       const lse = logSumExp(z);
       const scores = t.verbalizer.labelScores(z.map((x) => x - lse));
       const norm = logSumExp(scores);
-      classLogp = Float64Array.from(scores, (s) => s - norm);
-      allowed = null;
+      classLogp = Float64Array.from(scores, (x) => x - norm);
     } else {
+      const { data, width } = out.full!;
+      const logits = data.subarray(row * width, (row + 1) * width);
       const lse = logSumExp(logits);
       classLogp = Float64Array.from(logits, (x) => x - lse);
       allowed = t.head.predictable;

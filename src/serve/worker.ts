@@ -5,7 +5,7 @@
  * so prediction batches and table changes interleave with it.
  */
 import { parentPort, workerData } from 'node:worker_threads';
-import { initEngine } from '../engine/index.js';
+import { initEngine, programs } from '../engine/index.js';
 import { loadModel } from '../models/load.js';
 import { UserError } from '../util/errors.js';
 import type { RowResult, WireError, WorkerInit, WorkerMessage, WorkerRequest } from './protocol.js';
@@ -31,6 +31,9 @@ export function wireError(e: unknown, index?: number): WireError {
 
 async function main(init: WorkerInit): Promise<void> {
   await initEngine(init.threads ? { threads: init.threads } : {});
+  // a server meets many batch shapes (rows × padded length × label-only or not); sessions hold no weights, so
+  // keeping more of them costs little and spares recompiling under load
+  programs.maxSessions = Math.max(programs.maxSessions, 96);
   const lm = await loadModel(init.model);
   const table = init.table ? PromptTable.load(init.table, lm) : PromptTable.create(lm);
   for (const r of init.runs ?? []) await table.addRun(r.name, r.run);
