@@ -581,7 +581,12 @@ export class PromptTable {
       }
       return at;
     };
-    const longestStop = Math.max(0, ...stops.map((s) => s.length));
+    // the longest end of `text` that a stop string starts with (it may still become that stop string)
+    const pending = (text: string) => {
+      let hold = 0;
+      for (const s of stops) for (let l = Math.min(s.length - 1, text.length); l > hold; l--) if (text.endsWith(s.slice(0, l))) hold = l;
+      return hold;
+    };
     const ids: number[] = [];
     let emitted = '';
     // the streamed text holds back what could still become a stop string, and never what is cut off
@@ -590,7 +595,7 @@ export class PromptTable {
           ids.push(id);
           const text = tok.decode(ids, { skipSpecial: true });
           const stopAt = cut(text);
-          const safe = stopAt >= 0 ? stopAt : Math.max(emitted.length, text.length - Math.max(0, longestStop - 1));
+          const safe = stopAt >= 0 ? stopAt : Math.max(emitted.length, text.length - pending(text));
           const next = text.startsWith(emitted) ? text.slice(0, safe) : emitted;
           req.onToken!({ id, token: tok.idToToken(id) ?? `<${id}>`, text: next.slice(emitted.length) });
           emitted = next;
