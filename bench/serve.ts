@@ -83,7 +83,7 @@ async function offline(lm: LanguageModel, texts: string[]) {
     await table.predictBatch(rows(false, i * 32));
   }
   // throughput: mixed batches of 32 over the sentences
-  const n = lm.info.hiddenSize > 256 ? 12 : 60;
+  const n = lm.info.hiddenSize > 256 ? 6 : 40;
   let t0 = performance.now();
   for (let i = 0; i < n; i++) await table.predictBatch(rows(true, i * 32));
   const seconds = (performance.now() - t0) / 1000;
