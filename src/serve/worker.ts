@@ -90,11 +90,13 @@ async function main(init: WorkerInit): Promise<void> {
     }
   };
 
+  const generating = new Set<number>();
   port.on('message', (m: WorkerRequest) => {
     if (m.op === 'cancel') {
-      cancelled.add(m.id);
+      if (generating.has(m.id)) cancelled.add(m.id);
       return;
     }
+    if (m.op === 'generate') generating.add(m.id);
     const run = async () => {
       try {
         await handle(m);
@@ -102,6 +104,7 @@ async function main(init: WorkerInit): Promise<void> {
         post({ type: 'reply', id: m.id, ok: false, error: wireError(e) });
       } finally {
         cancelled.delete(m.id);
+        generating.delete(m.id);
       }
     };
     // generation runs beside the queue (it yields at every token); everything else in order
