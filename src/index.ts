@@ -30,10 +30,15 @@ export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
 export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
 export { trainLoop, NonFiniteLossError, TrainingInterrupted, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
 export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type OptimConfig, type Prediction } from './train/session.js';
-export { exportPeft, exportTable, importPeft } from './train/export.js';
+export { exportPeft, exportTable, importPeft, readPeftAdapter } from './train/export.js';
 export { readRunConfig, parseRunConfig, readTrainState, RUN_CONFIG_VERSION } from './train/files.js';
 export { checkOutputDir, claimOutputDir, RUN_OUTPUTS, EXPORT_OUTPUTS, LAMA_OUTPUTS, FEWGLUE_OUTPUTS, type OutputSpec, type ClaimedOutput } from './train/rundir.js';
 export { UserError } from './util/errors.js';
+
+export { PromptTable, TaskInputError, UnknownTaskError, type TaskDefinition, type TaskInfo, type TaskPrediction, type Generation, type GenerationRequest } from './serve/table.js';
+export { modelFingerprint, baseDifference, type BaseModelId } from './serve/fingerprint.js';
+export { mixedLogitsProgram, type MixedOutputs } from './serve/programs.js';
+export { createServer, type ServeOptions, type PtuneServer } from './serve/server.js';
 export { readRecords } from './data/read.js';
 export { makeProgress, type Progress } from './util/progress.js';
 

@@ -3,6 +3,7 @@ import { registerModelCommands } from './model-commands.js';
 import { registerLamaCommand } from './lama-command.js';
 import { registerTrainCommands } from './train-commands.js';
 import { registerFewGlueCommand } from './fewglue-command.js';
+import { registerServeCommands } from './serve-commands.js';
 import { UserError } from '../util/errors.js';
 import { globalSchema, parseOptions } from './options.js';
 
@@ -50,6 +51,7 @@ export async function main(argv: string[]): Promise<number> {
   registerLamaCommand(program);
   registerTrainCommands(program);
   registerFewGlueCommand(program);
+  registerServeCommands(program);
   // every command's errors go through the same output (subcommands copy it when they are made)
   for (const c of program.commands) {
     c.exitOverride().configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s) => (commanderError = s) });

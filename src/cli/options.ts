@@ -121,7 +121,12 @@ export const generateSchema = z.object({
   temperature: opt.number({ min: 0 }),
   topP: opt.number({ gt: 0, max: 1 }),
   seed: opt.seed(),
+  run: opt.text().optional(),
+  text: opt.text().optional(),
+  stop: z.array(z.string()),
+  json: opt.flag(),
 });
+export type GenerateOptions = z.output<typeof generateSchema>;
 
 export const lamaSchema = z.object({
   model: opt.text(),
@@ -182,6 +187,19 @@ export const fewglueSchema = z.object({
   sst2Train: opt.int(1),
   overwrite: opt.flag(),
   quiet: opt.flag(),
+});
+
+export const serveSchema = z.object({
+  model: opt.text().optional(),
+  run: z.array(z.string()),
+  table: opt.text().optional(),
+  host: opt.text(),
+  port: opt.int(0, 65535),
+  maxBatch: opt.int(1),
+  maxWaitMs: opt.int(0),
+  maxQueue: opt.int(1),
+  timeoutMs: opt.int(1),
+  bodyLimit: opt.int(1),
 });
 
 /** `--max-length` against the model's positions. */

@@ -178,14 +178,27 @@ export interface ImportOptions extends WriteOptions {
   maxLength?: number;
 }
 
+/** A PEFT adapter read into memory: the run configuration that uses it, its parameters and its table. */
+export interface PeftAdapter {
+  config: RunConfig;
+  /** the run's trained parameters by name (`encoder.embedding.weight`, `prefix.embedding.weight`, `head.*`) */
+  params: Record<string, { shape: number[]; data: Float32Array }>;
+  /** prompt_embeddings as stored */
+  table: { shape: number[]; data: Float32Array };
+  /** adapter_config.json as written */
+  adapterConfig: Record<string, unknown>;
+  weightsFile: string;
+  headFile: string;
+  /** ptune_template.json when the adapter has one */
+  placementFile: string | null;
+}
+
 /**
- * Turns a PEFT adapter (P_TUNING, PROMPT_TUNING or PREFIX_TUNING, inference mode) into a ptune run usable by
- * eval/predict/serve. With ptune_template.json the original rendering is restored; otherwise the virtual tokens
- * go before the whole input, as PEFT places them, and `template` / `head` must be given. Everything is checked
- * against the model (`lm`, else loaded from `model`) before the first file is written: the table's shape, the
- * template, the head, the length.
+ * Reads a PEFT adapter (P_TUNING, PROMPT_TUNING or PREFIX_TUNING, inference mode): with ptune_template.json the
+ * original rendering is restored; otherwise the virtual tokens go before the whole input, as PEFT places them, and
+ * `template` / `head` must be given. `maxPositions`: the model's, the default length's cap.
  */
-export async function importPeft(o: ImportOptions, lm?: LanguageModel): Promise<RunConfig> {
+export function readPeftAdapter(o: Omit<ImportOptions, 'runDir'>, maxPositions = Infinity): PeftAdapter {
   const cfgFile = path.join(o.adapterDir, 'adapter_config.json');
   const weightsFile = path.join(o.adapterDir, 'adapter_model.safetensors');
   if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found`);
@@ -211,12 +224,11 @@ export async function importPeft(o: ImportOptions, lm?: LanguageModel): Promise<
   } catch (e) {
     throw new UserError(`${placement ? placementFile : '--template'}: ${(e as Error).message}`);
   }
-  const model = lm ?? (await loadModel(o.model));
   const base = {
     version: 1 as const, model: o.model, template,
     ...(placement?.legacyBertOrder !== undefined && { legacyBertOrder: placement.legacyBertOrder }),
     head, encoder: { type: 'embedding' as const, seed: 0 },
-    maxLength: o.maxLength ?? placement?.maxLength ?? Math.min(128, model.info.maxPositions), skipTooLong: false,
+    maxLength: o.maxLength ?? placement?.maxLength ?? Math.min(128, maxPositions), skipTooLong: false,
     loop: DEFAULT_LOOP, optim: DEFAULT_OPTIM,
   };
   let config: RunConfig;
@@ -243,10 +255,28 @@ export async function importPeft(o: ImportOptions, lm?: LanguageModel): Promise<
     if (!fs.existsSync(headFile)) throw new UserError(`${headFile} not found: a linear head's weights are needed`);
     for (const [k, t] of readSafetensors(headFile).tensors) params[`head.${k}`] = { shape: t.shape, data: t.data as Float32Array };
   }
+  return { config, params, table: { shape: table.shape, data: table.data as Float32Array }, adapterConfig: cfg, weightsFile, headFile, placementFile: placement ? placementFile : null };
+}
+
+/**
+ * Turns a PEFT adapter into a ptune run usable by eval/predict/serve (see `readPeftAdapter`). Everything is
+ * checked against the model (`lm`, else loaded from `model`) before the first file is written: the table's
+ * shape, the template, the head, the length.
+ */
+export async function importPeft(o: ImportOptions, lm?: LanguageModel): Promise<RunConfig> {
+  const model = lm ?? (await loadModel(o.model));
+  let read: PeftAdapter;
+  try {
+    read = readPeftAdapter(o, model.info.maxPositions);
+  } catch (e) {
+    if (!lm) model.dispose();
+    throw e;
+  }
+  const { config, params, weightsFile, headFile, placementFile } = read;
   // the run as eval will build it: the template must fit the model, the tables their parameters
   const session = await PTuningSession.create(config, model).catch((e: unknown) => {
     if (!lm) model.dispose();
-    throw e instanceof UserError ? new UserError(`${placement ? placementFile : o.adapterDir}: ${e.message}`) : e;
+    throw e instanceof UserError ? new UserError(`${placementFile ?? o.adapterDir}: ${e.message}`) : e;
   });
   try {
     const want = new Map<string, readonly number[]>([

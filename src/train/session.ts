@@ -460,7 +460,7 @@ async function initFromWords(encoder: PromptEncoder, lm: LanguageModel, text: st
 }
 
 /** PEFT's placement: the virtual tokens before the whole input. */
-function withPeftPrefix(ex: RenderedExample, n: number, pad: number): RenderedExample {
+export function withPeftPrefix(ex: RenderedExample, n: number, pad: number): RenderedExample {
   return {
     ids: [...new Array<number>(n).fill(pad), ...ex.ids],
     pseudoPositions: [...Array(n).keys(), ...ex.pseudoPositions.map((p) => p + n)],
