@@ -2,7 +2,7 @@ import path from 'node:path';
 import type { Command } from 'commander';
 import { initEngine } from '../engine/index.js';
 import { ALL_TASKS, FEWGLUE_MODES, parseMode, runFewGlue } from '../tasks/fewglue/run.js';
-import { DEEP_DEFAULTS } from '../train/defaults.js';
+import { DEEP_DEFAULTS, TUNE_LM_DEFAULTS } from '../train/defaults.js';
 import { TASK_NAMES, type TaskName } from '../tasks/fewglue/tasks.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
@@ -35,8 +35,8 @@ export function registerFewGlueCommand(program: Command): void {
     .option('--eval-cap <n>', 'evaluation examples kept (seeded sample; 0 = all)', asText, 1000)
     .option('--max-length <n>', 'maximum tokens per example (default min(256, model max))')
     .option('--prompt-lr <x>', 'prompt lr, frozen LM (ptune)', asText, 3e-3)
-    .option('--joint-prompt-lr <x>', 'prompt lr with the LM tuned (ptune-lm)', asText, 1e-3)
-    .option('--lm-lr <x>', 'LM lr (ptune-lm, manual-lm, finetune)', asText, 1e-4)
+    .option('--joint-prompt-lr <x>', 'prompt lr with the LM tuned (ptune-lm)', asText, TUNE_LM_DEFAULTS.lr)
+    .option('--lm-lr <x>', 'LM lr (ptune-lm, manual-lm, finetune)', asText, TUNE_LM_DEFAULTS.lmLr)
     .option('--deep-lr <x>', 'lr of deep prompts and prompt tuning (prefix, prefix-linear, prompt-tuning)', asText, DEEP_DEFAULTS.lr)
     .option('--virtual-tokens <n>', 'deep prompts / prompt tuning: virtual tokens', asText, DEEP_DEFAULTS.numVirtualTokens)
     .option('--prefix-projection', 'deep prompts: reparameterise the prefix with an MLP (PEFT prefix_projection)')

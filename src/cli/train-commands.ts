@@ -8,7 +8,7 @@ import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { Verbalizer, type LabelWords } from '../prompt/verbalizer.js';
 import type { HeadSpec } from '../prompt/heads.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, METHODS, primaryMetric, PTuningSession, type RunConfig } from '../train/session.js';
-import { DEEP_DEFAULTS } from '../train/defaults.js';
+import { DEEP_DEFAULTS, TUNE_LM_DEFAULTS } from '../train/defaults.js';
 import { TrainingInterrupted } from '../train/trainer.js';
 import { exportPeft, exportTable, importPeft } from '../train/export.js';
 import { readRunConfig } from '../train/files.js';
@@ -160,14 +160,14 @@ function freshConfig(o: TrainOptions): RunConfig {
       seed: o.seed,
     },
     optim: {
-      optimizer: o.optimizer,
-      lr: o.lr ?? (o.method === 'ptuning' ? DEFAULT_OPTIM.lr : DEEP_DEFAULTS.lr),
+      optimizer: o.optimizer ?? (o.tuneLm ? TUNE_LM_DEFAULTS.optimizer : DEFAULT_OPTIM.optimizer),
+      lr: o.lr ?? (o.method !== 'ptuning' ? DEEP_DEFAULTS.lr : o.tuneLm ? TUNE_LM_DEFAULTS.lr : DEFAULT_OPTIM.lr),
       weightDecay: o.weightDecay,
-      schedule: o.schedule,
+      schedule: o.schedule ?? (o.tuneLm ? TUNE_LM_DEFAULTS.schedule : DEFAULT_OPTIM.schedule),
       warmupRatio: o.warmup,
       gamma: o.gamma,
       tuneLm: o.tuneLm ?? false,
-      lmLr: o.lmLr,
+      lmLr: o.lmLr ?? TUNE_LM_DEFAULTS.lmLr,
       lmWeightDecay: o.lmWeightDecay,
     },
   };
@@ -327,14 +327,14 @@ export function registerTrainCommands(program: Command): void {
     .option('--encoder-hidden <n>', 'encoder hidden size (default: the LM hidden size)')
     .option('--encoder-preset <p>', 'lstm shapes: thudm (hidden split over both directions) or peft (hidden per direction)', 'thudm')
     .option('--encoder-dropout <x>', 'dropout between LSTM layers, in [0, 1)', asText, 0)
-    .option('--lr <x>', `learning rate of the prompt and head (> 0; default ${DEFAULT_OPTIM.lr}, prefix / prompt-tuning ${DEEP_DEFAULTS.lr})`)
+    .option('--lr <x>', `learning rate of the prompt and head (> 0; default ${DEFAULT_OPTIM.lr}, with --tune-lm ${TUNE_LM_DEFAULTS.lr}, prefix / prompt-tuning ${DEEP_DEFAULTS.lr})`)
     .option('--weight-decay <x>', 'prompt encoder weight decay (≥ 0)', asText, DEFAULT_OPTIM.weightDecay)
-    .option('--optimizer <name>', 'adam|adamw', asText, DEFAULT_OPTIM.optimizer)
-    .option('--schedule <s>', 'constant|linear|exponential', asText, DEFAULT_OPTIM.schedule)
+    .option('--optimizer <name>', `adam|adamw (default ${DEFAULT_OPTIM.optimizer}; with --tune-lm ${TUNE_LM_DEFAULTS.optimizer})`)
+    .option('--schedule <s>', `constant|linear|exponential (default ${DEFAULT_OPTIM.schedule}; with --tune-lm ${TUNE_LM_DEFAULTS.schedule})`)
     .option('--warmup <ratio>', 'warmup fraction of all steps, in [0, 1]', asText, DEFAULT_OPTIM.warmupRatio)
     .option('--gamma <x>', 'exponential schedule: multiplier per epoch, in (0, 1]', asText, DEFAULT_OPTIM.gamma)
     .option('--tune-lm', 'tune the LM jointly with the prompt')
-    .option('--lm-lr <x>', 'LM learning rate with --tune-lm', asText, DEFAULT_OPTIM.lmLr)
+    .option('--lm-lr <x>', 'LM learning rate with --tune-lm', asText, TUNE_LM_DEFAULTS.lmLr)
     .option('--lm-weight-decay <x>', 'LM weight decay with --tune-lm', asText, DEFAULT_OPTIM.lmWeightDecay)
     .option('--batch-size <n>', 'batch size (≥ 1)', asText, DEFAULT_LOOP.batchSize)
     .option('--grad-accum <n>', 'micro-batches per optimizer step (≥ 1)', asText, DEFAULT_LOOP.gradAccum)

@@ -95,7 +95,7 @@ export const DEFAULT_OPTIM: OptimConfig = {
   warmupRatio: 0,
   gamma: 0.98,
   tuneLm: false,
-  lmLr: 1e-5,
+  lmLr: 1e-4,
   lmWeightDecay: 0.1,
 };
 
