@@ -4,55 +4,18 @@ import { readSafetensors, writeSafetensors } from '../engine/safetensors.js';
 import { numPseudo, parseTemplate } from '../prompt/template.js';
 import type { HeadSpec } from '../prompt/heads.js';
 import { UserError } from '../util/errors.js';
-import { writeCheckpointDir, writeJsonAtomic } from './checkpoint.js';
+import { writeCheckpointDir, writeFileAtomic, writeJsonAtomic } from './checkpoint.js';
+import { peftAdapterFiles, PLACEMENT_FILE, type PtunePlacement } from './peft.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from './session.js';
 
-/** ptune's own note inside an exported adapter: where the virtual tokens go (PEFT itself ignores this file). */
-interface PtunePlacement {
-  template: string;
-  legacyBertOrder?: boolean;
-  head: HeadSpec;
-  maxLength: number;
-}
-
-const PLACEMENT_FILE = 'ptune_template.json';
-
 /**
- * Writes the frozen prompt table as a Hugging Face PEFT P-tuning adapter: `adapter_config.json` and
- * `adapter_model.safetensors` holding the single tensor `prompt_embeddings` [num_virtual_tokens, token_dim]
- * (what PEFT saves in inference mode). PEFT places every virtual token before the input; ptune's template
- * placement is kept beside it in ptune_template.json so a ptune import restores it exactly.
+ * Writes the frozen prompt table as a Hugging Face PEFT P-tuning adapter (peft.ts: `peftAdapterFiles`):
+ * `adapter_config.json`, `adapter_model.safetensors` and ptune's placement note ptune_template.json.
  */
 export async function exportPeft(session: PTuningSession, outDir: string): Promise<void> {
-  const table = await session.promptTable();
-  if (!table) throw new UserError('the run has no pseudo tokens: nothing to export');
-  const info = session.lm.info;
-  const enc = session.encoder!.config;
+  const files = await peftAdapterFiles(session);
   fs.mkdirSync(outDir, { recursive: true });
-  writeSafetensors(path.join(outDir, 'adapter_model.safetensors'), { prompt_embeddings: table }, { format: 'pt' });
-  writeJsonAtomic(path.join(outDir, 'adapter_config.json'), {
-    peft_type: 'P_TUNING',
-    task_type: info.kind === 'causal' ? 'CAUSAL_LM' : 'SEQ_CLS',
-    base_model_name_or_path: session.config.model,
-    revision: null,
-    inference_mode: true,
-    num_virtual_tokens: table.shape[0],
-    token_dim: table.shape[1],
-    num_transformer_submodules: 1,
-    num_attention_heads: info.numHeads,
-    num_layers: info.numLayers,
-    encoder_reparameterization_type: enc.type === 'mlp' ? 'MLP' : 'LSTM',
-    encoder_hidden_size: enc.hiddenSize,
-    encoder_num_layers: enc.lstmLayers,
-    encoder_dropout: enc.dropout,
-  });
-  const placement: PtunePlacement = {
-    template: session.config.template,
-    legacyBertOrder: session.config.legacyBertOrder,
-    head: session.config.head,
-    maxLength: session.config.maxLength,
-  };
-  writeJsonAtomic(path.join(outDir, PLACEMENT_FILE), placement);
+  for (const [name, bytes] of Object.entries(files)) writeFileAtomic(path.join(outDir, name), bytes);
 }
 
 /** Writes just the prompt table (safetensors, `prompt_embeddings`) plus the run config needed to use it. */
