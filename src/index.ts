@@ -31,6 +31,16 @@ export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
 export { trainLoop, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
 export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type OptimConfig, type Prediction } from './train/session.js';
 export { exportPeft, exportTable, importPeft } from './train/export.js';
+export { peftAdapterFiles, promptTableFile } from './train/peft.js';
+export { PTuning, TrainingStopped } from './train/tuning.js';
+export { runLoop, memoryStore, type TrainStore } from './train/loop.js';
+export { exportOnnx, type OnnxExportOptions } from './export/onnx.js';
+export { ExportedModel, type ExportedPrediction } from './export/model.js';
+export { renderInputs, type ExportSpec } from './export/spec.js';
+export { fetchSource, blobSource, type FileSource } from './io/files.js';
+export { dirSource } from './io/node-files.js';
+export { loadModelFrom } from './models/assemble.js';
+export { parseRecords } from './data/parse.js';
 export { readRecords } from './data/read.js';
 export { makeProgress, type Progress } from './util/progress.js';
 

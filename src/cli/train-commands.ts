@@ -8,6 +8,7 @@ import type { HeadSpec } from '../prompt/heads.js';
 import type { PromptEncoderType } from '../prompt/encoder.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../train/session.js';
 import { exportPeft, exportTable, importPeft } from '../train/export.js';
+import { exportOnnx } from '../export/onnx.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
 import { parseFloatOption, parseIntOption } from './options.js';
@@ -203,17 +204,21 @@ export function registerTrainCommands(program: Command): void {
 
   program
     .command('export')
-    .description('export the prompt of a run: a PEFT P-tuning adapter or the bare prompt table')
+    .description('export a run: a PEFT P-tuning adapter, the bare prompt table, or a self-contained ONNX model')
     .requiredOption('--run <dir>', 'run directory')
     .requiredOption('--out <dir>', 'output directory')
-    .option('--format <f>', 'peft|table', 'peft')
+    .option('--format <f>', 'peft|table|onnx (model.onnx + tokenizer.json + ptune.json: the LM with the prompt baked in)', 'peft')
     .option('--checkpoint <which>', 'best|last', 'best')
+    .option('--batch <n>', 'onnx: rows of the exported graph (inputs are [batch, the run\'s max length])', parseIntOption, 1)
+    .option('--top <k>', 'onnx, answer tasks: answers returned per row', parseIntOption, 5)
+    .option('--external-data', 'onnx: weights in model.onnx.data beside the graph (default: only past 1 GiB)')
     .action(async (o) => {
+      if (!['peft', 'table', 'onnx'].includes(o.format)) throw new UserError(`--format must be peft, table or onnx, got ${o.format}`);
       await initEngine();
       const session = await PTuningSession.load(o.run, o.checkpoint);
       if (o.format === 'peft') await exportPeft(session, o.out);
       else if (o.format === 'table') await exportTable(session, o.out);
-      else throw new UserError(`--format must be peft or table, got ${o.format}`);
+      else await exportOnnx(session, o.out, { batch: o.batch, topK: o.top, externalData: o.externalData ? true : 'auto' });
       console.log(`wrote ${o.format} export to ${o.out}`);
       session.dispose();
     });

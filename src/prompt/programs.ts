@@ -7,6 +7,38 @@ import type { PromptEncoder } from './encoder.js';
 import { crossEntropyOn, type Head } from './heads.js';
 import { batchFeeds, paddedLength, paddedRows, spliceOn, type PromptBatch } from './ptuning.js';
 
+/** What `answerScores` reads: [B, S] int32 ids, mask and segment ids, [B] answer positions, the prompt rows. */
+export interface AnswerInputs {
+  ids: Sym;
+  attentionMask: Sym;
+  tokenTypeIds?: Sym;
+  positions: Sym;
+  /** [n, tokenDim] prompt embeddings, spliced in where `pseudoMask` [B, S, 1] is 1, row `pseudoIndex` [B, S] */
+  prompts?: Sym;
+  pseudoIndex?: Sym;
+  pseudoMask?: Sym;
+}
+
+/**
+ * The P-tuning forward shared by training, evaluation and export: input embeddings with the prompt rows
+ * spliced in → LM → logits at each row's answer position → head scores [B, classes].
+ */
+export function answerScores(b: ProgramBuilder, lm: LanguageModel, head: Head, x: AnswerInputs): Sym {
+  const { o } = b;
+  const w = lm.weights(b);
+  let embeds = lm.fns.embed(o, w, x.ids);
+  if (x.prompts) embeds = spliceOn(o, embeds, x.prompts, x.pseudoIndex!, x.pseudoMask!);
+  const lmOut = lm.fns.hidden(o, w, {
+    embeds,
+    attentionMask: x.attentionMask,
+    ...(x.tokenTypeIds && { tokenTypeIds: x.tokenTypeIds }),
+    at: x.positions,
+  });
+  const cand = head.candidates ? o.constInt(head.candidates, [head.candidates.length]) : undefined;
+  const logits = lm.fns.logits(o, w, lmOut.rows ?? rowsAt(o, lmOut.hidden, x.positions), cand);
+  return head.scoresOn(o, logits);
+}
+
 type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
 
 /**
@@ -98,34 +130,24 @@ export class PTuningPrograms {
 
   private program(rows: number, sp: number, out: Output): Program {
     const { lm, encoder, head } = this;
-    const candidates = head.candidates;
     const train = out.kind === 'train';
     const dropout = out.kind === 'train' && out.dropout;
     const what = out.kind === 'topk' ? `topk ${out.k}${out.masked ? ' masked' : ''}` : out.kind;
     return {
       key: `ptune ${rows}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
       build: (b): ProgramGraph => {
-        const { o } = b;
-        const w = lm.weights(b);
         const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
-        let embeds = lm.fns.embed(o, w, ints('ids', [rows, sp]));
-        if (encoder) {
-          const prompts = encoder.inProgram(b, train, dropout);
-          embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
-        }
-        const positions = ints('positions', [rows]);
-        const lmOut = lm.fns.hidden(o, w, {
-          embeds,
+        const prompts = encoder ? encoder.inProgram(b, train, dropout) : null;
+        const scores = answerScores(b, lm, head, {
+          ids: ints('ids', [rows, sp]),
           attentionMask: ints('attention_mask', [rows, sp]),
           ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
-          at: positions,
+          positions: ints('positions', [rows]),
+          ...(prompts && { prompts, pseudoIndex: ints('pseudo_index', [rows, sp]), pseudoMask: b.input('pseudo_mask', [rows, sp, 1]) }),
         });
-        const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
-        const logits = lm.fns.logits(o, w, lmOut.rows ?? rowsAt(o, lmOut.hidden, positions), cand);
-        const scores = head.scoresOn(o, logits);
         if (out.kind === 'scores') return { outputs: { scores } };
         if (out.kind === 'topk') return { outputs: topK(b, scores, out.k, out.masked) };
-        const loss = crossEntropyOn(o, scores, ints('targets', [rows]));
+        const loss = crossEntropyOn(b.o, scores, ints('targets', [rows]));
         return { outputs: { loss }, loss };
       },
     };
