@@ -16,6 +16,15 @@ export interface RuntimeOptions {
    * runs what WebGPU supports there and the rest on WebAssembly)
    */
   executionProviders?: string[];
+  /**
+   * Bind the weights of frozen parameters (`trainable` false) into each compiled program instead of feeding them
+   * on every run. onnxruntime-web copies every input into its WebAssembly memory on each run and cannot pre-pack
+   * the matrices of a matmul it is fed; bound weights are copied once per program and pre-packed. Costs one copy
+   * of the frozen weights per compiled program: for small models (the page's), not for large ones.
+   */
+  bakeFrozenWeights?: boolean;
+  /** onnxruntime-web: let idle worker threads spin (default true); off helps on machines busy with other work */
+  spinning?: boolean;
 }
 
 export interface CreateSessionOptions {
@@ -72,6 +81,10 @@ export class Runtime {
     this.ort.env.wasm.simd = true;
   }
 
+  get bakeFrozenWeights(): boolean {
+    return this.opts.bakeFrozenWeights ?? false;
+  }
+
   /** The execution providers sessions are created with. */
   get executionProviders(): string[] {
     return this.name === 'onnxruntime-node' ? ['cpu'] : (this.opts.executionProviders ?? ['wasm']);
@@ -99,7 +112,11 @@ export class Runtime {
               optimization: { disable_specified_optimizers: 'SkipLayerNormFusion' },
             },
           }
-        : { executionProviders: this.executionProviders, graphOptimizationLevel: 'all' };
+        : {
+            executionProviders: this.executionProviders,
+            graphOptimizationLevel: 'all',
+            ...((this.opts.spinning === false || env?.PTUNE_ORT_SPIN === '0') && { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
+          };
     if (create.externalData) options.externalData = create.externalData;
     const session = await this.ort.InferenceSession.create(model, options);
     const Tensor = this.ort.Tensor;

@@ -67,6 +67,14 @@ export class Graph {
     return sym;
   }
 
+  /** Turns graph input `s` into a constant holding `data` (read when the model is serialised). */
+  bindInput(s: Sym, data: () => ConstData): void {
+    const i = this.inputs.indexOf(s);
+    if (i < 0) throw new Error(`onnx graph: "${s.name}" is not an input`);
+    this.inputs.splice(i, 1);
+    this.consts.set(s.name, { sym: s, data });
+  }
+
   /** The values of a constant, or undefined when `s` is computed. */
   constantData(s: Sym): ConstData | undefined {
     const c = this.consts.get(s.name);
