@@ -88,6 +88,8 @@ export interface LoopOptions<E> {
   restoreBest?: boolean;
   /** polled after every optimizer step: true ends training with a checkpoint of the current step */
   stopRequested?: () => boolean;
+  /** awaited after every optimizer step (a page yields to its renderer here) */
+  afterStep?: () => Promise<void>;
 }
 
 /**
@@ -274,6 +276,7 @@ export async function runLoop<E>(o: LoopOptions<E>, store: TrainStore): Promise<
         saveLast();
         break outer;
       }
+      await o.afterStep?.();
       if (o.stopRequested?.()) {
         state.stopReason = `interrupted at step ${state.step}`;
         saveLast();

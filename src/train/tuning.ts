@@ -213,7 +213,11 @@ export class PTuning {
    * What the training loop needs for training on `train` with model selection on `dev` (rendered items):
    * the step, the evaluation, the parameters, an optimizer (dispose it afterwards) and the schedule.
    */
-  loopOptions(tr: readonly Item[], dv: readonly Item[], opts: { progress?: Progress; restoreBest?: boolean; stopRequested?: () => boolean } = {}): LoopOptions<Item> & { optimizer: Adam | AdamW } {
+  loopOptions(
+    tr: readonly Item[],
+    dv: readonly Item[],
+    opts: { progress?: Progress; restoreBest?: boolean; stopRequested?: () => boolean; afterStep?: () => Promise<void> } = {},
+  ): LoopOptions<Item> & { optimizer: Adam | AdamW } {
     if (tr.length === 0) throw new UserError('no training examples left after rendering');
     const c = this.config;
     const optimizer = this.makeOptimizer();
@@ -245,6 +249,7 @@ export class PTuning {
       },
       restoreBest: opts.restoreBest,
       stopRequested: opts.stopRequested,
+      afterStep: opts.afterStep,
     };
   }
 
@@ -260,6 +265,7 @@ export class PTuning {
     progress?: Progress;
     restoreBest?: boolean;
     stopRequested?: () => boolean;
+    afterStep?: () => Promise<void>;
   }): Promise<TrainResult & { trainSkipped: number; devSkipped: number }> {
     const tr = this.prepare(opts.train, 'train');
     const dv = this.prepare(opts.dev, 'dev');
