@@ -104,10 +104,24 @@ export function stepTimer(now: () => number = () => performance.now()): {
   };
 }
 
-/** Gives the page a turn (rendering, input) without the 4 ms clamp of nested timeouts. */
-export function yieldToPage(): Promise<void> {
-  const s = (globalThis as { scheduler?: { yield?: () => Promise<void> } }).scheduler;
-  if (s?.yield) return s.yield();
+let lastFrame = 0;
+
+/**
+ * Gives the page a turn between training steps: in a visible page a rendered frame every `frameEveryMs` (the
+ * dev curve and status redraw, screenshots work), else a task turn for input — never a timer, which hidden
+ * tabs throttle to a second or more.
+ */
+export function yieldToPage(frameEveryMs = 200): Promise<void> {
+  const g = globalThis as { document?: { visibilityState?: string }; requestAnimationFrame?: (f: () => void) => number; scheduler?: { yield?: () => Promise<void> } };
+  const now = performance.now();
+  if (g.requestAnimationFrame && g.document?.visibilityState === 'visible' && now - lastFrame >= frameEveryMs) {
+    lastFrame = now;
+    return new Promise((resolve) => g.requestAnimationFrame!(() => taskTurn().then(resolve)));
+  }
+  return g.scheduler?.yield ? g.scheduler.yield() : taskTurn();
+}
+
+function taskTurn(): Promise<void> {
   return new Promise((resolve) => {
     const ch = new MessageChannel();
     ch.port1.onmessage = () => {
