@@ -12,6 +12,7 @@ import { dirSource } from '../src/io/node-files.js';
 import { readRecords } from '../src/data/read.js';
 import { loadModel } from '../src/models/load.js';
 import type { LanguageModel } from '../src/models/model.js';
+import type { HeadSpec } from '../src/prompt/heads.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type Prediction, type RunConfig } from '../src/train/session.js';
 import { runCli, shared } from './fixtures.js';
 
@@ -182,6 +183,47 @@ test('onnx export of a causal LM (gpt2-mini-lama, left padding): top answers as 
   assert.ok(max < 1e-3, `logits differ by ${max}`);
   await model.release();
   gpt2.dispose();
+});
+
+test('onnx export bakes in deep prompts (plain and projected), prompt tuning\'s rows, the PEFT layout and a linear head: predictions as ptune predict (masked and causal)', async (t) => {
+  const gpt2 = await loadModel(gpt2Dir);
+  const dev = readRecords(path.join(sst2, 'dev.tsv')).slice(0, 40);
+  const label: HeadSpec = { kind: 'label', labelField: 'label', labelWords: { '0': 'terrible', '1': 'great' } };
+  const linear: HeadSpec = { kind: 'linear', labelField: 'label', labels: ['0', '1'], seed: 4 };
+  const cases: [string, LanguageModel, Partial<RunConfig>][] = [
+    ['prefix', bert, { method: 'prefix', prefix: { numVirtualTokens: 4, projection: false } }],
+    ['prefix-proj-linear', bert, { method: 'prefix', prefix: { numVirtualTokens: 3, projection: true, hiddenSize: 16, dropout: 0.1 }, head: linear }],
+    ['prompt-tuning', bert, { method: 'prompt-tuning', promptTuning: { numVirtualTokens: 5, initFromWords: 'the review says' } }],
+    ['peft-layout-linear', bert, { template: '[P*3] {sentence} It was [MASK] .', peftLayout: true, head: linear }],
+    ['gpt2-prefix-linear', gpt2, { template: '{sentence} It was [MASK]', method: 'prefix', prefix: { numVirtualTokens: 4, projection: false }, head: linear }],
+  ];
+  try {
+    for (const [name, lm, over] of cases) {
+      const config: RunConfig = {
+        version: 1, model: lm.info.source, template: '{sentence} It was [MASK] .', head: label,
+        encoder: { type: 'mlp', seed: 9 }, maxLength: 40, skipTooLong: false, loop, optim: DEFAULT_OPTIM, ...over,
+      };
+      const session = await PTuningSession.create(config, lm);
+      const out = path.join(root, `${name}-onnx`);
+      const spec = await exportOnnx(session, out, { batch: 4 });
+      assert.equal(spec.task, 'label', name);
+      assert.deepEqual(spec.labels!.names, ['0', '1'], name);
+      assert.equal(spec.render.prefix, session.placedFirst, name);
+      if (config.head.kind === 'linear') assert.equal(spec.labels!.words, null, name);
+      if (name === 'prompt-tuning' || name === 'peft-layout-linear') {
+        assert.ok(spec.template.parts.every((p) => p.type !== 'pseudo'), `${name}: the leading rows are render.prefix, not parts`);
+        assert.equal(spec.render.numPseudo, session.placedFirst, name);
+      }
+      checkModel(t, path.join(out, 'model.onnx'));
+      const model = await ExportedModel.load(dirSource(out), web);
+      const diff = compare(await model.predict(dev), await session.predict(dev, 'dev', 2), name);
+      t.diagnostic(`${name}: max |score diff| ${diff.toExponential(2)}`);
+      await model.release();
+      session.dispose({ keepLm: true });
+    }
+  } finally {
+    gpt2.dispose();
+  }
 });
 
 test('onnx export refuses what it cannot do, in one line', async () => {

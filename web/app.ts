@@ -195,7 +195,7 @@ async function train(): Promise<void> {
   const s = settings();
   const { config, train, dev } = await taskData(s);
   tuning?.dispose({ keepLm: true });
-  tuning = new PTuning(config, lm);
+  tuning = await PTuning.create(config, lm);
   const metric = primaryMetric(tuning.head);
   const timer = stepTimer();
   const evals: { step: number; score: number }[] = [];

@@ -2,7 +2,7 @@ import { OnnxOps, swapLast } from '../engine/onnx/ops.js';
 import type { Sym } from '../engine/onnx/index.js';
 import { ProgramBuilder } from '../engine/program.js';
 import type { Parameter } from '../engine/tensor.js';
-import { answerScores } from '../prompt/programs.js';
+import { answerScores, HEAD, readsFirstToken } from '../prompt/programs.js';
 import type { PTuning } from '../train/tuning.js';
 
 const SQRT1_2 = Math.SQRT1_2;
@@ -65,20 +65,30 @@ export interface ExportGraph {
   inputNames: string[];
 }
 
+/** The frozen tables an export bakes in: the encoder's prompt rows [N, tokenDim], deep prompts' prefix table. */
+export interface ExportTables {
+  prompts: { shape: number[]; data: Float32Array } | null;
+  /** [N, layers · 2 · kvDim] (PrefixEncoder.table), the keys and values every layer's tokens attend to first */
+  prefix: { shape: number[]; data: Float32Array } | null;
+}
+
 /**
  * A run as one self-contained inference graph: int64 `input_ids`, `attention_mask` (and `token_type_ids` where
- * the family reads them) [batch, length] → the task's outputs, with the frozen LM's weights and the prompt rows
- * (`table`, the encoder's output) as constants. Pseudo tokens arrive as ids vocabSize + k; the answer position
- * is the [MASK] (masked LMs) or the last position (causal LMs, padded on the left). Label tasks return
+ * the family reads them) [batch, length] → the task's outputs, with the frozen LM's weights, the prompt rows,
+ * deep prompts' keys and values and a linear head's weights as constants. Pseudo tokens arrive as ids
+ * vocabSize + k; the answer position is the [MASK] (masked LMs; [CLS], position 0, for a linear head) or the
+ * last position (causal LMs, padded on the left). Label tasks (a linear head's included) return
  * `probabilities` [batch, labels]; answer tasks `top_ids` / `top_scores` [batch, topK] (probabilities,
  * restricted to the answer vocabulary, as `ptune predict`), and causal LMs also the next-token `logits`
  * [batch, vocab] (prefill only: no KV cache in or out).
  */
-export function exportGraph(run: PTuning, table: { shape: number[]; data: Float32Array } | null, shape: ExportShape): ExportGraph {
+export function exportGraph(run: PTuning, tables: ExportTables, shape: ExportShape): ExportGraph {
   const { lm, head } = run;
   const info = lm.info;
   const { batch: B, length: S } = shape;
-  const b = new ConstantBuilder((name) => (name.startsWith('lm.') ? lm.params.get(name.slice(3)) : undefined));
+  const b = new ConstantBuilder((name) =>
+    name.startsWith('lm.') ? lm.params.get(name.slice(3)) : name.startsWith(HEAD) ? head.params?.get(name.slice(HEAD.length)) : undefined,
+  );
   const { g, o } = b;
   const int64 = (name: string) => g.input(name, [B, S], 'int64');
   const inputNames = ['input_ids', 'attention_mask', ...(info.tokenTypes ? ['token_type_ids'] : [])];
@@ -90,6 +100,7 @@ export function exportGraph(run: PTuning, table: { shape: number[]; data: Float3
   const isPseudo = o.greater(ids, o.constInt([V - 1], []));
   const zero = o.constInt([0], []);
   const where = (cond: Sym, a: Sym, c: Sym) => g.op1('Where', [cond, a, c], ids.shape, 'int32');
+  const table = tables.prompts;
   const prompts = table ? g.constant(table.data, table.shape, 'float32', 'prompt_embeddings') : null;
   const wordIds = prompts ? where(isPseudo, zero, ids) : ids;
   const pseudo = prompts
@@ -100,17 +111,23 @@ export function exportGraph(run: PTuning, table: { shape: number[]; data: Float3
       }
     : {};
 
+  const prefix = tables.prefix;
+  if (prefix && !run.prefix) throw new Error('export: a prefix table for a run without deep prompts');
+  const past = prefix ? run.prefix!.pastOf(o, g.constant(prefix.data, prefix.shape, 'float32', 'prefix_table'), B) : undefined;
+
   let positions: Sym;
-  if (info.kind === 'masked') {
+  if (readsFirstToken(head, info.kind)) {
+    positions = o.constInt(new Array<number>(B).fill(0), [B]);
+  } else if (info.kind === 'masked') {
     const isMask = o.cast(o.cast(o.equal(ids, o.constInt([info.special.mask!], [])), 'int32'), 'float32');
     positions = o.cast(g.op1('ArgMax', [isMask], [B], 'int64', { axis: 1, keepdims: 0 }), 'int32');
   } else {
     positions = o.constInt(new Array<number>(B).fill(S - 1), [B]);
   }
-  const scores = answerScores(b, lm, head, { ids: wordIds, attentionMask, ...(tokenTypeIds && { tokenTypeIds }), positions, ...pseudo });
+  const scores = answerScores(b, lm, head, { ids: wordIds, attentionMask, ...(tokenTypeIds && { tokenTypeIds }), positions, ...pseudo, ...(past && { past }) });
 
   const outputs: Record<string, Sym> = {};
-  if (head.spec.kind === 'label') {
+  if (head.spec.kind !== 'answer') {
     outputs.probabilities = o.softmax(scores, 1);
   } else {
     const classes = head.numClasses;

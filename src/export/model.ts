@@ -1,8 +1,8 @@
 import { getRuntime, type Runtime, type RuntimeSession } from '../engine/runtime.js';
 import { readJson, where, type FileSource } from '../io/files.js';
-import { parseTemplate, type Template } from '../prompt/template.js';
+import type { Template } from '../prompt/template.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
-import { renderInputs, type ExportSpec } from './spec.js';
+import { renderInputs, specTemplate, type ExportSpec } from './spec.js';
 
 export interface ExportedPrediction {
   /** the best label (label tasks) or answer token (answer tasks) */
@@ -45,7 +45,7 @@ export class ExportedModel {
     } catch (err) {
       throw new Error(`${where(source, spec.files.model)}: ONNX Runtime cannot load it (${(err as Error).message.split('\n')[0]})`);
     }
-    const template = parseTemplate(spec.template.source, { legacyBertOrder: spec.template.legacyBertOrder });
+    const template = specTemplate(spec);
     return new ExportedModel(spec, tokenizer, session, template);
   }
 

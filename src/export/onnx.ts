@@ -7,7 +7,7 @@ import type { PTuning } from '../train/tuning.js';
 import { numPseudo } from '../prompt/template.js';
 import { sequenceWrap } from '../prompt/render.js';
 import { Verbalizer } from '../prompt/verbalizer.js';
-import { exportGraph } from './graph.js';
+import { exportGraph, type ExportTables } from './graph.js';
 import { howToRender, type ExportSpec } from './spec.js';
 
 export interface OnnxExportOptions {
@@ -26,8 +26,9 @@ const ALIGN = 4096;
 const MIN_EXTERNAL = 1024;
 
 /**
- * Writes a run as a self-contained ONNX model: `model.onnx` (the frozen LM with the prompt rows baked in as
- * constants; `model.onnx.data` beside it when the weights go to external data), the model's `tokenizer.json`
+ * Writes a run as a self-contained ONNX model: `model.onnx` (the frozen LM with the prompt baked in as constants
+ * — pseudo-token rows, prompt tuning's rows, deep prompts' keys and values at every layer, a linear head's
+ * weights; `model.onnx.data` beside it when the weights go to external data), the model's `tokenizer.json`
  * and `ptune.json` (how to render a record and read the outputs, spec.ts). The graph has static shapes:
  * [batch, the run's maxLength]; records are padded to that length (see ptune.json `inputs`).
  */
@@ -43,12 +44,15 @@ export async function exportOnnx(run: PTuning, outDir: string, opts: OnnxExportO
     throw new UserError(`${info.source}: an ONNX export needs the model's Hugging Face tokenizer.json`);
   }
   const length = config.maxLength;
-  if (length > info.maxPositions) throw new UserError(`the run's maxLength ${length} exceeds the model's ${info.maxPositions} positions`);
+  const deep = run.prefix?.config.numVirtualTokens ?? 0;
+  if (length + deep > info.maxPositions) {
+    throw new UserError(`the run's maxLength ${length}${deep ? ` and ${deep} deep prompt slots` : ''} exceed the model's ${info.maxPositions} positions`);
+  }
 
-  const table = await run.promptTable();
-  const { builder, outputs, inputNames } = exportGraph(run, table, { batch, length, topK });
-  let weightBytes = (table?.data.byteLength ?? 0);
-  for (const p of lm.params.values()) weightBytes += p.data.byteLength;
+  const tables: ExportTables = { prompts: run.encoder ? await run.encoder.table() : null, prefix: run.prefix ? await run.prefix.table() : null };
+  const { builder, outputs, inputNames } = exportGraph(run, tables, { batch, length, topK });
+  let weightBytes = (tables.prompts?.data.byteLength ?? 0) + (tables.prefix?.data.byteLength ?? 0);
+  for (const p of [...lm.params.values(), ...(head.params?.values() ?? [])]) weightBytes += p.data.byteLength;
   const external = opts.externalData === true || ((opts.externalData ?? 'auto') === 'auto' && weightBytes > AUTO_EXTERNAL_BYTES);
 
   fs.mkdirSync(outDir, { recursive: true });
@@ -83,22 +87,22 @@ export async function exportOnnx(run: PTuning, outDir: string, opts: OnnxExportO
   writeFileAtomic(path.join(outDir, 'tokenizer.json'), fs.readFileSync(tokenizerFile));
 
   const template = run.template;
-  const prefix = config.peftPrefix ?? 0;
+  const prefix = run.placedFirst;
   const B = batch;
   const base: Omit<ExportSpec, 'howTo'> = {
     format: 'ptune-onnx',
     version: 1,
     files: { model: 'model.onnx', externalData: external ? dataName : null, tokenizer: 'tokenizer.json' },
     source: { model: config.model, family: info.family, kind: info.kind, vocabSize: info.vocabSize },
-    task: head.spec.kind,
-    template: { source: config.template, text: template.text, legacyBertOrder: config.legacyBertOrder ?? false, parts: template.parts },
+    task: head.spec.kind === 'answer' ? 'answer' : 'label',
+    template: { source: config.template, text: template.text, legacyBertOrder: config.legacyBertOrder ?? false, parts: run.rendered.parts },
     render: {
       maxLength: length,
       wrap: sequenceWrap(lm.tokenizer, info),
       special: info.special,
       tokenTypes: info.tokenTypes,
       pseudoBase: info.vocabSize,
-      numPseudo: numPseudo(template) + prefix,
+      numPseudo: numPseudo(run.rendered) + prefix,
       prefix,
       placeholder: info.special.unk ?? info.special.pad,
     },
@@ -109,6 +113,10 @@ export async function exportOnnx(run: PTuning, outDir: string, opts: OnnxExportO
     const v = new Verbalizer(head.spec.labelWords, lm.tokenizer, { tokenRule: head.spec.tokenRule, wordAggregation: head.spec.wordAggregation });
     base.labels = { field: head.spec.labelField, names: [...v.labels], words: head.spec.labelWords, tokenRule: v.tokenRule, wordAggregation: v.wordAggregation };
     base.outputs.probabilities = { shape: [B, v.labels.length], dtype: 'float32', meaning: 'probability of each label (labels.names order)' };
+  } else if (head.spec.kind === 'linear') {
+    const names = head.spec.labels;
+    base.labels = { field: head.spec.labelField, names: [...names], words: null, tokenRule: null, wordAggregation: null };
+    base.outputs.probabilities = { shape: [B, names.length], dtype: 'float32', meaning: 'probability of each label (labels.names order), from the linear head' };
   } else {
     const k = Math.min(topK, head.numClasses);
     base.answer = { field: head.spec.answerField, vocabulary: head.spec.answerVocab ?? null, topK: k };

@@ -1,6 +1,6 @@
 import type { LabelWords, TokenRule, WordAggregation } from '../prompt/verbalizer.js';
 import { renderExample, type RenderInfo } from '../prompt/render.js';
-import { parseTemplate, type Template, type TemplatePart } from '../prompt/template.js';
+import type { Template, TemplatePart } from '../prompt/template.js';
 import type { SpecialIds } from '../models/lm.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { withPeftPrefix } from '../train/tuning.js';
@@ -17,7 +17,12 @@ export interface ExportSpec {
   files: { model: string; externalData: string | null; tokenizer: string };
   /** where it came from (informational) */
   source: { model: string; family: string; kind: 'masked' | 'causal'; vocabSize: number };
+  /** label: classes scored by label words through the LM head, or by a linear head (`labels.words` null) */
   task: 'label' | 'answer';
+  /**
+   * `parts` are the template as rendered, which `renderInputs` reads; `source` and `text` are the run's template
+   * as written (informational: where its leading pseudo tokens go before everything, they are render.prefix)
+   */
   template: { source: string; text: string; legacyBertOrder: boolean; parts: readonly TemplatePart[] };
   render: {
     /** longest rendered sequence, special tokens and pseudo tokens included (longer fields are cut to fit) */
@@ -29,7 +34,10 @@ export interface ExportSpec {
     /** pseudo token k (0-based, in template order, PEFT prefix tokens first) is written as input id `pseudoBase + k` */
     pseudoBase: number;
     numPseudo: number;
-    /** PEFT placement: this many pseudo tokens before everything (imported adapters); 0 otherwise */
+    /**
+     * this many pseudo tokens before everything, special tokens included: an imported PEFT adapter's, the PEFT
+     * layout's leading [P] tokens, prompt tuning's rows; 0 otherwise
+     */
     prefix: number;
     /** pseudo positions hold this id in ptune's own rendering (informational; the export reads pseudoBase + k) */
     placeholder: number;
@@ -37,8 +45,8 @@ export interface ExportSpec {
   /** every input is int64 [batch, length]; rows and positions beyond the records are padding */
   inputs: { names: string[]; batch: number; length: number; paddingSide: 'left' | 'right'; padId: number };
   outputs: Record<string, { shape: number[]; dtype: 'float32' | 'int64'; meaning: string }>;
-  /** label tasks: labels in output order, their words, how multi-token words score */
-  labels?: { field: string; names: string[]; words: LabelWords; tokenRule: TokenRule; wordAggregation: WordAggregation };
+  /** label tasks: labels in output order, their words, how multi-token words score (null: a linear head) */
+  labels?: { field: string; names: string[]; words: LabelWords | null; tokenRule: TokenRule | null; wordAggregation: WordAggregation | null };
   /** answer tasks: the field, the answer ids predictions are restricted to (null: every token), top-k */
   answer?: { field: string; vocabulary: number[] | null; topK: number };
   howTo: string[];
@@ -59,7 +67,7 @@ export interface ExportInputs {
 export function renderInputs(spec: ExportSpec, tokenizer: TextTokenizer, records: readonly Record<string, unknown>[], template?: Template): ExportInputs {
   const { batch, length, paddingSide, padId } = spec.inputs;
   if (records.length === 0 || records.length > batch) throw new Error(`renderInputs: ${records.length} records for a batch of ${batch}`);
-  const t = template ?? parseTemplate(spec.template.source, { legacyBertOrder: spec.template.legacyBertOrder });
+  const t = template ?? specTemplate(spec);
   const info: RenderInfo = { kind: spec.source.kind, special: spec.render.special, tokenTypes: spec.render.tokenTypes };
   const grid = () => new BigInt64Array(batch * length);
   const ids = grid().fill(BigInt(padId));
@@ -84,6 +92,12 @@ export function renderInputs(spec: ExportSpec, tokenizer: TextTokenizer, records
   return { feeds, rows: records.length };
 }
 
+/** The template `renderInputs` renders: the spec's parts. */
+export function specTemplate(spec: Pick<ExportSpec, 'template'>): Template {
+  const { source, text, parts } = spec.template;
+  return { source, text, parts };
+}
+
 /** The prose version of `renderInputs`, written into ptune.json. */
 export function howToRender(spec: Omit<ExportSpec, 'howTo'>): string[] {
   const r = spec.render;
@@ -91,7 +105,8 @@ export function howToRender(spec: Omit<ExportSpec, 'howTo'>): string[] {
     `Tokenize with tokenizer.json, without its special tokens, one template part at a time: each text or {field} part as " " + text when template.parts[i].spaceBefore, else as the text.`,
     `Write the parts in order between render.wrap.start and render.wrap.end; a [P] part of count n is n pseudo tokens, written as ids render.pseudoBase + k (k counts the pseudo tokens from 0 in template order);`,
     spec.source.kind === 'masked'
-      ? `[MASK] is the id render.special.mask (${r.special.mask}); the model reads its answer there.`
+      ? `[MASK] is the id render.special.mask (${r.special.mask}); ` +
+        (spec.labels && !spec.labels.words ? 'the linear head reads the first token, not the [MASK].' : 'the model reads its answer there.')
       : `[MASK] ends the prompt and writes nothing: the model reads the next token after the last one.`,
     `If the sequence is longer than render.maxLength (${r.maxLength}), cut the longest field by one token from its end, again and again (a field keeps at least one token).`,
     r.prefix ? `Put render.prefix (${r.prefix}) pseudo tokens (ids pseudoBase + 0..${r.prefix - 1}) before everything; the template's own pseudo tokens then count from ${r.prefix}.` : '',

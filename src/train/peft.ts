@@ -22,6 +22,7 @@ const json = (value: unknown) => new TextEncoder().encode(JSON.stringify(value, 
  * placement is kept beside it in ptune_template.json so a ptune import restores it exactly.
  */
 export async function peftAdapterFiles(run: PTuning): Promise<Record<string, Uint8Array>> {
+  if (run.prefix) throw new UserError('deep prompts (method "prefix") are no PEFT P-tuning adapter: export the run with --format table or onnx');
   const table = await run.promptTable();
   if (!table) throw new UserError('the run has no pseudo tokens: nothing to export');
   const info = run.lm.info;

@@ -11,8 +11,8 @@ import { PTuning, runtimeRecord, type EvalResult, type RunConfig } from './tunin
 import { UserError } from '../util/errors.js';
 
 export {
-  classificationMetrics, DEFAULT_LOOP, DEFAULT_OPTIM, primaryMetric, PTuning, TrainingStopped,
-  type EvalResult, type Item, type OptimConfig, type Prediction, type RunConfig,
+  classificationMetrics, DEFAULT_LOOP, DEFAULT_OPTIM, leadingPseudo, METHODS, primaryMetric, PTuning, TrainingStopped,
+  type EvalResult, type Item, type MethodName, type OptimConfig, type Prediction, type RunConfig,
 } from './tuning.js';
 
 /**
@@ -25,9 +25,11 @@ export class PTuningSession extends PTuning {
     super(config, lm);
   }
 
-  static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
+  static override async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
     const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm }));
-    return new PTuningSession(config, model);
+    const s = new PTuningSession(config, model);
+    await s.initialise();
+    return s;
   }
 
   /** Rebuilds a run from its directory, with the weights of `best/` (default) or `last/`. */

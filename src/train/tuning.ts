@@ -1,10 +1,12 @@
 import { getRuntime } from '../engine/runtime.js';
 import { safetensorsBytes } from '../engine/safetensors-format.js';
 import { prefixed, type Parameter } from '../engine/tensor.js';
+import { inputEmbeddings } from '../models/forward.js';
 import type { LanguageModel } from '../models/model.js';
 import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
 import { makeHead, type Head, type HeadSpec } from '../prompt/heads.js';
 import { PTuningPrograms } from '../prompt/programs.js';
+import { PrefixEncoder } from '../prompt/prefix.js';
 import { collate, renderExample, type RenderedExample } from '../prompt/render.js';
 import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
 import type { Progress } from '../util/progress.js';
@@ -28,6 +30,9 @@ export interface OptimConfig {
   lmWeightDecay: number;
 }
 
+export type MethodName = 'ptuning' | 'prefix' | 'prompt-tuning';
+export const METHODS: readonly MethodName[] = ['ptuning', 'prefix', 'prompt-tuning'];
+
 /** Everything needed to rebuild a P-tuning run; saved as `<run>/config.json`. */
 export interface RunConfig {
   version: 1;
@@ -40,6 +45,19 @@ export interface RunConfig {
   skipTooLong: boolean;
   /** PEFT placement: this many virtual tokens before everything, special tokens included (imported adapters) */
   peftPrefix?: number;
+  /**
+   * how the prompt is learned: 'ptuning' (v1: [P] rows of the template from a prompt encoder), 'prefix' (deep
+   * prompts: keys and values at every layer, P-tuning v2 / prefix tuning), 'prompt-tuning' (Lester et al.: plain
+   * embedding rows before the input); default 'ptuning'
+   */
+  method?: MethodName;
+  prefix?: { numVirtualTokens: number; projection: boolean; hiddenSize?: number; dropout?: number };
+  promptTuning?: { numVirtualTokens: number; initFromWords?: string };
+  /**
+   * a template whose pseudo tokens all come first is rendered as PEFT places virtual tokens: before the special
+   * start tokens ([P*3] {x} → P P P [CLS] x ...), so a PEFT P-tuning adapter reproduces it
+   */
+  peftLayout?: boolean;
   data?: { train: string; dev: string };
   loop: TrainLoopConfig;
   optim: OptimConfig;
@@ -107,25 +125,68 @@ export class PTuning {
   readonly lm: LanguageModel;
   readonly template: Template;
   readonly encoder: PromptEncoder | null;
+  /** deep prompts (method 'prefix') */
+  readonly prefix: PrefixEncoder | null;
   readonly head: Head;
   /** the training step, scoring and ranking as programs over the LM */
   readonly programs: PTuningPrograms;
+  /** the template as rendered (PEFT layout: without its leading pseudo tokens, which go before the input) */
+  readonly rendered: Template;
+  /** virtual tokens placed before the whole input, special tokens included */
+  readonly placedFirst: number;
 
+  /** A run over `lm`; `create` also initialises prompt-tuning rows from words when the config asks for it. */
   constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
     this.lm = lm;
     this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
     validateFor(this.template, lm.info.kind);
-    const n = numPseudo(this.template) + (config.peftPrefix ?? 0);
-    this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.embeddingSize ?? lm.info.hiddenSize }) : null;
-    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize);
-    this.programs = new PTuningPrograms(lm, this.encoder, this.head);
+    const method = config.method ?? 'ptuning';
+    if (!METHODS.includes(method)) throw new UserError(`method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(method)}`);
+    const pseudo = numPseudo(this.template);
+    if (method !== 'ptuning' && pseudo > 0) {
+      throw new UserError(`method "${method}" learns its own prompt: the template must have no [P] tokens (it has ${pseudo})`);
+    }
+    const leading = leadingPseudo(this.template);
+    const peftLayout = method === 'ptuning' && config.peftLayout === true && leading === pseudo && pseudo > 0;
+    this.rendered = peftLayout ? { ...this.template, parts: this.template.parts.slice(this.template.parts.findIndex((p) => p.type !== 'pseudo')) } : this.template;
+    const tuned = method === 'prompt-tuning' ? (config.promptTuning?.numVirtualTokens ?? 0) : 0;
+    if (method === 'prompt-tuning' && !(tuned > 0)) throw new UserError('method "prompt-tuning" needs promptTuning.numVirtualTokens ≥ 1');
+    this.placedFirst = (config.peftPrefix ?? 0) + (peftLayout ? leading : 0) + tuned;
+    const n = numPseudo(this.rendered) + this.placedFirst;
+    const tokenDim = lm.info.embeddingSize ?? lm.info.hiddenSize;
+    const encoderConfig = method === 'prompt-tuning' ? { ...config.encoder, type: 'embedding' as const } : config.encoder;
+    this.encoder = n > 0 ? new PromptEncoder({ ...encoderConfig, numVirtualTokens: n, tokenDim }) : null;
+    if (method === 'prefix') {
+      if (!config.prefix) throw new UserError('method "prefix" needs prefix settings (numVirtualTokens, projection)');
+      this.prefix = new PrefixEncoder({ ...config.prefix, seed: config.encoder.seed }, lm.info);
+    } else this.prefix = null;
+    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize);
+    this.programs = new PTuningPrograms(lm, this.encoder, this.head, this.prefix);
   }
 
-  /** The parameters training updates: the encoder's ("encoder.*"), and with tuneLm the LM's ("lm.*"). */
+  /** A run over `lm`, its prompt-tuning rows initialised from words when the config asks for it. */
+  static async create(config: RunConfig, lm: LanguageModel): Promise<PTuning> {
+    const run = new PTuning(config, lm);
+    await run.initialise();
+    return run;
+  }
+
+  /** What a new run does before training: prompt tuning's text initialisation. */
+  protected async initialise(): Promise<void> {
+    const words = this.config.method === 'prompt-tuning' ? this.config.promptTuning?.initFromWords : undefined;
+    if (words) await initFromWords(this.encoder!, this.lm, words);
+  }
+
+  /**
+   * The parameters training updates: the encoder's ("encoder.*"), deep prompts' ("prefix.*"), a linear head's
+   * ("head.*"), and with tuneLm the LM's ("lm.*").
+   */
   trainedParams(): Map<string, Parameter> {
     const out = new Map<string, Parameter>();
     for (const [k, v] of this.encoder?.params ?? []) out.set(`encoder.${k}`, v);
+    for (const [k, v] of this.prefix?.params ?? []) out.set(`prefix.${k}`, v);
+    for (const [k, v] of this.head.params ?? []) out.set(`head.${k}`, v);
     if (this.config.optim.tuneLm) for (const [k, v] of this.lm.params) out.set(`lm.${k}`, v);
     return out;
   }
@@ -139,8 +200,8 @@ export class PTuning {
       const where = `${source} record ${index + 1}`;
       let ex: RenderedExample | null;
       try {
-        ex = renderExample(this.template, record, this.lm.tokenizer, info, {
-          maxLength: this.config.maxLength - (this.config.peftPrefix ?? 0),
+        ex = renderExample(this.rendered, record, this.lm.tokenizer, info, {
+          maxLength: this.config.maxLength - this.placedFirst,
           skipTooLong: this.config.skipTooLong,
           index,
         });
@@ -151,7 +212,7 @@ export class PTuning {
         skipped++;
         return;
       }
-      if (this.config.peftPrefix) ex = withPeftPrefix(ex, this.config.peftPrefix, info.special.pad);
+      if (this.placedFirst) ex = withPeftPrefix(ex, this.placedFirst, info.special.pad);
       let target = -1;
       if (withTargets) {
         try {
@@ -222,6 +283,7 @@ export class PTuning {
     const c = this.config;
     const optimizer = this.makeOptimizer();
     const encoder = this.encoder;
+    const prefix = this.prefix;
     return {
       config: c.loop,
       task: {
@@ -231,11 +293,12 @@ export class PTuning {
           const r = await this.evaluateItems(dv);
           return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };
         },
-        ...(encoder?.hasDropout && {
-          saveState: () => ({ dropout: encoder.dropoutState }),
+        ...((encoder?.hasDropout || prefix?.hasDropout) && {
+          saveState: () => ({ dropout: encoder?.dropoutState, prefixDropout: prefix?.dropoutState }),
           restoreState: (st: unknown) => {
-            const d = (st as { dropout?: number[] } | null)?.dropout;
-            if (d) encoder.dropoutState = d;
+            const saved = st as { dropout?: number[]; prefixDropout?: number[] } | null;
+            if (saved?.dropout && encoder) encoder.dropoutState = saved.dropout;
+            if (saved?.prefixDropout && prefix) prefix.dropoutState = saved.prefixDropout;
           },
         }),
       },
@@ -285,13 +348,16 @@ export class PTuning {
   makeOptimizer(): Adam | AdamW {
     const c = this.config;
     const groups: ParamGroup[] = [];
-    if (this.encoder) {
-      groups.push({ name: 'prompt', params: prefixed(this.encoder.params, 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
-    }
+    const prompt = new Map([
+      ...prefixed(this.encoder?.params ?? new Map(), 'encoder.'),
+      ...prefixed(this.prefix?.params ?? new Map(), 'prefix.'),
+      ...prefixed(this.head.params ?? new Map(), 'head.'),
+    ]);
+    if (prompt.size > 0) groups.push({ name: 'prompt', params: prompt, lr: c.optim.lr, weightDecay: c.optim.weightDecay });
     if (c.optim.tuneLm) {
       groups.push(...decayGroups(prefixed(this.lm.params, 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
     }
-    if (groups.length === 0) throw new UserError('nothing to train: the template has no pseudo tokens and --tune-lm is off');
+    if (groups.length === 0) throw new UserError('nothing to train: no pseudo tokens, deep prompts or linear head, and --tune-lm is off');
     return c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
   }
 
@@ -310,8 +376,12 @@ export class PTuning {
     return makeSchedule(schedule);
   }
 
-  /** The frozen prompt table (encoder output): all inference needs. */
+  /**
+   * The frozen prompt table, all inference needs: the encoder's rows [N, H], or for deep prompts the prefix table
+   * [N, layers · 2 · kvDim] (PEFT's PREFIX_TUNING layout).
+   */
   promptTable(): Promise<{ shape: number[]; data: Float32Array } | null> {
+    if (this.prefix) return this.prefix.table();
     return this.encoder ? this.encoder.table() : Promise.resolve(null);
   }
 
@@ -319,6 +389,30 @@ export class PTuning {
   dispose(opts: { keepLm?: boolean } = {}): void {
     if (!opts.keepLm) this.lm.dispose();
   }
+}
+
+/** Pseudo tokens before the template's first other part. */
+export function leadingPseudo(t: Template): number {
+  let n = 0;
+  for (const p of t.parts) {
+    if (p.type !== 'pseudo') break;
+    n += p.count;
+  }
+  return n;
+}
+
+/**
+ * Prompt tuning's text initialisation (PEFT's PromptTuningInit.TEXT): the rows start as the input embeddings of
+ * the text's tokens (as the model embeds them), repeated or cut to the number of virtual tokens.
+ */
+async function initFromWords(encoder: PromptEncoder, lm: LanguageModel, text: string): Promise<void> {
+  const ids = lm.tokenizer.encode(text);
+  if (ids.length === 0) throw new UserError(`--init-from-words: ${JSON.stringify(text)} has no tokens`);
+  const emb = encoder.params.get('embedding.weight')!;
+  const [n, d] = emb.shape as [number, number];
+  const rows = await inputEmbeddings(lm, Array.from({ length: n }, (_, i) => ids[i % ids.length]!));
+  if (rows.length !== n * d) throw new UserError(`--init-from-words: input embeddings are ${rows.length / n} wide, prompt rows ${d}`);
+  emb.set(rows);
 }
 
 /** PEFT's placement: the virtual tokens before the whole input. */
