@@ -28,9 +28,12 @@ export { makeHead, crossEntropyOn, type Head, type HeadSpec } from './prompt/hea
 
 export { Adam, AdamW, clipGradNorm, type ParamGroup } from './train/optim.js';
 export { makeSchedule, type ScheduleConfig } from './train/schedule.js';
-export { trainLoop, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
+export { trainLoop, NonFiniteLossError, TrainingInterrupted, type TrainLoopConfig, type TrainTask, type TrainResult, type DevResult } from './train/trainer.js';
 export { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig, type OptimConfig, type Prediction } from './train/session.js';
-export { exportPeft, exportTable, importPeft } from './train/export.js';
+export { exportPeft, exportTable, importPeft, readPeftAdapter } from './train/export.js';
+export { readRunConfig, parseRunConfig, readTrainState, RUN_CONFIG_VERSION } from './train/files.js';
+export { checkOutputDir, claimOutputDir, RUN_OUTPUTS, EXPORT_OUTPUTS, LAMA_OUTPUTS, FEWGLUE_OUTPUTS, type OutputSpec, type ClaimedOutput } from './train/rundir.js';
+export { UserError } from './util/errors.js';
 export { peftAdapterFiles, promptTableFile } from './train/peft.js';
 export { PTuning, TrainingStopped } from './train/tuning.js';
 export { runLoop, memoryStore, type TrainStore } from './train/loop.js';
@@ -41,6 +44,11 @@ export { fetchSource, blobSource, type FileSource } from './io/files.js';
 export { dirSource } from './io/node-files.js';
 export { loadModelFrom } from './models/assemble.js';
 export { parseRecords } from './data/parse.js';
+
+export { PromptTable, TaskInputError, UnknownTaskError, type TaskDefinition, type TaskInfo, type TaskPrediction, type Generation, type GenerationRequest } from './serve/table.js';
+export { modelFingerprint, baseDifference, type BaseModelId } from './serve/fingerprint.js';
+export { mixedLogitsProgram, type MixedOutputs } from './serve/programs.js';
+export { createServer, type ServeOptions, type PtuneServer } from './serve/server.js';
 export { readRecords } from './data/read.js';
 export { makeProgress, type Progress } from './util/progress.js';
 

@@ -162,7 +162,7 @@ test('(b) P-tuning bert-mini-lama on P1303 in the page reaches the Node run\'s d
   await page.click('#predict-run');
   await page.waitForSelector('#predict-result[data-prediction]', { timeout: 60_000 });
   const downloads = await page.$$eval('#downloads a', (as) => as.map((a) => a.getAttribute('download')));
-  assert.deepEqual(downloads.sort(), ['adapter_config.json', 'adapter_model.safetensors', 'prompt_table.safetensors', 'ptune_template.json']);
+  assert.deepEqual(downloads.sort(), ['README.md', 'adapter_config.json', 'adapter_model.safetensors', 'prompt_table.safetensors', 'ptune_template.json']);
   const config = await page.$eval('#downloads a[download="adapter_config.json"]', async (a) => (await fetch((a as HTMLAnchorElement).href)).text());
   assert.equal((JSON.parse(config) as { peft_type: string }).peft_type, 'P_TUNING');
   await screenshot('web-predicting.png');

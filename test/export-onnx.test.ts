@@ -229,6 +229,6 @@ test('onnx export bakes in deep prompts (plain and projected), prompt tuning\'s 
 test('onnx export refuses what it cannot do, in one line', async () => {
   const { code, text } = await runCli(['export', '--run', path.join(root, 'sst2'), '--format', 'tflite', '--out', path.join(root, 'x')]);
   assert.equal(code, 2);
-  assert.match(text, /--format must be peft, table or onnx, got tflite/);
+  assert.match(text, /--format: expected one of peft, table, onnx, got "tflite"/);
   await assert.rejects(ExportedModel.load(dirSource(bertDir)), /ptune\.json: not found: not a ptune ONNX export/);
 });

@@ -64,7 +64,7 @@ for (const family of [...MASKED, ...CAUSAL]) {
       await session.train({ runDir: path.join(out, 'run'), train: recs, dev: recs.slice(0, 4), restoreBest: true });
       const before = await session.predict(recs, 'records', 2);
       await exportPeft(session, path.join(out, 'peft'));
-      importPeft({ adapterDir: path.join(out, 'peft'), model: dir, runDir: path.join(out, 'imported') });
+      await importPeft({ adapterDir: path.join(out, 'peft'), model: dir, runDir: path.join(out, 'imported') }, lm);
       const imported = await PTuningSession.load(path.join(out, 'imported'), 'best', lm);
       const after = await imported.predict(recs, 'records', 2);
       assert.deepEqual(after.map((p) => p.prediction), before.map((p) => p.prediction));

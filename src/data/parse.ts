@@ -4,16 +4,23 @@
  * - .jsonl: one JSON object per line, blank lines ignored
  * - .json:  an array of objects
  * - .csv:   RFC 4180 with a header row: fields separated by `,`, records by LF or CRLF; a field in double
- *           quotes may hold commas, quotes (doubled: `""`) and line breaks
- * - .tsv:   a header row, fields split on tabs, no quoting (SST-2 / GLUE style)
- * CSV/TSV values stay strings. Blank lines are ignored. Errors name the file and the 1-based line.
+ *           quotes may hold commas, quotes (doubled: `""`) and line breaks (parsed by csv-parse)
+ * - .tsv:   a header row, fields split on tabs, no quoting (SST-2 / GLUE style; csv-parse with quotes off)
+ * CSV/TSV values stay strings. Blank lines are ignored. Errors are UserErrors naming the file and the 1-based line.
+ *
+ * Nothing here touches files: the browser entry parses with it too. csv-parse comes through the package's
+ * `#csv-parse/sync` import, which bundlers for browsers resolve to csv-parse's own browser build (its Node build
+ * calls Node's Buffer when it loads).
  */
+import { CsvError, parse } from '#csv-parse/sync';
+import { UserError } from '../util/errors.js';
+
 export type DataRecord = Record<string, unknown>;
 
 /** Records from the text of a data file; `format` is its extension (`.jsonl`, `.json`, `.csv`, `.tsv`). */
 export function parseRecords(text: string, format: string, file = `data${format}`): DataRecord[] {
   const parse = PARSERS[format.toLowerCase()];
-  if (!parse) throw new Error(`${file}: unknown data format "${format}" (expected .jsonl, .json, .csv or .tsv)`);
+  if (!parse) throw new UserError(`${file}: unknown data format "${format}" (expected .jsonl, .json, .csv or .tsv)`);
   return parse(text.replace(/^\uFEFF/, ''), file);
 }
 
@@ -34,9 +41,9 @@ export function parseJsonl(text: string, file = 'data.jsonl'): DataRecord[] {
     try {
       value = JSON.parse(line);
     } catch (e) {
-      throw new Error(`${file} line ${i + 1}: ${oneLine((e as Error).message)}`);
+      throw new UserError(`${file} line ${i + 1}: ${oneLine((e as Error).message)}`);
     }
-    if (!isObject(value)) throw new Error(`${file} line ${i + 1}: expected a JSON object, got ${describe(value)}`);
+    if (!isObject(value)) throw new UserError(`${file} line ${i + 1}: expected a JSON object, got ${describe(value)}`);
     records.push(value);
   });
   return records;
@@ -50,11 +57,11 @@ export function parseJsonArray(text: string, file = 'data.json'): DataRecord[] {
     const at = jsonErrorOffset(text);
     const before = text.slice(0, Math.max(at, 0)).split('\n');
     const where = at >= 0 ? ` line ${before.length} column ${before[before.length - 1].length + 1}` : '';
-    throw new Error(`${file}${where}: ${oneLine((e as Error).message)}`);
+    throw new UserError(`${file}${where}: ${oneLine((e as Error).message)}`);
   }
-  if (!Array.isArray(value)) throw new Error(`${file}: expected a JSON array of objects, got ${describe(value)}`);
+  if (!Array.isArray(value)) throw new UserError(`${file}: expected a JSON array of objects, got ${describe(value)}`);
   value.forEach((item, i) => {
-    if (!isObject(item)) throw new Error(`${file} item ${i + 1}: expected a JSON object, got ${describe(item)}`);
+    if (!isObject(item)) throw new UserError(`${file} item ${i + 1}: expected a JSON object, got ${describe(item)}`);
   });
   return value as DataRecord[];
 }
@@ -142,65 +149,78 @@ interface Row {
   line: number;
 }
 
+/** The 1-based line of `offset` in `text`. */
+function lineAt(text: string, offset: number): number {
+  let line = 1;
+  for (let i = 0; i < offset && i < text.length; i++) if (text.charCodeAt(i) === 10) line++;
+  return line;
+}
+
+/** Where the unterminated quoted field of `raw` (the record text csv-parse was reading) opens. */
+function openQuoteOffset(raw: string): number {
+  let open = -1;
+  let quoted = false;
+  for (let i = 0; i < raw.length; i++) {
+    if (raw[i] !== '"') continue;
+    quoted = !quoted;
+    if (quoted) open = i;
+  }
+  return Math.max(open, 0);
+}
+
+/** csv-parse's error as today's one-line message naming the file and the line. */
+function csvError(e: unknown, text: string, file: string): UserError {
+  if (!(e instanceof CsvError)) return new UserError(`${file}: ${oneLine((e as Error).message)}`);
+  const err = e as CsvError & { lines?: number; raw?: string };
+  switch (err.code) {
+    case 'CSV_QUOTE_NOT_CLOSED': {
+      // the record being read runs to the end of the text: its quote opened at the line of that offset
+      const raw = err.raw ?? '';
+      const start = text.length - raw.length;
+      return new UserError(`${file} line ${lineAt(text, start + openQuoteOffset(raw))}: unterminated quoted field`);
+    }
+    case 'CSV_INVALID_CLOSING_QUOTE': {
+      const got = /got "(.*)" at line/.exec(err.message)?.[1] ?? '?';
+      return new UserError(`${file} line ${err.lines}: unexpected ${JSON.stringify(got)} after a closing quote`);
+    }
+    case 'INVALID_OPENING_QUOTE':
+      return new UserError(`${file} line ${err.lines}: stray '"' inside an unquoted field`);
+    default:
+      return new UserError(`${file} line ${err.lines ?? '?'}: ${oneLine(err.message)}`);
+  }
+}
+
+/**
+ * Rows of delimited text (csv-parse) with the 1-based line each starts on; lines that are entirely empty are
+ * skipped. `quote: false` reads quotes as ordinary characters (TSV).
+ */
+function delimitedRows(text: string, file: string, delimiter: string, quote: boolean): Row[] {
+  let parsed: { record: string[]; info: { lines: number }; raw: string }[];
+  try {
+    parsed = parse(text, {
+      delimiter,
+      quote: quote ? '"' : false,
+      record_delimiter: ['\r\n', '\n'],
+      relax_column_count: true,
+      skip_empty_lines: true,
+      info: true,
+      raw: true,
+    }) as unknown as typeof parsed;
+  } catch (e) {
+    throw csvError(e, text, file);
+  }
+  return parsed.map(({ record, info, raw }) => {
+    // the record's raw text holds the empty lines skipped before it and its own line breaks: count back from its end
+    const body = raw.replace(/^[\r\n]+/, '').replace(/\r?\n$|\r$/, '');
+    let breaks = 0;
+    for (let i = 0; i < body.length; i++) if (body.charCodeAt(i) === 10) breaks++;
+    return { fields: record, line: info.lines - breaks };
+  });
+}
+
 /** RFC 4180 rows with the 1-based line each starts on; lines that are entirely empty are skipped. */
 export function csvRows(text: string, file = 'data.csv'): Row[] {
-  const rows: Row[] = [];
-  let line = 1;
-  let i = 0;
-  const n = text.length;
-  while (i < n) {
-    const startLine = line;
-    const fields: string[] = [];
-    if (text[i] === '\n' || (text[i] === '\r' && text[i + 1] === '\n')) {
-      i += text[i] === '\r' ? 2 : 1;
-      line++;
-      continue;
-    }
-    for (;;) {
-      let field = '';
-      if (text[i] === '"') {
-        const quoteLine = line;
-        i++;
-        for (;;) {
-          if (i >= n) throw new Error(`${file} line ${quoteLine}: unterminated quoted field`);
-          const ch = text[i];
-          if (ch === '"') {
-            if (text[i + 1] === '"') {
-              field += '"';
-              i += 2;
-              continue;
-            }
-            i++;
-            break;
-          }
-          if (ch === '\n') line++;
-          field += ch;
-          i++;
-        }
-        if (i < n && text[i] !== ',' && text[i] !== '\n' && !(text[i] === '\r' && text[i + 1] === '\n')) {
-          throw new Error(`${file} line ${line}: unexpected ${JSON.stringify(text[i])} after a closing quote`);
-        }
-      } else {
-        while (i < n && text[i] !== ',' && text[i] !== '\n' && !(text[i] === '\r' && text[i + 1] === '\n')) {
-          if (text[i] === '"') throw new Error(`${file} line ${line}: stray '"' inside an unquoted field`);
-          field += text[i];
-          i++;
-        }
-      }
-      fields.push(field);
-      if (i < n && text[i] === ',') {
-        i++;
-        continue;
-      }
-      break;
-    }
-    if (i < n) {
-      i += text[i] === '\r' ? 2 : 1;
-      line++;
-    }
-    rows.push({ fields, line: startLine });
-  }
-  return rows;
+  return delimitedRows(text, file, ',', true);
 }
 
 export function parseCsv(text: string, file = 'data.csv'): DataRecord[] {
@@ -208,24 +228,22 @@ export function parseCsv(text: string, file = 'data.csv'): DataRecord[] {
 }
 
 export function parseTsv(text: string, file = 'data.tsv'): DataRecord[] {
-  const rows: Row[] = [];
-  text.split(/\r?\n/).forEach((line, i) => {
-    if (line.trim() || line.includes('\t')) rows.push({ fields: line.split('\t'), line: i + 1 });
-  });
+  // a line of blanks alone is empty too (a line of tabs is a row of empty fields)
+  const rows = delimitedRows(text, file, '\t', false).filter((r) => r.fields.length > 1 || r.fields[0]!.trim() !== '');
   return toRecords(rows, file);
 }
 
 function toRecords(rows: Row[], file: string): DataRecord[] {
-  if (rows.length === 0) throw new Error(`${file}: no header row`);
+  if (rows.length === 0) throw new UserError(`${file}: no header row`);
   const [header, ...body] = rows;
   const names = header.fields.map((f) => f.trim());
   names.forEach((name, i) => {
-    if (!name) throw new Error(`${file} line ${header.line}: header column ${i + 1} has no name`);
-    if (names.indexOf(name) !== i) throw new Error(`${file} line ${header.line}: duplicate header column "${name}"`);
+    if (!name) throw new UserError(`${file} line ${header.line}: header column ${i + 1} has no name`);
+    if (names.indexOf(name) !== i) throw new UserError(`${file} line ${header.line}: duplicate header column "${name}"`);
   });
   return body.map(({ fields, line }) => {
     if (fields.length !== names.length) {
-      throw new Error(`${file} line ${line}: ${fields.length} columns, the header has ${names.length}`);
+      throw new UserError(`${file} line ${line}: ${fields.length} columns, the header has ${names.length}`);
     }
     const record: DataRecord = {};
     names.forEach((name, i) => (record[name] = fields[i]));

@@ -17,6 +17,8 @@ export interface OnnxExportOptions {
   topK?: number;
   /** weights in `model.onnx.data` beside the graph: true, false, or 'auto' (default: when they pass 1 GiB) */
   externalData?: boolean | 'auto';
+  /** called once everything has been read and checked, before the first file is written */
+  beforeWrite?: () => void;
 }
 
 /** Weights this large go to external data on 'auto' (protobuf's own limit for one message is 2 GiB). */
@@ -55,6 +57,7 @@ export async function exportOnnx(run: PTuning, outDir: string, opts: OnnxExportO
   for (const p of [...lm.params.values(), ...(head.params?.values() ?? [])]) weightBytes += p.data.byteLength;
   const external = opts.externalData === true || ((opts.externalData ?? 'auto') === 'auto' && weightBytes > AUTO_EXTERNAL_BYTES);
 
+  opts.beforeWrite?.();
   fs.mkdirSync(outDir, { recursive: true });
   const dataName = 'model.onnx.data';
   const dataFile = path.join(outDir, dataName);

@@ -27,6 +27,11 @@ export interface GenerateOptions {
   prompts?: PromptRows;
   /** deep prompts: the prefix table [N, layers · 2 · kvDim] (PEFT's PREFIX_TUNING layout), put in the cache first */
   prefix?: HostTensor<Float32Array>;
+  /**
+   * keep the keys and values of earlier positions (default true); false recomputes the whole sequence at every
+   * step (the reference the cache is checked against)
+   */
+  cache?: boolean;
 }
 
 /** Prompt-table rows written over the input embeddings at the given prompt positions. */
@@ -263,14 +268,21 @@ export async function generate(lm: LanguageModel, promptIds: number[], opts: Gen
   const budget = Math.min(opts.maxNewTokens, lm.info.maxPositions - input.length - (opts.prefix?.shape[0] ?? 0) + 1);
   const rng = makeRng(opts.seed ?? 0);
   const out: number[] = [];
-  const cache = new KvCache(lm);
-  if (opts.prefix) cache.appendPrefix(opts.prefix);
+  const cached = opts.cache !== false;
+  const fresh = () => {
+    const c = new KvCache(lm);
+    if (opts.prefix) c.appendPrefix(opts.prefix);
+    return c;
+  };
+  let cache = fresh();
   if (input.length + cache.length > lm.info.maxPositions) {
     throw new Error(`generate: the prompt and the prefix take ${input.length + cache.length} positions, more than the ${lm.info.maxPositions} of ${lm.info.source}`);
   }
   let first = true;
   while (out.length < budget) {
-    const logits = await decodeStep(lm, cache, input, first ? opts.prompts : undefined);
+    // without the cache every step starts from an empty one and runs the prompt and all generated tokens again
+    if (!cached && !first) cache = fresh();
+    const logits = await decodeStep(lm, cache, cached || first ? input : [...input, ...out], first || !cached ? opts.prompts : undefined);
     first = false;
     const next = temperature === 0 ? argmax(logits) : sampleToken(logits, temperature, topP, rng);
     if ((next === eos || next === bos) && opts.stopAtEos !== false) break;
@@ -281,7 +293,7 @@ export async function generate(lm: LanguageModel, promptIds: number[], opts: Gen
       if (opts.stop.some((s) => text.includes(s))) break;
     }
     if (out.length >= budget || cache.length >= lm.info.maxPositions) break;
-    input = [next];
+    if (cached) input = [next];
   }
   return out;
 }

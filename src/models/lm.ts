@@ -40,6 +40,12 @@ export interface ModelInfo {
   paddingSide: 'left' | 'right';
   /** the model reads segment ids (token_type_ids) */
   tokenTypes: boolean;
+  /**
+   * keys and values before the current tokens (a decoding cache, deep prompts): whether ptune's implementation
+   * takes them, and whether transformers' does (what a PEFT PREFIX_TUNING adapter needs to act at all);
+   * absent: both
+   */
+  past?: { ptune: boolean; transformers: boolean };
 }
 
 /** A model weight by Hugging Face name, as the engine at hand represents it. */

@@ -85,6 +85,9 @@ function labelHead(spec: Extract<HeadSpec, { kind: 'label' }>, tok: TextTokenize
     target(record, where) {
       const value = record[spec.labelField];
       if (value === undefined || value === null) throw new Error(`${where}: field "${spec.labelField}" is missing`);
+      if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
+        throw new Error(`${where}: label field "${spec.labelField}" is ${Array.isArray(value) ? 'an array' : typeof value}, not a label (${v.labels.join(', ')})`);
+      }
       const k = v.labels.indexOf(String(value));
       if (k < 0) throw new Error(`${where}: label ${JSON.stringify(value)} is not one of ${v.labels.join(', ')}`);
       return k;

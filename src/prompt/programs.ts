@@ -65,7 +65,7 @@ type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind:
  * log-softmax over the classes, plus the fed `class_mask` (0 for allowed classes, -∞ for the others) when
  * `masked`, then ONNX TopK (best first).
  */
-function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Record<string, Sym> {
+export function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Record<string, Sym> {
   const { g, o } = b;
   const [rows, classes] = scores.shape as [number, number];
   let logp = o.logSoftmax(scores);

@@ -23,6 +23,7 @@
 import { nodeFs } from '../util/node-fs.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 
+export const TOKEN_RULES: readonly TokenRule[] = ['first', 'mean', 'sum', 'max'];
 export type TokenRule = 'first' | 'mean' | 'sum' | 'max';
 export type WordAggregation = 'max' | 'mean';
 
@@ -56,6 +57,10 @@ export class Verbalizer {
   constructor(labelWords: LabelWords, tok: TextTokenizer, opts: VerbalizerOptions = {}) {
     this.tokenRule = opts.tokenRule ?? 'first';
     this.wordAggregation = opts.wordAggregation ?? 'max';
+    if (!TOKEN_RULES.includes(this.tokenRule)) throw new Error(`verbalizer: token rule must be one of ${TOKEN_RULES.join(', ')}, got ${JSON.stringify(this.tokenRule)}`);
+    if (this.wordAggregation !== 'max' && this.wordAggregation !== 'mean') {
+      throw new Error(`verbalizer: word aggregation must be max or mean, got ${JSON.stringify(this.wordAggregation)}`);
+    }
     const unk = unknownId(tok, opts.unkId);
     const labels = Object.keys(labelWords);
     if (labels.length === 0) throw new Error('verbalizer: no labels');

@@ -90,6 +90,11 @@ export interface LoopOptions<E> {
   stopRequested?: () => boolean;
   /** awaited after every optimizer step (a page yields to its renderer here) */
   afterStep?: () => Promise<void>;
+  /**
+   * called once everything has been read and checked (the state to resume from included), before the store
+   * writes anything
+   */
+  onStart?: (resumedFrom: TrainState | null) => void;
 }
 
 /**
@@ -97,8 +102,13 @@ export interface LoopOptions<E> {
  * trainer.ts keeps them in a run directory; `memoryStore` keeps the best weights in memory and nothing else.
  */
 export interface TrainStore {
-  /** The state to continue from, with `params`, the optimizer and the task restored to it; null: start afresh. */
+  /**
+   * The state to continue from, with `params`, the optimizer and the task restored to it; null: start afresh.
+   * Reads and checks only: nothing is written before `open`.
+   */
   begin(params: Map<string, Parameter>, optimizer: TrainOptimizer, task: TrainTask<unknown>): TrainState | null;
+  /** Makes the store ready for writing, after `onStart` (a run directory drops the metrics lines after `resumed`). */
+  open?(resumed: TrainState | null): void;
   /** one metrics record (`type` train / eval / error) */
   log(record: Record<string, unknown>): void;
   saveLast(state: TrainState, params: Map<string, Parameter>, optimizer: TrainOptimizer): void;
@@ -135,6 +145,16 @@ export function initialState(): TrainState {
   };
 }
 
+/**
+ * Whether a finished run stays finished under (possibly changed) limits: a resume with a larger --epochs,
+ * --max-steps or --patience goes on from where the run stopped.
+ */
+export function stillFinished(state: TrainState, c: TrainLoopConfig): boolean {
+  if (state.epoch >= c.epochs) return true;
+  if (c.maxSteps > 0 && state.step >= c.maxSteps) return true;
+  return state.stopReason.startsWith('early stop') && c.patience > 0 && state.evalsWithoutGain >= c.patience;
+}
+
 /** Order of the examples in `epoch`: a permutation that depends only on (seed, epoch), so resume reproduces it. */
 export function epochOrder(n: number, seed: number, epoch: number): number[] {
   const rng = makeRng((seed * 1_000_003 + epoch * 7919) >>> 0);
@@ -158,7 +178,14 @@ export async function runLoop<E>(o: LoopOptions<E>, store: TrainStore): Promise<
   const logMetric = (rec: Record<string, unknown>) => store.log(rec);
 
   const resumed = store.begin(params, optimizer, task as TrainTask<unknown>);
-  let state = resumed ?? initialState();
+  const state = resumed ?? initialState();
+  if (resumed && state.finished && !stillFinished(state, c)) {
+    o.progress?.log(`the run had stopped (${state.stopReason}); the new limits let it go on`);
+    state.finished = false;
+    state.stopReason = '';
+  }
+  o.onStart?.(resumed ? { ...state } : null);
+  store.open?.(resumed);
 
   const saveLast = () => {
     state.task = task.saveState?.();

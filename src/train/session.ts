@@ -6,13 +6,15 @@ import type { LanguageModel } from '../models/model.js';
 import { readRecords } from '../data/read.js';
 import type { Progress } from '../util/progress.js';
 import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.js';
-import { trainLoop, type TrainResult } from './trainer.js';
-import { PTuning, runtimeRecord, type EvalResult, type RunConfig } from './tuning.js';
+import { trainLoop, type TrainResult, type TrainState } from './trainer.js';
+import { readRunConfig } from './files.js';
+import { classificationMetrics, primaryMetric, PTuning, runtimeRecord, type EvalResult, type RunConfig } from './tuning.js';
+import { describeBaselines, devBaselines, type Baselines } from './baselines.js';
 import { UserError } from '../util/errors.js';
 
 export {
-  classificationMetrics, DEFAULT_LOOP, DEFAULT_OPTIM, leadingPseudo, METHODS, primaryMetric, PTuning, TrainingStopped,
-  type EvalResult, type Item, type MethodName, type OptimConfig, type Prediction, type RunConfig,
+  classificationMetrics, DEFAULT_LOOP, DEFAULT_METHOD, DEFAULT_OPTIM, leadingPseudo, METHODS, primaryMetric, PTuning, recordId, TrainingStopped,
+  withPeftPrefix, type EvalResult, type Item, type MethodName, type OptimConfig, type Prediction, type RunConfig,
 } from './tuning.js';
 
 /**
@@ -36,7 +38,7 @@ export class PTuningSession extends PTuning {
   static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel): Promise<PTuningSession> {
     const cfgFile = path.join(runDir, 'config.json');
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-    const config = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
+    const config = readRunConfig(cfgFile);
     const s = await PTuningSession.create(config, lm);
     const weights = path.join(resolveCheckpointDir(path.join(runDir, which)) ?? path.join(runDir, which), 'params.safetensors');
     if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);
@@ -62,7 +64,14 @@ export class PTuningSession extends PTuning {
     restoreBest?: boolean;
     /** polled after each step: true stops with a checkpoint (see trainLoop) */
     stopRequested?: () => boolean;
-  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number }> {
+    /** measure the majority and zero-shot dev baselines first (default true; skipped when resuming) */
+    baselines?: boolean;
+    /**
+     * called once the data, the configuration and (on resume) the checkpoint have all been read and checked,
+     * before the first file of the run is written
+     */
+    beforeWrite?: (resumedFrom: TrainState | null) => void;
+  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number; baselines?: Baselines }> {
     const { runDir } = opts;
     const c = this.config;
     const trainRecords = opts.train ?? readRecords(c.data!.train);
@@ -70,12 +79,25 @@ export class PTuningSession extends PTuning {
     const tr = this.prepare(trainRecords, c.data?.train ?? 'train');
     const dv = this.prepare(devRecords, c.data?.dev ?? 'dev');
     if (tr.items.length === 0) throw new UserError('no training examples left after rendering');
-    fs.mkdirSync(runDir, { recursive: true });
-    writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: await runtimeRecord() });
+    const runtime = await runtimeRecord();
+    // measured before the first file is written; saved with the run's config
+    const baselines = (opts.baselines ?? true) && !opts.resume ? await devBaselines(this, tr.items, dv.items, devRecords, classificationMetrics) : undefined;
     const o = this.loopOptions(tr.items, dv.items, opts);
     try {
-      const result = await trainLoop({ ...o, runDir, resume: opts.resume ?? false });
-      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
+      const result = await trainLoop({
+        ...o,
+        runDir,
+        resume: opts.resume ?? false,
+        onStart: (resumedFrom) => {
+          opts.beforeWrite?.(resumedFrom);
+          writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime });
+          if (baselines) {
+            writeJsonAtomic(path.join(runDir, 'baselines.json'), baselines);
+            opts.progress?.log(describeBaselines(baselines, primaryMetric(this.head)));
+          }
+        },
+      });
+      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped, ...(baselines && { baselines }) };
     } finally {
       o.optimizer.dispose();
     }
@@ -86,4 +108,8 @@ export class PTuningSession extends PTuning {
     if (table) writeSafetensors(file, { prompt_embeddings: table });
   }
 
+  /** Another session over the same LM (e.g. the zero-shot reading of this one's template). */
+  override variant(config: RunConfig): Promise<PTuningSession> {
+    return PTuningSession.create(config, this.lm);
+  }
 }

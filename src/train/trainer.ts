@@ -3,10 +3,11 @@ import path from 'node:path';
 import type { Parameter } from '../engine/tensor.js';
 import type { Progress } from '../util/progress.js';
 import { loadOptimizerState, loadParams, resolveCheckpointDir, saveOptimizerState, saveParams, writeCheckpointDir, writeFileAtomic, writeJsonAtomic } from './checkpoint.js';
-import { runLoop, type LoopOptions, type TrainResult, type TrainState, type TrainStore } from './loop.js';
+import { readTrainState } from './files.js';
+import { runLoop, type LoopOptions, type TrainResult, type TrainStore } from './loop.js';
 
 export {
-  epochOrder, memoryStore, NonFiniteLossError, runLoop, TrainingInterrupted,
+  epochOrder, memoryStore, NonFiniteLossError, runLoop, stillFinished, TrainingInterrupted,
   type DevResult, type LoopOptions, type TrainLoopConfig, type TrainOptimizer, type TrainResult, type TrainState, type TrainStore, type TrainTask,
 } from './loop.js';
 
@@ -43,22 +44,28 @@ export function runDirStore(runDir: string, opts: { resume: boolean; progress?: 
   const lastDir = path.join(runDir, 'last');
   const bestDir = path.join(runDir, 'best');
   let saved = false;
-  fs.mkdirSync(runDir, { recursive: true });
+  let resumeFrom: string | null = null;
   return {
     begin(params, optimizer, task) {
-      const resumeFrom = opts.resume ? resolveCheckpointDir(lastDir) : null;
-      if (!resumeFrom) {
-        if (fs.existsSync(metricsFile)) fs.rmSync(metricsFile);
-        return null;
-      }
+      resumeFrom = opts.resume ? resolveCheckpointDir(lastDir) : null;
+      if (!resumeFrom) return null;
+      // everything read and checked before anything is loaded into the parameters
+      const state = readTrainState(path.join(resumeFrom, 'state.json'));
+      const optState = loadOptimizerState(path.join(resumeFrom, 'optimizer.safetensors'));
       loadParams(path.join(resumeFrom, 'params.safetensors'), params);
-      optimizer.loadState(loadOptimizerState(path.join(resumeFrom, 'optimizer.safetensors')));
-      const state = JSON.parse(fs.readFileSync(path.join(resumeFrom, 'state.json'), 'utf8')) as TrainState;
+      optimizer.loadState(optState);
       if (state.task !== undefined) task.restoreState?.(state.task);
-      truncateMetrics(metricsFile, state.step);
-      opts.progress?.log(`resuming from ${resumeFrom}: epoch ${state.epoch + 1}, step ${state.step}`);
       saved = true;
       return state;
+    },
+    open(resumed) {
+      if (resumed && resumeFrom) {
+        truncateMetrics(metricsFile, resumed.step);
+        opts.progress?.log(`resuming from ${resumeFrom}: epoch ${resumed.epoch + 1}, step ${resumed.step}`);
+      } else if (fs.existsSync(metricsFile)) {
+        fs.rmSync(metricsFile);
+      }
+      fs.mkdirSync(runDir, { recursive: true });
     },
     log: (rec) => fs.appendFileSync(metricsFile, JSON.stringify(rec) + '\n'),
     saveLast(state, params, optimizer) {

@@ -32,6 +32,8 @@ export interface OptimConfig {
 
 export type MethodName = 'ptuning' | 'prefix' | 'prompt-tuning';
 export const METHODS: readonly MethodName[] = ['ptuning', 'prefix', 'prompt-tuning'];
+/** `ptune train`'s method when none is given (docs/methods.md) */
+export const DEFAULT_METHOD: MethodName = 'ptuning';
 
 /** Everything needed to rebuild a P-tuning run; saved as `<run>/config.json`. */
 export interface RunConfig {
@@ -139,8 +141,19 @@ export class PTuning {
   constructor(config: RunConfig, lm: LanguageModel) {
     this.config = config;
     this.lm = lm;
-    this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
-    validateFor(this.template, lm.info.kind);
+    // the template, the encoder settings and the label words are the user's: their errors are user errors
+    const userInput = <T>(what: () => T): T => {
+      try {
+        return what();
+      } catch (e) {
+        throw e instanceof Error && e.constructor === Error ? new UserError(e.message) : e;
+      }
+    };
+    if (config.maxLength > lm.info.maxPositions) {
+      throw new UserError(`maxLength ${config.maxLength} is more than the ${lm.info.maxPositions} positions of ${lm.info.source}`);
+    }
+    this.template = userInput(() => parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder }));
+    userInput(() => validateFor(this.template, lm.info.kind));
     const method = config.method ?? 'ptuning';
     if (!METHODS.includes(method)) throw new UserError(`method must be one of ${METHODS.join(', ')}, got ${JSON.stringify(method)}`);
     const pseudo = numPseudo(this.template);
@@ -156,12 +169,13 @@ export class PTuning {
     const n = numPseudo(this.rendered) + this.placedFirst;
     const tokenDim = lm.info.embeddingSize ?? lm.info.hiddenSize;
     const encoderConfig = method === 'prompt-tuning' ? { ...config.encoder, type: 'embedding' as const } : config.encoder;
-    this.encoder = n > 0 ? new PromptEncoder({ ...encoderConfig, numVirtualTokens: n, tokenDim }) : null;
+    this.encoder = n > 0 ? userInput(() => new PromptEncoder({ ...encoderConfig, numVirtualTokens: n, tokenDim })) : null;
     if (method === 'prefix') {
       if (!config.prefix) throw new UserError('method "prefix" needs prefix settings (numVirtualTokens, projection)');
-      this.prefix = new PrefixEncoder({ ...config.prefix, seed: config.encoder.seed }, lm.info);
+      if (lm.info.past?.ptune === false) throw new UserError(`method "prefix": ${lm.info.family} models take no keys and values before the input here, so deep prompts cannot reach them (use ptuning or prompt-tuning)`);
+      this.prefix = userInput(() => new PrefixEncoder({ ...config.prefix!, seed: config.encoder.seed }, lm.info));
     } else this.prefix = null;
-    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize);
+    this.head = userInput(() => makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize));
     this.programs = new PTuningPrograms(lm, this.encoder, this.head, this.prefix);
   }
 
@@ -383,6 +397,11 @@ export class PTuning {
   promptTable(): Promise<{ shape: number[]; data: Float32Array } | null> {
     if (this.prefix) return this.prefix.table();
     return this.encoder ? this.encoder.table() : Promise.resolve(null);
+  }
+
+  /** Another run over the same LM (e.g. the zero-shot reading of this one's template). */
+  variant(config: RunConfig): Promise<PTuning> {
+    return PTuning.create(config, this.lm);
   }
 
   /** Frees the LM unless it is shared with other sessions (`keepLm`). */
