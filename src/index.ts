@@ -34,6 +34,16 @@ export { exportPeft, exportTable, importPeft, readPeftAdapter } from './train/ex
 export { readRunConfig, parseRunConfig, readTrainState, RUN_CONFIG_VERSION } from './train/files.js';
 export { checkOutputDir, claimOutputDir, RUN_OUTPUTS, EXPORT_OUTPUTS, LAMA_OUTPUTS, FEWGLUE_OUTPUTS, type OutputSpec, type ClaimedOutput } from './train/rundir.js';
 export { UserError } from './util/errors.js';
+export { peftAdapterFiles, promptTableFile } from './train/peft.js';
+export { PTuning, TrainingStopped } from './train/tuning.js';
+export { runLoop, memoryStore, type TrainStore } from './train/loop.js';
+export { exportOnnx, type OnnxExportOptions } from './export/onnx.js';
+export { ExportedModel, type ExportedPrediction } from './export/model.js';
+export { renderInputs, type ExportSpec } from './export/spec.js';
+export { fetchSource, blobSource, type FileSource } from './io/files.js';
+export { dirSource } from './io/node-files.js';
+export { loadModelFrom } from './models/assemble.js';
+export { parseRecords } from './data/parse.js';
 
 export { PromptTable, TaskInputError, UnknownTaskError, type TaskDefinition, type TaskInfo, type TaskPrediction, type Generation, type GenerationRequest } from './serve/table.js';
 export { modelFingerprint, baseDifference, type BaseModelId } from './serve/fingerprint.js';

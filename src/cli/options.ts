@@ -96,8 +96,11 @@ export const predictSchema = z.object({
 export const exportSchema = z.object({
   run: opt.text(),
   out: opt.text(),
-  format: opt.choice(['peft', 'table']),
+  format: opt.choice(['peft', 'table', 'onnx']),
   checkpoint: opt.choice(CHECKPOINTS),
+  batch: opt.int(1),
+  top: opt.int(1),
+  externalData: opt.flag(),
   overwrite: opt.flag(),
 });
 

@@ -11,6 +11,7 @@ import { DEFAULT_LOOP, DEFAULT_OPTIM, METHODS, primaryMetric, PTuningSession, ty
 import { DEEP_DEFAULTS, TUNE_LM_DEFAULTS } from '../train/defaults.js';
 import { TrainingInterrupted } from '../train/trainer.js';
 import { exportPeft, exportTable, importPeft } from '../train/export.js';
+import { exportOnnx } from '../export/onnx.js';
 import { readRunConfig } from '../train/files.js';
 import { checkDistinct, checkOutputDir, claimOutputDir, EXPORT_OUTPUTS, presentOutputs, RUN_OUTPUTS, type ClaimedOutput } from '../train/rundir.js';
 import { makeProgress } from '../util/progress.js';
@@ -490,11 +491,14 @@ export function registerTrainCommands(program: Command): void {
 
   program
     .command('export')
-    .description('export the prompt of a run: a PEFT adapter (P_TUNING, PREFIX_TUNING or PROMPT_TUNING) or the bare prompt table')
+    .description('export a run: a PEFT adapter (P_TUNING, PREFIX_TUNING or PROMPT_TUNING), the bare prompt table, or a self-contained ONNX model')
     .requiredOption('--run <dir>', 'run directory')
     .requiredOption('--out <dir>', 'output directory')
-    .option('--format <f>', 'peft|table', 'peft')
+    .option('--format <f>', 'peft|table|onnx (model.onnx + tokenizer.json + ptune.json: the LM with the prompt baked in)', 'peft')
     .option('--checkpoint <which>', 'best|last', 'best')
+    .option('--batch <n>', 'onnx: rows of the exported graph (inputs are [batch, the run\'s max length])', asText, 1)
+    .option('--top <k>', 'onnx, answer tasks: answers returned per row', asText, 5)
+    .option('--external-data', 'onnx: weights in model.onnx.data beside the graph (default: only past 1 GiB)')
     .option('--overwrite', 'replace an export in --out')
     .action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(exportSchema, raw);
@@ -518,9 +522,12 @@ export function registerTrainCommands(program: Command): void {
           console.log(`wrote a ${compat.peftType} adapter (task_type ${compat.taskType}) to ${o.out}`);
           if (!compat.reproducible) notice(`warning: PEFT alone will not reproduce this run (ptune import-peft does): ${compat.notes.join('; ')}`);
           else for (const n of compat.notes) console.log(`  ${n}`);
-        } else {
+        } else if (o.format === 'table') {
           await exportTable(session, out, { beforeWrite });
           console.log(`wrote the prompt table to ${o.out}`);
+        } else {
+          const spec = await exportOnnx(session, out, { batch: o.batch, topK: o.top, externalData: o.externalData ? true : 'auto', beforeWrite });
+          console.log(`wrote an ONNX model (${spec.files.externalData ? `${spec.files.model} + ${spec.files.externalData}` : spec.files.model}, ${spec.files.tokenizer}, ptune.json) to ${o.out}`);
         }
       } finally {
         (claim as ClaimedOutput | undefined)?.release();

@@ -5,17 +5,17 @@ import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { assemble, readWeights, type AssembleOptions } from './assemble.js';
 import { familyFor } from './families.js';
 import { llamaFamily } from './llama.js';
 import { isTokenizerBin, llama2cCheckpointIn, readLlama2c } from './llama2c.js';
-import type { ModelFamily, SpecialIds } from './lm.js';
-import { LanguageModel } from './model.js';
+import type { ModelFamily } from './lm.js';
+import type { LanguageModel } from './model.js';
 import { resolveModel, type ResolveOptions } from '../hub/index.js';
 
-export interface LoadOptions {
-  /** the LM's weights train (joint tuning, fine-tuning); default false (frozen LM) */
-  trainable?: boolean;
+export { createRandomModel, loadModelFrom, specialIds, specialIdsOf } from './assemble.js';
+
+export interface LoadOptions extends AssembleOptions {
   /** how a Hub repository id is resolved (revision, cache, endpoint, token, offline, progress) */
   hub?: ResolveOptions;
 }
@@ -54,18 +54,6 @@ function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
   return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts);
 }
 
-function assemble(
-  family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: LoadOptions,
-  fallback: Partial<SpecialIds> = {},
-): LanguageModel {
-  const vocab = family.describe(config).vocabSize;
-  if (tokenizer.vocabSize > vocab) throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${vocab}`);
-  const special = specialIds(tokenizer, { ...fallback, ...(family.specialIds?.(config) ?? {}) });
-  const lm = new LanguageModel(family, config, params, tokenizer, { source, special });
-  if (opts.trainable) lm.setTrainable(true);
-  return lm;
-}
-
 function readConfig(file: string): Record<string, unknown> {
   let raw: unknown;
   try {
@@ -85,22 +73,6 @@ function checkpoint(dir: string): Map<string, LazyTensor> {
   return checkpointIndex(dir);
 }
 
-/** Each weight read from its file (aliases allowed), shape-checked, as a parameter. */
-function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): ParamMap {
-  const params: ParamMap = new Map();
-  for (const spec of specs) {
-    const found = [spec.name, ...(spec.aliases ?? [])].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
-    if (!found && spec.missing) throw new Error(`${dir}: ${spec.missing}`);
-    if (!found) throw new Error(`${dir}: checkpoint has no tensor "${spec.name}" (expected shape [${spec.shape.join(',')}])`);
-    const [name, t] = found as [string, LazyTensor];
-    if (t.shape.join(',') !== spec.shape.join(',')) {
-      throw new Error(`${t.file}: tensor "${name}": expected shape [${spec.shape.join(',')}] from config.json, found [${t.shape.join(',')}]`);
-    }
-    params.set(spec.name, new Parameter(spec.name, spec.shape, t.read()));
-  }
-  return params;
-}
-
 /** tokenizer.json, else a llama2.c tokenizer .bin. */
 function tokenizerIn(dir: string): TextTokenizer {
   if (fs.existsSync(path.join(dir, 'tokenizer.json'))) return HfTokenizer.fromDir(dir);
@@ -109,60 +81,3 @@ function tokenizerIn(dir: string): TextTokenizer {
   throw new Error(`${path.join(dir, 'tokenizer.json')}: tokenizer file not found`);
 }
 
-/**
- * Special ids: those the tokenizer's files name win; config.json fills the gaps (bos/eos/pad); a pad id
- * falls back to eos, then 0 (padding is masked out, any id works).
- */
-export function specialIds(tok: TextTokenizer, fromConfig: Partial<SpecialIds>): SpecialIds {
-  const fromTok = specialIdsOf(tok);
-  const merged = { ...fromConfig, ...fromTok };
-  return { ...merged, pad: merged.pad ?? merged.eos ?? 0 };
-}
-
-/** Special ids a tokenizer knows: HfTokenizer's configured ones, else the usual token spellings. */
-export function specialIdsOf(tok: TextTokenizer): Partial<SpecialIds> {
-  if (tok instanceof HfTokenizer) return { ...tok.special };
-  const out: Partial<SpecialIds> = {};
-  const spellings: [keyof SpecialIds, string[]][] = [
-    ['pad', ['[PAD]', '<pad>']],
-    ['unk', ['[UNK]', '<unk>']],
-    ['cls', ['[CLS]', '<s>']],
-    ['sep', ['[SEP]', '</s>']],
-    ['mask', ['[MASK]', '<mask>']],
-    ['bos', ['<s>', '<|endoftext|>']],
-    ['eos', ['</s>', '<|endoftext|>']],
-  ];
-  for (const [role, toks] of spellings) {
-    const id = toks.map((t) => tok.tokenToId(t)).find((i) => i !== undefined);
-    if (id !== undefined) out[role] = id;
-  }
-  return out;
-}
-
-/**
- * A model of `modelType` with random weights (seeded, deterministic), for tests and benchmarks: the family's
- * base size with `overrides`; the vocabulary defaults to the tokenizer's. Without a tokenizer a
- * SyntheticTokenizer is used (`[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, then `w5`, ...).
- */
-export function createRandomModel(
-  modelType: string,
-  overrides: Record<string, number | boolean | string>,
-  seed: number,
-  tokenizer?: TextTokenizer,
-  opts: LoadOptions = {},
-): LanguageModel {
-  const family = familyFor(modelType, 'createRandomModel');
-  if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
-  const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
-  const config = family.randomConfig(overrides, vocabSize, modelType);
-  const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
-  const specs = family.weights(config);
-  const values = randomValues(specs, seed);
-  const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
-  // a causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]
-  const known = specialIdsOf(tok);
-  const fallback: Partial<SpecialIds> = {};
-  if (family.kind === 'causal' && known.cls !== undefined) fallback.bos = known.cls;
-  if (family.kind === 'causal' && known.sep !== undefined) fallback.eos = known.sep;
-  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, fallback);
-}

@@ -1,14 +1,63 @@
 import type { Sym } from '../engine/onnx/index.js';
 import type { Program, ProgramBuilder, ProgramGraph } from '../engine/program.js';
 import type { HostTensor, Parameter } from '../engine/tensor.js';
-import { rowsAt } from '../models/common.js';
+import { rowsAt, type PastKv } from '../models/common.js';
 import type { LanguageModel } from '../models/model.js';
 import type { PromptEncoder } from './encoder.js';
 import type { PrefixEncoder } from './prefix.js';
-
-const HEAD = 'head.';
+import type { LmKind } from '../models/lm.js';
 import { crossEntropyOn, type Head } from './heads.js';
 import { batchFeeds, paddedLength, paddedRows, spliceOn, type PromptBatch } from './ptuning.js';
+
+/** A linear head's parameters inside programs: `head.weight`, `head.bias`. */
+export const HEAD = 'head.';
+
+/** The linear head reads the first token of a masked LM ([CLS]); everything else reads the answer position. */
+export function readsFirstToken(head: Head, kind: LmKind): boolean {
+  return head.spec.kind === 'linear' && kind === 'masked';
+}
+
+/** What `answerScores` reads: [B, S] int32 ids, mask and segment ids, [B] answer positions, the prompt rows. */
+export interface AnswerInputs {
+  ids: Sym;
+  attentionMask: Sym;
+  tokenTypeIds?: Sym;
+  positions: Sym;
+  /** [n, tokenDim] prompt embeddings, spliced in where `pseudoMask` [B, S, 1] is 1, row `pseudoIndex` [B, S] */
+  prompts?: Sym;
+  pseudoIndex?: Sym;
+  pseudoMask?: Sym;
+  /** deep prompts: keys and values before the tokens at every layer */
+  past?: PastKv<Sym>;
+  /** the head's own parameters (a linear head) get gradients */
+  train?: boolean;
+}
+
+/**
+ * The P-tuning forward shared by training, evaluation and export: input embeddings with the prompt rows
+ * spliced in → LM → the final hidden state at each row's answer position → head scores [B, classes] (through
+ * the LM head, or a linear head's own weights).
+ */
+export function answerScores(b: ProgramBuilder, lm: LanguageModel, head: Head, x: AnswerInputs): Sym {
+  const { o } = b;
+  const w = lm.weights(b);
+  let embeds = lm.fns.embed(o, w, x.ids);
+  if (x.prompts) embeds = spliceOn(o, embeds, x.prompts, x.pseudoIndex!, x.pseudoMask!);
+  const lmOut = lm.fns.hidden(o, w, {
+    embeds,
+    attentionMask: x.attentionMask,
+    ...(x.tokenTypeIds && { tokenTypeIds: x.tokenTypeIds }),
+    ...(x.past && { past: x.past }),
+    at: x.positions,
+  });
+  const read = lmOut.rows ?? rowsAt(o, lmOut.hidden, x.positions);
+  if (head.params) {
+    const p = (name: string) => b.param(HEAD + name, head.params!.get(name)!.shape, x.train ?? false);
+    return o.dense(read, p('weight'), p('bias'));
+  }
+  const cand = head.candidates ? o.constInt(head.candidates, [head.candidates.length]) : undefined;
+  return head.scoresOn(o, lm.fns.logits(o, w, read, cand));
+}
 
 type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
 
@@ -65,14 +114,9 @@ export class PTuningPrograms {
     return Object.keys(feeds).length ? feeds : null;
   }
 
-  /** The linear head reads the first token of a masked LM ([CLS]); everything else reads the answer position. */
-  private readsFirst(): boolean {
-    return this.head.spec.kind === 'linear' && this.lm.info.kind === 'masked';
-  }
-
   private feedsFor(batch: PromptBatch, rows: number, sp: number): Record<string, HostTensor> {
     const feeds = batchFeeds(batch, rows, sp, this.lm.info);
-    if (this.readsFirst()) feeds.positions = { data: new Int32Array(rows), shape: [rows] };
+    if (readsFirstToken(this.head, this.lm.info.kind)) feeds.positions = { data: new Int32Array(rows), shape: [rows] };
     return feeds;
   }
 
@@ -124,41 +168,27 @@ export class PTuningPrograms {
 
   private program(rows: number, sp: number, out: Output): Program {
     const { lm, encoder, head, prefix } = this;
-    const candidates = head.candidates;
     const train = out.kind === 'train';
     const dropout = out.kind === 'train' && out.dropout;
     const what = out.kind === 'topk' ? `topk ${out.k}${out.masked ? ' masked' : ''}` : out.kind;
     return {
       key: `ptune ${rows}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
       build: (b): ProgramGraph => {
-        const { o } = b;
-        const w = lm.weights(b);
         const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
-        let embeds = lm.fns.embed(o, w, ints('ids', [rows, sp]));
-        if (encoder) {
-          const prompts = encoder.inProgram(b, train, dropout && encoder.hasDropout);
-          embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
-        }
-        const positions = ints('positions', [rows]);
-        const lmOut = lm.fns.hidden(o, w, {
-          embeds,
+        const ids = ints('ids', [rows, sp]);
+        const prompts = encoder ? encoder.inProgram(b, train, dropout && encoder.hasDropout) : null;
+        const scores = answerScores(b, lm, head, {
+          ids,
           attentionMask: ints('attention_mask', [rows, sp]),
           ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
+          positions: ints('positions', [rows]),
+          ...(prompts && { prompts, pseudoIndex: ints('pseudo_index', [rows, sp]), pseudoMask: b.input('pseudo_mask', [rows, sp, 1]) }),
           ...(prefix && { past: prefix.inProgram(b, train, dropout && prefix.hasDropout, rows) }),
-          at: positions,
+          train,
         });
-        const read = lmOut.rows ?? rowsAt(o, lmOut.hidden, positions);
-        let scores: Sym;
-        if (head.params) {
-          const p = (name: string) => b.param(HEAD + name, head.params!.get(name)!.shape, train);
-          scores = o.dense(read, p('weight'), p('bias'));
-        } else {
-          const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
-          scores = head.scoresOn(o, lm.fns.logits(o, w, read, cand));
-        }
         if (out.kind === 'scores') return { outputs: { scores } };
         if (out.kind === 'topk') return { outputs: topK(b, scores, out.k, out.masked) };
-        const loss = crossEntropyOn(o, scores, ints('targets', [rows]));
+        const loss = crossEntropyOn(b.o, scores, ints('targets', [rows]));
         return { outputs: { loss }, loss };
       },
     };

@@ -20,7 +20,7 @@
  * PET), summing the token log-probabilities. That costs one forward pass per token and label and is built on
  * the model, outside this module: `wordTokens()` gives the token ids it needs.
  */
-import fs from 'node:fs';
+import { nodeFs } from '../util/node-fs.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 
 export const TOKEN_RULES: readonly TokenRule[] = ['first', 'mean', 'sum', 'max'];
@@ -122,9 +122,11 @@ export class Verbalizer {
   static parseSpec(spec: string): LabelWords {
     const trimmed = spec.trim();
     if (trimmed.startsWith('{')) return parseJsonSpec(trimmed, 'inline verbalizer');
-    if (/\.json$/i.test(trimmed) || (fs.existsSync(trimmed) && fs.statSync(trimmed).isFile())) {
+    const fs = nodeFs();
+    if (/\.json$/i.test(trimmed) || (fs?.existsSync(trimmed) && fs.statSync(trimmed).isFile())) {
       let text: string;
       try {
+        if (!fs) throw new Error('files can only be read in Node');
         text = fs.readFileSync(trimmed, 'utf8');
       } catch (e) {
         throw new Error(`verbalizer file ${trimmed}: ${(e as Error).message}`);

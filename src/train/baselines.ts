@@ -1,6 +1,6 @@
 import type { Head } from '../prompt/heads.js';
 import { numPseudo, type Template } from '../prompt/template.js';
-import type { Item, PTuningSession } from './session.js';
+import type { Item, PTuning } from './tuning.js';
 
 /** What a run must beat, measured on its dev set before training. */
 export interface Baselines {
@@ -33,7 +33,7 @@ type MetricsFn = (pred: number[], gold: number[], head: Head) => Record<string, 
 
 /** Majority and zero-shot scores of a session's task on the dev records (the LM as it is now). */
 export async function devBaselines(
-  session: PTuningSession,
+  session: PTuning,
   train: readonly Item[],
   dev: readonly Item[],
   devRecords: readonly Record<string, unknown>[],

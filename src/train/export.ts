@@ -7,149 +7,24 @@ import { numPseudo, parseTemplate } from '../prompt/template.js';
 import type { HeadSpec } from '../prompt/heads.js';
 import { UserError } from '../util/errors.js';
 import { writeCheckpointDir, writeFileAtomic, writeJsonAtomic } from './checkpoint.js';
-import { readAdapterConfig, readPlacement, type Placement } from './files.js';
-import { DEFAULT_LOOP, DEFAULT_OPTIM, leadingPseudo, PTuningSession, type RunConfig } from './session.js';
+import { readAdapterConfig, readPlacement } from './files.js';
+import { HEAD_FILE, peftAdapter, PLACEMENT_FILE, type PeftCompatibility } from './peft.js';
+import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from './session.js';
 
-/** ptune's own note inside an exported adapter: how ptune renders the input (PEFT itself ignores this file). */
-type PtunePlacement = Placement;
-
-const PLACEMENT_FILE = 'ptune_template.json';
-const HEAD_FILE = 'ptune_head.safetensors';
-
-export type PeftType = 'P_TUNING' | 'PREFIX_TUNING' | 'PROMPT_TUNING';
-
-/** What Hugging Face PEFT computes from the adapter alone, compared with ptune. */
-export interface PeftCompatibility {
-  peftType: PeftType;
-  taskType: 'CAUSAL_LM' | 'FEATURE_EXTRACTION';
-  /** PEFT's model gives ptune's scores (at the answer position it says) */
-  reproducible: boolean;
-  /** where PEFT's output is read, or why it differs */
-  notes: string[];
-}
-
-/** How the run maps onto PEFT, and what does not carry over. */
-export function peftCompatibility(session: PTuningSession): PeftCompatibility {
-  const c = session.config;
-  const info = session.lm.info;
-  const method = c.method ?? 'ptuning';
-  const peftType: PeftType = method === 'prefix' ? 'PREFIX_TUNING' : method === 'prompt-tuning' ? 'PROMPT_TUNING' : 'P_TUNING';
-  const notes: string[] = [];
-  let reproducible = true;
-  if (method === 'ptuning') {
-    const pseudo = numPseudo(session.template);
-    if (c.peftPrefix === undefined && !(c.peftLayout && leadingPseudo(session.template) === pseudo)) {
-      reproducible = false;
-      notes.push(
-        leadingPseudo(session.template) === pseudo
-          ? `the template's ${pseudo} pseudo tokens come after the start tokens (trained without --peft-layout); PEFT prepends them before everything`
-          : `the template places pseudo tokens between words (${session.template.text}); PEFT can only prepend virtual tokens`,
-      );
-    }
-  }
-  if (method === 'prefix' && info.past?.transformers === false) {
-    reproducible = false;
-    notes.push(`transformers' ${info.family} takes no past keys and values: PEFT would run the model without the prefix, silently`);
-  }
-  if (c.optim.tuneLm) {
-    reproducible = false;
-    notes.push('the LM was tuned jointly: the adapter holds only the prompt, PEFT would run it on the original weights');
-  }
-  if (c.head.kind === 'linear') {
-    reproducible = false;
-    notes.push(`the linear head (${HEAD_FILE}) has no PEFT counterpart (SEQ_CLS adds the model's own pooler and classifier)`);
-  }
-  const taskType = info.kind === 'causal' ? 'CAUSAL_LM' : 'FEATURE_EXTRACTION';
-  const shift = method === 'prefix' ? 0 : session.placedFirst;
-  if (info.kind === 'masked') {
-    notes.push(`masked LM: PEFT has no masked-LM task type; load with task_type FEATURE_EXTRACTION on the *ForMaskedLM model and read the logits at the [MASK] position${shift ? ` + ${shift}` : ''}`);
-  } else {
-    notes.push(`causal LM: the next-token logits at the last input position${shift ? ` + ${shift}` : ''} of PEFT's output`);
-  }
-  if (c.head.kind === 'label') notes.push('the verbalizer (label words → classes) is applied by ptune; PEFT returns vocabulary logits');
-  return { peftType, taskType, reproducible, notes };
-}
-
-function adapterConfig(session: PTuningSession, compat: PeftCompatibility, table: { shape: number[] }): Record<string, unknown> {
-  const info = session.lm.info;
-  const c = session.config;
-  const common = {
-    peft_type: compat.peftType,
-    task_type: compat.taskType,
-    base_model_name_or_path: c.model,
-    revision: null,
-    inference_mode: true,
-    num_virtual_tokens: table.shape[0],
-    num_transformer_submodules: 1,
-    num_layers: info.numLayers,
-  };
-  if (compat.peftType === 'PREFIX_TUNING') {
-    const p = session.prefix!.config;
-    const kvDim = info.numKvHeads * info.headDim;
-    // grouped-query attention: PEFT sizes the prefix by the key/value heads (peft#1901)
-    return { ...common, token_dim: kvDim, num_attention_heads: info.numKvHeads, prefix_projection: p.projection, encoder_hidden_size: p.projection ? p.hiddenSize : kvDim };
-  }
-  const tokenDim = table.shape[1];
-  if (compat.peftType === 'PROMPT_TUNING') {
-    const words = c.promptTuning?.initFromWords;
-    return {
-      ...common, token_dim: tokenDim, num_attention_heads: info.numHeads,
-      prompt_tuning_init: words ? 'TEXT' : 'RANDOM', prompt_tuning_init_text: words ?? null, tokenizer_name_or_path: words ? c.model : null,
-    };
-  }
-  const enc = session.encoder!.config;
-  return {
-    ...common, token_dim: tokenDim, num_attention_heads: info.numHeads,
-    encoder_reparameterization_type: enc.type === 'mlp' ? 'MLP' : 'LSTM',
-    encoder_hidden_size: enc.hiddenSize, encoder_num_layers: enc.lstmLayers, encoder_dropout: enc.dropout,
-  };
-}
-
-function modelCard(compat: PeftCompatibility, config: Record<string, unknown>): string {
-  return [
-    '---', 'library_name: peft', `base_model: ${JSON.stringify(config.base_model_name_or_path)}`, '---', '',
-    `# ${compat.peftType} adapter exported by ptune`, '',
-    compat.reproducible
-      ? 'Hugging Face PEFT reproduces ptune\'s scores from this adapter (`PeftModel.from_pretrained(base, dir)`):'
-      : '**PEFT alone does not reproduce ptune\'s scores from this adapter**; `ptune import-peft` restores the run exactly. Why:',
-    '',
-    ...compat.notes.map((n) => `- ${n}`), '',
-  ].join('\n');
-}
+export { peftCompatibility, type PeftCompatibility, type PeftType } from './peft.js';
 
 /**
- * Writes the frozen prompt as a Hugging Face PEFT adapter (what PEFT saves in inference mode):
- * `adapter_config.json` and `adapter_model.safetensors` holding `prompt_embeddings` —
- * P_TUNING / PROMPT_TUNING: [N, token_dim] input rows; PREFIX_TUNING: [N, layers · 2 · kvDim] keys and values.
- * ptune's rendering (template, head, placement) goes beside it in ptune_template.json, the linear head in
- * ptune_head.safetensors, and README.md says what PEFT reproduces. Each file is written atomically,
- * adapter_config.json (which makes the folder an adapter) last.
+ * Writes the frozen prompt as a Hugging Face PEFT adapter (peft.ts: `peftAdapterFiles`): `adapter_config.json`
+ * and `adapter_model.safetensors` holding `prompt_embeddings` — P_TUNING / PROMPT_TUNING: [N, token_dim] input
+ * rows; PREFIX_TUNING: [N, layers · 2 · kvDim] keys and values. ptune's rendering (template, head, placement)
+ * goes beside it in ptune_template.json, the linear head in ptune_head.safetensors, and README.md says what PEFT
+ * reproduces. Each file is written atomically, adapter_config.json (which makes the folder an adapter) last.
  */
 export async function exportPeft(session: PTuningSession, outDir: string, opts: WriteOptions = {}): Promise<PeftCompatibility> {
-  const table = await session.promptTable();
-  if (!table) throw new UserError('the run has no pseudo tokens or deep prompts: nothing to export');
-  const compat = peftCompatibility(session);
-  const config = adapterConfig(session, compat, table);
-  const headParams = session.head.params;
-  const c = session.config;
-  const placement: PtunePlacement = {
-    template: c.template,
-    ...(c.legacyBertOrder !== undefined && { legacyBertOrder: c.legacyBertOrder }),
-    head: c.head,
-    maxLength: c.maxLength,
-    ...(c.method !== undefined && { method: c.method }),
-    ...(c.peftLayout !== undefined && { peftLayout: c.peftLayout }),
-    ...(c.peftPrefix !== undefined && { peftPrefix: c.peftPrefix }),
-    ...(c.promptTuning !== undefined && { promptTuning: c.promptTuning }),
-    peft: compat,
-  };
+  const { files, compat } = await peftAdapter(session);
   opts.beforeWrite?.();
   fs.mkdirSync(outDir, { recursive: true });
-  writeSafetensors(path.join(outDir, 'adapter_model.safetensors'), { prompt_embeddings: table }, { format: 'pt' });
-  if (headParams) writeSafetensors(path.join(outDir, HEAD_FILE), Object.fromEntries([...headParams].map(([k, p]) => [k, { shape: p.shape, data: p.data }])));
-  writeJsonAtomic(path.join(outDir, PLACEMENT_FILE), placement);
-  writeFileAtomic(path.join(outDir, 'README.md'), modelCard(compat, config));
-  writeJsonAtomic(path.join(outDir, 'adapter_config.json'), config);
+  for (const [name, bytes] of Object.entries(files)) writeFileAtomic(path.join(outDir, name), bytes);
   return compat;
 }
 

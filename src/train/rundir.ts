@@ -35,10 +35,13 @@ export const RUN_OUTPUTS: OutputSpec = {
   marker: 'config.json',
 };
 
-/** `ptune export` (both formats) */
+/** `ptune export` (every format: peft, table, onnx) */
 export const EXPORT_OUTPUTS: OutputSpec = {
   what: 'an export',
-  names: ['adapter_config.json', 'adapter_model.safetensors', 'ptune_template.json', 'ptune_head.safetensors', 'README.md', 'prompt_table.safetensors', 'config.json'],
+  names: [
+    'adapter_config.json', 'adapter_model.safetensors', 'ptune_template.json', 'ptune_head.safetensors', 'README.md', 'prompt_table.safetensors', 'config.json',
+    'model.onnx', 'model.onnx.data', 'tokenizer.json', 'ptune.json',
+  ],
 };
 
 /** `ptune lama`: results per mode and relation, reused by --resume */

@@ -6,7 +6,7 @@
 import fs from 'node:fs';
 import { z } from 'zod';
 import { UserError } from './errors.js';
-import { jsonErrorOffset } from '../data/read.js';
+import { jsonErrorOffset } from '../data/parse.js';
 
 export { z };
 
