@@ -229,3 +229,18 @@ test('CLI: --method prompt-tuning and --head linear train (baselines saved unles
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('deep prompts take the first positions: a maxLength that leaves the prefix no room is refused by name, and long inputs are cut to fit', async () => {
+  const n = 16;
+  const full = bert.info.maxPositions;
+  await assert.rejects(
+    PTuningSession.create(config(modelDir('bert-mini-lama'), '{sentence} It was [MASK] .', { maxLength: full, method: 'prefix', prefix: { numVirtualTokens: n, projection: false } }), bert),
+    new RegExp(`maxLength ${full} and the ${n} prefix positions are more than the ${full} positions .*at most ${full - n}`),
+  );
+  const s = await PTuningSession.create(config(modelDir('bert-mini-lama'), '{sentence} It was [MASK] .', { maxLength: full - n, method: 'prefix', prefix: { numVirtualTokens: n, projection: false } }), bert);
+  const long = [{ sentence: Array.from({ length: 300 }, (_, i) => `w${i % 50}`).join(' '), label: '1' }];
+  const { items } = s.prepare(long, 'long');
+  assert.equal(items[0]!.ex.ids.length, full - n);
+  const scores = await s.scores(items);
+  assert.ok(scores.data.every(Number.isFinite));
+});

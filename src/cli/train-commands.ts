@@ -372,8 +372,9 @@ export function registerTrainCommands(program: Command): void {
       let session: PTuningSession | undefined;
       let claim: ClaimedOutput | undefined;
       try {
-        // the default length is at most the model's positions
-        if (!o.resume && !given('maxLength')) config = { ...config, maxLength: Math.min(config.maxLength, lm.info.maxPositions) };
+        // the default length is at most the positions the model has left after a prefix
+        const room = lm.info.maxPositions - (config.prefix?.numVirtualTokens ?? 0);
+        if (!o.resume && !given('maxLength')) config = { ...config, maxLength: Math.min(config.maxLength, room) };
         checkMaxLength(config.maxLength, lm.info.maxPositions, lm.info.source, o.resume && !given('maxLength') ? `${cfgFile}: maxLength` : '--max-length');
         if (o.answerVocab) {
           const ids = answerVocabIds(lm.tokenizer, o.answerVocab);

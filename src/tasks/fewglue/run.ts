@@ -254,7 +254,8 @@ export function sessionConfig(model: string, lm: LanguageModel, pf: PatternFile,
         ? { kind: 'label', labelField: 'label', labelWords: pf.verbalizer, tokenRule: 'first' }
         : { kind: 'answer', answerField: 'label' },
     encoder: { type: 'lstm', seed },
-    maxLength,
+    // deep prompts take the first positions: the input has the rest
+    maxLength: mode === 'prefix' || mode === 'prefix-linear' ? Math.min(maxLength, lm.info.maxPositions - r.numVirtualTokens) : maxLength,
     skipTooLong: false,
     ...(mode === 'prefix' || mode === 'prefix-linear'
       ? { method: 'prefix' as const, prefix: { numVirtualTokens: r.numVirtualTokens, projection: r.prefixProjection } }
@@ -313,7 +314,7 @@ async function runOne(
     const session = await PTuningSession.create(config, lm);
     try {
       if (CHOICE_TASKS.includes(task)) {
-        const res = await new ChoiceTask(task, session, patternFor(pf, mode), maxLength, seed).run(data, runDir, mode !== 'manual', o.progress);
+        const res = await new ChoiceTask(task, session, patternFor(pf, mode), config.maxLength, seed).run(data, runDir, mode !== 'manual', o.progress);
         preds = res.predictions;
         devScore = res.devScore; bestEpoch = res.bestEpoch; steps = res.steps;
         if (res.threshold !== undefined) pattern += ` (threshold ${res.threshold.toFixed(3)})`;
