@@ -42,7 +42,7 @@ import { prefixed } from '../src/engine/tensor.js';
 import { benchBatch } from './batch.js';
 import { HfTokenizer } from '../src/tokenizers/hf.js';
 import type { QuantizeOptions } from '../src/models/quantize.js';
-import { quantizeFrom } from '../src/cli/options.js';
+import { quantizeFrom, type QuantizeCliOptions } from '../src/cli/options.js';
 
 const PSEUDO = 9;
 
@@ -139,11 +139,11 @@ async function child(key: string, modes: Mode[], reps: number): Promise<void> {
   const def = MODELS[key]!;
   const rt = await getRuntime();
   const quantize = quantizeFrom({
-    quantize: arg('quantize'),
+    quantize: arg('quantize') as QuantizeCliOptions['quantize'],
     quantBlock: arg('quant-block') === undefined ? undefined : Number(arg('quant-block')),
     quantZeroPoints: process.argv.includes('--quant-zero-points'),
     quantSymmetric: process.argv.includes('--quant-symmetric'),
-    quantBackward: arg('quant-backward'),
+    quantBackward: arg('quant-backward') as QuantizeCliOptions['quantBackward'],
   });
   const out: Record<string, unknown> = { model: key, runtime: rt.name, threads: rt.threads, reps };
   let t0 = performance.now();

@@ -169,7 +169,7 @@ test('generate on a masked LM is a one-line error', () => {
 });
 
 test('fill --top 0 is a one-line error', () => {
-  assertOneLineError(ptune('fill', BERT, '[MASK] .', '--top', '0'), /--top: expected a positive integer/);
+  assertOneLineError(ptune('fill', BERT, '[MASK] .', '--top', '0'), /--top: expected an integer ≥ 1, got "0"/);
 });
 
 test('--verbose adds the stack trace', () => {
@@ -193,7 +193,7 @@ test('--threads 1 gives the same fill predictions; a bad thread count is a one-l
   const b = fillTop(one);
   assert.deepEqual(b.map((t) => t.id), a.map((t) => t.id));
   b.forEach((t, i) => assert.ok(Math.abs(t.logit - a[i]!.logit) < 1e-4, `logit ${i}: ${t.logit} vs ${a[i]!.logit}`));
-  assertOneLineError(ptune('--threads', '0', 'info', BERT), /--threads: expected a positive integer, got "0"/);
+  assertOneLineError(ptune('--threads', '0', 'info', BERT), /--threads: expected an integer ≥ 1, got "0"/);
 });
 
 test('without the native binding (PTUNE_DISABLE_NATIVE=1) fill runs on onnxruntime-web with a one-line notice and the same predictions', () => {
@@ -214,5 +214,5 @@ test('--runtime web runs on onnxruntime-web without a notice; an unknown --runti
   const web = ptune('--runtime', 'web', 'fill', BERT, 'paris is the capital of [MASK] .', '--json', '--top', '3');
   assert.equal(web.stderr, '', 'asked for, not a fallback');
   assert.equal((JSON.parse(web.stdout) as FillJson).predictions[0]!.top[0]!.token, 'paris');
-  assertOneLineError(ptune('--runtime', 'foo', 'info', BERT), /--runtime: expected node or web, got "foo"/);
+  assertOneLineError(ptune('--runtime', 'foo', 'info', BERT), /--runtime: expected one of node, web, got "foo"/);
 });

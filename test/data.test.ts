@@ -29,7 +29,7 @@ test('JSONL: a malformed line names the file and its 1-based line', () => {
     assert.ok(!e.message.includes('\n'));
     return true;
   });
-  assert.throws(() => parseJsonl('{"a": 1}\n[1, 2]', 'x.jsonl'), /^Error: x\.jsonl line 2: expected a JSON object, got an array$/);
+  assert.throws(() => parseJsonl('{"a": 1}\n[1, 2]', 'x.jsonl'), /^UserError: x\.jsonl line 2: expected a JSON object, got an array$/);
   assert.throws(() => parseJsonl('null', 'x.jsonl'), /x\.jsonl line 1: expected a JSON object, got null/);
 });
 
@@ -75,7 +75,7 @@ test('CSV: RFC 4180 quoting with commas, doubled quotes and line breaks; CRLF', 
 });
 
 test('CSV: wrong column counts and bad quoting name the line', () => {
-  assert.throws(() => parseCsv('a,b\n1,2\n"multi\nline",2\n3\n', 'd.csv'), /^Error: d\.csv line 5: 1 columns, the header has 2$/);
+  assert.throws(() => parseCsv('a,b\n1,2\n"multi\nline",2\n3\n', 'd.csv'), /^UserError: d\.csv line 5: 1 columns, the header has 2$/);
   assert.throws(() => parseCsv('a,b\n1,2,3', 'd.csv'), /d\.csv line 2: 3 columns, the header has 2/);
   assert.throws(() => parseCsv('a,b\n1,"open\n\n', 'd.csv'), /d\.csv line 2: unterminated quoted field/);
   assert.throws(() => parseCsv('a,b\n1,2\n3,"x"y', 'd.csv'), /d\.csv line 3: unexpected "y" after a closing quote/);
@@ -90,7 +90,7 @@ test('TSV: tabs split fields, quotes are literal, wrong column counts name the l
     { sentence: 'it \'s "fine" , really ', label: '1' },
     { sentence: 'bad', label: '0' },
   ]);
-  assert.throws(() => parseTsv('sentence\tlabel\na\t1\nb\n', 'd.tsv'), /^Error: d\.tsv line 3: 1 columns, the header has 2$/);
+  assert.throws(() => parseTsv('sentence\tlabel\na\t1\nb\n', 'd.tsv'), /^UserError: d\.tsv line 3: 1 columns, the header has 2$/);
   assert.deepEqual(parseTsv('a\tb\n\t\n'), [{ a: '', b: '' }]);
 });
 
@@ -105,7 +105,7 @@ test('readRecords picks the parser by extension and names the file', () => {
     },
     (dir) => {
       const file = (name: string) => path.join(dir, name);
-      assert.throws(() => readRecords(file('d.jsonl')), new RegExp(`^Error: ${file('d.jsonl')} line 2: `));
+      assert.throws(() => readRecords(file('d.jsonl')), new RegExp(`^UserError: ${file('d.jsonl')} line 2: `));
       assert.deepEqual(readRecords(file('d.json')), [{ x: 1 }]);
       assert.deepEqual(readRecords(file('d.csv')), [{ x: '1', y: 'a,b' }]);
       assert.deepEqual(readRecords(file('d.tsv')), [{ x: '1', y: 'a,b' }]);

@@ -140,7 +140,7 @@ test('case templates and non-label files are validated too', () => {
     edit(j);
     return () => parsePatternFile(j, 'c.json');
   };
-  assert.throws(broken((j) => { j.verbalizer = { 0: ['a'] }; }), /^Error: c\.json: verbalizer: not used by "choice" tasks/);
+  assert.throws(broken((j) => { j.verbalizer = { 0: ['a'] }; }), /^UserError: c\.json: verbalizer: not used by "choice" tasks/);
   assert.throws(broken((j) => { j.patterns[0].template.by = 'premise'; }), /c\.json: patterns\[0\]\.template\.by: must name one of the fields/);
   assert.throws(broken((j) => { j.patterns[1].template.cases.effect = '{premise_bare} so [MASK]'; }), /patterns\[1\]\.template\.cases: all cases must have the same number of pseudo tokens/);
   assert.throws(broken((j) => { (j.patterns[0].template as Record<string, unknown>).when = 1; }), /patterns\[0\]\.template\.when: unknown key/);
@@ -152,7 +152,7 @@ test('loadPatterns reads a directory and reports bad JSON with the file', () => 
   writeFileSync(path.join(dir, 'cb.json'), '{"task": "cb",');
   writeFileSync(path.join(dir, 'wic.json'), JSON.stringify(base()));
   assert.equal(loadPatterns('rte', dir).file, path.join(dir, 'rte.json'));
-  assert.throws(() => loadPatterns('cb', dir), new RegExp(`^Error: ${path.join(dir, 'cb.json').replace(/[.\\]/g, '\\$&')}: invalid JSON`));
+  assert.throws(() => loadPatterns('cb', dir), new RegExp(`^UserError: ${path.join(dir, 'cb.json').replace(/[.\\]/g, '\\$&')} line 1 column 15: not valid JSON`));
   assert.throws(() => loadPatterns('wic', dir), /wic\.json: task: is "rte" but the file is for wic/);
   assert.throws(() => loadPatterns('boolq', dir), /cannot read .*boolq\.json/);
 });

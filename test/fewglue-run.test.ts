@@ -131,7 +131,7 @@ test('CLI: bad arguments exit 2 with one line', async () => {
   const cases: [string[], RegExp][] = [
     [['--model', BERT, '--task', 'sst2,foo', '--out', tmp()], /^ptune: --task: unknown task "foo"/],
     [['--model', BERT, '--task', 'rte', '--mode', 'zero', '--out', tmp()], /^ptune: --mode: unknown mode "zero"/],
-    [['--model', BERT, '--task', 'rte', '--seeds', '0', '--out', tmp()], /^ptune: --seeds must be at least 1/],
+    [['--model', BERT, '--task', 'rte', '--seeds', '0', '--out', tmp()], /^ptune: --seeds: expected an integer ≥ 1, got "0"/],
     [['--model', BERT, '--task', 'rte', '--seeds', 'x', '--out', tmp()], /expected an integer/],
     [['--model', BERT, '--out', tmp()], /required option '--task/],
   ];

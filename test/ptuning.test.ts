@@ -124,7 +124,7 @@ test('PEFT export then import gives identical predictions', async () => {
   const exported = readSafetensors(path.join(adapter, 'adapter_model.safetensors')).tensors.get('prompt_embeddings')!;
   assert.deepEqual(exported.data, readSafetensors(path.join(runDir, 'best/prompt_table.safetensors')).tensors.get('prompt_embeddings')!.data);
   const imported = tmp();
-  importPeft({ adapterDir: adapter, model: bertDir, runDir: imported });
+  await importPeft({ adapterDir: adapter, model: bertDir, runDir: imported }, lm);
   const back = await PTuningSession.load(imported, 'best', lm);
   assert.equal(back.encoder!.config.type, 'embedding');
   const dev = facts('dev', 30);
@@ -138,14 +138,14 @@ test('PEFT export then import gives identical predictions', async () => {
   // PEFT's own placement (no ptune_template.json): every virtual token before [CLS]
   fs.rmSync(path.join(adapter, 'ptune_template.json'));
   const prefixed = tmp();
-  assert.throws(() => importPeft({ adapterDir: adapter, model: bertDir, runDir: prefixed }), /give --template/);
-  importPeft({
+  await assert.rejects(importPeft({ adapterDir: adapter, model: bertDir, runDir: prefixed }, lm), /give --template/);
+  await importPeft({
     adapterDir: adapter,
     model: bertDir,
     runDir: prefixed,
     template: '{sub_label} [MASK] .',
     head: { kind: 'answer', answerField: 'obj_label' },
-  });
+  }, lm);
   const peftSession = await PTuningSession.load(prefixed, 'best', lm);
   const { items } = peftSession.prepare(dev.slice(0, 1), 'dev');
   assert.deepEqual(items[0]!.ex.pseudoPositions, [0, 1, 2, 3]);

@@ -14,7 +14,10 @@ import { linearWeights } from '../src/models/quantize.js';
 import { PromptEncoder } from '../src/prompt/encoder.js';
 import { makeHead } from '../src/prompt/heads.js';
 import { PTuningPrograms } from '../src/prompt/programs.js';
-import { collate } from '../src/prompt/render.js';
+import { collate, renderExample } from '../src/prompt/render.js';
+import { PrefixEncoder } from '../src/prompt/prefix.js';
+import { parseTemplate } from '../src/prompt/template.js';
+import { modelFingerprint, fingerprintOf } from '../src/serve/fingerprint.js';
 import { modelDir, runCli, shared } from './fixtures.js';
 
 const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-quant-test-'));
@@ -263,6 +266,54 @@ test('P-tuning a quantized LM: the step trains the encoder only and its gradient
     const cos = dot / Math.sqrt(na * nb);
     assert.ok(cos >= (bits === 8 ? 0.99 : 0.9), `int${bits}: cosine ${cos}`);
     assert.ok(Math.abs(got.loss - ref.loss) <= (bits === 8 ? 0.05 : 0.5) * Math.abs(ref.loss), `int${bits}: loss ${got.loss} vs ${ref.loss}`);
+  }
+});
+
+test('deep prompts over a quantized LM: the fp32 prefix alone trains, its gradient points where fp32 does (bert, gpt2)', async () => {
+  for (const name of ['bert-mini-lama', 'gpt2-mini-lama']) {
+    const grads = async (opts: LoadOptions) => {
+      const lm = await loadModel(modelDir(name), opts);
+      const prefix = new PrefixEncoder({ numVirtualTokens: 4, projection: false, seed: 3 }, lm.info);
+      const head = makeHead({ kind: 'answer', answerField: 'a' }, lm.tokenizer, lm.info.vocabSize);
+      const t = parseTemplate(lm.info.kind === 'masked' ? 'The capital of {x} is [MASK] .' : 'The capital of {x} is [MASK]');
+      const rows = ['France', 'Italy', 'Japan'].map((x, i) => renderExample(t, { x }, lm.tokenizer, lm.info, { maxLength: 32, index: i })!);
+      const r = await new PTuningPrograms(lm, null, head, prefix).lossAndGrads(collate(rows, lm.info), [3000, 4000, 5000]);
+      assert.deepEqual(r.graded, [...prefix.params.values()], `${name}: only the prefix trains`);
+      const g = Float32Array.from(r.graded.flatMap((x) => Array.from(x.grad)));
+      lm.dispose();
+      return { loss: r.loss, g };
+    };
+    const ref = await grads({});
+    for (const bits of [8, 4] as const) {
+      const got = await grads(q(bits));
+      let dot = 0, na = 0, nb = 0;
+      for (let i = 0; i < ref.g.length; i++) {
+        dot += ref.g[i]! * got.g[i]!;
+        na += ref.g[i]! ** 2;
+        nb += got.g[i]! ** 2;
+      }
+      const cos = dot / Math.sqrt(na * nb);
+      assert.ok(Number.isFinite(got.loss) && cos >= (bits === 8 ? 0.99 : 0.9), `${name} int${bits}: cosine ${cos}, loss ${got.loss} vs ${ref.loss}`);
+    }
+  }
+});
+
+test('a quantized model has the fingerprint of its float weights: prompts tuned on the same base serve on it', async () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-quant-fp-'));
+  try {
+    // a copy elsewhere: the fingerprint comes from the weights, not the path
+    for (const f of fs.readdirSync(modelDir('bert-mini-lama'))) fs.copyFileSync(path.join(modelDir('bert-mini-lama'), f), path.join(dir, f));
+    const float = await loadModel(modelDir('bert-mini-lama'));
+    const quantized = await loadModel(dir, q(8));
+    assert.deepEqual(modelFingerprint(quantized), modelFingerprint(float));
+    assert.deepEqual(await fingerprintOf(modelDir('bert-mini-lama'), quantized), modelFingerprint(quantized));
+    // remembered in the store: a second load of the same store answers without reading the float weights
+    const again = await loadModel(dir, q(8));
+    assert.ok(fs.existsSync(path.join(again.info.quantization!.store, 'float-weights.sha256')));
+    assert.deepEqual(modelFingerprint(again), modelFingerprint(float));
+    for (const lm of [float, quantized, again]) lm.dispose();
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
   }
 });
 

@@ -1,5 +1,5 @@
+import path from 'node:path';
 import type { Command } from 'commander';
-import { InvalidArgumentError } from 'commander';
 import {
   parseModes,
   runLama,
@@ -9,47 +9,10 @@ import {
   type LamaTrainSettings,
 } from '../tasks/lama/run.js';
 import type { FactSet, LamaSplit, VocabStrategy } from '../tasks/lama/data.js';
-import { addQuantizeOptions, parseFloatOption, parseIntOption, parseListOption, quantizeFrom, type QuantizeCliOptions } from './options.js';
+import { checkOutputDir, claimOutputDir, LAMA_OUTPUTS, type ClaimedOutput } from '../train/rundir.js';
+import { addQuantizeOptions, lamaSchema, parseListOption, parseOptions, quantizeFrom } from './options.js';
+import { asText } from './options.js';
 
-interface LamaCliOptions extends QuantizeCliOptions {
-  model: string;
-  data: string;
-  out: string;
-  relations: string;
-  split: LamaSplit;
-  vocab: VocabStrategy;
-  mode: string[];
-  jobs?: number;
-  seed: number;
-  template?: string;
-  pseudo: number;
-  preset: 'mini' | 'thudm';
-  lr?: number;
-  weightDecay?: number;
-  schedule?: LamaTrainSettings['schedule'];
-  gamma?: number;
-  epochs?: number;
-  patience?: number;
-  batchSize?: number;
-  ftLr?: number;
-  ftWeightDecay?: number;
-  ftEpochs?: number;
-  ftPatience?: number;
-  ftBatchSize?: number;
-  maxTrain?: number;
-  maxDev?: number;
-  maxTest?: number;
-  topK: number;
-  keepCheckpoints?: boolean;
-  quiet?: boolean;
-}
-
-function choice<T extends string>(name: string, values: readonly T[]) {
-  return (v: string): T => {
-    if (!(values as readonly string[]).includes(v)) throw new InvalidArgumentError(`${name} must be one of ${values.join(', ')}`);
-    return v as T;
-  };
-}
 
 function defined<T extends object>(o: T): Partial<T> {
   return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>;
@@ -63,36 +26,41 @@ export function registerLamaCommand(program: Command): void {
     .description('LAMA knowledge probing: majority, manual prompts, P-tuning, manual+P-tuning and fine-tuning, per relation')
     .requiredOption('--model <dir>', 'model directory or checkpoint')
     .requiredOption('--data <dir>', 'LAMA data directory (fact-retrieval/, relations.jsonl, 29k-vocab.json)')
-    .requiredOption('--out <dir>', 'output folder (results are resumed from it)')
+    .requiredOption('--out <dir>', 'output folder (--resume reuses its finished tasks)')
     .option('--relations <list>', 'all, complete (train+dev+test files) or ids like P19,P20', 'all')
-    .option('--split <name>', 'original or trex', choice('--split', ['original', 'trex'] as const), 'original')
-    .option('--vocab <name>', 'answer vocabulary: 29k, 34k or full', choice('--vocab', ['29k', '34k', 'full'] as const), '29k')
-    .option('--mode <modes...>', 'majority, manual, ptune, manual+ptune, finetune (several allowed)', ['manual'])
-    .option('--jobs <n>', 'worker processes (default: number of cores)', parseIntOption)
-    .option('--seed <n>', 'training seed (encoder init and batch order)', parseIntOption, 13)
+    .option('--split <name>', 'original or trex', 'original')
+    .option('--vocab <name>', 'answer vocabulary: 29k, 34k or full', '29k')
+    .option('--mode <modes...>', 'majority, manual, ptune, manual+ptune, ptune-lm, prefix, prompt-tuning, finetune (several allowed)', ['manual'])
+    .option('--jobs <n>', 'worker processes (default: number of cores)')
+    .option('--seed <n>', 'training seed (encoder init and batch order)', asText, 13)
     .option('--template <t>', 'ptune template: tuple like 3,3,3 or template text (default 3,3,3; causal LMs 3,3,0)')
-    .option('--pseudo <n>', 'manual+ptune: pseudo tokens per gap', parseIntOption, 3)
-    .option('--preset <name>', 'training defaults: mini (tuned for the H=128 mini models) or thudm', choice('--preset', ['mini', 'thudm'] as const), 'mini')
-    .option('--lr <x>', `prompt encoder learning rate (default ${PTUNE_DEFAULTS.lr})`, parseFloatOption)
-    .option('--weight-decay <x>', 'prompt encoder weight decay', parseFloatOption)
-    .option('--schedule <s>', 'constant, linear or exponential (per epoch)', choice('--schedule', ['constant', 'linear', 'exponential'] as const))
-    .option('--gamma <x>', 'exponential schedule: lr factor per epoch', parseFloatOption)
-    .option('--epochs <n>', `ptune epochs (default ${PTUNE_DEFAULTS.epochs})`, parseIntOption)
-    .option('--patience <n>', `ptune: stop after n epochs without dev gain (default ${PTUNE_DEFAULTS.patience})`, parseIntOption)
-    .option('--batch-size <n>', `ptune batch size (default ${PTUNE_DEFAULTS.batchSize})`, parseIntOption)
-    .option('--ft-lr <x>', `finetune: LM learning rate (default ${FINETUNE_DEFAULTS.lr})`, parseFloatOption)
-    .option('--ft-weight-decay <x>', 'finetune: LM weight decay', parseFloatOption)
-    .option('--ft-epochs <n>', `finetune epochs (default ${FINETUNE_DEFAULTS.epochs})`, parseIntOption)
-    .option('--ft-patience <n>', `finetune patience (default ${FINETUNE_DEFAULTS.patience})`, parseIntOption)
-    .option('--ft-batch-size <n>', 'finetune batch size', parseIntOption)
-    .option('--max-train <n>', 'cap train facts per relation (seeded sample)', parseIntOption)
-    .option('--max-dev <n>', 'cap dev facts per relation', parseIntOption)
-    .option('--max-test <n>', 'cap test facts per relation', parseIntOption)
-    .option('--top-k <n>', 'answers per fact in the predictions files', parseIntOption, 10)
+    .option('--pseudo <n>', 'manual+ptune: pseudo tokens per gap', asText, 3)
+    .option('--preset <name>', 'training defaults: mini (tuned for the H=128 mini models) or thudm', 'mini')
+    .option('--lr <x>', `prompt encoder learning rate (default ${PTUNE_DEFAULTS.lr})`)
+    .option('--weight-decay <x>', 'prompt encoder weight decay')
+    .option('--schedule <s>', 'constant, linear or exponential (per epoch)')
+    .option('--gamma <x>', 'exponential schedule: lr factor per epoch')
+    .option('--epochs <n>', `ptune epochs (default ${PTUNE_DEFAULTS.epochs})`)
+    .option('--patience <n>', `ptune: stop after n epochs without dev gain (default ${PTUNE_DEFAULTS.patience})`)
+    .option('--batch-size <n>', `ptune batch size (default ${PTUNE_DEFAULTS.batchSize})`)
+    .option('--ft-lr <x>', `finetune: LM learning rate (default ${FINETUNE_DEFAULTS.lr})`)
+    .option('--ft-weight-decay <x>', 'finetune: LM weight decay')
+    .option('--ft-epochs <n>', `finetune epochs (default ${FINETUNE_DEFAULTS.epochs})`)
+    .option('--ft-patience <n>', `finetune patience (default ${FINETUNE_DEFAULTS.patience})`)
+    .option('--ft-batch-size <n>', 'finetune batch size')
+    .option('--max-train <n>', 'cap train facts per relation (seeded sample)')
+    .option('--max-dev <n>', 'cap dev facts per relation')
+    .option('--max-test <n>', 'cap test facts per relation')
+    .option('--top-k <n>', 'answers per fact in the predictions files', asText, 10)
     .option('--keep-checkpoints', "keep finetune's per-relation LM checkpoints")
+    .option('--resume', 'reuse the finished tasks of the results in --out')
+    .option('--overwrite', 'replace the results in --out')
     .option('--quiet', 'no progress display');
-  addQuantizeOptions(cmd).action(async (o: LamaCliOptions) => {
+  addQuantizeOptions(cmd).action(async (raw: Record<string, unknown>) => {
+      const o = parseOptions(lamaSchema, raw);
       const quantize = quantizeFrom(o);
+      const out = path.resolve(o.out);
+      checkOutputDir(out, LAMA_OUTPUTS, { resume: o.resume, overwrite: o.overwrite });
       const base = o.preset === 'thudm' ? THUDM_TRAIN : PTUNE_DEFAULTS;
       const ftBase = o.preset === 'thudm' ? THUDM_TRAIN : FINETUNE_DEFAULTS;
       const ptune: LamaTrainSettings = {
@@ -113,6 +81,7 @@ export function registerLamaCommand(program: Command): void {
       };
       const relations = o.relations === 'all' || o.relations === 'complete' ? o.relations : parseListOption(o.relations);
       const maxFacts: Partial<Record<FactSet, number>> = defined({ train: o.maxTrain, dev: o.maxDev, test: o.maxTest });
+      let claim: ClaimedOutput | undefined;
       const r = await runLama({
         model: o.model,
         data: o.data,
@@ -133,7 +102,11 @@ export function registerLamaCommand(program: Command): void {
         ...(quantize && { quantize }),
         quiet: o.quiet,
         command: ['ptune', ...process.argv.slice(2)].join(' '),
-      });
+        beforeWrite: () => {
+          claim = claimOutputDir(out, LAMA_OUTPUTS, { resume: o.resume, overwrite: o.overwrite }, (line) => process.stderr.write(`ptune: ${line}\n`));
+          claim.clear();
+        },
+      }).finally(() => (claim as ClaimedOutput | undefined)?.release());
       console.log(`${r.computed} tasks computed, ${r.reused} reused, ${r.seconds.toFixed(1)} s`);
       for (const mode of r.report.modes) {
         const s = r.report.summary[mode]!;

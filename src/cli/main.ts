@@ -3,13 +3,31 @@ import { registerModelCommands } from './model-commands.js';
 import { registerLamaCommand } from './lama-command.js';
 import { registerTrainCommands } from './train-commands.js';
 import { registerFewGlueCommand } from './fewglue-command.js';
+import { registerServeCommands } from './serve-commands.js';
 import { UserError } from '../util/errors.js';
+import { globalSchema, parseOptions } from './options.js';
+
+/**
+ * `ptune` entry point. Returns the exit code; errors print one line (the stack only with --verbose).
+ */
+const GLOBAL_OPTIONS = '--runtime node|web, --threads N, --verbose';
+
+/** Commander's own error line, as ptune's: an unknown option says what is accepted. */
+function commanderMessage(text: string, argv: string[], commands: string[]): string {
+  const msg = text.trim().replace(/^error: /, '').replace(/\s*\n\s*/g, ' ');
+  if (/^unknown option/.test(msg)) {
+    const command = argv.slice(2).find((a) => commands.includes(a));
+    return `${msg} (global options: ${GLOBAL_OPTIONS}; \`ptune ${command ?? '<command>'} --help\` lists ${command ? 'its' : 'a command\'s'} own)`;
+  }
+  return msg;
+}
 
 /**
  * `ptune` entry point. Returns the exit code; errors print one line (the stack only with --verbose).
  */
 export async function main(argv: string[]): Promise<number> {
   const program = new Command();
+  let commanderError = '';
   program
     .name('ptune')
     .description('P-tuning (GPT Understands, Too): continuous prompts for BERT, GPT-2 and Llama on Node')
@@ -17,30 +35,40 @@ export async function main(argv: string[]): Promise<number> {
     .option('--threads <n>', 'ONNX Runtime threads (default: the number of cores)')
     .option('--runtime <name>', 'node (onnxruntime-node, default) or web (onnxruntime-web, WebAssembly)')
     .exitOverride()
-    .configureOutput({ writeErr: (s) => process.stderr.write(s) });
+    .configureOutput({
+      writeErr: (s) => process.stderr.write(s),
+      outputError: (s) => {
+        commanderError = s;
+      },
+    });
   program.hook('preAction', (cmd) => {
-    const { threads, runtime } = cmd.opts() as { threads?: string; runtime?: string };
-    if (threads !== undefined) {
-      const n = Number(threads);
-      if (!Number.isInteger(n) || n < 1) throw new UserError(`--threads: expected a positive integer, got ${JSON.stringify(threads)}`);
-      process.env.PTUNE_THREADS = String(n);
-    }
-    if (runtime !== undefined) {
-      if (runtime !== 'node' && runtime !== 'web') throw new UserError(`--runtime: expected node or web, got ${JSON.stringify(runtime)}`);
-      process.env.PTUNE_RUNTIME = runtime;
-    }
+    const { threads, runtime } = parseOptions(globalSchema, cmd.opts());
+    if (threads !== undefined) process.env.PTUNE_THREADS = String(threads);
+    if (runtime !== undefined) process.env.PTUNE_RUNTIME = runtime;
   });
 
   registerModelCommands(program);
   registerLamaCommand(program);
   registerTrainCommands(program);
   registerFewGlueCommand(program);
+  registerServeCommands(program);
+  // every command's errors go through the same output (subcommands copy it when they are made)
+  for (const c of program.commands) {
+    c.exitOverride().configureOutput({ writeErr: (s) => process.stderr.write(s), outputError: (s) => (commanderError = s) });
+  }
 
   try {
     await program.parseAsync(argv);
     return 0;
   } catch (err) {
-    if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2;
+    if (err instanceof CommanderError) {
+      if (err.exitCode === 0) return 0;
+      // the help was written (ptune without a command): that is the message
+      if (err.code === 'commander.help' || err.code === 'commander.helpDisplayed') return 2;
+      const names = program.commands.map((c) => c.name());
+      process.stderr.write(`ptune: ${commanderMessage(commanderError || err.message, argv, names)}\n`);
+      return 2;
+    }
     const verbose = argv.includes('--verbose');
     const msg = err instanceof Error ? err.message : String(err);
     process.stderr.write(`ptune: ${msg.split('\n')[0]}\n`);

@@ -1,3 +1,5 @@
+import fs from 'node:fs';
+import path from 'node:path';
 import type { Command } from 'commander';
 import { initEngine } from '../engine/index.js';
 import { loadModel } from '../models/load.js';
@@ -6,7 +8,10 @@ import type { LanguageModel } from '../models/model.js';
 import { paddedLength } from '../prompt/ptuning.js';
 import { sequenceWrap } from '../prompt/render.js';
 import { UserError } from '../util/errors.js';
-import { addQuantizeOptions, parseFloatOption, parseIntOption, quantizeFrom, type QuantizeCliOptions } from './options.js';
+import { addQuantizeOptions, fillSchema, generateSchema, infoSchema, parseOptions, quantizeFrom, type GenerateOptions } from './options.js';
+import { asText } from './options.js';
+import { PromptTable, TaskInputError } from '../serve/table.js';
+
 
 export interface TopToken {
   id: number;
@@ -101,7 +106,8 @@ export function registerModelCommands(program: Command): void {
     .description('show a model: family, parameter count, vocabulary, layers, hidden size, heads')
     .argument('<model>', 'model directory (Hugging Face layout) or llama2.c checkpoint')
     .option('--json', 'print JSON');
-  addQuantizeOptions(info, 'the model').action(async (model: string, opts: { json?: boolean } & QuantizeCliOptions) => {
+  addQuantizeOptions(info, 'the model').action(async (model: string, raw: Record<string, unknown>) => {
+      const opts = parseOptions(infoSchema, raw);
       const quantize = quantizeFrom(opts);
       await initEngine();
       const lm = await loadModel(model, { quantize });
@@ -131,10 +137,10 @@ export function registerModelCommands(program: Command): void {
     .description('masked LM: top predictions at each [MASK]; causal LM: the next token after the text')
     .argument('<model>', 'model directory or checkpoint')
     .argument('<text>', 'input text, with [MASK] for a masked LM')
-    .option('--top <k>', 'predictions per position', parseIntOption, 10)
+    .option('--top <k>', 'predictions per position (≥ 1)', asText, 10)
     .option('--json', 'print JSON');
-  addQuantizeOptions(fillCmd, 'the model').action(async (model: string, text: string, opts: { top: number; json?: boolean } & QuantizeCliOptions) => {
-      if (opts.top < 1) throw new UserError(`--top: expected a positive integer, got ${opts.top}`);
+  addQuantizeOptions(fillCmd, 'the model').action(async (model: string, text: string, raw: Record<string, unknown>) => {
+      const opts = parseOptions(fillSchema, raw);
       const quantize = quantizeFrom(opts);
       await initEngine();
       const lm = await loadModel(model, { quantize });
@@ -152,16 +158,22 @@ export function registerModelCommands(program: Command): void {
 
   const generateCmd = program
     .command('generate')
-    .description('generate text with a causal LM (greedy at temperature 0, KV cache)')
-    .argument('<model>', 'model directory or checkpoint')
+    .description('generate text with a causal LM (greedy at temperature 0, KV cache); with --run, after a tuned prompt and a record')
+    .argument('[model]', 'model directory or checkpoint (not with --run: the run names its model)')
     .option('--prompt <text>', 'prompt text (empty: start from BOS)', '')
-    .option('--max-new-tokens <n>', 'tokens to generate', parseIntOption, 64)
-    .option('--temperature <t>', 'sampling temperature; 0 = greedy', parseFloatOption, 0)
-    .option('--top-p <p>', 'nucleus sampling mass', parseFloatOption, 1)
-    .option('--seed <n>', 'sampling seed', parseIntOption, 0);
-  addQuantizeOptions(generateCmd, 'the model').action(async (model: string, opts: { prompt: string; maxNewTokens: number; temperature: number; topP: number; seed: number } & QuantizeCliOptions) => {
-      if (opts.maxNewTokens < 0) throw new UserError(`--max-new-tokens: expected a non-negative integer, got ${opts.maxNewTokens}`);
+    .option('--run <dir>', "a P-tuning run: generate after its template filled with --text's record, its prompt at the pseudo tokens")
+    .option('--text <json>', 'with --run: the record as JSON, e.g. \'{"sub_label":"Paris"}\'')
+    .option('--max-new-tokens <n>', 'tokens to generate (≥ 0)', asText, 64)
+    .option('--temperature <t>', 'sampling temperature (≥ 0); 0 = greedy', asText, 0)
+    .option('--top-p <p>', 'nucleus sampling mass, in (0, 1]', asText, 1)
+    .option('--seed <n>', 'sampling seed', asText, 0)
+    .option('--stop <s>', 'stop string: the text ends before it (repeatable)', (v: string, all: string[]) => [...all, v], [] as string[])
+    .option('--json', 'with --run: print {"text", "tokens", "finish_reason"}');
+  addQuantizeOptions(generateCmd, 'the model').action(async (model: string | undefined, raw: Record<string, unknown>) => {
+      const opts = parseOptions(generateSchema, raw);
       const quantize = quantizeFrom(opts);
+      if (opts.run) return generateWithRun(model, opts);
+      if (!model) throw new UserError('give a model directory, or --run RUNDIR --text JSON');
       await initEngine();
       const lm = await loadModel(model, { quantize });
       if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
@@ -173,11 +185,49 @@ export function registerModelCommands(program: Command): void {
         topP: opts.topP,
         seed: opts.seed,
         stopAtEos: true,
+        stop: opts.stop.length ? opts.stop : undefined,
       });
       // decode prompt + continuation together: spacing between them is the tokenizer's call ("time" + "," → "time,")
       const head = lm.tokenizer.decode(ids, { skipSpecial: true });
       const full = lm.tokenizer.decode([...ids, ...out], { skipSpecial: true });
-      process.stdout.write((full.startsWith(head) ? opts.prompt + full.slice(head.length) : full) + '\n');
+      let text = full.startsWith(head) ? opts.prompt + full.slice(head.length) : full;
+      for (const s of opts.stop) {
+        const at = text.indexOf(s, opts.prompt.length);
+        if (s && at >= 0) text = text.slice(0, at);
+      }
+      process.stdout.write(text + '\n');
       lm.dispose();
     });
+}
+
+type GenerateCliOptions = GenerateOptions;
+
+/** `ptune generate --run RUN --text JSON`: the run's task in a one-task prompt table, generating after the record. */
+async function generateWithRun(model: string | undefined, opts: GenerateCliOptions): Promise<void> {
+  if (model) throw new UserError('--run names its model: give no model argument with it');
+  if (!opts.text) throw new UserError('--run needs --text JSON (the record its template is filled with)');
+  let record: Record<string, unknown>;
+  try {
+    record = JSON.parse(opts.text) as Record<string, unknown>;
+  } catch (e) {
+    throw new UserError(`--text is not valid JSON: ${(e as Error).message}`);
+  }
+  if (!record || typeof record !== 'object' || Array.isArray(record)) throw new UserError('--text must be a JSON object (one record)');
+  const cfgFile = path.join(opts.run!, 'config.json');
+  if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
+  const { model: base } = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model: string };
+  await initEngine();
+  const lm = await loadModel(base, { quantize: quantizeFrom(opts) });
+  if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
+  const table = PromptTable.create(lm);
+  await table.addRun('run', opts.run!);
+  let g;
+  try {
+    g = await table.generate('run', record, { maxNewTokens: opts.maxNewTokens, temperature: opts.temperature, topP: opts.topP, seed: opts.seed, stop: opts.stop });
+  } catch (e) {
+    if (e instanceof TaskInputError) throw new UserError(`--text: ${e.message}`);
+    throw e;
+  }
+  process.stdout.write((opts.json ? JSON.stringify({ text: g.text, tokens: g.tokens, finish_reason: g.finishReason }) : g.text) + '\n');
+  lm.dispose();
 }

@@ -106,6 +106,8 @@ export interface Ops<T> {
   transpose(x: T, perm: number[]): T;
   reshape(x: T, shape: number[]): T;
   expandDims(x: T, axis: number): T;
+  /** x broadcast to `shape` (numpy rules; size-1 axes repeat) */
+  expand(x: T, shape: number[]): T;
   cast(x: T, dtype: 'float32' | 'int32'): T;
 
 }

@@ -138,6 +138,8 @@ interface Compiled {
   session: RuntimeSession;
   /** bytes of the constants the session holds (quantized weights; ONNX Runtime keeps them prepacked) */
   constantBytes: number;
+  /** frozen parameters bound into the session (Runtime.bakeFrozenWeights): name, parameter, the array bound */
+  baked: [string, Parameter, Float32Array][];
   inputs: Set<string>;
   outputs: string[];
   /** parameters the compiled graph reads */
@@ -177,7 +179,13 @@ export class ProgramCache {
 
   /** Runs `program`; feeds holds the data inputs (extra ones are ignored), `lookup` the parameters. */
   async run(program: Program, feeds: Record<string, HostTensor>, lookup: ParamLookup): Promise<ProgramResult> {
-    const compiled = await this.compiled(program);
+    let compiled = await this.compiled(program, lookup);
+    if (compiled.baked.some(([name, p, data]) => lookup(name) !== p || p.data !== data)) {
+      // another model (or new arrays) behind the same key: the bound weights are not these
+      this.entries.delete(program.key);
+      void compiled.session.release().catch(() => undefined);
+      compiled = await this.compiled(program, lookup);
+    }
     const all: Record<string, HostTensor> = {};
     for (const [name, t] of Object.entries(feeds)) if (compiled.inputs.has(name)) all[name] = t;
     const graded: Parameter[] = [];
@@ -209,14 +217,14 @@ export class ProgramCache {
     return result;
   }
 
-  private compiled(program: Program): Promise<Compiled> {
+  private compiled(program: Program, lookup: ParamLookup): Promise<Compiled> {
     const hit = this.entries.get(program.key);
     if (hit) {
       this.entries.delete(program.key);
       this.entries.set(program.key, hit);
       return hit;
     }
-    const made = compile(program);
+    const made = compile(program, lookup);
     this.entries.set(program.key, made);
     made.then(
       (c) => {
@@ -252,9 +260,20 @@ export class ProgramCache {
   }
 }
 
-async function compile(program: Program): Promise<Compiled> {
+async function compile(program: Program, lookup: ParamLookup): Promise<Compiled> {
+  const rt = await getRuntime();
   const b = new ProgramBuilder();
   const { outputs, loss, wrt = {} } = program.build(b);
+  const baked: Compiled['baked'] = [];
+  if (rt.bakeFrozenWeights) {
+    for (const [name, p] of b.params) {
+      const param = lookup(name);
+      if (p.grad || !param || param.trainable) continue;
+      const data = param.data;
+      b.g.bindInput(p.sym, () => data);
+      baked.push([name, param, data]);
+    }
+  }
   const all: Record<string, Sym> = { ...outputs };
   if (loss) {
     if (loss.size !== 1) throw new Error(`program ${program.key}: the loss must be a scalar, got [${loss.shape}]`);
@@ -267,7 +286,6 @@ async function compile(program: Program): Promise<Compiled> {
   } else if (Object.keys(wrt).length) {
     throw new Error(`program ${program.key}: gradients need a loss`);
   }
-  const rt = await getRuntime();
   // onnxruntime-node reads file-backed constants itself (mapped, then prepacked); onnxruntime-web gets them inside
   // the serialised model
   const folders = new Set([...b.external.values()].map((e) => e.source.folder));
@@ -285,7 +303,7 @@ async function compile(program: Program): Promise<Compiled> {
     ...(b.external.size > 0 && { constantFolding: false }),
   });
   const dataInputs = new Set([...inputs].filter((n) => !n.startsWith(PARAM)));
-  return { session, constantBytes: model.constantBytes, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
+  return { session, constantBytes: model.constantBytes, baked, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
 }
 
 /** The process-wide cache all models' programs compile into. */

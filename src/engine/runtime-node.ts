@@ -24,5 +24,5 @@ export async function loadNodeRuntime(): Promise<Runtime> {
     }
   }
   const ort = (await import('onnxruntime-web')) as unknown as OrtModule;
-  return new Runtime('onnxruntime-web', ort, threads);
+  return new Runtime('onnxruntime-web', ort, threads, { bakeFrozenWeights: process.env.PTUNE_ORT_BAKE === '1' });
 }

@@ -10,9 +10,28 @@ export interface OrtModule {
 
 export type RuntimeName = 'onnxruntime-node' | 'onnxruntime-web';
 
+export interface RuntimeOptions {
+  /**
+   * onnxruntime-web: the execution providers sessions ask for, in order (default `['wasm']`; `['webgpu', 'wasm']`
+   * runs what WebGPU supports there and the rest on WebAssembly)
+   */
+  executionProviders?: string[];
+  /**
+   * Bind the weights of frozen parameters (`trainable` false) into each compiled program instead of feeding them
+   * on every run. onnxruntime-web copies every input into its WebAssembly memory on each run and cannot pre-pack
+   * the matrices of a matmul it is fed; bound weights are copied once per program and pre-packed. Costs one copy
+   * of the frozen weights per compiled program: for small models (the page's), not for large ones.
+   */
+  bakeFrozenWeights?: boolean;
+  /** onnxruntime-web: let idle worker threads spin (default true); off helps on machines busy with other work */
+  spinning?: boolean;
+}
+
 /** How a session is created beyond the runtime's defaults. */
-export interface SessionOptions {
-  /** the folder the model's external-data locations (file names) are relative to */
+export interface CreateSessionOptions {
+  /** ONNX external data the model refers to, by the file name its tensors give (`location`) */
+  externalData?: { path: string; data: Uint8Array }[];
+  /** onnxruntime-node: the folder the model's external-data locations (file names) are relative to */
   externalFolder?: string;
   /**
    * constant folding (default on); programs holding quantized weights as constants turn it off, so that no
@@ -48,6 +67,7 @@ export class Runtime {
     readonly name: RuntimeName,
     private readonly ort: OrtModule,
     defaultThreads: number,
+    private readonly opts: RuntimeOptions = {},
   ) {
     this.threadCount = defaultThreads;
     if (name === 'onnxruntime-web') this.configureWasm(defaultThreads);
@@ -69,7 +89,16 @@ export class Runtime {
     this.ort.env.wasm.simd = true;
   }
 
-  async createSession(model: Uint8Array, opts: SessionOptions = {}): Promise<RuntimeSession> {
+  get bakeFrozenWeights(): boolean {
+    return this.opts.bakeFrozenWeights ?? false;
+  }
+
+  /** The execution providers sessions are created with. */
+  get executionProviders(): string[] {
+    return this.name === 'onnxruntime-node' ? ['cpu'] : (this.opts.executionProviders ?? ['wasm']);
+  }
+
+  async createSession(model: Uint8Array, opts: CreateSessionOptions = {}): Promise<RuntimeSession> {
     const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
     const spin = env?.PTUNE_ORT_SPIN ?? '1';
     // ORT's fused SkipLayerNormalization is several times slower on CPU than the Add and LayerNormalization it
@@ -97,10 +126,16 @@ export class Runtime {
             },
           }
         : {
-            executionProviders: ['wasm'],
+            executionProviders: this.executionProviders,
             graphOptimizationLevel: 'all',
-            ...(opts.constantFolding === false && { extra: { optimization: { disable_specified_optimizers: 'ConstantFolding' } } }),
+            ...(((this.opts.spinning === false || env?.PTUNE_ORT_SPIN === '0') || opts.constantFolding === false) && {
+              extra: {
+                ...((this.opts.spinning === false || env?.PTUNE_ORT_SPIN === '0') && { session: { intra_op: { allow_spinning: '0' } } }),
+                ...(opts.constantFolding === false && { optimization: { disable_specified_optimizers: 'ConstantFolding' } }),
+              },
+            }),
           };
+    if (opts.externalData) options.externalData = opts.externalData;
     const session = await this.ort.InferenceSession.create(model, options);
     const Tensor = this.ort.Tensor;
     const toOrt = (t: HostTensor) => new Tensor(ORT_TYPE(t.data), t.data as Float32Array, t.shape);
@@ -147,8 +182,20 @@ let current: Promise<Runtime> | null = null;
  * onnxruntime-web with a one-line notice when the native binding cannot load.
  */
 export function getRuntime(): Promise<Runtime> {
-  current ??= import('./runtime-node.js').then((m) => m.loadNodeRuntime());
+  current ??= loadDefault();
   return current;
+}
+
+/** The Node loader (onnxruntime-node), named by a variable so that browser bundles do not pull it in. */
+const NODE_RUNTIME = './runtime-node.js';
+
+async function loadDefault(): Promise<Runtime> {
+  const host = globalThis as { process?: { versions?: { node?: string } } };
+  if (!host.process?.versions?.node) {
+    throw new Error('no ONNX Runtime chosen: call useRuntime(new Runtime("onnxruntime-web", ort, threads)) first (ptune/web: initWebRuntime)');
+  }
+  const m = (await import(/* webpackIgnore: true */ /* @vite-ignore */ NODE_RUNTIME)) as typeof import('./runtime-node.js');
+  return m.loadNodeRuntime();
 }
 
 /** Makes `rt` the process's runtime (the browser entry point uses onnxruntime-web). */

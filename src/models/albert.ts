@@ -207,6 +207,7 @@ export const albertFamily: ModelFamily<AlbertConfig> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
+    past: { ptune: true, transformers: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     embeddingSize: cfg.embeddingSize,

@@ -307,6 +307,7 @@ export const debertaV2Family: ModelFamily<DebertaV2Config> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
+    past: { ptune: false, transformers: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     embeddingSize: cfg.embeddingSize,

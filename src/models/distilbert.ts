@@ -175,6 +175,7 @@ export const distilbertFamily: ModelFamily<DistilBertConfig> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
+    past: { ptune: true, transformers: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     numLayers: cfg.numLayers,

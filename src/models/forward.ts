@@ -114,3 +114,12 @@ export async function inputEmbeddingGradient(
   const h = lm.info.embeddingSize ?? lm.info.hiddenSize;
   return { logProb: r.outputs.logp!.data[0] as number, grad: { data: (g.data as Float32Array).slice(0, s * h), shape: [s, h] } };
 }
+
+/** The model's input embeddings (what `embed` gives, e.g. scaled for Gemma 2) of `ids`, [ids.length · H]. */
+export async function inputEmbeddings(lm: LanguageModel, ids: number[]): Promise<Float32Array> {
+  const r = await lm.run(
+    { key: `embed ${ids.length}`, build: (pb) => ({ outputs: { rows: lm.fns.embed(pb.o, lm.weights(pb), pb.input('ids', [1, ids.length], 'int32')) } }) },
+    { ids: { data: Int32Array.from(ids), shape: [1, ids.length] } },
+  );
+  return r.outputs.rows!.data as Float32Array;
+}

@@ -25,6 +25,13 @@ export interface GenerateOptions {
   onToken?: (id: number) => void;
   /** continuous prompt rows for pseudo-token positions of the prompt (P-tuned generation) */
   prompts?: PromptRows;
+  /** deep prompts: the prefix table [N, layers · 2 · kvDim] (PEFT's PREFIX_TUNING layout), put in the cache first */
+  prefix?: HostTensor<Float32Array>;
+  /**
+   * keep the keys and values of earlier positions (default true); false recomputes the whole sequence at every
+   * step (the reference the cache is checked against)
+   */
+  cache?: boolean;
 }
 
 /** Prompt-table rows written over the input embeddings at the given prompt positions. */
@@ -120,6 +127,30 @@ export class KvCache {
     });
     this.mask.fill(1, this.length, this.length + n);
     this.length += n;
+  }
+
+  /**
+   * Fills the first slots with a prefix table [N, layers · 2 · kvDim] (each row: layer 0's key, its value, layer
+   * 1's key, ...), as deep prompts: the prompt's tokens then start at position N.
+   */
+  appendPrefix(table: HostTensor<Float32Array>): void {
+    const { numKvHeads: h, numLayers, headDim: d } = this.lm.info;
+    const [n, width] = table.shape as [number, number];
+    if (width !== numLayers * 2 * h * d) throw new Error(`prefix table is ${width} wide, the model needs ${numLayers * 2 * h * d}`);
+    const present: Record<string, HostTensor> = {};
+    for (let l = 0; l < numLayers; l++) {
+      for (const [which, part] of [['k', 0], ['v', 1]] as const) {
+        const out = new Float32Array(h * n * d);
+        for (let t = 0; t < n; t++) {
+          for (let j = 0; j < h; j++) {
+            const from = t * width + (2 * l + part) * h * d + j * d;
+            out.set(table.data.subarray(from, from + d), (j * n + t) * d);
+          }
+        }
+        present[`${which}${l}`] = { data: out, shape: [1, h, n, d] };
+      }
+    }
+    this.append(present, n);
   }
 
   feeds(): Record<string, HostTensor> {
@@ -234,13 +265,24 @@ export async function generate(lm: LanguageModel, promptIds: number[], opts: Gen
   if (input.length > lm.info.maxPositions) {
     throw new Error(`generate: the prompt has ${input.length} tokens, more than the ${lm.info.maxPositions} positions of ${lm.info.source}`);
   }
-  const budget = Math.min(opts.maxNewTokens, lm.info.maxPositions - input.length + 1);
+  const budget = Math.min(opts.maxNewTokens, lm.info.maxPositions - input.length - (opts.prefix?.shape[0] ?? 0) + 1);
   const rng = makeRng(opts.seed ?? 0);
   const out: number[] = [];
-  const cache = new KvCache(lm);
+  const cached = opts.cache !== false;
+  const fresh = () => {
+    const c = new KvCache(lm);
+    if (opts.prefix) c.appendPrefix(opts.prefix);
+    return c;
+  };
+  let cache = fresh();
+  if (input.length + cache.length > lm.info.maxPositions) {
+    throw new Error(`generate: the prompt and the prefix take ${input.length + cache.length} positions, more than the ${lm.info.maxPositions} of ${lm.info.source}`);
+  }
   let first = true;
   while (out.length < budget) {
-    const logits = await decodeStep(lm, cache, input, first ? opts.prompts : undefined);
+    // without the cache every step starts from an empty one and runs the prompt and all generated tokens again
+    if (!cached && !first) cache = fresh();
+    const logits = await decodeStep(lm, cache, cached || first ? input : [...input, ...out], first || !cached ? opts.prompts : undefined);
     first = false;
     const next = temperature === 0 ? argmax(logits) : sampleToken(logits, temperature, topP, rng);
     if ((next === eos || next === bos) && opts.stopAtEos !== false) break;
@@ -251,7 +293,7 @@ export async function generate(lm: LanguageModel, promptIds: number[], opts: Gen
       if (opts.stop.some((s) => text.includes(s))) break;
     }
     if (out.length >= budget || cache.length >= lm.info.maxPositions) break;
-    input = [next];
+    if (cached) input = [next];
   }
   return out;
 }

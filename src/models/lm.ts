@@ -42,6 +42,12 @@ export interface ModelInfo {
   tokenTypes: boolean;
   /** present when the linear weights are quantized (LoadOptions.quantize) */
   quantization?: QuantizationInfo;
+  /**
+   * keys and values before the current tokens (a decoding cache, deep prompts): whether ptune's implementation
+   * takes them, and whether transformers' does (what a PEFT PREFIX_TUNING adapter needs to act at all);
+   * absent: both
+   */
+  past?: { ptune: boolean; transformers: boolean };
 }
 
 export interface QuantizationInfo {

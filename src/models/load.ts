@@ -5,20 +5,23 @@ import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { randomStream, randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { randomStream, SyntheticTokenizer, type WeightSpec } from './common.js';
+import {
+  assemble, createRandomModel as createRandomFloatModel, locateWeights, randomFallbackIds, type AssembleOptions,
+} from './assemble.js';
 import { familyFor } from './families.js';
 import { llamaFamily } from './llama.js';
 import { isTokenizerBin, llama2cCheckpointIn, readLlama2c } from './llama2c.js';
-import type { ModelFamily, SpecialIds } from './lm.js';
-import { LanguageModel } from './model.js';
+import type { ModelFamily } from './lm.js';
+import type { LanguageModel } from './model.js';
 import { resolveModel, type ResolveOptions } from '../hub/index.js';
 import { defaultQuantCache, linearWeights, parseQuantize, QuantizedStore, sourceChecksum, type QuantizeOptions, type QuantizeSettings } from './quantize.js';
 import type { WeightLayout } from '../engine/ops.js';
 import crypto from 'node:crypto';
 
-export interface LoadOptions {
-  /** the LM's weights train (joint tuning, fine-tuning); default false (frozen LM) */
-  trainable?: boolean;
+export { loadModelFrom, specialIds, specialIdsOf } from './assemble.js';
+
+export interface LoadOptions extends AssembleOptions {
   /** how a Hub repository id is resolved (revision, cache, endpoint, token, offline, progress) */
   hub?: ResolveOptions;
   /**
@@ -104,16 +107,29 @@ function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
   return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts, {}, store);
 }
 
-function assemble(
-  family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: LoadOptions,
-  fallback: Partial<SpecialIds> = {}, quantized?: QuantizedStore,
-): LanguageModel {
-  const vocab = family.describe(config).vocabSize;
-  if (tokenizer.vocabSize > vocab) throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${vocab}`);
-  const special = specialIds(tokenizer, { ...fallback, ...(family.specialIds?.(config) ?? {}) });
-  const lm = new LanguageModel(family, config, params, tokenizer, { source, special, ...(quantized && { quantized }) });
-  if (opts.trainable) lm.setTrainable(true);
-  return lm;
+/**
+ * The float32 weights of the model at `spec` (a directory or llama2.c checkpoint), one tensor at a time in the
+ * family's order (the order of a float load's `params`), without building a model; null when `spec` is not a
+ * model on disk (a Hub id, a random model). What a quantized model's fingerprint is computed from.
+ */
+export function forEachFloatWeight(spec: string, visit: (name: string, shape: number[], data: Float32Array) => void): boolean {
+  if (!fs.existsSync(spec)) return false;
+  const configFile = path.join(spec, 'config.json');
+  const isDir = fs.statSync(spec).isDirectory();
+  const raw = isDir && fs.existsSync(configFile) ? readConfig(configFile) : null;
+  if (!raw || raw.model_type === undefined) {
+    const bin = llama2cCheckpointIn(spec);
+    if (!bin) return false;
+    const ckpt = readLlama2c(bin);
+    for (const s of llamaFamily.weights(ckpt.config)) visit(s.name, s.shape, ckpt.weights.get(s.name)!);
+    return true;
+  }
+  const family = familyFor(raw.model_type, configFile);
+  const config = family.parseConfig(raw, configFile);
+  const specs = family.weights(config);
+  const located = locateWeights(specs, checkpoint(spec), spec);
+  for (const s of specs) visit(s.name, s.shape, located.get(s.name)![1].read());
+  return true;
 }
 
 function readConfig(file: string): Record<string, unknown> {
@@ -135,58 +151,12 @@ function checkpoint(dir: string): Map<string, LazyTensor> {
   return checkpointIndex(dir);
 }
 
-/** Each weight's tensor in the checkpoint (aliases allowed), shape-checked; nothing is read yet. */
-function locateWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): Map<string, [string, LazyTensor]> {
-  const out = new Map<string, [string, LazyTensor]>();
-  for (const spec of specs) {
-    const found = [spec.name, ...(spec.aliases ?? [])].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
-    if (!found && spec.missing) throw new Error(`${dir}: ${spec.missing}`);
-    if (!found) throw new Error(`${dir}: checkpoint has no tensor "${spec.name}" (expected shape [${spec.shape.join(',')}])`);
-    const [name, t] = found as [string, LazyTensor];
-    if (t.shape.join(',') !== spec.shape.join(',')) {
-      throw new Error(`${t.file}: tensor "${name}": expected shape [${spec.shape.join(',')}] from config.json, found [${t.shape.join(',')}]`);
-    }
-    out.set(spec.name, [name, t]);
-  }
-  return out;
-}
-
 /** tokenizer.json, else a llama2.c tokenizer .bin. */
 function tokenizerIn(dir: string): TextTokenizer {
   if (fs.existsSync(path.join(dir, 'tokenizer.json'))) return HfTokenizer.fromDir(dir);
   const bin = fs.readdirSync(dir).filter(isTokenizerBin).sort()[0];
   if (bin) return Llama2cTokenizer.fromFile(path.join(dir, bin));
   throw new Error(`${path.join(dir, 'tokenizer.json')}: tokenizer file not found`);
-}
-
-/**
- * Special ids: those the tokenizer's files name win; config.json fills the gaps (bos/eos/pad); a pad id
- * falls back to eos, then 0 (padding is masked out, any id works).
- */
-export function specialIds(tok: TextTokenizer, fromConfig: Partial<SpecialIds>): SpecialIds {
-  const fromTok = specialIdsOf(tok);
-  const merged = { ...fromConfig, ...fromTok };
-  return { ...merged, pad: merged.pad ?? merged.eos ?? 0 };
-}
-
-/** Special ids a tokenizer knows: HfTokenizer's configured ones, else the usual token spellings. */
-export function specialIdsOf(tok: TextTokenizer): Partial<SpecialIds> {
-  if (tok instanceof HfTokenizer) return { ...tok.special };
-  const out: Partial<SpecialIds> = {};
-  const spellings: [keyof SpecialIds, string[]][] = [
-    ['pad', ['[PAD]', '<pad>']],
-    ['unk', ['[UNK]', '<unk>']],
-    ['cls', ['[CLS]', '<s>']],
-    ['sep', ['[SEP]', '</s>']],
-    ['mask', ['[MASK]', '<mask>']],
-    ['bos', ['<s>', '<|endoftext|>']],
-    ['eos', ['</s>', '<|endoftext|>']],
-  ];
-  for (const [role, toks] of spellings) {
-    const id = toks.map((t) => tok.tokenToId(t)).find((i) => i !== undefined);
-    if (id !== undefined) out[role] = id;
-  }
-  return out;
 }
 
 /**
@@ -201,19 +171,17 @@ export function createRandomModel(
   tokenizer?: TextTokenizer,
   opts: LoadOptions = {},
 ): LanguageModel {
+  const q = quantizeSettings(opts);
+  if (!q) return createRandomFloatModel(modelType, overrides, seed, tokenizer, opts);
   const family = familyFor(modelType, 'createRandomModel');
   if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
   const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
   const config = family.randomConfig(overrides, vocabSize, modelType);
   const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
   const specs = family.weights(config);
-  const q = quantizeSettings(opts);
   const params: ParamMap = new Map();
-  let store: QuantizedStore | undefined;
-  if (!q) {
-    const values = randomValues(specs, seed);
-    for (const s of specs) params.set(s.name, new Parameter(s.name, s.shape, values.get(s.name)!));
-  } else {
+  let store: QuantizedStore;
+  {
     // the values in order, one tensor at a time; the quantized ones are drawn only when the store is written
     const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
     const recipe = JSON.stringify({ random: family.name, modelType, config, seed, generator: 1 });
@@ -238,10 +206,5 @@ export function createRandomModel(
       if (!quantized.has(s.name)) params.set(s.name, new Parameter(s.name, s.shape, take(s.name, (x) => !quantized.has(x.name))));
     }
   }
-  // a causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]
-  const known = specialIdsOf(tok);
-  const fallback: Partial<SpecialIds> = {};
-  if (family.kind === 'causal' && known.cls !== undefined) fallback.bos = known.cls;
-  if (family.kind === 'causal' && known.sep !== undefined) fallback.eos = known.sep;
-  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, fallback, store);
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok), store);
 }

@@ -3,7 +3,8 @@ import { programs, type ParamLookup, type Program, type ProgramBuilder, type Pro
 import type { HostTensor, ParamMap } from '../engine/tensor.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import type { LmFunctions, ModelFamily, ModelInfo, SpecialIds, WeightOf } from './lm.js';
-import { quantizeName, type QuantizedStore } from './quantize.js';
+import type { QuantizedStore } from './quantize.js';
+import { quantizeName } from './quantize-settings.js';
 
 const LM = 'lm.';
 

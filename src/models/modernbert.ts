@@ -279,6 +279,7 @@ export const modernbertFamily: ModelFamily<ModernBertConfig> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
+    past: { ptune: false, transformers: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     numLayers: cfg.numLayers,

@@ -1,4 +1,6 @@
 import type { Ops } from '../engine/ops.js';
+import { Parameter, type ParamMap } from '../engine/tensor.js';
+import { makeNormal, makeRng } from '../util/rng.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { Verbalizer, type LabelWords, type TokenRule, type WordAggregation } from './verbalizer.js';
 
@@ -10,10 +12,16 @@ import { Verbalizer, type LabelWords, type TokenRule, type WordAggregation } fro
  */
 export type HeadSpec =
   | { kind: 'label'; labelField: string; labelWords: LabelWords; tokenRule?: TokenRule; wordAggregation?: WordAggregation }
-  | { kind: 'answer'; answerField: string; answerVocab?: number[] };
+  | { kind: 'answer'; answerField: string; answerVocab?: number[] }
+  | { kind: 'linear'; labelField: string; labels: string[]; seed?: number };
 
 export interface Head {
   readonly spec: HeadSpec;
+  /**
+   * a linear classification head's own parameters (`weight` [K, H], `bias` [K]), trained with the prompt; it reads
+   * the final hidden state of the first token (masked LMs: [CLS]) or of the last one (causal LMs), not the LM head
+   */
+  readonly params: ParamMap | null;
   /** token ids the LM head is projected onto; null = the full vocabulary */
   readonly candidates: number[] | null;
   /** number of classes the scores range over */
@@ -29,8 +37,40 @@ export interface Head {
 }
 
 /** `vocabSize`: the width of the model's logits (config.json's vocab_size, which may exceed the tokenizer's). */
-export function makeHead(spec: HeadSpec, tok: TextTokenizer, vocabSize: number): Head {
+export function makeHead(spec: HeadSpec, tok: TextTokenizer, vocabSize: number, hiddenSize = 0): Head {
+  if (spec.kind === 'linear') return linearHead(spec, hiddenSize);
   return spec.kind === 'label' ? labelHead(spec, tok) : answerHead(spec, tok, vocabSize);
+}
+
+/** Classes by the label field, scored by a linear layer over one hidden state (P-tuning v2's classification head). */
+function linearHead(spec: Extract<HeadSpec, { kind: 'linear' }>, hiddenSize: number): Head {
+  const k = spec.labels.length;
+  if (k < 2) throw new Error(`linear head: needs at least two labels, got ${JSON.stringify(spec.labels)}`);
+  if (new Set(spec.labels).size !== k) throw new Error(`linear head: labels repeat in ${JSON.stringify(spec.labels)}`);
+  if (!(hiddenSize > 0)) throw new Error('linear head: the model\'s hidden size is needed');
+  const normal = makeNormal(makeRng(spec.seed ?? 0));
+  const params: ParamMap = new Map([
+    ['weight', new Parameter('weight', [k, hiddenSize], Float32Array.from({ length: k * hiddenSize }, () => 0.02 * normal()), true)],
+    ['bias', new Parameter('bias', [k], new Float32Array(k), true)],
+  ]);
+  return {
+    spec,
+    params,
+    candidates: null,
+    numClasses: k,
+    predictable: null,
+    target(record, where) {
+      const value = record[spec.labelField];
+      if (value === undefined || value === null) throw new Error(`${where}: field "${spec.labelField}" is missing`);
+      const i = spec.labels.indexOf(String(value));
+      if (i < 0) throw new Error(`${where}: label ${JSON.stringify(value)} is not one of ${spec.labels.join(', ')}`);
+      return i;
+    },
+    scoresOn: () => {
+      throw new Error('linear head: scores come from hidden states (PTuningPrograms), not from LM logits');
+    },
+    className: (i) => spec.labels[i]!,
+  };
 }
 
 function labelHead(spec: Extract<HeadSpec, { kind: 'label' }>, tok: TextTokenizer): Head {
@@ -38,12 +78,16 @@ function labelHead(spec: Extract<HeadSpec, { kind: 'label' }>, tok: TextTokenize
   const candidates = v.candidateIds();
   return {
     spec,
+    params: null,
     candidates,
     numClasses: v.labels.length,
     predictable: null,
     target(record, where) {
       const value = record[spec.labelField];
       if (value === undefined || value === null) throw new Error(`${where}: field "${spec.labelField}" is missing`);
+      if (typeof value !== 'string' && typeof value !== 'number' && typeof value !== 'boolean') {
+        throw new Error(`${where}: label field "${spec.labelField}" is ${Array.isArray(value) ? 'an array' : typeof value}, not a label (${v.labels.join(', ')})`);
+      }
       const k = v.labels.indexOf(String(value));
       if (k < 0) throw new Error(`${where}: label ${JSON.stringify(value)} is not one of ${v.labels.join(', ')}`);
       return k;
@@ -84,6 +128,7 @@ function answerHead(spec: Extract<HeadSpec, { kind: 'answer' }>, tok: TextTokeni
   const realTokens = vocabSize > tok.vocabSize ? [...Array(tok.vocabSize).keys()] : null;
   return {
     spec,
+    params: null,
     candidates: null,
     numClasses: vocabSize,
     predictable: spec.answerVocab ?? realTokens,

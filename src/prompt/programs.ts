@@ -1,11 +1,63 @@
 import type { Sym } from '../engine/onnx/index.js';
 import type { Program, ProgramBuilder, ProgramGraph } from '../engine/program.js';
 import type { HostTensor, Parameter } from '../engine/tensor.js';
-import { rowsAt } from '../models/common.js';
+import { rowsAt, type PastKv } from '../models/common.js';
 import type { LanguageModel } from '../models/model.js';
 import type { PromptEncoder } from './encoder.js';
+import type { PrefixEncoder } from './prefix.js';
+import type { LmKind } from '../models/lm.js';
 import { crossEntropyOn, type Head } from './heads.js';
 import { batchFeeds, paddedLength, paddedRows, spliceOn, type PromptBatch } from './ptuning.js';
+
+/** A linear head's parameters inside programs: `head.weight`, `head.bias`. */
+export const HEAD = 'head.';
+
+/** The linear head reads the first token of a masked LM ([CLS]); everything else reads the answer position. */
+export function readsFirstToken(head: Head, kind: LmKind): boolean {
+  return head.spec.kind === 'linear' && kind === 'masked';
+}
+
+/** What `answerScores` reads: [B, S] int32 ids, mask and segment ids, [B] answer positions, the prompt rows. */
+export interface AnswerInputs {
+  ids: Sym;
+  attentionMask: Sym;
+  tokenTypeIds?: Sym;
+  positions: Sym;
+  /** [n, tokenDim] prompt embeddings, spliced in where `pseudoMask` [B, S, 1] is 1, row `pseudoIndex` [B, S] */
+  prompts?: Sym;
+  pseudoIndex?: Sym;
+  pseudoMask?: Sym;
+  /** deep prompts: keys and values before the tokens at every layer */
+  past?: PastKv<Sym>;
+  /** the head's own parameters (a linear head) get gradients */
+  train?: boolean;
+}
+
+/**
+ * The P-tuning forward shared by training, evaluation and export: input embeddings with the prompt rows
+ * spliced in → LM → the final hidden state at each row's answer position → head scores [B, classes] (through
+ * the LM head, or a linear head's own weights).
+ */
+export function answerScores(b: ProgramBuilder, lm: LanguageModel, head: Head, x: AnswerInputs): Sym {
+  const { o } = b;
+  const w = lm.weights(b);
+  let embeds = lm.fns.embed(o, w, x.ids);
+  if (x.prompts) embeds = spliceOn(o, embeds, x.prompts, x.pseudoIndex!, x.pseudoMask!);
+  const lmOut = lm.fns.hidden(o, w, {
+    embeds,
+    attentionMask: x.attentionMask,
+    ...(x.tokenTypeIds && { tokenTypeIds: x.tokenTypeIds }),
+    ...(x.past && { past: x.past }),
+    at: x.positions,
+  });
+  const read = lmOut.rows ?? rowsAt(o, lmOut.hidden, x.positions);
+  if (head.params) {
+    const p = (name: string) => b.param(HEAD + name, head.params!.get(name)!.shape, x.train ?? false);
+    return o.dense(read, p('weight'), p('bias'));
+  }
+  const cand = head.candidates ? o.constInt(head.candidates, [head.candidates.length]) : undefined;
+  return head.scoresOn(o, lm.fns.logits(o, w, read, cand));
+}
 
 type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
 
@@ -13,7 +65,7 @@ type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind:
  * log-softmax over the classes, plus the fed `class_mask` (0 for allowed classes, -∞ for the others) when
  * `masked`, then ONNX TopK (best first).
  */
-function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Record<string, Sym> {
+export function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Record<string, Sym> {
   const { g, o } = b;
   const [rows, classes] = scores.shape as [number, number];
   let logp = o.logSoftmax(scores);
@@ -36,19 +88,37 @@ function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean): Recor
 export class PTuningPrograms {
   private readonly signature: string;
 
+  /** `prefix`: deep prompts (keys and values at every layer), with or without an encoder for input rows */
   constructor(
     readonly lm: LanguageModel,
     readonly encoder: PromptEncoder | null,
     readonly head: Head,
+    readonly prefix: PrefixEncoder | null = null,
   ) {
     const e = encoder?.config;
     const enc = e ? `${e.type}/${e.numVirtualTokens}/${e.hiddenSize}/${e.lstmLayers}/${e.preset}` : 'none';
+    const p = prefix?.config;
+    const pre = p ? ` prefix ${p.numVirtualTokens}/${p.projection}/${p.hiddenSize}` : '';
     const spec = head.spec;
-    const h = spec.kind === 'answer' ? `answer${head.numClasses}` : JSON.stringify([spec.labelWords, spec.tokenRule, spec.wordAggregation]);
-    this.signature = `enc ${enc} head ${h}`;
+    const h =
+      spec.kind === 'answer' ? `answer${head.numClasses}` : spec.kind === 'linear' ? `linear${head.numClasses}` : JSON.stringify([spec.labelWords, spec.tokenRule, spec.wordAggregation]);
+    this.signature = `enc ${enc}${pre} head ${h}`;
   }
 
-  private lookup = (name: string): Parameter | undefined => this.encoder?.lookup(name);
+  private lookup = (name: string): Parameter | undefined =>
+    this.encoder?.lookup(name) ?? this.prefix?.lookup(name) ?? (name.startsWith(HEAD) ? this.head.params?.get(name.slice(HEAD.length)) : undefined);
+
+  /** Dropout masks of one training step (encoder and prefix), or null. */
+  private dropoutFeeds(): Record<string, HostTensor> | null {
+    const feeds = { ...this.encoder?.dropoutFeeds(), ...this.prefix?.dropoutFeeds() };
+    return Object.keys(feeds).length ? feeds : null;
+  }
+
+  private feedsFor(batch: PromptBatch, rows: number, sp: number): Record<string, HostTensor> {
+    const feeds = batchFeeds(batch, rows, sp, this.lm.info);
+    if (readsFirstToken(this.head, this.lm.info.kind)) feeds.positions = { data: new Int32Array(rows), shape: [rows] };
+    return feeds;
+  }
 
   /**
    * Mean cross-entropy of a batch against `targets` (class indices); the gradients land in the `grad` of the
@@ -57,8 +127,8 @@ export class PTuningPrograms {
   async lossAndGrads(batch: PromptBatch, targets: number[]): Promise<{ loss: number; graded: Parameter[] }> {
     const b = batch.ids.length;
     const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
-    const dropout = this.encoder?.dropoutFeeds() ?? null;
-    const feeds = { ...batchFeeds(batch, b, sp, this.lm.info), ...dropout, targets: { data: Int32Array.from(targets), shape: [b] } };
+    const dropout = this.dropoutFeeds();
+    const feeds = { ...this.feedsFor(batch, b, sp), ...dropout, targets: { data: Int32Array.from(targets), shape: [b] } };
     const r = await this.lm.run(this.program(b, sp, { kind: 'train', dropout: dropout !== null }), feeds, this.lookup);
     return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
   }
@@ -93,39 +163,32 @@ export class PTuningPrograms {
     const b = batch.ids.length;
     const rows = paddedRows(b);
     const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
-    return { feeds: batchFeeds(batch, rows, sp, this.lm.info), b, rows, sp };
+    return { feeds: this.feedsFor(batch, rows, sp), b, rows, sp };
   }
 
   private program(rows: number, sp: number, out: Output): Program {
-    const { lm, encoder, head } = this;
-    const candidates = head.candidates;
+    const { lm, encoder, head, prefix } = this;
     const train = out.kind === 'train';
     const dropout = out.kind === 'train' && out.dropout;
     const what = out.kind === 'topk' ? `topk ${out.k}${out.masked ? ' masked' : ''}` : out.kind;
     return {
       key: `ptune ${rows}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
       build: (b): ProgramGraph => {
-        const { o } = b;
-        const w = lm.weights(b);
         const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
-        let embeds = lm.fns.embed(o, w, ints('ids', [rows, sp]));
-        if (encoder) {
-          const prompts = encoder.inProgram(b, train, dropout);
-          embeds = spliceOn(o, embeds, prompts, ints('pseudo_index', [rows, sp]), b.input('pseudo_mask', [rows, sp, 1]));
-        }
-        const positions = ints('positions', [rows]);
-        const lmOut = lm.fns.hidden(o, w, {
-          embeds,
+        const ids = ints('ids', [rows, sp]);
+        const prompts = encoder ? encoder.inProgram(b, train, dropout && encoder.hasDropout) : null;
+        const scores = answerScores(b, lm, head, {
+          ids,
           attentionMask: ints('attention_mask', [rows, sp]),
           ...(lm.info.tokenTypes && { tokenTypeIds: ints('token_type_ids', [rows, sp]) }),
-          at: positions,
+          positions: ints('positions', [rows]),
+          ...(prompts && { prompts, pseudoIndex: ints('pseudo_index', [rows, sp]), pseudoMask: b.input('pseudo_mask', [rows, sp, 1]) }),
+          ...(prefix && { past: prefix.inProgram(b, train, dropout && prefix.hasDropout, rows) }),
+          train,
         });
-        const cand = candidates ? o.constInt(candidates, [candidates.length]) : undefined;
-        const logits = lm.fns.logits(o, w, lmOut.rows ?? rowsAt(o, lmOut.hidden, positions), cand);
-        const scores = head.scoresOn(o, logits);
         if (out.kind === 'scores') return { outputs: { scores } };
         if (out.kind === 'topk') return { outputs: topK(b, scores, out.k, out.masked) };
-        const loss = crossEntropyOn(o, scores, ints('targets', [rows]));
+        const loss = crossEntropyOn(b.o, scores, ints('targets', [rows]));
         return { outputs: { loss }, loss };
       },
     };

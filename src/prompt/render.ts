@@ -15,7 +15,7 @@
  */
 import type { ModelInfo } from '../models/lm.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { validateFor, type Template, type TemplatePart } from './template.js';
+import { shownTemplate, validateFor, type Template, type TemplatePart } from './template.js';
 
 export interface RenderedExample {
   ids: number[];
@@ -74,7 +74,7 @@ function placeholderId(info: RenderInfo): number {
 function specialId(tok: TextTokenizer, template: Template, part: TemplatePart & { type: 'special' }): number {
   const id = tok.tokenToId(part.token);
   if (id === undefined) {
-    throw new Error(`template column ${part.column}: ${part.token} is not a token of the tokenizer in "${template.source}"`);
+    throw new Error(`template column ${part.column}: ${part.token} is not a token of the tokenizer in "${shownTemplate(template.source)}"`);
   }
   return id;
 }

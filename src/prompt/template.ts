@@ -47,15 +47,23 @@ const MAX_PSEUDO_GROUP = 1024;
 const FIELD_NAME = /^[A-Za-z0-9_-]+$/;
 const SPECIAL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
 const TUPLE = /^\s*\(?\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\)?\s*$/;
+/** numbers and commas only: meant as a tuple, whatever its counts */
+const TUPLE_LIKE = /^[\s()+\-.,\d]*,[\s()+\-.,\d]*$/;
+
+/** A template as messages quote it: control characters (a line break) escaped, so a message stays one line. */
+export function shownTemplate(src: string): string {
+  const named: Record<string, string> = { '\n': '\\n', '\r': '\\r', '\t': '\\t' };
+  return src.replace(/[\x00-\x1f\x7f\u2028\u2029]/g, (c) => named[c] ?? `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
 
 function fail(src: string, column: number, what: string): never {
-  throw new Error(`template column ${column}: ${what} in "${src}"`);
+  throw new Error(`template column ${column}: ${what} in "${shownTemplate(src)}"`);
 }
 
 /** columns of a tuple template refer to its expansion, so messages quote that */
 function failIn(template: Template, column: number, what: string): never {
   if (!template.tuple) fail(template.source, column, what);
-  throw new Error(`template column ${column}: ${what} in "${template.text}" (from "${template.source}")`);
+  throw new Error(`template column ${column}: ${what} in "${shownTemplate(template.text)}" (from "${shownTemplate(template.source)}")`);
 }
 
 /**
@@ -80,6 +88,11 @@ export function parseTemplate(src: string, opts: ParseOptions = {}): Template {
     const counts = [Number(tuple[1]), Number(tuple[2]), Number(tuple[3])] as [number, number, number];
     const parsed = parseTemplate(expandTuple(counts, opts), { knownFields: opts.knownFields });
     return { ...parsed, source: src, tuple: counts };
+  }
+  if (TUPLE_LIKE.test(src)) {
+    throw new Error(
+      `template "${shownTemplate(src)}": a tuple template is three integers ≥ 0, a,b,c, read as [P*a] {sub_label} [P*b] [MASK] [P*c] (e.g. 3,3,3; 3,3,0 for a causal LM)`,
+    );
   }
   const parts: TemplatePart[] = [];
   let text = '';

@@ -20,9 +20,10 @@
  * PET), summing the token log-probabilities. That costs one forward pass per token and label and is built on
  * the model, outside this module: `wordTokens()` gives the token ids it needs.
  */
-import fs from 'node:fs';
+import { nodeFs } from '../util/node-fs.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 
+export const TOKEN_RULES: readonly TokenRule[] = ['first', 'mean', 'sum', 'max'];
 export type TokenRule = 'first' | 'mean' | 'sum' | 'max';
 export type WordAggregation = 'max' | 'mean';
 
@@ -56,6 +57,10 @@ export class Verbalizer {
   constructor(labelWords: LabelWords, tok: TextTokenizer, opts: VerbalizerOptions = {}) {
     this.tokenRule = opts.tokenRule ?? 'first';
     this.wordAggregation = opts.wordAggregation ?? 'max';
+    if (!TOKEN_RULES.includes(this.tokenRule)) throw new Error(`verbalizer: token rule must be one of ${TOKEN_RULES.join(', ')}, got ${JSON.stringify(this.tokenRule)}`);
+    if (this.wordAggregation !== 'max' && this.wordAggregation !== 'mean') {
+      throw new Error(`verbalizer: word aggregation must be max or mean, got ${JSON.stringify(this.wordAggregation)}`);
+    }
     const unk = unknownId(tok, opts.unkId);
     const labels = Object.keys(labelWords);
     if (labels.length === 0) throw new Error('verbalizer: no labels');
@@ -117,9 +122,11 @@ export class Verbalizer {
   static parseSpec(spec: string): LabelWords {
     const trimmed = spec.trim();
     if (trimmed.startsWith('{')) return parseJsonSpec(trimmed, 'inline verbalizer');
-    if (/\.json$/i.test(trimmed) || (fs.existsSync(trimmed) && fs.statSync(trimmed).isFile())) {
+    const fs = nodeFs();
+    if (/\.json$/i.test(trimmed) || (fs?.existsSync(trimmed) && fs.statSync(trimmed).isFile())) {
       let text: string;
       try {
+        if (!fs) throw new Error('files can only be read in Node');
         text = fs.readFileSync(trimmed, 'utf8');
       } catch (e) {
         throw new Error(`verbalizer file ${trimmed}: ${(e as Error).message}`);

@@ -1,6 +1,6 @@
-import fs from 'node:fs';
-import path from 'node:path';
 import { Tokenizer } from '@huggingface/tokenizers';
+import { readJson as readSourceJson, where, type FileSource } from '../io/files.js';
+import { requireNodeFs } from '../util/node-fs.js';
 import type { TextTokenizer } from './tokenizer.js';
 
 interface TokenizerJson {
@@ -66,23 +66,44 @@ export class HfTokenizer implements TextTokenizer {
     }
   }
 
-  /** Reads `tokenizer.json` and, when present, `tokenizer_config.json` and `special_tokens_map.json`. */
+  /** Reads `tokenizer.json` and, when present, `tokenizer_config.json` and `special_tokens_map.json` (Node). */
   static fromDir(dir: string): HfTokenizer {
-    const file = path.join(dir, 'tokenizer.json');
-    if (!fs.existsSync(file)) throw new Error(`${file}: tokenizer file not found`);
-    const json = readJson(file) as TokenizerJson;
-    if (typeof json !== 'object' || json === null || typeof json.model !== 'object') {
+    const fs = requireNodeFs(`${dir}/tokenizer.json`);
+    const read = (name: string): unknown => {
+      const file = `${dir.replace(/\/+$/, '')}/${name}`;
+      if (!fs.existsSync(file)) return null;
+      try {
+        return JSON.parse(fs.readFileSync(file, 'utf8'));
+      } catch (err) {
+        throw new Error(`${file}: cannot read JSON (${(err as Error).message.split('\n')[0]})`);
+      }
+    };
+    const file = `${dir.replace(/\/+$/, '')}/tokenizer.json`;
+    const json = read('tokenizer.json');
+    if (json === null) throw new Error(`${file}: tokenizer file not found`);
+    return HfTokenizer.fromJson(file, json, read('tokenizer_config.json'), read('special_tokens_map.json'));
+  }
+
+  /** The same files from any source (a URL, files picked in a page). */
+  static async fromSource(source: FileSource): Promise<HfTokenizer> {
+    const file = where(source, 'tokenizer.json');
+    const json = await readSourceJson(source, 'tokenizer.json');
+    if (json === null) throw new Error(`${file}: tokenizer file not found`);
+    const [config, map] = await Promise.all([readSourceJson(source, 'tokenizer_config.json'), readSourceJson(source, 'special_tokens_map.json')]);
+    return HfTokenizer.fromJson(file, json, config, map);
+  }
+
+  /**
+   * From the parsed files (`file` names tokenizer.json in messages): as transformers loads them,
+   * special_tokens_map.json overrides what tokenizer_config.json says.
+   */
+  static fromJson(file: string, json: unknown, tokenizerConfig?: unknown, specialTokensMap?: unknown): HfTokenizer {
+    if (typeof json !== 'object' || json === null || typeof (json as TokenizerJson).model !== 'object') {
       throw new Error(`${file}: no "model" object (not a Hugging Face tokenizer.json)`);
     }
-    const mapFile = path.join(dir, 'special_tokens_map.json');
-    const cfgFile = path.join(dir, 'tokenizer_config.json');
-    // as transformers loads them: special_tokens_map.json overrides what tokenizer_config.json says
-    const config = {
-      ...(fs.existsSync(cfgFile) ? (readJson(cfgFile) as object) : {}),
-      ...(fs.existsSync(mapFile) ? (readJson(mapFile) as object) : {}),
-    };
+    const config = { ...((tokenizerConfig as object | null) ?? {}), ...((specialTokensMap as object | null) ?? {}) };
     try {
-      return new HfTokenizer(json, config);
+      return new HfTokenizer(json as TokenizerJson, config);
     } catch (err) {
       throw new Error(`${file}: ${(err as Error).message.split('\n')[0]}`);
     }
@@ -123,14 +144,6 @@ function wrapOf(t: Tokenizer): { start: number[]; end: number[] } {
     if (plain.every((id: number, k: number) => full[i + k] === id)) return { start: full.slice(0, i), end: full.slice(i + plain.length) };
   }
   return { start: [], end: [] };
-}
-
-function readJson(file: string): unknown {
-  try {
-    return JSON.parse(fs.readFileSync(file, 'utf8'));
-  } catch (err) {
-    throw new Error(`${file}: cannot read JSON (${(err as Error).message.split('\n')[0]})`);
-  }
 }
 
 /** tokenizer_config.json spells special tokens as strings or as AddedToken objects `{ content }`. */

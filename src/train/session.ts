@@ -1,139 +1,40 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { getRuntime } from '../engine/runtime.js';
-import { prefixed, type Parameter } from '../engine/tensor.js';
+import { writeSafetensors } from '../engine/safetensors.js';
 import { loadModel } from '../models/load.js';
 import type { LanguageModel } from '../models/model.js';
-import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
-import { makeHead, type Head, type HeadSpec } from '../prompt/heads.js';
-import { PTuningPrograms } from '../prompt/programs.js';
-import { collate, renderExample, type RenderedExample } from '../prompt/render.js';
-import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
 import { readRecords } from '../data/read.js';
 import type { Progress } from '../util/progress.js';
-import { Adam, AdamW, decayGroups, type ParamGroup } from '../train/optim.js';
-import { makeSchedule, type Schedule, type ScheduleConfig } from '../train/schedule.js';
 import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.js';
-import { safetensorsBytes, writeSafetensors } from '../engine/safetensors.js';
-import { trainLoop, type DevResult, type TrainLoopConfig, type TrainResult } from './trainer.js';
+import { trainLoop, type TrainResult, type TrainState } from './trainer.js';
+import { readRunConfig } from './files.js';
+import { checkQuantize, classificationMetrics, primaryMetric, PTuning, runtimeRecord, type EvalResult, type RunConfig } from './tuning.js';
+import { describeBaselines, devBaselines, type Baselines } from './baselines.js';
 import { UserError } from '../util/errors.js';
 import type { QuantizeOptions } from '../models/quantize.js';
 
-export interface OptimConfig {
-  optimizer: 'adam' | 'adamw';
-  lr: number;
-  weightDecay: number;
-  schedule: 'constant' | 'linear' | 'exponential';
-  /** linear/constant warmup as a fraction of all steps */
-  warmupRatio: number;
-  /** exponential: lr multiplier per epoch */
-  gamma: number;
-  /** joint tuning: the LM's weights train too, with their own rate and decay */
-  tuneLm: boolean;
-  lmLr: number;
-  lmWeightDecay: number;
-}
-
-/** Everything needed to rebuild a P-tuning run; saved as `<run>/config.json`. */
-export interface RunConfig {
-  version: 1;
-  model: string;
-  template: string;
-  legacyBertOrder?: boolean;
-  head: HeadSpec;
-  encoder: Omit<PromptEncoderConfig, 'numVirtualTokens' | 'tokenDim'>;
-  maxLength: number;
-  skipTooLong: boolean;
-  /** PEFT placement: this many virtual tokens before everything, special tokens included (imported adapters) */
-  peftPrefix?: number;
-  data?: { train: string; dev: string };
-  loop: TrainLoopConfig;
-  optim: OptimConfig;
-  /** where the run trained (recorded, not required to match on resume) */
-  runtime?: { name: string; threads: number };
-  /** the frozen LM's linear weights quantized at load (not with optim.tuneLm) */
-  quantize?: QuantizeOptions;
-}
-
-export const DEFAULT_LOOP: TrainLoopConfig = {
-  epochs: 10,
-  maxSteps: 0,
-  batchSize: 8,
-  gradAccum: 1,
-  maxGradNorm: 1,
-  evalEvery: 0,
-  patience: 0,
-  saveEvery: 50,
-  logEvery: 10,
-  seed: 13,
-};
-
-export const DEFAULT_OPTIM: OptimConfig = {
-  optimizer: 'adam',
-  lr: 3e-3,
-  weightDecay: 0,
-  schedule: 'constant',
-  warmupRatio: 0,
-  gamma: 0.98,
-  tuneLm: false,
-  lmLr: 1e-5,
-  lmWeightDecay: 0.1,
-};
-
-/** One rendered record with its target, ready to batch. */
-export interface Item {
-  ex: RenderedExample;
-  target: number;
-  index: number;
-}
-
-export interface EvalResult {
-  metrics: Record<string, number>;
-  /** predicted class per rendered record */
-  predictions: number[];
-  targets: number[];
-  /** records skipped as too long */
-  skipped: number;
-}
-
-export interface Prediction {
-  index: number;
-  /** the record's own id field (id, uuid, idx or guid), when it has one */
-  id?: unknown;
-  prediction: string;
-  scores: { label: string; score: number }[];
-}
+export {
+  checkQuantize, classificationMetrics, DEFAULT_LOOP, DEFAULT_METHOD, DEFAULT_OPTIM, leadingPseudo, METHODS, primaryMetric, PTuning, recordId,
+  TrainingStopped, withPeftPrefix, type EvalResult, type Item, type MethodName, type OptimConfig, type Prediction, type RunConfig,
+} from './tuning.js';
 
 /**
- * A P-tuning run: a language model, a template with pseudo tokens, a prompt encoder and a head. The LM is
- * reached only through the LanguageModel interface (embed, run from embeddings, logits at positions).
+ * A P-tuning run on disk: PTuning (tuning.ts: the template, encoder, head, programs, evaluation, prediction)
+ * with its model loaded from a directory or the Hub, run directories with atomic checkpoints and resume, and
+ * data read from files.
  */
-export class PTuningSession {
-  readonly config: RunConfig;
-  readonly lm: LanguageModel;
-  readonly template: Template;
-  readonly encoder: PromptEncoder | null;
-  readonly head: Head;
-  /** the training step, scoring and ranking as programs over the LM */
-  readonly programs: PTuningPrograms;
-
+export class PTuningSession extends PTuning {
   private constructor(config: RunConfig, lm: LanguageModel) {
-    this.config = config;
-    this.lm = lm;
-    this.template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
-    validateFor(this.template, lm.info.kind);
-    const n = numPseudo(this.template) + (config.peftPrefix ?? 0);
-    this.encoder = n > 0 ? new PromptEncoder({ ...config.encoder, numVirtualTokens: n, tokenDim: lm.info.embeddingSize ?? lm.info.hiddenSize }) : null;
-    this.head = makeHead(config.head, lm.tokenizer, lm.info.vocabSize);
-    this.programs = new PTuningPrograms(lm, this.encoder, this.head);
+    super(config, lm);
   }
 
-  static async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
-    if (config.quantize && config.optim.tuneLm) {
-      throw new UserError('--quantize cannot be combined with --tune-lm: quantized weights are frozen (tune the LM in fp32, or P-tune the prompt alone)');
-    }
+  static override async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
+    // refused before anything is loaded
+    checkQuantize(config, lm);
     const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm, quantize: config.quantize }));
-    return new PTuningSession(config, model);
+    const s = new PTuningSession(config, model);
+    await s.initialise();
+    return s;
   }
 
   /**
@@ -143,8 +44,7 @@ export class PTuningSession {
   static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel, opts: { quantize?: QuantizeOptions | null } = {}): Promise<PTuningSession> {
     const cfgFile = path.join(runDir, 'config.json');
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-    const saved = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as RunConfig;
-    const { quantize: own, ...rest } = saved;
+    const { quantize: own, ...rest } = readRunConfig(cfgFile);
     const quantize = opts.quantize === undefined ? own : opts.quantize;
     const config: RunConfig = { ...rest, ...(quantize && { quantize }) };
     const s = await PTuningSession.create(config, lm);
@@ -154,98 +54,11 @@ export class PTuningSession {
     return s;
   }
 
-  /** The parameters training updates: the encoder's ("encoder.*"), and with tuneLm the LM's ("lm.*"). */
-  trainedParams(): Map<string, Parameter> {
-    const out = new Map<string, Parameter>();
-    for (const [k, v] of this.encoder?.params ?? []) out.set(`encoder.${k}`, v);
-    if (this.config.optim.tuneLm) for (const [k, v] of this.lm.params) out.set(`lm.${k}`, v);
-    return out;
-  }
-
-  /** Renders records; too-long records are skipped (counted) or an error, as configured. */
-  prepare(records: readonly Record<string, unknown>[], source: string, withTargets = true): { items: Item[]; skipped: number } {
-    const items: Item[] = [];
-    let skipped = 0;
-    const info = this.lm.info;
-    records.forEach((record, index) => {
-      const where = `${source} record ${index + 1}`;
-      let ex: RenderedExample | null;
-      try {
-        ex = renderExample(this.template, record, this.lm.tokenizer, info, {
-          maxLength: this.config.maxLength - (this.config.peftPrefix ?? 0),
-          skipTooLong: this.config.skipTooLong,
-          index,
-        });
-      } catch (e) {
-        throw new UserError(`${source}: ${(e as Error).message}`);
-      }
-      if (!ex) {
-        skipped++;
-        return;
-      }
-      if (this.config.peftPrefix) ex = withPeftPrefix(ex, this.config.peftPrefix, info.special.pad);
-      let target = -1;
-      if (withTargets) {
-        try {
-          target = this.head.target(record, where);
-        } catch (e) {
-          throw new UserError((e as Error).message);
-        }
-      }
-      items.push({ ex, target, index });
-    });
-    return { items, skipped };
-  }
-
-  private batch(items: readonly Item[]) {
-    return collate(items.map((i) => i.ex), this.lm.info);
-  }
-
-  /** Per-class scores [B, K] for a batch of items. */
-  scores(items: readonly Item[]): Promise<{ data: Float32Array; shape: number[] }> {
-    return this.programs.scores(this.batch(items));
-  }
-
-  /** Mean loss of a batch, its gradients written into the trained parameters' `grad`. */
-  lossAndGrads(items: readonly Item[]): Promise<{ loss: number; graded: Parameter[] }> {
-    return this.programs.lossAndGrads(this.batch(items), items.map((i) => i.target));
-  }
-
-  /** Argmax (restricted to the head's predictable classes) and top-k per item. */
-  async rank(items: readonly Item[], topK: number, batchSize = 32): Promise<{ top: number[][]; topScores: number[][] }> {
-    const top: number[][] = [];
-    const topScores: number[][] = [];
-    for (let i = 0; i < items.length; i += batchSize) {
-      const r = await this.programs.topK(this.batch(items.slice(i, i + batchSize)), topK, this.head.predictable);
-      top.push(...r.indices);
-      topScores.push(...r.values);
-    }
-    return { top, topScores };
-  }
-
-  async evaluateItems(items: readonly Item[], skipped = 0): Promise<EvalResult> {
-    const { top } = await this.rank(items, 1);
-    const predictions = top.map((t) => t[0]!);
-    const targets = items.map((i) => i.target);
-    return { metrics: classificationMetrics(predictions, targets, this.head), predictions, targets, skipped };
-  }
-
   async evaluateFile(file: string): Promise<EvalResult> {
     const { items, skipped } = this.prepare(readRecords(file), file);
     const r = await this.evaluateItems(items, skipped);
     r.metrics.skipped = skipped;
     return r;
-  }
-
-  async predict(records: readonly Record<string, unknown>[], source: string, topK: number): Promise<Prediction[]> {
-    const { items } = this.prepare(records, source, false);
-    const { top, topScores } = await this.rank(items, topK);
-    return items.map((it, r) => ({
-      index: it.index,
-      ...recordId(records[it.index]!),
-      prediction: this.head.className(top[r]![0]!),
-      scores: top[r]!.map((k, j) => ({ label: this.head.className(k), score: Math.exp(topScores[r]![j]!) })),
-    }));
   }
 
   /** Trains on `config.data` (or the given records) and writes the run directory. */
@@ -259,7 +72,14 @@ export class PTuningSession {
     restoreBest?: boolean;
     /** polled after each step: true stops with a checkpoint (see trainLoop) */
     stopRequested?: () => boolean;
-  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number }> {
+    /** measure the majority and zero-shot dev baselines first (default true; skipped when resuming) */
+    baselines?: boolean;
+    /**
+     * called once the data, the configuration and (on resume) the checkpoint have all been read and checked,
+     * before the first file of the run is written
+     */
+    beforeWrite?: (resumedFrom: TrainState | null) => void;
+  }): Promise<TrainResult & { trainSkipped: number; devSkipped: number; baselines?: Baselines }> {
     const { runDir } = opts;
     const c = this.config;
     const trainRecords = opts.train ?? readRecords(c.data!.train);
@@ -267,81 +87,28 @@ export class PTuningSession {
     const tr = this.prepare(trainRecords, c.data?.train ?? 'train');
     const dv = this.prepare(devRecords, c.data?.dev ?? 'dev');
     if (tr.items.length === 0) throw new UserError('no training examples left after rendering');
-    const rt = await getRuntime();
-    fs.mkdirSync(runDir, { recursive: true });
-    writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime: { name: rt.name, threads: rt.threads } });
-
-    const optimizer = this.makeOptimizer();
-    const encoder = this.encoder;
+    const runtime = await runtimeRecord();
+    // measured before the first file is written; saved with the run's config
+    const baselines = (opts.baselines ?? true) && !opts.resume ? await devBaselines(this, tr.items, dv.items, devRecords, classificationMetrics) : undefined;
+    const o = this.loopOptions(tr.items, dv.items, opts);
     try {
-      const result = await trainLoop<Item>({
+      const result = await trainLoop({
+        ...o,
         runDir,
-        config: c.loop,
-        task: {
-          examples: tr.items,
-          lossAndGrads: (batch) => this.lossAndGrads(batch),
-          evaluate: async (): Promise<DevResult> => {
-            const r = await this.evaluateItems(dv.items);
-            return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };
-          },
-          ...(encoder?.hasDropout && {
-            saveState: () => ({ dropout: encoder.dropoutState }),
-            restoreState: (st: unknown) => {
-              const d = (st as { dropout?: number[] } | null)?.dropout;
-              if (d) encoder.dropoutState = d;
-            },
-          }),
-        },
-        params: this.trainedParams(),
-        optimizer,
-        lrScale: this.lrSchedule(tr.items.length),
         resume: opts.resume ?? false,
-        progress: opts.progress,
-        onSaveBest: async (): Promise<Record<string, Uint8Array>> => {
-          const table = await this.promptTable();
-          return table ? { 'prompt_table.safetensors': safetensorsBytes({ prompt_embeddings: table }) } : {};
+        onStart: (resumedFrom) => {
+          opts.beforeWrite?.(resumedFrom);
+          writeJsonAtomic(path.join(runDir, 'config.json'), { ...c, runtime });
+          if (baselines) {
+            writeJsonAtomic(path.join(runDir, 'baselines.json'), baselines);
+            opts.progress?.log(describeBaselines(baselines, primaryMetric(this.head)));
+          }
         },
-        restoreBest: opts.restoreBest,
-        stopRequested: opts.stopRequested,
       });
-      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped };
+      return { ...result, trainSkipped: tr.skipped, devSkipped: dv.skipped, ...(baselines && { baselines }) };
     } finally {
-      optimizer.dispose();
+      o.optimizer.dispose();
     }
-  }
-
-  /** Adam or AdamW over `trainedParams()`: the prompt group, and with tuneLm the LM's decay / no-decay groups. */
-  makeOptimizer(): Adam | AdamW {
-    const c = this.config;
-    const groups: ParamGroup[] = [];
-    if (this.encoder) {
-      groups.push({ name: 'prompt', params: prefixed(this.encoder.params, 'encoder.'), lr: c.optim.lr, weightDecay: c.optim.weightDecay });
-    }
-    if (c.optim.tuneLm) {
-      groups.push(...decayGroups(prefixed(this.lm.params, 'lm.'), { lr: c.optim.lmLr, weightDecay: c.optim.lmWeightDecay, name: 'lm' }));
-    }
-    if (groups.length === 0) throw new UserError('nothing to train: the template has no pseudo tokens and --tune-lm is off');
-    return c.optim.optimizer === 'adamw' ? new AdamW(groups) : new Adam(groups);
-  }
-
-  /** The learning-rate multiplier of the configured schedule for a run over `numExamples` training examples. */
-  lrSchedule(numExamples: number): Schedule {
-    const c = this.config;
-    const stepsPerEpoch = Math.ceil(Math.ceil(numExamples / c.loop.batchSize) / c.loop.gradAccum);
-    const totalSteps = c.loop.maxSteps > 0 ? Math.min(c.loop.maxSteps, stepsPerEpoch * c.loop.epochs) : stepsPerEpoch * c.loop.epochs;
-    const warmupSteps = Math.round(c.optim.warmupRatio * totalSteps);
-    const schedule: ScheduleConfig =
-      c.optim.schedule === 'linear'
-        ? { kind: 'linear', warmupSteps, totalSteps }
-        : c.optim.schedule === 'exponential'
-          ? { kind: 'exponential', gamma: c.optim.gamma }
-          : { kind: 'constant', warmupSteps };
-    return makeSchedule(schedule);
-  }
-
-  /** The frozen prompt table (encoder output): all inference needs. */
-  promptTable(): Promise<{ shape: number[]; data: Float32Array } | null> {
-    return this.encoder ? this.encoder.table() : Promise.resolve(null);
   }
 
   async savePromptTable(file: string): Promise<void> {
@@ -349,44 +116,8 @@ export class PTuningSession {
     if (table) writeSafetensors(file, { prompt_embeddings: table });
   }
 
-  /** Frees the LM unless it is shared with other sessions (`keepLm`). */
-  dispose(opts: { keepLm?: boolean } = {}): void {
-    if (!opts.keepLm) this.lm.dispose();
+  /** Another session over the same LM (e.g. the zero-shot reading of this one's template). */
+  override variant(config: RunConfig): Promise<PTuningSession> {
+    return PTuningSession.create(config, this.lm);
   }
-}
-
-/** PEFT's placement: the virtual tokens before the whole input. */
-function withPeftPrefix(ex: RenderedExample, n: number, pad: number): RenderedExample {
-  return {
-    ids: [...new Array<number>(n).fill(pad), ...ex.ids],
-    pseudoPositions: [...Array(n).keys(), ...ex.pseudoPositions.map((p) => p + n)],
-    pseudoIndex: [...Array(n).keys(), ...ex.pseudoIndex.map((k) => k + n)],
-    answerPosition: ex.answerPosition + n,
-    tokenTypeIds: ex.tokenTypeIds ? [...new Array<number>(n).fill(0), ...ex.tokenTypeIds] : undefined,
-  };
-}
-
-function recordId(record: Record<string, unknown>): { id?: unknown } {
-  const key = ['id', 'uuid', 'idx', 'guid'].find((k) => record[k] !== undefined);
-  return key ? { id: record[key] } : {};
-}
-
-export function primaryMetric(head: Head): string {
-  return head.spec.kind === 'answer' ? 'p@1' : 'accuracy';
-}
-
-/** accuracy and macro-F1 (label heads), P@1 (answer heads). */
-export function classificationMetrics(pred: number[], gold: number[], head: Head): Record<string, number> {
-  const n = gold.length;
-  const correct = pred.filter((p, i) => p === gold[i]).length;
-  const acc = n ? correct / n : 0;
-  if (head.spec.kind === 'answer') return { 'p@1': acc, n };
-  let f1sum = 0;
-  for (let k = 0; k < head.numClasses; k++) {
-    const tp = pred.filter((p, i) => p === k && gold[i] === k).length;
-    const fp = pred.filter((p, i) => p === k && gold[i] !== k).length;
-    const fn = pred.filter((p, i) => p !== k && gold[i] === k).length;
-    f1sum += tp === 0 ? 0 : (2 * tp) / (2 * tp + fp + fn);
-  }
-  return { accuracy: acc, 'macro-f1': f1sum / head.numClasses, n };
 }

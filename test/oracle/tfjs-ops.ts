@@ -178,5 +178,6 @@ export const tfOps: Ops<T> = {
   transpose: (x, perm) => tf.transpose(x, perm),
   reshape: (x, shape) => tf.reshape(x, shape),
   expandDims: (x, axis) => tf.expandDims(x, axis),
+  expand: (x, shape) => tf.broadcastTo(x, shape),
   cast: (x, dtype) => tf.cast(x, dtype),
 };

@@ -111,6 +111,7 @@ const RULES: Record<string, Rule> = {
     return [o.transpose(g, inverse)];
   },
   Reshape: (o, n, g) => [o.reshape(g, n.inputSyms[0]!.shape)],
+  Expand: (o, n, g) => [o.sumTo(g, n.inputSyms[0]!.shape)],
   Identity: (_o, _n, g) => [g],
   Cast: (o, n, g) => [n.inputSyms[0]!.dtype === 'float32' ? g : undefined],
   Slice: (o, n, g) => {

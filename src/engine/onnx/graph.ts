@@ -69,6 +69,14 @@ export class Graph {
     return sym;
   }
 
+  /** Turns graph input `s` into a constant holding `data` (read when the model is serialised). */
+  bindInput(s: Sym, data: () => ConstData): void {
+    const i = this.inputs.indexOf(s);
+    if (i < 0) throw new Error(`onnx graph: "${s.name}" is not an input`);
+    this.inputs.splice(i, 1);
+    this.consts.set(s.name, { sym: s, data });
+  }
+
   /** The values of a constant, or undefined when `s` is computed. */
   constantData(s: Sym): ConstData | undefined {
     const c = this.consts.get(s.name);
@@ -102,12 +110,13 @@ export class Graph {
    * The serialised model computing `outputs` from the graph inputs; only the nodes and initializers they need
    * are kept, and only the inputs they depend on are declared. `cuts` are computed values fed as inputs
    * instead (activations saved by a forward run), unless a kept node computes them anyway. Constants for which
-   * `external` gives a place are referenced there (ONNX external data) instead of being embedded.
+   * `external` gives a place are referenced there (ONNX external data) instead of being embedded; it is told
+   * each constant's size and given its bytes, so it can write them where it places them.
    */
   toModel(
     outputs: Record<string, Sym>,
     cuts: Sym[] = [],
-    external?: (name: string) => { location: string; offset: number } | undefined,
+    external?: (name: string, byteLength: number, raw: () => Uint8Array) => { location: string; offset: number } | undefined,
   ): { bytes: Uint8Array; inputNames: string[]; constantBytes: number } {
     const cut = new Map(cuts.map((s) => [s.name, s]));
     const needed = new Set<string>();
@@ -146,7 +155,7 @@ export class Graph {
         return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       };
       const byteLength = expected * BYTES[sym.dtype];
-      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength, external: external?.(name) });
+      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength, external: external?.(name, byteLength, raw) });
     }
     const bytes = encodeModel({
       nodes: [...kept.map((n) => ({ ...n, inputs: n.inputs.map(rn), outputs: n.outputs.map(rn) })), ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),

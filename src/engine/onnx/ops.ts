@@ -306,6 +306,10 @@ export class OnnxOps implements Ops<Sym> {
     return this.reshape(reduced, shape);
   }
 
+  expand(x: Sym, shape: number[]): Sym {
+    return this.expandTo(x, broadcastShape(x.shape, shape, 'Expand'));
+  }
+
   expandTo(x: Sym, shape: number[]): Sym {
     if (x.shape.join(',') === shape.join(',')) return x;
     return this.graph.op1('Expand', [x, this.graph.ints(shape)], shape, x.dtype);

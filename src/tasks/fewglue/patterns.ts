@@ -2,6 +2,8 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { readText } from './records.js';
+import { parseFile, parseJsonText, z } from '../../util/schema.js';
+import { UserError } from '../../util/errors.js';
 import { taskInfo, type AnswerType, type TaskExample, type TaskName } from './tasks.js';
 
 /**
@@ -50,26 +52,59 @@ export function patternsDir(): string {
 export function loadPatterns(task: TaskName | string, dir: string = patternsDir()): PatternFile {
   const name = taskInfo(task).name;
   const file = path.join(dir, `${name}.json`);
-  let json: unknown;
-  try {
-    json = JSON.parse(readText(file));
-  } catch (e) {
-    throw new Error(e instanceof SyntaxError ? `${file}: invalid JSON (${e.message})` : (e as Error).message);
-  }
+  const json = parseJsonText(readText(file), file);
   const parsed = parsePatternFile(json, file);
-  if (parsed.task !== name) throw new Error(`${file}: task: is "${parsed.task}" but the file is for ${name}`);
+  if (parsed.task !== name) throw new UserError(`${file}: task: is "${parsed.task}" but the file is for ${name}`);
   return parsed;
 }
+
+/** a non-empty list of non-empty strings */
+const stringList = z.unknown().transform((v, ctx) => {
+  if (!Array.isArray(v) || v.length === 0 || !v.every((x) => typeof x === 'string' && x.trim() !== '')) {
+    ctx.addIssue({ code: 'custom', message: v === undefined ? 'is missing' : 'must be a non-empty array of non-empty strings' });
+    return z.NEVER;
+  }
+  return v as string[];
+});
+
+const caseTemplate = z.object({ by: z.string(), cases: z.record(z.string(), z.string()) }).strict();
+const templateSchema = z.union([z.string(), caseTemplate]);
+
+const patternSchema = z
+  .object({
+    name: z.string().min(1, { message: 'must be a non-empty string' }),
+    template: templateSchema,
+    causal: templateSchema.optional(),
+    notes: z.string().optional(),
+  })
+  .strict();
+
+/** The shape of a pattern file; what depends on the task (its fields, labels, answer type) is checked after. */
+export const patternFileSchema = z
+  .object({
+    task: z.string(),
+    answerType: z.string(),
+    fields: stringList,
+    verbalizer: z.record(z.string(), z.unknown()).optional(),
+    patterns: z.unknown().transform((v, ctx) => {
+      if (!Array.isArray(v) || v.length === 0) {
+        ctx.addIssue({ code: 'custom', message: v === undefined ? 'is missing' : 'must be a non-empty array' });
+        return z.NEVER;
+      }
+      return v as unknown[];
+    }).pipe(z.array(patternSchema)),
+    notes: z.string().optional(),
+  })
+  .strict();
 
 /** Validates a pattern file's JSON; every error is one line naming the file and the field. */
 export function parsePatternFile(json: unknown, file: string): PatternFile {
   const fail = (field: string, what: string): never => {
-    throw new Error(`${file}: ${field}: ${what}`);
+    throw new UserError(`${file}: ${field}: ${what}`);
   };
-  const top = asObject(json, () => fail('(top level)', 'must be a JSON object'));
-  checkKeys(top, FILE_KEYS, ['task', 'answerType', 'fields', 'patterns'], fail, '');
+  if (typeof json !== 'object' || json === null || Array.isArray(json)) return fail('(top level)', 'must be a JSON object');
+  const top = parseFile(patternFileSchema, json, file);
 
-  if (typeof top.task !== 'string') return fail('task', 'must be a string');
   let info;
   try {
     info = taskInfo(top.task);
@@ -78,71 +113,66 @@ export function parsePatternFile(json: unknown, file: string): PatternFile {
   }
   if (top.answerType !== info.answerType) fail('answerType', `is ${JSON.stringify(top.answerType)}, ${info.name} answers are "${info.answerType}"`);
 
-  const fields = stringList(top.fields, 'fields', fail);
+  const fields = top.fields;
   for (const f of fields) if (!info.fields.includes(f)) fail('fields', `"${f}" is not a field of ${info.name} examples (${info.fields.join(', ')})`);
 
   let verbalizer: Record<string, string[]> | undefined;
   if (info.answerType === 'label') {
     if (top.verbalizer === undefined) fail('verbalizer', `is missing (${info.name} is a label task)`);
-    const v = asObject(top.verbalizer, () => fail('verbalizer', 'must be an object label → [words]'));
-    checkKeys(v, [...info.labels], [...info.labels], fail, 'verbalizer.');
-    verbalizer = Object.fromEntries(info.labels.map((l) => [l, stringList(v[l], `verbalizer.${l}`, fail)]));
+    const v = top.verbalizer!;
+    for (const k of Object.keys(v)) if (!info.labels.includes(k)) fail(`verbalizer.${k}`, `unknown key (allowed: ${info.labels.join(', ')})`);
+    for (const l of info.labels) if (v[l] === undefined) fail(`verbalizer.${l}`, 'is missing');
+    verbalizer = Object.fromEntries(
+      info.labels.map((l) => {
+        const words = stringList.safeParse(v[l]);
+        return [l, words.success ? words.data : fail(`verbalizer.${l}`, 'must be a non-empty array of non-empty strings')];
+      }),
+    );
   } else if (top.verbalizer !== undefined) {
     fail('verbalizer', `not used by "${info.answerType}" tasks (the answers are the example's choices)`);
   }
 
-  if (!Array.isArray(top.patterns) || top.patterns.length === 0) return fail('patterns', 'must be a non-empty array');
-  const patterns = top.patterns.map((p: unknown, i: number) => parsePattern(p, `patterns[${i}]`, fields, fail));
+  const patterns = top.patterns.map((p, i) => checkPattern(p, `patterns[${i}]`, fields, fail));
   const names = patterns.map((p) => p.name);
   const dup = names.find((n, i) => names.indexOf(n) !== i);
   if (dup) fail('patterns', `name "${dup}" is used twice`);
   if (!patterns.some((p) => pseudoTokenCount(p.template) === 0)) fail('patterns', 'needs a manual pattern (one without [P])');
   if (!patterns.some((p) => pseudoTokenCount(p.template) > 0)) fail('patterns', 'needs a P-tuning pattern (one with [P])');
 
-  if (top.notes !== undefined && typeof top.notes !== 'string') fail('notes', 'must be a string');
   return {
     task: info.name, answerType: info.answerType, fields, ...(verbalizer ? { verbalizer } : {}), patterns,
-    ...(typeof top.notes === 'string' ? { notes: top.notes } : {}), file,
+    ...(top.notes !== undefined ? { notes: top.notes } : {}), file,
   };
 }
 
 type Fail = (field: string, what: string) => never;
 
-function parsePattern(json: unknown, at: string, fields: string[], fail: Fail): Pattern {
-  const p = asObject(json, () => fail(at, 'must be an object'));
-  checkKeys(p, PATTERN_KEYS, ['name', 'template'], fail, `${at}.`);
-  if (typeof p.name !== 'string' || p.name === '') fail(`${at}.name`, 'must be a non-empty string');
-  if (p.notes !== undefined && typeof p.notes !== 'string') fail(`${at}.notes`, 'must be a string');
-  const template = parseTemplate(p.template, `${at}.template`, fields, fail);
+function checkPattern(p: z.output<typeof patternSchema>, at: string, fields: string[], fail: Fail): Pattern {
+  const template = checkTemplate(p.template, `${at}.template`, fields, fail);
   const count = pseudoTokenCount(template);
+  const notes = p.notes ? { notes: p.notes } : {};
   if (p.causal === undefined) {
     if (!variants(template).every(endsWithMask)) fail(`${at}.causal`, 'is missing, and the template does not end with [MASK] (causal LMs need it last)');
-    return { name: p.name as string, template, ...(p.notes ? { notes: p.notes as string } : {}) };
+    return { name: p.name, template, ...notes };
   }
-  const causal = parseTemplate(p.causal, `${at}.causal`, fields, fail);
+  const causal = checkTemplate(p.causal, `${at}.causal`, fields, fail);
   if (!variants(causal).every(endsWithMask)) fail(`${at}.causal`, 'must end with [MASK]');
   if (pseudoTokenCount(causal) !== count) fail(`${at}.causal`, `has ${pseudoTokenCount(causal)} pseudo tokens, the template has ${count}`);
-  return { name: p.name as string, template, causal, ...(p.notes ? { notes: p.notes as string } : {}) };
+  return { name: p.name, template, causal, ...notes };
 }
 
-function parseTemplate(json: unknown, at: string, fields: string[], fail: Fail): Template {
-  if (typeof json === 'string') {
-    checkTemplateText(json, at, fields, fail);
-    return json;
+function checkTemplate(t: Template, at: string, fields: string[], fail: Fail): Template {
+  if (typeof t === 'string') {
+    checkTemplateText(t, at, fields, fail);
+    return t;
   }
-  const t = asObject(json, () => fail(at, 'must be a template string or {"by": field, "cases": {value: template}}'));
-  checkKeys(t, ['by', 'cases'], ['by', 'cases'], fail, `${at}.`);
-  if (typeof t.by !== 'string' || !fields.includes(t.by)) fail(`${at}.by`, `must name one of the fields (${fields.join(', ')})`);
-  const cases = asObject(t.cases, () => fail(`${at}.cases`, 'must be an object value → template'));
-  const entries = Object.entries(cases);
+  if (!fields.includes(t.by)) fail(`${at}.by`, `must name one of the fields (${fields.join(', ')})`);
+  const entries = Object.entries(t.cases);
   if (entries.length === 0) fail(`${at}.cases`, 'is empty');
-  for (const [value, text] of entries) {
-    if (typeof text !== 'string') fail(`${at}.cases.${value}`, 'must be a template string');
-    checkTemplateText(text as string, `${at}.cases.${value}`, fields, fail);
-  }
-  const counts = new Set(entries.map(([, text]) => pseudoTokenCount(text as string)));
+  for (const [value, text] of entries) checkTemplateText(text, `${at}.cases.${value}`, fields, fail);
+  const counts = new Set(entries.map(([, text]) => pseudoTokenCount(text)));
   if (counts.size > 1) fail(`${at}.cases`, 'all cases must have the same number of pseudo tokens');
-  return { by: t.by as string, cases: cases as Record<string, string> };
+  return { by: t.by, cases: t.cases };
 }
 
 interface Scan {
@@ -223,21 +253,4 @@ function variants(t: Template): string[] {
 
 function endsWithMask(text: string): boolean {
   return text.trimEnd().endsWith('[MASK]');
-}
-
-function asObject(v: unknown, onError: () => never): Record<string, unknown> {
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return onError();
-  return v as Record<string, unknown>;
-}
-
-function checkKeys(obj: Record<string, unknown>, allowed: string[], required: string[], fail: Fail, prefix: string): void {
-  for (const k of Object.keys(obj)) if (!allowed.includes(k)) fail(`${prefix}${k}`, `unknown key (allowed: ${allowed.join(', ')})`);
-  for (const k of required) if (obj[k] === undefined) fail(`${prefix}${k}`, 'is missing');
-}
-
-function stringList(v: unknown, at: string, fail: Fail): string[] {
-  if (!Array.isArray(v) || v.length === 0 || !v.every((s) => typeof s === 'string' && s.trim() !== '')) {
-    return fail(at, 'must be a non-empty array of non-empty strings');
-  }
-  return v as string[];
 }

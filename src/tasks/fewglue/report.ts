@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { writeJsonAtomic } from '../../train/checkpoint.js';
+import { writeFileAtomic, writeJsonAtomic } from '../../train/checkpoint.js';
 import type { FewGlueReport } from './run.js';
 import { taskInfo } from './tasks.js';
 
@@ -47,5 +47,5 @@ export function reportMarkdown(report: FewGlueReport): string {
 export function writeReport(out: string, report: FewGlueReport): void {
   fs.mkdirSync(out, { recursive: true });
   writeJsonAtomic(path.join(out, 'report.json'), report);
-  fs.writeFileSync(path.join(out, 'report.md'), reportMarkdown(report));
+  writeFileAtomic(path.join(out, 'report.md'), reportMarkdown(report));
 }

@@ -17,6 +17,8 @@ export function shuffled<T>(items: readonly T[], rand: () => number): T[] {
 export interface FewShotOptions {
   /** examples per set (default 32) */
   n?: number;
+  /** dev examples, when not n */
+  devN?: number;
   seed: number;
   /**
    * default true: every label gets n / #labels examples in each set (the first labels in sorted order take
@@ -32,12 +34,14 @@ export interface FewShotOptions {
  */
 export function fewShotSplit(pool: readonly TaskExample[], opts: FewShotOptions): { train: TaskExample[]; dev: TaskExample[] } {
   const n = opts.n ?? 32;
+  const nd = opts.devN ?? n;
   if (!Number.isInteger(n) || n <= 0) throw new Error(`few-shot size must be a positive integer, got ${n}`);
+  if (!Number.isInteger(nd) || nd <= 0) throw new Error(`dev size must be a positive integer, got ${nd}`);
   const rand = seededRandom(opts.seed);
   if (opts.stratified === false) {
-    if (pool.length < 2 * n) throw new Error(`few-shot sampling needs ${2 * n} examples, the pool has ${pool.length}`);
+    if (pool.length < n + nd) throw new Error(`few-shot sampling needs ${n + nd} examples, the pool has ${pool.length}`);
     const order = shuffled(pool, rand);
-    return { train: order.slice(0, n), dev: order.slice(n, 2 * n) };
+    return { train: order.slice(0, n), dev: order.slice(n, n + nd) };
   }
   const byLabel = new Map<string, TaskExample[]>();
   for (const ex of pool) {
@@ -49,13 +53,15 @@ export function fewShotSplit(pool: readonly TaskExample[], opts: FewShotOptions)
   const labels = [...byLabel.keys()].sort();
   const train: TaskExample[] = [];
   const dev: TaskExample[] = [];
+  const share = (total: number, i: number) => Math.floor(total / labels.length) + (i < total % labels.length ? 1 : 0);
   labels.forEach((label, i) => {
-    const quota = Math.floor(n / labels.length) + (i < n % labels.length ? 1 : 0);
+    const quota = share(n, i);
+    const devQuota = share(nd, i);
     const items = byLabel.get(label)!;
-    if (items.length < 2 * quota) throw new Error(`few-shot sampling needs ${2 * quota} examples of label "${label}", the pool has ${items.length}`);
+    if (items.length < quota + devQuota) throw new Error(`few-shot sampling needs ${quota + devQuota} examples of label "${label}", the pool has ${items.length}`);
     const order = shuffled(items, rand);
     train.push(...order.slice(0, quota));
-    dev.push(...order.slice(quota, 2 * quota));
+    dev.push(...order.slice(quota, quota + devQuota));
   });
   return { train: shuffled(train, rand), dev: shuffled(dev, rand) };
 }

@@ -1,6 +1,6 @@
 /**
  * The LAMA experiment driver: (mode × relation) tasks run by a pool of child processes (tfjs wasm is
- * single-threaded, so N processes use N cores), one combined progress display, resumable (a task whose
+ * single-threaded, so N processes use N cores), one combined progress display, resumable (with --resume, a task whose
  * result.json exists is not redone), and the report written at the end.
  */
 import { fork, type ChildProcess } from 'node:child_process';
@@ -11,12 +11,15 @@ import { fileURLToPath } from 'node:url';
 import { initEngine } from '../../engine/index.js';
 import { parseQuantize, quantizeName, type QuantizeOptions } from '../../models/quantize.js';
 import { UserError } from '../../util/errors.js';
+import { DEEP_DEFAULTS } from '../../train/defaults.js';
 import { completeRelations, listRelations, type FactSet, type LamaSplit, type VocabStrategy } from './data.js';
 import { collectResults, relationDone, writeLamaReport, type LamaReport } from './report.js';
 import { writeFileAtomic } from '../../util/atomic.js';
+import { parseFile, readJson, z } from '../../util/schema.js';
+import { parseTemplate } from '../../prompt/template.js';
 import { LamaTaskRunner, type FromWorker, type LamaTaskResult, type ToWorker } from './worker.js';
 
-export const LAMA_MODES = ['majority', 'manual', 'ptune', 'manual+ptune', 'finetune'] as const;
+export const LAMA_MODES = ['majority', 'manual', 'ptune', 'manual+ptune', 'ptune-lm', 'prefix', 'prompt-tuning', 'finetune'] as const;
 export type LamaMode = (typeof LAMA_MODES)[number];
 
 export interface LamaTrainSettings {
@@ -62,6 +65,9 @@ export const THUDM_TRAIN: LamaTrainSettings = {
   batchSize: 8,
 };
 
+/** Deep prompts and prompt tuning on LAMA: the ptune loop with the deep-prompt learning rate. */
+export const DEEP_LAMA_DEFAULTS: LamaTrainSettings = { ...PTUNE_DEFAULTS, lr: DEEP_DEFAULTS.lr };
+
 /** Everything a task needs; shipped to each worker. */
 export interface LamaSettings {
   model: string;
@@ -75,6 +81,11 @@ export interface LamaSettings {
   /** manual+ptune: pseudo tokens in each gap around the manual template's slots */
   pseudo: number;
   ptune: LamaTrainSettings;
+  /** prefix and prompt-tuning */
+  deep: LamaTrainSettings;
+  /** virtual tokens of prefix and prompt-tuning */
+  virtualTokens: number;
+  /** the LM's settings in finetune and ptune-lm (whose prompt keeps ptune's lr) */
   finetune: LamaTrainSettings;
   /** cap on the facts per set after filtering (a seeded sample, fixed per relation and set); the majority baseline counts all train facts */
   maxFacts: Partial<Record<FactSet, number>>;
@@ -82,7 +93,7 @@ export interface LamaSettings {
   topK: number;
   /** keep finetune's best/ LM checkpoint (a full LM per relation) */
   keepCheckpoints: boolean;
-  /** the frozen LM's linear weights quantized (manual, ptune, manual+ptune; not finetune) */
+  /** the frozen LM's linear weights quantized (the frozen-LM modes; not ptune-lm or finetune, which tune it) */
   quantize?: QuantizeOptions;
 }
 
@@ -102,17 +113,21 @@ export interface LamaRunOptions {
   template?: string;
   pseudo?: number;
   ptune?: Partial<LamaTrainSettings>;
+  deep?: Partial<LamaTrainSettings>;
+  virtualTokens?: number;
   finetune?: Partial<LamaTrainSettings>;
   maxFacts?: Partial<Record<FactSet, number>>;
   topK?: number;
   keepCheckpoints?: boolean;
-  /** quantize the frozen LM's linear weights (not with the finetune mode) */
+  /** quantize the frozen LM's linear weights (not with the ptune-lm and finetune modes) */
   quantize?: QuantizeOptions;
   /** no progress display */
   quiet?: boolean;
   /** the command line, recorded in the report */
   command?: string;
   title?: string;
+  /** called once the settings, modes and relations have been checked, before the first file is written */
+  beforeWrite?: () => void;
 }
 
 export interface LamaRunResult {
@@ -125,7 +140,7 @@ export interface LamaRunResult {
 }
 
 /** Most expensive first, so the pool does not end waiting on one long task. */
-const MODE_COST: Record<LamaMode, number> = { finetune: 4, 'manual+ptune': 3, ptune: 3, manual: 1, majority: 0 };
+const MODE_COST: Record<LamaMode, number> = { finetune: 4, 'ptune-lm': 4, 'manual+ptune': 3, ptune: 3, prefix: 3, 'prompt-tuning': 3, manual: 1, majority: 0 };
 
 export function parseModes(values: readonly string[]): LamaMode[] {
   const modes = values.flatMap((v) => v.split(',')).map((v) => v.trim()).filter(Boolean);
@@ -180,6 +195,8 @@ export function resolveSettings(o: LamaRunOptions): LamaSettings {
   const pseudo = o.pseudo ?? 3;
   if (!Number.isInteger(pseudo) || pseudo < 0) throw new UserError(`--pseudo must be an integer ≥ 0, got ${pseudo}`);
   if (!fs.existsSync(o.model)) throw new UserError(`--model: ${o.model}: no such file or directory`);
+  const virtualTokens = o.virtualTokens ?? DEEP_DEFAULTS.numVirtualTokens;
+  if (!Number.isInteger(virtualTokens) || virtualTokens < 1) throw new UserError(`--virtual-tokens must be a positive integer, got ${virtualTokens}`);
   return {
     model: path.resolve(o.model),
     data: path.resolve(o.data),
@@ -190,6 +207,8 @@ export function resolveSettings(o: LamaRunOptions): LamaSettings {
     template: o.template,
     pseudo,
     ptune: checkTrain('ptune', { ...PTUNE_DEFAULTS, ...o.ptune }),
+    deep: checkTrain('deep prompts', { ...DEEP_LAMA_DEFAULTS, ...o.deep }),
+    virtualTokens,
     finetune: checkTrain('finetune', { ...FINETUNE_DEFAULTS, ...o.finetune }),
     maxFacts: { ...o.maxFacts },
     topK,
@@ -205,14 +224,17 @@ function modeKey(s: LamaSettings, mode: LamaMode): Record<string, unknown> {
   if (mode === 'ptune') Object.assign(key, { seed: s.seed, template: s.template ?? null, train: s.ptune });
   if (mode === 'manual+ptune') Object.assign(key, { seed: s.seed, pseudo: s.pseudo, train: s.ptune });
   if (mode === 'finetune') Object.assign(key, { seed: s.seed, train: s.finetune });
+  if (mode === 'ptune-lm') Object.assign(key, { seed: s.seed, template: s.template ?? null, train: s.ptune, lm: s.finetune });
+  if (mode === 'prefix' || mode === 'prompt-tuning') Object.assign(key, { seed: s.seed, train: s.deep, virtualTokens: s.virtualTokens });
   return key;
 }
 
-function checkModeSettings(s: LamaSettings, mode: LamaMode): void {
+/** Results already in `out` for `mode` must have been made with the same settings; `write` records them when new. */
+function checkModeSettings(s: LamaSettings, mode: LamaMode, write: boolean): void {
   const file = path.join(s.out, mode, 'settings.json');
   const want = modeKey(s, mode);
   if (fs.existsSync(file)) {
-    const have = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown>;
+    const have = parseFile(z.record(z.string(), z.unknown()), readJson(file, 'settings file'), file);
     for (const k of new Set([...Object.keys(have), ...Object.keys(want)])) {
       if (JSON.stringify(have[k] ?? null) !== JSON.stringify(want[k] ?? null)) {
         throw new UserError(
@@ -220,7 +242,7 @@ function checkModeSettings(s: LamaSettings, mode: LamaMode): void {
         );
       }
     }
-  } else {
+  } else if (write) {
     writeFileAtomic(file, JSON.stringify(want, null, 2) + '\n');
   }
 }
@@ -229,13 +251,23 @@ export async function runLama(o: LamaRunOptions): Promise<LamaRunResult> {
   const t0 = Date.now();
   const settings = resolveSettings(o);
   const modes = parseModes(o.modes ?? ['manual']);
-  if (settings.quantize && modes.includes('finetune')) {
-    throw new UserError('--quantize cannot be combined with the finetune mode: quantized weights are frozen');
+  const tuning = modes.filter((m) => m === 'ptune-lm' || m === 'finetune');
+  if (settings.quantize && tuning.length) {
+    throw new UserError(`--quantize cannot be combined with the ${tuning.join(', ')} mode${tuning.length > 1 ? 's' : ''}: they tune the LM, and quantized weights are frozen`);
   }
   const relations = resolveRelations(settings.data, settings.split, o.relations);
   const jobs = o.jobs ?? os.availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1) throw new UserError(`--jobs must be a positive integer, got ${jobs}`);
-  for (const mode of modes) checkModeSettings(settings, mode);
+  if (settings.template !== undefined) {
+    try {
+      parseTemplate(settings.template);
+    } catch (e) {
+      throw new UserError(`--template: ${(e as Error).message}`);
+    }
+  }
+  for (const mode of modes) checkModeSettings(settings, mode, false);
+  o.beforeWrite?.();
+  for (const mode of modes) checkModeSettings(settings, mode, true);
 
   const all = modes.flatMap((mode) => relations.map((relation) => ({ mode, relation })));
   const todo = all

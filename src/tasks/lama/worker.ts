@@ -13,6 +13,7 @@ import { loadModel } from '../../models/load.js';
 import type { LanguageModel } from '../../models/model.js';
 import { fromLamaTemplate, withAnchorsAndPseudo } from '../../prompt/template.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
+import { DEEP_DEFAULTS } from '../../train/defaults.js';
 import { NonFiniteLossError } from '../../train/trainer.js';
 import type { Progress } from '../../util/progress.js';
 import { makeRng } from '../../util/rng.js';
@@ -53,7 +54,9 @@ interface RelationFacts {
   dropped: Record<FactSet, number>;
 }
 
-const TRAINED: readonly LamaMode[] = ['ptune', 'manual+ptune', 'finetune'];
+const TRAINED: readonly LamaMode[] = ['ptune', 'manual+ptune', 'ptune-lm', 'prefix', 'prompt-tuning', 'finetune'];
+/** modes that change the LM's weights: a fresh copy per relation */
+const TUNES_LM: readonly LamaMode[] = ['finetune', 'ptune-lm'];
 
 /** The sets a mode reads: manual only scores test; majority counts train objects; trained modes use all three. */
 function neededSets(mode: LamaMode): FactSet[] {
@@ -161,6 +164,8 @@ export class LamaTaskRunner {
     switch (mode) {
       case 'manual':
       case 'finetune':
+      case 'prefix':
+      case 'prompt-tuning':
         return fromLamaTemplate(manual, { kind });
       case 'manual+ptune':
         return withAnchorsAndPseudo(manual, { pseudo: this.settings.pseudo, kind }).text;
@@ -177,15 +182,19 @@ export class LamaTaskRunner {
   ): Promise<Partial<LamaTaskResult>> {
     const s = this.settings;
     const frozen = await this.frozenLm();
-    const train: LamaTrainSettings = mode === 'finetune' ? s.finetune : s.ptune;
+    const tunesLm = TUNES_LM.includes(mode);
+    const deep = mode === 'prefix' || mode === 'prompt-tuning';
+    const train: LamaTrainSettings = tunesLm ? s.finetune : deep ? s.deep : s.ptune;
     const config: RunConfig = {
       version: 1,
       model: s.model,
       template: this.templateFor(mode, f, frozen),
       head: { kind: 'answer', answerField: 'obj_label', answerVocab: await this.answerVocab() },
       encoder: { type: 'lstm', seed: s.seed },
-      maxLength: Math.min(frozen.info.maxPositions, 256),
+      maxLength: Math.min(frozen.info.maxPositions - (mode === 'prefix' ? s.virtualTokens : 0), 256),
       skipTooLong: false,
+      ...(mode === 'prefix' && { method: 'prefix' as const, prefix: { numVirtualTokens: s.virtualTokens, projection: DEEP_DEFAULTS.projection } }),
+      ...(mode === 'prompt-tuning' && { method: 'prompt-tuning' as const, promptTuning: { numVirtualTokens: s.virtualTokens } }),
       loop: {
         ...DEFAULT_LOOP,
         epochs: train.epochs,
@@ -198,11 +207,13 @@ export class LamaTaskRunner {
       optim:
         mode === 'finetune'
           ? { ...DEFAULT_OPTIM, tuneLm: true, lmLr: train.lr, lmWeightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma }
-          : { ...DEFAULT_OPTIM, lr: train.lr, weightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma },
-      ...(s.quantize && mode !== 'finetune' && { quantize: s.quantize }),
+          : mode === 'ptune-lm'
+            ? { ...DEFAULT_OPTIM, lr: s.ptune.lr, tuneLm: true, lmLr: train.lr, lmWeightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma }
+            : { ...DEFAULT_OPTIM, lr: train.lr, weightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma },
+      ...(s.quantize && !tunesLm && { quantize: s.quantize }),
     };
-    // fine-tuning changes the LM's weights: a fresh copy per relation, never the shared one
-    const session = await PTuningSession.create(config, mode === 'finetune' ? undefined : frozen);
+    // tuning the LM changes its weights: a fresh copy per relation, never the shared one
+    const session = await PTuningSession.create(config, tunesLm ? undefined : frozen);
     try {
       const out: Partial<LamaTaskResult> = { template: session.template.text };
       const dir = relationDir(s.out, mode, rel);
@@ -228,7 +239,7 @@ export class LamaTaskRunner {
         out.best_epoch = trained.bestEpoch + 1;
         out.stop_reason = trained.stopReason;
         fs.rmSync(path.join(runDir, 'last'), { recursive: true, force: true });
-        if (mode === 'finetune' && !s.keepCheckpoints) fs.rmSync(path.join(runDir, 'best'), { recursive: true, force: true });
+        if (tunesLm && !s.keepCheckpoints) fs.rmSync(path.join(runDir, 'best'), { recursive: true, force: true });
       } else {
         onStatus(`${mode} ${rel}: scoring`);
         if (f.dev && f.dev.length > 0) out.dev_p1 = (await session.evaluateItems(session.prepare(records(f.dev), `${rel} dev`).items)).metrics['p@1']!;
@@ -245,7 +256,7 @@ export class LamaTaskRunner {
       const hits = predictions.filter((p) => p.hit).length;
       return { ...out, test_p1: hits / test.length, test_hits: hits };
     } finally {
-      session.dispose({ keepLm: mode !== 'finetune' });
+      session.dispose({ keepLm: !tunesLm });
     }
   }
 
