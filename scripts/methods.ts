@@ -73,6 +73,7 @@ const fmt = (c: Cell | undefined) => (c ? `${(c.mean * 100).toFixed(1)}${c.n > 1
 interface FewGlueRun {
   task: string;
   mode: string;
+  seed: number;
   scores: Record<string, number>;
   baseline: Record<string, number> | null;
 }
@@ -85,8 +86,11 @@ function fewglueRuns(out: string, block: string, earlier: FewGlueRun[] = []): Fe
     const f = path.join(out, d, 'report.json');
     if (fs.existsSync(f)) runs.push(...(JSON.parse(fs.readFileSync(f, 'utf8')) as { runs: FewGlueRun[] }).runs);
   }
-  const have = new Set(runs.map((r) => `${r.task}/${r.mode}`));
-  return [...runs, ...earlier.filter((r) => !have.has(`${r.task}/${r.mode}`))];
+  // a (task, mode, seed) measured in two blocks counts once: the first block's
+  const once = new Map<string, FewGlueRun>();
+  for (const r of runs) if (!once.has(`${r.task}/${r.mode}/${r.seed}`)) once.set(`${r.task}/${r.mode}/${r.seed}`, r);
+  const have = new Set([...once.values()].map((r) => `${r.task}/${r.mode}`));
+  return [...once.values(), ...earlier.filter((r) => !have.has(`${r.task}/${r.mode}`))];
 }
 
 /**

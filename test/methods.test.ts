@@ -129,7 +129,7 @@ test('PEFT export per method: adapter type and sizes, what PEFT reproduces (mode
   }
 });
 
-test('a jointly tuned LM, or a prefix on a family whose transformers class takes no past, is exported but marked not reproducible', async () => {
+test('a jointly tuned LM, or a prefix on a family whose transformers class takes no past (or where PEFT was measured to differ), is exported but marked not reproducible', async () => {
   const s = await PTuningSession.create(config(modelDir('bert-mini-lama'), '[P*2] {sentence} It was [MASK] .', { peftLayout: true, optim: { ...DEFAULT_OPTIM, tuneLm: true } }), bert);
   const c = peftCompatibility(s);
   assert.equal(c.reproducible, false);
@@ -141,6 +141,14 @@ test('a jointly tuned LM, or a prefix on a family whose transformers class takes
     assert.equal(dc.reproducible, false);
     assert.ok(dc.notes.some((n) => /takes no past keys and values/.test(n)), dc.notes.join(' | '));
     d.lm.dispose();
+  }
+  const gemma = modelDir('tiny/gemma2');
+  if (fs.existsSync(gemma)) {
+    const g = await PTuningSession.create(config(gemma, '{sentence} It was [MASK]', { method: 'prefix', prefix: { numVirtualTokens: 2, projection: false } }));
+    const gc = peftCompatibility(g);
+    assert.equal(gc.reproducible, false);
+    assert.ok(gc.notes.some((n) => /sliding-window cache/.test(n)), gc.notes.join(' | '));
+    g.lm.dispose();
   }
 });
 
@@ -197,7 +205,7 @@ test('few-shot sampling with a dev size of its own; the FewGLUE mode "pet" is re
   assert.throws(() => parseMode('nope'), /unknown mode "nope"/);
 });
 
-test('CLI: --method prompt-tuning and --head linear train (baselines saved unless --no-baselines), export as PROMPT_TUNING, and [P] with prefix is one line', async () => {
+test('CLI: the default method, --method prompt-tuning and --head linear train (baselines saved unless --no-baselines), export as PROMPT_TUNING, and [P] with prefix is one line', async () => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-cli-methods-'));
   try {
     const data = path.join(dir, 'sst.jsonl');
@@ -221,6 +229,14 @@ test('CLI: --method prompt-tuning and --head linear train (baselines saved unles
     assert.deepEqual(lin.head, { kind: 'linear', labelField: 'label', labels: ['0', '1'], seed: lin.head.kind === 'linear' ? lin.head.seed : 0 });
     assert.ok(!fs.existsSync(path.join(dir, 'lin', 'baselines.json')), '--no-baselines');
 
+    // no --method: deep prompts for a template of anchor words alone with the LM frozen, v1 with [P] tokens
+    r = await runCli([...base, '--template', '{sentence} It was [MASK] .', '--verbalizer', '0:terrible,1:great', '--virtual-tokens', '2', '--no-baselines', '--out', path.join(dir, 'auto')]);
+    assert.equal(r.code, 0, r.text);
+    const auto = JSON.parse(fs.readFileSync(path.join(dir, 'auto', 'config.json'), 'utf8')) as RunConfig;
+    assert.equal(auto.method, 'prefix');
+    assert.deepEqual(auto.prefix, { numVirtualTokens: 2, projection: false, dropout: 0 });
+    assert.equal(auto.optim.lr, 1e-2);
+    assert.equal(lin.method, 'ptuning');
     r = await runCli([...base, '--template', '{sentence} [P] [MASK]', '--verbalizer', '0:terrible,1:great', '--method', 'prefix', '--out', path.join(dir, 'bad')]);
     assert.notEqual(r.code, 0);
     assert.equal(r.text.trim().split('\n').length, 1, r.text);

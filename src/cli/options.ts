@@ -105,7 +105,7 @@ export const trainSchema = z.object({
   answerVocab: opt.text().optional(),
   head: opt.choice(['verbalizer', 'linear']).optional(),
   labels: z.array(z.string()).min(2).optional(),
-  method: opt.choice(METHOD_NAMES),
+  method: opt.choice(METHOD_NAMES).optional(),
   virtualTokens: opt.int(1),
   prefixProjection: opt.flag(),
   prefixHidden: opt.int(1).optional(),

@@ -7,7 +7,8 @@ import { loadModel } from '../models/load.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { Verbalizer, type LabelWords } from '../prompt/verbalizer.js';
 import type { HeadSpec } from '../prompt/heads.js';
-import { DEFAULT_LOOP, DEFAULT_OPTIM, METHODS, primaryMetric, PTuningSession, type RunConfig } from '../train/session.js';
+import { DEFAULT_LOOP, DEFAULT_METHOD, DEFAULT_OPTIM, METHODS, primaryMetric, PTuningSession, type MethodName, type RunConfig } from '../train/session.js';
+import { numPseudo, parseTemplate } from '../prompt/template.js';
 import { DEEP_DEFAULTS, TUNE_LM_DEFAULTS } from '../train/defaults.js';
 import { TrainingInterrupted } from '../train/trainer.js';
 import { exportPeft, exportTable, importPeft } from '../train/export.js';
@@ -98,11 +99,29 @@ function writeJsonl(rows: unknown[]): void {
   for (const r of rows) process.stdout.write(JSON.stringify(r) + '\n');
 }
 
+/**
+ * `--method` when none is given: P-tuning v1 for a template with `[P]` tokens (or with --tune-lm: the LM is
+ * what trains), otherwise deep prompts — with the LM frozen and nothing but anchor words in the template, the
+ * best of the methods measured in docs/methods.md.
+ */
+export function defaultMethod(template: string | undefined, tuneLm: boolean, legacyBertOrder = false): MethodName {
+  if (tuneLm || template === undefined) return DEFAULT_METHOD;
+  try {
+    return numPseudo(parseTemplate(template, { legacyBertOrder })) > 0 ? DEFAULT_METHOD : 'prefix';
+  } catch {
+    return DEFAULT_METHOD; // the template's own error comes when the run is built
+  }
+}
+
+function withMethod(o: TrainOptions): TrainOptions & { method: MethodName } {
+  return { ...o, method: o.method ?? defaultMethod(o.template, o.tuneLm ?? false, o.legacyBertOrder ?? false) };
+}
+
 /** Whether option `key` was given on the command line (not a default). */
 export type Given = (key: string) => boolean;
 
 /** The options that apply only with others, given without them. */
-function checkCombinations(o: TrainOptions, given: Given): void {
+function checkCombinations(o: TrainOptions & { method: MethodName }, given: Given): void {
   const only = (key: string, flag: string, ok: boolean, what: string) => {
     if (given(key) && !ok) throw new UserError(`${flag} applies ${what} only`);
   };
@@ -126,7 +145,7 @@ function checkCombinations(o: TrainOptions, given: Given): void {
   }
 }
 
-function freshConfig(o: TrainOptions): RunConfig {
+function freshConfig(o: TrainOptions & { method: MethodName }): RunConfig {
   for (const [key, flag] of [['model', '--model'], ['train', '--train'], ['dev', '--dev'], ['template', '--template']] as const) {
     if (o[key] === undefined) throw new UserError(`${flag} is required (or --resume to continue the run in --out)`);
   }
@@ -190,7 +209,7 @@ function quantizeOf(o: TrainOptions): Pick<RunConfig, 'quantize'> {
  * every check that needs no model; `given` says which options were on the command line.
  */
 export function trainConfigFromOptions(raw: Record<string, unknown>, given: Given): RunConfig {
-  const o = parseOptions(trainSchema, raw);
+  const o = withMethod(parseOptions(trainSchema, raw));
   checkCombinations(o, given);
   return freshConfig(o);
 }
@@ -328,7 +347,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--answer-vocab <file>', 'restrict answers to these words (one per line)')
     .option('--head <kind>', 'classification head: verbalizer (label words at [MASK]) or linear (a layer over [CLS] / the last token)')
     .option('--labels <list>', '--head linear: the classes (default: the label field\'s values in --train, sorted)', parseListOption)
-    .option('--method <m>', `how the prompt is learned: ${METHODS.join('|')}`, 'ptuning')
+    .option('--method <m>', `how the prompt is learned: ${METHODS.join('|')} (default: ptuning when the template has [P] tokens or with --tune-lm, else prefix)`)
     .option('--virtual-tokens <n>', 'prefix / prompt-tuning: virtual tokens', asText, DEEP_DEFAULTS.numVirtualTokens)
     .option('--prefix-projection', 'prefix: compute the keys and values with an MLP from smaller embeddings (PEFT prefix_projection)')
     .option('--prefix-hidden <n>', 'prefix: width of the projection MLP (default the key/value width)')
@@ -365,7 +384,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--overwrite', 'replace the run in --out')
     .option('--quiet', 'no progress output');
   addQuantizeOptions(train).action(async (raw: Record<string, unknown>, cmd: Command) => {
-      const o = parseOptions(trainSchema, raw);
+      const o = withMethod(parseOptions(trainSchema, raw));
       const given: Given = (key) => cmd.getOptionValueSource(key) === 'cli';
       const out = path.resolve(o.out);
       checkOutputDir(out, RUN_OUTPUTS, { resume: o.resume, overwrite: o.overwrite });

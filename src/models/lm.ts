@@ -47,7 +47,12 @@ export interface ModelInfo {
    * takes them, and whether transformers' does (what a PEFT PREFIX_TUNING adapter needs to act at all);
    * absent: both
    */
-  past?: { ptune: boolean; transformers: boolean };
+  past?: {
+    ptune: boolean;
+    transformers: boolean;
+    /** why Hugging Face PEFT's PREFIX_TUNING does not give ptune's scores on this family, when it does not */
+    peftPrefixDiffers?: string;
+  };
 }
 
 export interface QuantizationInfo {
