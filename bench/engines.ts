@@ -2,7 +2,7 @@
  * ptune vs PyTorch at P-tuning's shapes (batch 16 × seq 32, 9 pseudo tokens, fp32; the 1.1B Llama-shaped model
  * at batch 8 × seq 64).
  *
- *   npm run bench -- [--models bert-mini,gpt2-mini,bert-base,gpt2-base,tinyllama] [--engines ort,ort-web]
+ *   npm run bench -- [--models bert-mini,gpt2-mini,bert-base,gpt2-base,tinyllama] [--engines ort,ort-int8,ort-int4,ort-web]
  *                    [--modes fwd,ptune,full,lama] [--reps N] [--rounds N] [--torch-threads 1,2] [--python PATH] [--no-torch]
  *
  * PyTorch: the interpreter given by --python, else `$PTUNE_TORCH_PYTHON`, else `.venv-torch/bin/python` (made by
@@ -16,7 +16,11 @@
  *   full   the same with every LM weight trainable (Adam over all parameters); full_grad: the gradient only
  *   lama   PTuningSession.evaluateItems on LAMA P1412 dev facts ([P*3] {sub_label} [P*3] [MASK]), facts/s,
  *          second pass (the first compiles the programs for the shapes met)
- * Engines: `ort` = onnxruntime-node, `ort-web` = onnxruntime-web (WebAssembly) in Node.
+ * Engines: `ort` = onnxruntime-node, `ort-web` = onnxruntime-web (WebAssembly) in Node; `-int8` / `-int4` after either:
+ * the frozen LM's linear weights quantized (`--quantize`), optionally with `-b64` / `-b128` (block size), `-zp` / `-sym` (zero
+ * points or symmetric blocks), `-deq` (the backward through Ŵ dequantized); quantized engines run fwd, ptune and lama (their weights
+ * cannot train). Each quantized model's store is written by an unmeasured child first (the cache `--cache DIR`,
+ * default .tmp/bench-quantized), so every measured process finds it.
  * Prints one JSON object: results[model][engine] with medians and `<mode>_peak_rss_mb`, PyTorch beside them, and
  * ratios to the faster of PyTorch's thread counts (< 1: faster than PyTorch).
  */
@@ -36,8 +40,28 @@ import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../
 import { readRecords } from '../src/data/read.js';
 import { prefixed } from '../src/engine/tensor.js';
 import { benchBatch } from './batch.js';
+import { HfTokenizer } from '../src/tokenizers/hf.js';
+import type { QuantizeOptions } from '../src/models/quantize.js';
+import { quantizeFrom, type QuantizeCliOptions } from '../src/cli/options.js';
 
 const PSEUDO = 9;
+
+/** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128). */
+function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[] } {
+  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-zp|-sym|-deq)*))?$/.exec(e);
+  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int4, ort-int4-b128, ...)`);
+  const quantize: string[] = [];
+  if (m[2]) {
+    quantize.push('--quantize', m[2]);
+    for (const part of (m[3] ?? '').split('-').filter(Boolean)) {
+      if (part.startsWith('b')) quantize.push('--quant-block', part.slice(1));
+      if (part === 'zp') quantize.push('--quant-zero-points');
+      if (part === 'sym') quantize.push('--quant-symmetric');
+      if (part === 'deq') quantize.push('--quant-backward', 'dequantize');
+    }
+  }
+  return { runtime: m[1] ? 'web' : 'node', quantize };
+}
 const shared = path.resolve(process.cwd(), '../shared');
 const TORCH_SCRIPT = path.join(shared, 'bench/torch_ptuning_step.py');
 
@@ -102,22 +126,38 @@ async function timeSteps(reps: number, fn: () => Promise<void>): Promise<{ media
   }
 }
 
-async function buildModel(key: string): Promise<LanguageModel> {
+async function buildModel(key: string, quantize: QuantizeOptions | null | undefined): Promise<LanguageModel> {
   const def = MODELS[key]!;
-  if (def.dir) return loadModel(path.join(shared, 'models', def.dir));
+  const opts = quantize ? { quantize } : {};
+  if (def.dir) return loadModel(path.join(shared, 'models', def.dir), opts);
   // the mini models' tokenizer (bert-base-uncased WordPiece), so LAMA facts tokenize for real
-  const tok = (await loadModel(path.join(shared, 'models/bert-mini-lama'))).tokenizer;
-  return createRandomModel(def.modelType, def.overrides!, 1, tok);
+  const tok = HfTokenizer.fromDir(path.join(shared, 'models/bert-mini-lama'));
+  return createRandomModel(def.modelType, def.overrides!, 1, tok, opts);
 }
 
 async function child(key: string, modes: Mode[], reps: number): Promise<void> {
   const def = MODELS[key]!;
   const rt = await getRuntime();
+  const quantize = quantizeFrom({
+    quantize: arg('quantize') as QuantizeCliOptions['quantize'],
+    quantBlock: arg('quant-block') === undefined ? undefined : Number(arg('quant-block')),
+    quantZeroPoints: process.argv.includes('--quant-zero-points'),
+    quantSymmetric: process.argv.includes('--quant-symmetric'),
+    quantBackward: arg('quant-backward') as QuantizeCliOptions['quantBackward'],
+  });
   const out: Record<string, unknown> = { model: key, runtime: rt.name, threads: rt.threads, reps };
   let t0 = performance.now();
-  const lm = await buildModel(key);
+  const lm = await buildModel(key, quantize);
   out.load_s = round((performance.now() - t0) / 1000);
   out.parameters = lm.info.parameterCount;
+  if (lm.info.quantization) {
+    const q = lm.info.quantization;
+    out.quantization = { name: q.name, bits: q.bits, block: q.blockSize, symmetric: q.symmetric, backward: q.backward, weights: q.weights, store_mb: Math.round(q.bytes / 1e6), reused: q.reused };
+  }
+  if (modes.length === 0) {
+    console.log(JSON.stringify(out));
+    return;
+  }
   const batch = benchBatch(lm, def.batch, def.seq, PSEUDO);
   const targets = Array.from({ length: def.batch }, (_, i) => 1000 + i * 7);
   const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: PSEUDO, tokenDim: lm.info.hiddenSize, seed: 1 });
@@ -150,7 +190,7 @@ async function child(key: string, modes: Mode[], reps: number): Promise<void> {
     await s.evaluateItems(items);
     out.lama = { facts: items.length, facts_per_s: round(items.length / ((performance.now() - t0) / 1000)) };
   }
-  if (modes.includes('full')) {
+  if (modes.includes('full') && !lm.quantized) {
     lm.setTrainable(true);
     const params = new Map([...prefixed(encoder.params, 'enc.'), ...prefixed(lm.params, 'lm.')]);
     const byParam = new Map([...params].map(([name, p]) => [p, name]));
@@ -191,7 +231,9 @@ const seconds = (x: unknown): number | undefined => (x && typeof x === 'object' 
 async function parent(): Promise<void> {
   const models = list(arg('models'), 'bert-mini,gpt2-mini,bert-base,gpt2-base,tinyllama-1.1b');
   for (const m of models) if (!MODELS[m]) throw new Error(`--models: unknown model "${m}" (expected ${Object.keys(MODELS).join(', ')})`);
-  const engines = list(arg('engines'), 'ort');
+  const engines = list(arg('engines'), 'ort,ort-int8,ort-int4');
+  const parsed = new Map(engines.map((e) => [e, parseEngine(e)]));
+  const cache = path.resolve(arg('cache') ?? '.tmp/bench-quantized');
   const modes = list(arg('modes'), 'fwd,ptune,full,lama') as Mode[];
   const torchThreads = list(arg('torch-threads'), '1,2');
   const python = process.argv.includes('--no-torch') ? null : torchPython();
@@ -208,16 +250,29 @@ async function parent(): Promise<void> {
     const rounds = Number(arg('rounds') ?? (def.dir ? 3 : 1));
     const mine = modes.filter((x) => def.modes.includes(x));
     const byEngine: Record<string, Record<string, unknown>[]> = {};
+    const envOf = (e: string) => ({
+      ...process.env,
+      PTUNE_RUNTIME: parsed.get(e)!.runtime,
+      PTUNE_CACHE_DIR: cache,
+      // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
+      MALLOC_MMAP_THRESHOLD_: '131072',
+    });
+    const childArgs = (e: string, modeList: string) => ['--max-old-space-size=16384', self, '--child', m, '--modes', modeList, '--reps', reps, ...parsed.get(e)!.quantize];
+    // quantized weights: the store written once, outside every measured process
+    for (const e of engines) {
+      if (parsed.get(e)!.quantize.length === 0) continue;
+      const prep = runJson(process.execPath, childArgs(e, 'none'), envOf(e));
+      process.stderr.write(`${m} ${e} store: ${JSON.stringify(prep)}\n`);
+    }
     // rounds interleave ptune and PyTorch, so a slow phase of a shared machine hits both; each number below is
     // the median over the rounds of each round's median
     for (let round = 0; round < rounds; round++) {
       for (const e of engines) {
-        // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
-        const env = { ...process.env, PTUNE_RUNTIME: e === 'ort-web' ? 'web' : 'node', MALLOC_MMAP_THRESHOLD_: '131072' };
-        // every mode in a process of its own, so each peak RSS is that mode's alone
+        const env = envOf(e);
+        // every mode in a process of its own, so each peak RSS is that mode's alone; quantized weights cannot train
         const merged: Record<string, unknown> = {};
-        for (const mode of mine) {
-          const part = runJson(process.execPath, ['--max-old-space-size=16384', self, '--child', m, '--modes', mode, '--reps', reps], env);
+        for (const mode of mine.filter((x) => x !== 'full' || parsed.get(e)!.quantize.length === 0)) {
+          const part = runJson(process.execPath, childArgs(e, mode), env);
           const { peak_rss_mb: rss, error, ...rest } = part;
           Object.assign(merged, rest, error ? { [`${mode}_error`]: error } : { [`${mode}_peak_rss_mb`]: rss });
         }
@@ -289,7 +344,8 @@ function combineRounds(rounds: Record<string, unknown>[]): Record<string, unknow
 async function main(): Promise<void> {
   const i = process.argv.indexOf('--child');
   if (i < 0) return parent();
-  await child(process.argv[i + 1]!, list(arg('modes'), 'fwd,ptune,full,lama') as Mode[], Number(arg('reps') ?? 3));
+  const modes = arg('modes') === 'none' ? [] : (list(arg('modes'), 'fwd,ptune,full,lama') as Mode[]);
+  await child(process.argv[i + 1]!, modes, Number(arg('reps') ?? 3));
 }
 
 main().catch((err: unknown) => {

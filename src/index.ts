@@ -12,6 +12,8 @@ export { readSafetensors, writeSafetensors, loadCheckpointTensors, checkpointInd
 export { LanguageModel } from './models/model.js';
 export type { ModelInfo, LmKind, SpecialIds, LmFunctions, ModelFamily, HiddenInputs, HiddenOutputs, WeightOf } from './models/lm.js';
 export { loadModel, createRandomModel, type LoadOptions } from './models/load.js';
+export { parseQuantize, quantizeName, type QuantizeOptions, type QuantizeSettings } from './models/quantize.js';
+export type { QuantizationInfo } from './models/lm.js';
 export { supportedModelTypes, familyFor } from './models/families.js';
 export { generate, decodeStep, KvCache, type GenerateOptions, type PromptRows } from './models/generate.js';
 export type { TextTokenizer } from './tokenizers/tokenizer.js';

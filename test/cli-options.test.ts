@@ -161,3 +161,49 @@ test('run files are read through schemas: errors name the file and the field; un
   fs.writeFileSync(path.join(adapter, 'adapter_config.json'), '{"peft_type": "P_TUNING", "num_virtual_tokens": "four"}');
   await refused(['import-peft', '--adapter', adapter, '--model', bert, '--out', freshOut()], /adapter_config\.json: num_virtual_tokens/);
 });
+
+test('every option a command declares reaches its schema (none is dropped silently), --quantize on every command that loads an LM', async () => {
+  const { Command } = await import('commander');
+  const o = await import('../src/cli/options.js');
+  const { registerModelCommands } = await import('../src/cli/model-commands.js');
+  const { registerLamaCommand } = await import('../src/cli/lama-command.js');
+  const { registerTrainCommands } = await import('../src/cli/train-commands.js');
+  const { registerFewGlueCommand } = await import('../src/cli/fewglue-command.js');
+  const { registerServeCommands } = await import('../src/cli/serve-commands.js');
+  const program = new Command();
+  for (const register of [registerModelCommands, registerLamaCommand, registerTrainCommands, registerFewGlueCommand, registerServeCommands]) register(program);
+  const schemas: Record<string, { shape: Record<string, unknown> }> = {
+    train: o.trainSchema, eval: o.evalSchema, predict: o.predictSchema, export: o.exportSchema, 'import-peft': o.importSchema,
+    info: o.infoSchema, fill: o.fillSchema, generate: o.generateSchema, lama: o.lamaSchema, fewglue: o.fewglueSchema, serve: o.serveSchema,
+  };
+  const loadsLm = ['train', 'eval', 'predict', 'export', 'info', 'fill', 'generate', 'lama', 'fewglue', 'serve', 'table'];
+  for (const cmd of program.commands) {
+    const keys = cmd.options.map((x) => x.attributeName());
+    if (loadsLm.includes(cmd.name())) {
+      for (const k of Object.keys(o.quantizeFields)) assert.ok(keys.includes(k), `${cmd.name()}: no --${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`);
+    }
+    const schema = schemas[cmd.name()];
+    if (!schema) continue;
+    for (const k of keys) assert.ok(k in schema.shape, `${cmd.name()}: option ${k} is not in its schema`);
+  }
+});
+
+test('--quantize: bad values and settings without it are refused by name; a run records it; LM-tuning modes refuse it by name', async () => {
+  await refused(train('--quantize', 'int3'), /^ptune: --quantize: expected one of int8, int4, none, fp32, got "int3"/);
+  await refused(train('--quant-block', '64'), /--quant-block.*need --quantize int8\|int4/);
+  await refused(train('--quantize', 'int4', '--quant-block', '48'), /--quant-block: expected 32, 64 or 128, got 48/);
+  await refused(train('--quantize', 'int8', '--tune-lm'), /--quantize cannot be combined with --tune-lm/);
+  await refused(['lama', '--model', bert, '--data', path.join(shared, 'data/lama'), '--out', freshOut(), '--mode', 'ptune,ptune-lm', '--relations', 'P103', '--quantize', 'int8', '--quiet'], /--quantize cannot be combined with the ptune-lm mode/);
+  await refused(['fewglue', '--model', bert, '--task', 'rte', '--out', freshOut(), '--mode', 'ptune,manual-lm,finetune', '--quantize', 'int4', '--quiet'], /--quantize cannot be combined with the manual-lm, finetune modes/);
+  const { trainConfigFromOptions } = await import('../src/cli/train-commands.js');
+  const given = () => false;
+  const base = { model: bert, train: data.train, dev: data.dev, template: '3,3,3', answerField: 'obj_label', out: freshOut() };
+  const defaults = {
+    tokenRule: 'first', method: 'ptuning', virtualTokens: '20', prefixDropout: '0', peftLayout: true, baselines: true, encoder: 'lstm', encoderPreset: 'thudm',
+    encoderDropout: '0', weightDecay: '0', warmup: '0', gamma: '0.98', lmLr: '1e-4', lmWeightDecay: '0.1', batchSize: '8', gradAccum: '1', maxGradNorm: '1',
+    epochs: '1', maxSteps: '0', evalEvery: '0', patience: '0', saveEvery: '50', maxLength: '128', seed: '13',
+  };
+  const config = trainConfigFromOptions({ ...defaults, ...base, quantize: 'int4', quantBlock: '64', quantSymmetric: true }, given);
+  assert.deepEqual(config.quantize, { bits: 4, blockSize: 64, symmetric: true });
+  assert.equal(trainConfigFromOptions({ ...defaults, ...base, quantize: 'none' }, given).quantize, undefined);
+});

@@ -7,7 +7,7 @@ import { TASK_NAMES, type TaskName } from '../tasks/fewglue/tasks.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
 import { checkOutputDir, claimOutputDir, FEWGLUE_OUTPUTS, type ClaimedOutput } from '../train/rundir.js';
-import { asText, fewglueSchema, parseListOption, parseOptions } from './options.js';
+import { addQuantizeOptions, asText, fewglueSchema, parseListOption, parseOptions, quantizeFrom } from './options.js';
 
 function pick<T extends string>(values: string[], known: readonly T[], all: readonly T[], what: string): T[] {
   if (values.length === 1 && values[0]!.toLowerCase() === 'all') return [...all];
@@ -19,7 +19,7 @@ function pick<T extends string>(values: string[], known: readonly T[], all: read
 }
 
 export function registerFewGlueCommand(program: Command): void {
-  program
+  const cmd = program
     .command('fewglue')
     .description('few-shot SuperGLUE + SST-2: tasks × modes × seeds, report.json / report.md / predictions')
     .requiredOption('--model <dir>', 'model directory')
@@ -44,9 +44,10 @@ export function registerFewGlueCommand(program: Command): void {
     .option('--lm-weight-decay <x>', 'LM weight decay', asText, 0.1)
     .option('--head-lr <x>', 'finetune classifier head lr', asText, 1e-3)
     .option('--overwrite', 'replace the results in --out')
-    .option('--quiet', 'no progress output')
-    .action(async (raw: Record<string, unknown>) => {
+    .option('--quiet', 'no progress output');
+  addQuantizeOptions(cmd).action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(fewglueSchema, raw);
+      const quantize = quantizeFrom(o);
       const tasks = pick<TaskName>(o.task, TASK_NAMES, ALL_TASKS, 'task');
       const modes = o.mode.length === 1 && o.mode[0]!.toLowerCase() === 'all' ? [...FEWGLUE_MODES] : o.mode.map(parseMode);
       const out = path.resolve(o.out);
@@ -75,6 +76,7 @@ export function registerFewGlueCommand(program: Command): void {
         numVirtualTokens: o.virtualTokens,
         prefixProjection: o.prefixProjection || DEEP_DEFAULTS.projection,
         sst2Train: o.sst2Train,
+        ...(quantize && { quantize }),
         progress: makeProgress({ quiet: true }),
         log: o.quiet ? undefined : (line) => process.stderr.write(line + '\n'),
         beforeWrite: () => {

@@ -10,7 +10,7 @@ import {
 } from '../tasks/lama/run.js';
 import type { FactSet, LamaSplit, VocabStrategy } from '../tasks/lama/data.js';
 import { checkOutputDir, claimOutputDir, LAMA_OUTPUTS, type ClaimedOutput } from '../train/rundir.js';
-import { lamaSchema, parseListOption, parseOptions } from './options.js';
+import { addQuantizeOptions, lamaSchema, parseListOption, parseOptions, quantizeFrom } from './options.js';
 import { asText } from './options.js';
 
 
@@ -21,7 +21,7 @@ function defined<T extends object>(o: T): Partial<T> {
 const fmt = (v: number | null | undefined) => (v === null || v === undefined ? '–' : (v * 100).toFixed(2));
 
 export function registerLamaCommand(program: Command): void {
-  program
+  const cmd = program
     .command('lama')
     .description('LAMA knowledge probing: majority, manual prompts, P-tuning, manual+P-tuning and fine-tuning, per relation')
     .requiredOption('--model <dir>', 'model directory or checkpoint')
@@ -55,9 +55,10 @@ export function registerLamaCommand(program: Command): void {
     .option('--keep-checkpoints', "keep finetune's per-relation LM checkpoints")
     .option('--resume', 'reuse the finished tasks of the results in --out')
     .option('--overwrite', 'replace the results in --out')
-    .option('--quiet', 'no progress display')
-    .action(async (raw: Record<string, unknown>) => {
+    .option('--quiet', 'no progress display');
+  addQuantizeOptions(cmd).action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(lamaSchema, raw);
+      const quantize = quantizeFrom(o);
       const out = path.resolve(o.out);
       checkOutputDir(out, LAMA_OUTPUTS, { resume: o.resume, overwrite: o.overwrite });
       const base = o.preset === 'thudm' ? THUDM_TRAIN : PTUNE_DEFAULTS;
@@ -98,6 +99,7 @@ export function registerLamaCommand(program: Command): void {
         maxFacts,
         topK: o.topK,
         keepCheckpoints: o.keepCheckpoints,
+        ...(quantize && { quantize }),
         quiet: o.quiet,
         command: ['ptune', ...process.argv.slice(2)].join(' '),
         beforeWrite: () => {

@@ -8,7 +8,7 @@ import type { LanguageModel } from '../models/model.js';
 import { paddedLength } from '../prompt/ptuning.js';
 import { sequenceWrap } from '../prompt/render.js';
 import { UserError } from '../util/errors.js';
-import { fillSchema, generateSchema, parseOptions, type GenerateOptions } from './options.js';
+import { addQuantizeOptions, fillSchema, generateSchema, infoSchema, parseOptions, quantizeFrom, type GenerateOptions } from './options.js';
 import { asText } from './options.js';
 import { PromptTable, TaskInputError } from '../serve/table.js';
 
@@ -101,14 +101,16 @@ export function topIndices(values: ArrayLike<number>, k: number): number[] {
 }
 
 export function registerModelCommands(program: Command): void {
-  program
+  const info = program
     .command('info')
     .description('show a model: family, parameter count, vocabulary, layers, hidden size, heads')
     .argument('<model>', 'model directory (Hugging Face layout) or llama2.c checkpoint')
-    .option('--json', 'print JSON')
-    .action(async (model: string, opts: { json?: boolean }) => {
+    .option('--json', 'print JSON');
+  addQuantizeOptions(info, 'the model').action(async (model: string, raw: Record<string, unknown>) => {
+      const opts = parseOptions(infoSchema, raw);
+      const quantize = quantizeFrom(opts);
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       const i = lm.info;
       if (opts.json) {
         console.log(JSON.stringify(i, null, 2));
@@ -121,21 +123,27 @@ export function registerModelCommands(program: Command): void {
         console.log(`  hidden size   ${i.hiddenSize} (intermediate ${i.intermediateSize})`);
         console.log(`  heads         ${i.numHeads}${i.numKvHeads !== i.numHeads ? ` (${i.numKvHeads} key/value)` : ''}`);
         console.log(`  max positions ${i.maxPositions}`);
+        const q = i.quantization;
+        if (q) {
+          console.log(`  quantized     ${q.name}: ${q.weights} linear weights (${q.values.toLocaleString('en-US')} values), block ${q.blockSize}, ${q.symmetric ? 'symmetric' : 'zero points'}, backward ${q.backward}`);
+          console.log(`  store         ${q.store} (${(q.bytes / 1e6).toFixed(1)} MB, ${q.reused ? 'reused' : 'written now'})`);
+        }
       }
       lm.dispose();
     });
 
-  program
+  const fillCmd = program
     .command('fill')
     .description('masked LM: top predictions at each [MASK]; causal LM: the next token after the text')
     .argument('<model>', 'model directory or checkpoint')
     .argument('<text>', 'input text, with [MASK] for a masked LM')
     .option('--top <k>', 'predictions per position (≥ 1)', asText, 10)
-    .option('--json', 'print JSON')
-    .action(async (model: string, text: string, raw: Record<string, unknown>) => {
+    .option('--json', 'print JSON');
+  addQuantizeOptions(fillCmd, 'the model').action(async (model: string, text: string, raw: Record<string, unknown>) => {
       const opts = parseOptions(fillSchema, raw);
+      const quantize = quantizeFrom(opts);
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       const predictions = await fill(lm, text, opts.top);
       if (opts.json) {
         console.log(JSON.stringify({ predictions }));
@@ -148,7 +156,7 @@ export function registerModelCommands(program: Command): void {
       lm.dispose();
     });
 
-  program
+  const generateCmd = program
     .command('generate')
     .description('generate text with a causal LM (greedy at temperature 0, KV cache); with --run, after a tuned prompt and a record')
     .argument('[model]', 'model directory or checkpoint (not with --run: the run names its model)')
@@ -160,13 +168,14 @@ export function registerModelCommands(program: Command): void {
     .option('--top-p <p>', 'nucleus sampling mass, in (0, 1]', asText, 1)
     .option('--seed <n>', 'sampling seed', asText, 0)
     .option('--stop <s>', 'stop string: the text ends before it (repeatable)', (v: string, all: string[]) => [...all, v], [] as string[])
-    .option('--json', 'with --run: print {"text", "tokens", "finish_reason"}')
-    .action(async (model: string | undefined, raw: Record<string, unknown>) => {
+    .option('--json', 'with --run: print {"text", "tokens", "finish_reason"}');
+  addQuantizeOptions(generateCmd, 'the model').action(async (model: string | undefined, raw: Record<string, unknown>) => {
       const opts = parseOptions(generateSchema, raw);
+      const quantize = quantizeFrom(opts);
       if (opts.run) return generateWithRun(model, opts);
       if (!model) throw new UserError('give a model directory, or --run RUNDIR --text JSON');
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
       const ids = opts.prompt ? modelInputIds(lm, opts.prompt) : [];
       if (ids.length >= lm.info.maxPositions) throw new UserError(`--prompt is ${ids.length} tokens: no room left in the ${lm.info.maxPositions} positions of ${lm.info.source}`);
@@ -208,7 +217,7 @@ async function generateWithRun(model: string | undefined, opts: GenerateCliOptio
   if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
   const { model: base } = JSON.parse(fs.readFileSync(cfgFile, 'utf8')) as { model: string };
   await initEngine();
-  const lm = await loadModel(base);
+  const lm = await loadModel(base, { quantize: quantizeFrom(opts) });
   if (lm.info.kind !== 'causal') throw new UserError(`${lm.info.source} is a ${lm.info.kind} LM: generate needs a causal LM`);
   const table = PromptTable.create(lm);
   await table.addRun('run', opts.run!);

@@ -3,8 +3,10 @@
  * work, and a bad one is a one-line error naming the option and what it accepts. Commander hands the values
  * over as text (or the declared default); the schemas turn them into numbers.
  */
+import type { Command } from 'commander';
 import { opt, parseOptions, z } from '../util/schema.js';
 import { UserError } from '../util/errors.js';
+import type { QuantizeOptions } from '../models/quantize-settings.js';
 
 export { parseOptions };
 
@@ -25,6 +27,70 @@ export const globalSchema = z.object({
   threads: opt.int(1).optional(),
   runtime: opt.choice(['node', 'web']).optional(),
 });
+
+/**
+ * --quantize and its settings, in the schema of every command that loads an LM (train, eval, predict, export, lama,
+ * fewglue, info, fill, generate, serve, table); quantizeFrom turns them into QuantizeOptions.
+ */
+export const quantizeFields = {
+  quantize: opt.choice(['int8', 'int4', 'none', 'fp32']).optional(),
+  quantBlock: opt.int(1).optional(),
+  quantZeroPoints: opt.flag(),
+  quantSymmetric: opt.flag(),
+  quantBackward: opt.choice(['transposed', 'dequantize']).optional(),
+  quantActivations: opt.choice(['int8', 'float32']).optional(),
+};
+
+/** --quantize and its settings, on a command that loads an LM (its schema spreads `quantizeFields`). */
+export function addQuantizeOptions(cmd: Command, what = 'the frozen LM'): Command {
+  return cmd
+    .option('--quantize <q>', `quantize ${what}'s linear weights at load: int8, int4 or none`)
+    .option('--quant-block <n>', 'quantization block size: 32, 64 or 128 (default 32)', asText)
+    .option('--quant-zero-points', 'blocks with zero points (default for int4)')
+    .option('--quant-symmetric', 'symmetric blocks (default for int8)')
+    .option('--quant-backward <b>', "gradient to a layer's input: transposed (a quantized copy of W transposed, default) or dequantize")
+    .option('--quant-activations <a>', 'int8 (activations quantized per block, integer products; default) or float32');
+}
+
+export interface QuantizeCliOptions {
+  quantize?: 'int8' | 'int4' | 'none' | 'fp32';
+  quantBlock?: number;
+  quantZeroPoints?: boolean;
+  quantSymmetric?: boolean;
+  quantBackward?: 'transposed' | 'dequantize';
+  quantActivations?: 'int8' | 'float32';
+}
+
+/** The options given, as QuantizeOptions; null for --quantize none; undefined when --quantize is absent. */
+export function quantizeFrom(o: QuantizeCliOptions): QuantizeOptions | null | undefined {
+  const extra = o.quantBlock !== undefined || o.quantZeroPoints || o.quantSymmetric || o.quantBackward !== undefined || o.quantActivations !== undefined;
+  if (o.quantize === undefined) {
+    if (extra) throw new UserError('--quant-block, --quant-zero-points, --quant-symmetric, --quant-backward and --quant-activations need --quantize int8|int4');
+    return undefined;
+  }
+  if (o.quantize === 'none' || o.quantize === 'fp32') {
+    if (extra) throw new UserError(`--quant-block, --quant-zero-points, --quant-symmetric, --quant-backward and --quant-activations need --quantize int8|int4, not ${o.quantize}`);
+    return null;
+  }
+  // the schemas check these already; callers without them (the bench) get the same messages
+  if (o.quantize !== 'int8' && o.quantize !== 'int4') throw new UserError(`--quantize: expected int8, int4 or none, got ${JSON.stringify(o.quantize)}`);
+  if (o.quantBlock !== undefined && ![32, 64, 128].includes(o.quantBlock)) throw new UserError(`--quant-block: expected 32, 64 or 128, got ${o.quantBlock}`);
+  if (o.quantZeroPoints && o.quantSymmetric) throw new UserError('give --quant-zero-points or --quant-symmetric, not both');
+  if (o.quantBackward !== undefined && o.quantBackward !== 'transposed' && o.quantBackward !== 'dequantize') {
+    throw new UserError(`--quant-backward: expected transposed or dequantize, got ${JSON.stringify(o.quantBackward)}`);
+  }
+  if (o.quantActivations !== undefined && o.quantActivations !== 'int8' && o.quantActivations !== 'float32') {
+    throw new UserError(`--quant-activations: expected int8 or float32, got ${JSON.stringify(o.quantActivations)}`);
+  }
+  return {
+    bits: o.quantize === 'int8' ? 8 : 4,
+    ...(o.quantBlock !== undefined && { blockSize: o.quantBlock }),
+    ...(o.quantZeroPoints && { symmetric: false }),
+    ...(o.quantSymmetric && { symmetric: true }),
+    ...(o.quantBackward !== undefined && { backward: o.quantBackward }),
+    ...(o.quantActivations !== undefined && { activations: o.quantActivations }),
+  };
+}
 
 export const trainSchema = z.object({
   model: opt.text().optional(),
@@ -75,6 +141,7 @@ export const trainSchema = z.object({
   resume: opt.flag(),
   overwrite: opt.flag(),
   quiet: opt.flag(),
+  ...quantizeFields,
 });
 export type TrainOptions = z.output<typeof trainSchema>;
 
@@ -83,6 +150,7 @@ export const evalSchema = z.object({
   data: opt.text(),
   checkpoint: opt.choice(CHECKPOINTS),
   json: opt.flag(),
+  ...quantizeFields,
 });
 
 export const predictSchema = z.object({
@@ -91,6 +159,7 @@ export const predictSchema = z.object({
   text: opt.text().optional(),
   top: opt.int(1),
   checkpoint: opt.choice(CHECKPOINTS),
+  ...quantizeFields,
 });
 
 export const exportSchema = z.object({
@@ -102,6 +171,7 @@ export const exportSchema = z.object({
   top: opt.int(1),
   externalData: opt.flag(),
   overwrite: opt.flag(),
+  ...quantizeFields,
 });
 
 export const importSchema = z.object({
@@ -116,7 +186,9 @@ export const importSchema = z.object({
   overwrite: opt.flag(),
 });
 
-export const fillSchema = z.object({ top: opt.int(1), json: opt.flag() });
+export const infoSchema = z.object({ json: opt.flag(), ...quantizeFields });
+
+export const fillSchema = z.object({ top: opt.int(1), json: opt.flag(), ...quantizeFields });
 
 export const generateSchema = z.object({
   prompt: z.string(),
@@ -128,6 +200,7 @@ export const generateSchema = z.object({
   text: opt.text().optional(),
   stop: z.array(z.string()),
   json: opt.flag(),
+  ...quantizeFields,
 });
 export type GenerateOptions = z.output<typeof generateSchema>;
 
@@ -164,6 +237,7 @@ export const lamaSchema = z.object({
   resume: opt.flag(),
   overwrite: opt.flag(),
   quiet: opt.flag(),
+  ...quantizeFields,
 });
 
 export const fewglueSchema = z.object({
@@ -190,6 +264,7 @@ export const fewglueSchema = z.object({
   sst2Train: opt.int(1),
   overwrite: opt.flag(),
   quiet: opt.flag(),
+  ...quantizeFields,
 });
 
 export const serveSchema = z.object({
@@ -203,6 +278,7 @@ export const serveSchema = z.object({
   maxQueue: opt.int(1),
   timeoutMs: opt.int(1),
   bodyLimit: opt.int(1),
+  ...quantizeFields,
 });
 
 /** `--max-length` against the model's positions. */

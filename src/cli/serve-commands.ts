@@ -4,7 +4,8 @@ import { loadModel } from '../models/load.js';
 import { PromptTable } from '../serve/table.js';
 import { createServer, runModel } from '../serve/server.js';
 import { UserError } from '../util/errors.js';
-import { asText, parseOptions, serveSchema } from './options.js';
+import { addQuantizeOptions, asText, parseOptions, quantizeFields, quantizeFrom, serveSchema } from './options.js';
+import { z } from '../util/schema.js';
 
 const collect = (v: string, all: string[]) => [...all, v];
 
@@ -16,15 +17,18 @@ export function namedDir(spec: string, option: string): { name: string; dir: str
 }
 
 
+const tableQuantizeSchema = z.object(quantizeFields);
+
 export function registerServeCommands(program: Command): void {
-  program
+  const tableCmd = program
     .command('table')
     .description('pack tuned prompts of several runs (one base model) into a prompt table directory for ptune serve')
     .option('--run <name=dir>', 'a task: its name and run directory (repeatable)', collect, [] as string[])
     .option('--peft <name=dir>', 'a task from a PEFT P-tuning adapter exported by ptune (repeatable)', collect, [] as string[])
     .option('--model <dir>', 'the base model (default: the one the first run names)')
-    .requiredOption('--out <dir>', 'table directory to write')
-    .action(async (o: { run: string[]; peft: string[]; model?: string; out: string }) => {
+    .requiredOption('--out <dir>', 'table directory to write');
+  addQuantizeOptions(tableCmd, 'the base model (while checking the runs)').action(async (o: { run: string[]; peft: string[]; model?: string; out: string }) => {
+      const quantize = quantizeFrom(parseOptions(tableQuantizeSchema, o));
       const runs = o.run.map((s) => namedDir(s, '--run'));
       const pefts = o.peft.map((s) => namedDir(s, '--peft'));
       if (runs.length + pefts.length === 0) throw new UserError('give at least one --run NAME=RUNDIR or --peft NAME=DIR');
@@ -34,7 +38,7 @@ export function registerServeCommands(program: Command): void {
       const model = o.model ?? (runs[0] ? runModel(runs[0].dir) : undefined);
       if (!model) throw new UserError('give --model (the base model of the adapters)');
       await initEngine();
-      const lm = await loadModel(model);
+      const lm = await loadModel(model, { quantize });
       const table = PromptTable.create(lm);
       table.model = model;
       for (const r of runs) await table.addRun(r.name, r.dir, { replace: false });
@@ -44,7 +48,7 @@ export function registerServeCommands(program: Command): void {
       lm.dispose();
     });
 
-  program
+  const serve = program
     .command('serve')
     .description('serve tuned prompts over HTTP: one frozen LM, many tasks, mixed-task batches, generation')
     .option('--model <dir>', 'the base model (default: the table\'s, or the one the first run names)')
@@ -56,9 +60,10 @@ export function registerServeCommands(program: Command): void {
     .option('--max-wait-ms <n>', 'how long a row waits for others to batch with', asText, 5)
     .option('--max-queue <n>', 'rows waiting before requests are refused (429)', asText, 1024)
     .option('--timeout-ms <n>', 'request timeout (504)', asText, 30_000)
-    .option('--body-limit <bytes>', 'largest request body (413)', asText, 1 << 20)
-    .action(async (raw: Record<string, unknown>) => {
+    .option('--body-limit <bytes>', 'largest request body (413)', asText, 1 << 20);
+  addQuantizeOptions(serve, 'the served LM').action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(serveSchema, raw);
+      const quantize = quantizeFrom(o);
       const runs = o.run.map((s) => namedDir(s, '--run'));
       const model = o.model ?? (o.table ? PromptTable.modelOf(o.table) : runs[0] ? runModel(runs[0].dir) : undefined);
       if (!model) throw new UserError('give --model, --table or --run');
@@ -75,6 +80,7 @@ export function registerServeCommands(program: Command): void {
         timeoutMs: o.timeoutMs,
         bodyLimit: o.bodyLimit,
         threads,
+        ...(quantize && { quantize }),
       });
       const url = await server.listen();
       process.stdout.write(`${JSON.stringify({ listening: url, model, tasks: server.tasks().map((t) => t.name) })}\n`);

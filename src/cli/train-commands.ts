@@ -17,7 +17,10 @@ import { readRunConfig } from '../train/files.js';
 import { checkDistinct, checkOutputDir, claimOutputDir, EXPORT_OUTPUTS, presentOutputs, RUN_OUTPUTS, type ClaimedOutput } from '../train/rundir.js';
 import { makeProgress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
-import { checkMaxLength, evalSchema, parseListOption, exportSchema, importSchema, parseOptions, predictSchema, trainSchema, type TrainOptions } from './options.js';
+import {
+  addQuantizeOptions, checkMaxLength, evalSchema, parseListOption, exportSchema, importSchema, parseOptions, predictSchema, quantizeFrom, trainSchema,
+  type TrainOptions,
+} from './options.js';
 import { asText } from './options.js';
 
 const notice = (line: string) => process.stderr.write(`ptune: ${line}\n`);
@@ -136,6 +139,7 @@ function checkCombinations(o: TrainOptions & { method: MethodName }, given: Give
   only('prefixHidden', '--prefix-hidden', Boolean(o.prefixProjection), 'with --prefix-projection');
   only('initFromWords', '--init-from-words', o.method === 'prompt-tuning', 'with --method prompt-tuning');
   only('peftLayout', '--no-peft-layout', o.method === 'ptuning', 'with --method ptuning');
+  if (quantizeFrom(o) && o.tuneLm) throw new UserError('--quantize cannot be combined with --tune-lm: quantized weights are frozen (tune the LM in fp32, or P-tune the prompt alone)');
   if (o.encoder === 'lstm' && o.encoderPreset === 'thudm' && o.encoderHidden !== undefined && o.encoderHidden % 2 !== 0) {
     throw new UserError(`--encoder-hidden: expected an even integer with --encoder-preset thudm (split over both LSTM directions), got ${o.encoderHidden}`);
   }
@@ -190,7 +194,14 @@ function freshConfig(o: TrainOptions & { method: MethodName }): RunConfig {
       lmLr: o.lmLr ?? TUNE_LM_DEFAULTS.lmLr,
       lmWeightDecay: o.lmWeightDecay,
     },
+    ...quantizeOf(o),
   };
+}
+
+/** The run config's `quantize` from the options (absent for none). */
+function quantizeOf(o: TrainOptions): Pick<RunConfig, 'quantize'> {
+  const q = quantizeFrom(o);
+  return q ? { quantize: q } : {};
 }
 
 /**
@@ -245,6 +256,7 @@ const KNOBS: Knob[] = [
   { key: 'warmup', have: (c) => c.optim.warmupRatio },
   { key: 'gamma', have: (c) => c.optim.gamma },
   { key: 'tuneLm', have: (c) => c.optim.tuneLm },
+  { key: 'quantize', have: (c) => c.quantize ?? null, want: (o) => quantizeFrom(o) ?? null },
   { key: 'lmLr', have: (c) => c.optim.lmLr },
   { key: 'lmWeightDecay', have: (c) => c.optim.lmWeightDecay },
   { key: 'batchSize', have: (c) => c.loop.batchSize },
@@ -320,7 +332,7 @@ async function withStopSignals<T>(onSecond: (sig: NodeJS.Signals) => string, bod
 }
 
 export function registerTrainCommands(program: Command): void {
-  program
+  const train = program
     .command('train')
     .description('P-tune a prompt for a task (frozen LM by default) and write a run directory')
     .option('--model <dir>', 'model directory, checkpoint or Hub id (required unless --resume)')
@@ -370,8 +382,8 @@ export function registerTrainCommands(program: Command): void {
     .option('--seed <n>', 'seed', asText, DEFAULT_LOOP.seed)
     .option('--resume', 'continue the run in --out from its last checkpoint')
     .option('--overwrite', 'replace the run in --out')
-    .option('--quiet', 'no progress output')
-    .action(async (raw: Record<string, unknown>, cmd: Command) => {
+    .option('--quiet', 'no progress output');
+  addQuantizeOptions(train).action(async (raw: Record<string, unknown>, cmd: Command) => {
       const o = withMethod(parseOptions(trainSchema, raw));
       const given: Given = (key) => cmd.getOptionValueSource(key) === 'cli';
       const out = path.resolve(o.out);
@@ -380,6 +392,7 @@ export function registerTrainCommands(program: Command): void {
       let config: RunConfig;
       let changes: string[] = [];
       if (o.resume) {
+        quantizeFrom(o); // the --quant-* options need --quantize here too
         ({ config, changes } = reconcile(readRunConfig(cfgFile), o, given, cfgFile));
       } else {
         checkCombinations(o, given);
@@ -387,7 +400,7 @@ export function registerTrainCommands(program: Command): void {
       }
 
       await initEngine();
-      const lm = await loadModel(config.model, { trainable: config.optim.tuneLm });
+      const lm = await loadModel(config.model, { trainable: config.optim.tuneLm, quantize: config.quantize });
       let session: PTuningSession | undefined;
       let claim: ClaimedOutput | undefined;
       try {
@@ -455,17 +468,18 @@ export function registerTrainCommands(program: Command): void {
       }
     });
 
-  program
+  const evalCmd = program
     .command('eval')
     .description('evaluate a run (best checkpoint) on a data file')
     .requiredOption('--run <dir>', 'run directory')
     .requiredOption('--data <file>', 'data file with labels/answers')
     .option('--checkpoint <which>', 'best|last', 'best')
-    .option('--json', 'print JSON')
-    .action(async (raw: Record<string, unknown>) => {
+    .option('--json', 'print JSON');
+  addQuantizeOptions(evalCmd, "the run's LM (default: as the run trained)").action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(evalSchema, raw);
+      const quantize = quantizeFrom(o);
       await initEngine();
-      const session = await PTuningSession.load(o.run, o.checkpoint);
+      const session = await PTuningSession.load(o.run, o.checkpoint, undefined, { quantize });
       try {
         const r = await session.evaluateFile(o.data);
         if (o.json) console.log(JSON.stringify(r.metrics));
@@ -475,16 +489,17 @@ export function registerTrainCommands(program: Command): void {
       }
     });
 
-  program
+  const predict = program
     .command('predict')
     .description('predict with a run: JSONL with the input index, prediction and top-k scores')
     .requiredOption('--run <dir>', 'run directory')
     .option('--data <file>', 'data file')
     .option('--text <json>', 'one record as JSON, e.g. \'{"sentence":"a fine film"}\'')
     .option('--top <k>', 'scores to list (≥ 1; at most the number of classes)', asText, 5)
-    .option('--checkpoint <which>', 'best|last', 'best')
-    .action(async (raw: Record<string, unknown>) => {
+    .option('--checkpoint <which>', 'best|last', 'best');
+  addQuantizeOptions(predict, "the run's LM (default: as the run trained)").action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(predictSchema, raw);
+      const quantize = quantizeFrom(o);
       if (!o.data === !o.text) throw new UserError('give exactly one of --data FILE or --text JSON');
       let records: Record<string, unknown>[];
       if (o.text) {
@@ -500,7 +515,7 @@ export function registerTrainCommands(program: Command): void {
         records = readRecords(o.data!);
       }
       await initEngine();
-      const session = await PTuningSession.load(o.run, o.checkpoint);
+      const session = await PTuningSession.load(o.run, o.checkpoint, undefined, { quantize });
       try {
         const classes = session.head.predictable?.length ?? session.head.numClasses;
         writeJsonl(await session.predict(records, o.data ?? '--text', Math.min(o.top, classes)));
@@ -509,7 +524,7 @@ export function registerTrainCommands(program: Command): void {
       }
     });
 
-  program
+  const exportCmd = program
     .command('export')
     .description('export a run: a PEFT adapter (P_TUNING, PREFIX_TUNING or PROMPT_TUNING), the bare prompt table, or a self-contained ONNX model')
     .requiredOption('--run <dir>', 'run directory')
@@ -519,9 +534,13 @@ export function registerTrainCommands(program: Command): void {
     .option('--batch <n>', 'onnx: rows of the exported graph (inputs are [batch, the run\'s max length])', asText, 1)
     .option('--top <k>', 'onnx, answer tasks: answers returned per row', asText, 5)
     .option('--external-data', 'onnx: weights in model.onnx.data beside the graph (default: only past 1 GiB)')
-    .option('--overwrite', 'replace an export in --out')
-    .action(async (raw: Record<string, unknown>) => {
+    .option('--overwrite', 'replace an export in --out');
+  addQuantizeOptions(exportCmd, "the run's LM while exporting (default: as the run trained; onnx: none)").action(async (raw: Record<string, unknown>) => {
       const o = parseOptions(exportSchema, raw);
+      const quantize = quantizeFrom(o);
+      if (o.format === 'onnx' && quantize) {
+        throw new UserError('--format onnx exports the float LM (standard ONNX ops): --quantize applies to the peft and table formats only');
+      }
       const out = path.resolve(o.out);
       if (path.resolve(o.run) === out) throw new UserError(`--out ${o.out} is the run itself: export into another folder`);
       checkDistinct(out, o.run, '--run');
@@ -530,7 +549,8 @@ export function registerTrainCommands(program: Command): void {
       }
       checkOutputDir(out, EXPORT_OUTPUTS, { overwrite: o.overwrite });
       await initEngine();
-      const session = await PTuningSession.load(o.run, o.checkpoint);
+      // an ONNX export holds the float LM, whatever the run trained with
+      const session = await PTuningSession.load(o.run, o.checkpoint, undefined, { quantize: o.format === 'onnx' ? null : quantize });
       let claim: ClaimedOutput | undefined;
       try {
         const beforeWrite = () => {

@@ -11,6 +11,36 @@
  *   weights (`[out, in]`) once at load time, so the hot path never transposes a weight.
  * - Integer inputs (token ids, positions) are int32 tensors.
  */
+/**
+ * A frozen weight quantized block-wise (src/engine/quant.ts: ONNX Runtime's MatMulNBits layout) as tensors of
+ * an engine: Ŵ [n, k], rows the output features, blocks of `blockSize` along k.
+ */
+export interface QuantizedTensors<T> {
+  n: number;
+  k: number;
+  bits: 4 | 8;
+  blockSize: number;
+  /** uint8 [n, kBlocks, blockSize · bits / 8] */
+  data: T;
+  /** float32 [n, kBlocks] */
+  scales: T;
+  /** uint8 [n, ceil(kBlocks · bits / 8)]; absent: symmetric blocks (zero point 2^(bits-1)) */
+  zeroPoints?: T;
+  /**
+   * how an engine may multiply: 'int8' lets it quantize the activations to int8 per block and multiply in
+   * integers (ONNX Runtime's accuracy level 4; default), 'float32' dequantizes and multiplies in float32
+   */
+  activations?: 'int8' | 'float32';
+  /**
+   * Ŵᵀ quantized on its own ([k, n], blocks along n): when present, the gradient to the input of a quantized
+   * dense runs as another quantized matmul; absent, it dequantizes Ŵ and multiplies in float32
+   */
+  transposed?: QuantizedTensors<T>;
+}
+
+/** How a quantized weight stands in for the float weight it replaces: torch nn.Linear [out, in] or Conv1D [in, out]. */
+export type WeightLayout = 'out-in' | 'in-out';
+
 export interface Ops<T> {
   shape(x: T): number[];
 
@@ -47,6 +77,17 @@ export interface Ops<T> {
   linear(x: T, w: T, bias?: T): T;
   /** x[..., in] @ wᵀ (+ bias[out]) for w [out, in]: torch nn.Linear's layout. */
   dense(x: T, w: T, bias?: T): T;
+  /**
+   * x[..., k] @ Ŵᵀ (+ bias[n]) for a block-quantized Ŵ [n, k]; the weight is frozen (gradients flow to x and
+   * the bias only).
+   */
+  quantizedDense(x: T, w: QuantizedTensors<T>, bias?: T): T;
+  /**
+   * A quantized weight as a value model code can hold where the float weight went (`layout` says which):
+   * `dense` / `linear` of it (and the output projection `matmul(it, rows, true)`, and `gather` of its rows) read
+   * it quantized; any other use sees its dequantized values.
+   */
+  quantized(w: QuantizedTensors<T>, layout: WeightLayout): T;
 
   // reductions and normalisation
   sum(x: T, axis: number, keepDims?: boolean): T;

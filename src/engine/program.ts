@@ -1,6 +1,43 @@
 import { Graph, OnnxOps, gradients, type DType, type Sym } from './onnx/index.js';
+import type { QuantizedTensors, WeightLayout } from './ops.js';
+import { blockCount, rowBytes, type QuantBits } from './quant.js';
 import { getRuntime, releaseNow, type RuntimeSession } from './runtime.js';
 import type { HostTensor, Parameter } from './tensor.js';
+
+/** Bytes of a file: where a constant's values are stored. */
+export interface FileSlice {
+  offset: number;
+  bytes: number;
+}
+
+/**
+ * A quantized weight stored in a file (src/models/quantize.ts writes them): Ŵ [n, k] in MatMulNBits' layout,
+ * and optionally Ŵᵀ quantized on its own for the gradient to the inputs.
+ */
+export interface StoredQuantized {
+  n: number;
+  k: number;
+  bits: QuantBits;
+  blockSize: number;
+  data: FileSlice;
+  scales: FileSlice;
+  zeroPoints?: FileSlice;
+  transposed?: StoredQuantized;
+}
+
+/** How a program reads a stored quantized weight. */
+export interface QuantizedUse {
+  layout: WeightLayout;
+  /** see QuantizedTensors.activations */
+  activations: 'int8' | 'float32';
+}
+
+/** The file holding quantized weights: ONNX Runtime reads it (external data, by folder and file name), or `read` does. */
+export interface QuantizedSource {
+  folder: string;
+  fileName: string;
+  read(slice: FileSlice): Uint8Array;
+}
 
 const PARAM = 'param:';
 const GRAD = 'grad:';
@@ -15,6 +52,9 @@ export class ProgramBuilder {
   readonly o = new OnnxOps(this.g);
   /** parameters read by the graph, by name */
   readonly params = new Map<string, { sym: Sym; grad: boolean }>();
+  /** constants whose values ONNX Runtime reads from files (external data), by constant name */
+  readonly external = new Map<string, { source: QuantizedSource } & FileSlice>();
+  private readonly quantizedWeights = new Map<string, Sym>();
 
   input(name: string, shape: number[], dtype: DType = 'float32'): Sym {
     return this.g.input(name, shape, dtype);
@@ -30,6 +70,44 @@ export class ProgramBuilder {
     const sym = this.g.input(PARAM + name, shape, 'float32');
     this.params.set(name, { sym, grad });
     return sym;
+  }
+
+  /**
+   * A frozen quantized weight stored in `file`: its tensors become constants of the program (ONNX Runtime
+   * prepacks them for its quantized kernels, which needs them constant), read from the file by the runtime,
+   * and the returned value stands for the weight in `layout` (see `Ops.quantized`).
+   */
+  quantizedWeight(name: string, q: StoredQuantized, source: QuantizedSource, use: QuantizedUse): Sym {
+    const hit = this.quantizedWeights.get(name);
+    if (hit) return hit;
+    const sym = this.o.quantized(this.quantizedTensors(`q:${name}`, q, source, use.activations), use.layout);
+    this.quantizedWeights.set(name, sym);
+    return sym;
+  }
+
+  private quantizedTensors(prefix: string, q: StoredQuantized, source: QuantizedSource, activations: 'int8' | 'float32'): QuantizedTensors<Sym> {
+    const blocks = blockCount(q.k, q.blockSize);
+    const bytes = rowBytes(q.k, q);
+    const constant = (suffix: string, s: FileSlice, shape: number[], dtype: DType) => {
+      const name = `${prefix}.${suffix}`;
+      this.external.set(name, { source, ...s });
+      const read = () => {
+        const raw = source.read(s);
+        return dtype === 'float32' ? new Float32Array(raw.buffer, 0, raw.length / 4) : raw;
+      };
+      return this.g.constant(read, shape, dtype, name);
+    };
+    return {
+      n: q.n,
+      k: q.k,
+      bits: q.bits,
+      blockSize: q.blockSize,
+      data: constant('data', q.data, [q.n, blocks, bytes.data / blocks], 'uint8'),
+      scales: constant('scales', q.scales, [q.n, blocks], 'float32'),
+      ...(q.zeroPoints && { zeroPoints: constant('zero_points', q.zeroPoints, [q.n, bytes.zeroPoints], 'uint8') }),
+      activations,
+      ...(q.transposed && { transposed: this.quantizedTensors(`${prefix}.T`, q.transposed, source, activations) }),
+    };
   }
 }
 
@@ -58,6 +136,8 @@ export interface ProgramResult {
 
 interface Compiled {
   session: RuntimeSession;
+  /** bytes of the constants the session holds (quantized weights; ONNX Runtime keeps them prepacked) */
+  constantBytes: number;
   /** frozen parameters bound into the session (Runtime.bakeFrozenWeights): name, parameter, the array bound */
   baked: [string, Parameter, Float32Array][];
   inputs: Set<string>;
@@ -71,14 +151,27 @@ interface Compiled {
 /** Resolves a parameter by the name the program declared it with. */
 export type ParamLookup = (name: string) => Parameter | undefined;
 
+const GIB = 1024 ** 3;
+
+/** PTUNE_SESSION_CONSTANT_GB: how many GB of constants (quantized weights) the cached sessions may hold together. */
+function constantBudget(): number {
+  const v = Number(process.env.PTUNE_SESSION_CONSTANT_GB);
+  return Number.isFinite(v) && v > 0 ? v * GIB : 3 * GIB;
+}
+
 /**
  * Compiled programs, kept least-recently-used up to a bound on their number (each holds ONNX Runtime's
- * memory arena for its activations). Programs compile on first use; identical keys share one session.
+ * memory arena for its activations) and on the constant bytes they hold together (programs over quantized
+ * weights hold their own prepacked copy of them). Programs compile on first use; identical keys share one session.
  */
 export class ProgramCache {
   private readonly entries = new Map<string, Promise<Compiled>>();
+  private readonly constantBytes = new Map<string, number>();
 
-  constructor(public maxSessions = 24) {}
+  constructor(
+    public maxSessions = 24,
+    public maxConstantBytes = constantBudget(),
+  ) {}
 
   get size(): number {
     return this.entries.size;
@@ -133,15 +226,27 @@ export class ProgramCache {
     }
     const made = compile(program, lookup);
     this.entries.set(program.key, made);
-    made.catch(() => this.entries.delete(program.key));
-    this.evict();
+    made.then(
+      (c) => {
+        if (this.entries.get(program.key) !== made) return;
+        this.constantBytes.set(program.key, c.constantBytes);
+        this.evict(program.key);
+      },
+      () => this.entries.delete(program.key),
+    );
+    this.evict(program.key);
     return made;
   }
 
-  private evict(): void {
-    while (this.entries.size > this.maxSessions) {
-      const [key, oldest] = this.entries.entries().next().value as [string, Promise<Compiled>];
+  /** Drops the least recently used sessions beyond the bounds (never `keep`, the one just asked for). */
+  private evict(keep: string): void {
+    const held = () => [...this.constantBytes.values()].reduce((a, b) => a + b, 0);
+    while (this.entries.size > this.maxSessions || (held() > this.maxConstantBytes && this.entries.size > 1)) {
+      const key = [...this.entries.keys()].find((k) => k !== keep);
+      if (key === undefined) return;
+      const oldest = this.entries.get(key)!;
       this.entries.delete(key);
+      this.constantBytes.delete(key);
       void oldest.then((c) => c.session.release()).catch(() => undefined);
     }
   }
@@ -150,6 +255,7 @@ export class ProgramCache {
   async clear(): Promise<void> {
     const all = [...this.entries.values()];
     this.entries.clear();
+    this.constantBytes.clear();
     await Promise.all(all.map((c) => c.then((x) => x.session.release()).catch(() => undefined)));
   }
 }
@@ -180,13 +286,24 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
   } else if (Object.keys(wrt).length) {
     throw new Error(`program ${program.key}: gradients need a loss`);
   }
-  const model = b.g.toModel(all);
+  // onnxruntime-node reads file-backed constants itself (mapped, then prepacked); onnxruntime-web gets them inside
+  // the serialised model
+  const folders = new Set([...b.external.values()].map((e) => e.source.folder));
+  if (folders.size > 1) throw new Error(`program ${program.key}: constants from more than one folder (${[...folders].join(', ')})`);
+  const external = rt.name === 'onnxruntime-node' && folders.size === 1;
+  const model = b.g.toModel(all, [], external ? (name) => {
+    const e = b.external.get(name);
+    return e && { location: e.source.fileName, offset: e.offset };
+  } : undefined);
   const inputs = new Set(model.inputNames);
   const paramInputs = [...b.params.keys()].filter((name) => inputs.has(PARAM + name));
   const paramGrads = [...b.params.keys()].filter((name) => (GRAD + name) in all);
-  const session = await rt.createSession(model.bytes);
+  const session = await rt.createSession(model.bytes, {
+    ...(external && { externalFolder: [...folders][0]! }),
+    ...(b.external.size > 0 && { constantFolding: false }),
+  });
   const dataInputs = new Set([...inputs].filter((n) => !n.startsWith(PARAM)));
-  return { session, baked, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
+  return { session, constantBytes: model.constantBytes, baked, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
 }
 
 /** The process-wide cache all models' programs compile into. */

@@ -27,9 +27,17 @@ export interface RuntimeOptions {
   spinning?: boolean;
 }
 
+/** How a session is created beyond the runtime's defaults. */
 export interface CreateSessionOptions {
   /** ONNX external data the model refers to, by the file name its tensors give (`location`) */
   externalData?: { path: string; data: Uint8Array }[];
+  /** onnxruntime-node: the folder the model's external-data locations (file names) are relative to */
+  externalFolder?: string;
+  /**
+   * constant folding (default on); programs holding quantized weights as constants turn it off, so that no
+   * dequantized (float) copy of a weight is folded into the session
+   */
+  constantFolding?: boolean;
 }
 
 export interface RuntimeSession {
@@ -90,9 +98,12 @@ export class Runtime {
     return this.name === 'onnxruntime-node' ? ['cpu'] : (this.opts.executionProviders ?? ['wasm']);
   }
 
-  async createSession(model: Uint8Array, create: CreateSessionOptions = {}): Promise<RuntimeSession> {
+  async createSession(model: Uint8Array, opts: CreateSessionOptions = {}): Promise<RuntimeSession> {
     const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
     const spin = env?.PTUNE_ORT_SPIN ?? '1';
+    // ORT's fused SkipLayerNormalization is several times slower on CPU than the Add and LayerNormalization it
+    // replaces (measured on [512, 128]: ~200 µs against ~40 µs)
+    const disabled = ['SkipLayerNormFusion', ...(opts.constantFolding === false ? ['ConstantFolding'] : [])].join(';');
     const options: InferenceSession.SessionOptions =
       this.name === 'onnxruntime-node'
         ? {
@@ -106,18 +117,25 @@ export class Runtime {
             enableCpuMemArena: env?.PTUNE_ORT_ARENA === '1',
             enableMemPattern: env?.PTUNE_ORT_MEMPATTERN !== '0',
             extra: {
-              session: { intra_op: { allow_spinning: spin }, inter_op: { allow_spinning: '0' } },
-              // ORT's fused SkipLayerNormalization is several times slower on CPU than the Add and
-              // LayerNormalization it replaces (measured on [512, 128]: ~200 µs against ~40 µs)
-              optimization: { disable_specified_optimizers: 'SkipLayerNormFusion' },
+              session: {
+                intra_op: { allow_spinning: spin },
+                inter_op: { allow_spinning: '0' },
+                ...(opts.externalFolder !== undefined && { model_external_initializers_file_folder_path: opts.externalFolder }),
+              },
+              optimization: { disable_specified_optimizers: disabled },
             },
           }
         : {
             executionProviders: this.executionProviders,
             graphOptimizationLevel: 'all',
-            ...((this.opts.spinning === false || env?.PTUNE_ORT_SPIN === '0') && { extra: { session: { intra_op: { allow_spinning: '0' } } } }),
+            ...(((this.opts.spinning === false || env?.PTUNE_ORT_SPIN === '0') || opts.constantFolding === false) && {
+              extra: {
+                ...((this.opts.spinning === false || env?.PTUNE_ORT_SPIN === '0') && { session: { intra_op: { allow_spinning: '0' } } }),
+                ...(opts.constantFolding === false && { optimization: { disable_specified_optimizers: 'ConstantFolding' } }),
+              },
+            }),
           };
-    if (create.externalData) options.externalData = create.externalData;
+    if (opts.externalData) options.externalData = opts.externalData;
     const session = await this.ort.InferenceSession.create(model, options);
     const Tensor = this.ort.Tensor;
     const toOrt = (t: HostTensor) => new Tensor(ORT_TYPE(t.data), t.data as Float32Array, t.shape);

@@ -41,6 +41,9 @@ export async function exportOnnx(run: PTuning, outDir: string, opts: OnnxExportO
   if (!Number.isInteger(topK) || topK < 1) throw new UserError(`--top must be a positive integer, got ${topK}`);
   const { lm, config, head } = run;
   const info = lm.info;
+  if (info.quantization) {
+    throw new UserError(`an ONNX export holds the float LM, and ${info.source} is loaded with ${info.quantization.name} weights: export with --quantize none (library: load the run without quantize)`);
+  }
   const tokenizerFile = path.join(info.source, 'tokenizer.json');
   if (!(lm.tokenizer instanceof HfTokenizer) || !fs.existsSync(tokenizerFile)) {
     throw new UserError(`${info.source}: an ONNX export needs the model's Hugging Face tokenizer.json`);

@@ -7,6 +7,7 @@ import { randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
 import { familyFor } from './families.js';
 import type { ModelFamily, SpecialIds } from './lm.js';
 import { LanguageModel } from './model.js';
+import type { QuantizedStore } from './quantize.js';
 
 /**
  * A model assembled from its parts — config → weights → model — without a file system: load.ts reads them
@@ -68,19 +69,27 @@ async function checkpointFrom(source: FileSource): Promise<Map<string, LazyTenso
 
 export function assemble(
   family: ModelFamily<unknown>, config: unknown, params: ParamMap, tokenizer: TextTokenizer, source: string, opts: AssembleOptions,
-  fallback: Partial<SpecialIds> = {},
+  fallback: Partial<SpecialIds> = {}, quantized?: QuantizedStore,
 ): LanguageModel {
   const vocab = family.describe(config).vocabSize;
   if (tokenizer.vocabSize > vocab) throw new Error(`${source}: tokenizer has ${tokenizer.vocabSize} tokens, model vocabulary only ${vocab}`);
   const special = specialIds(tokenizer, { ...fallback, ...(family.specialIds?.(config) ?? {}) });
-  const lm = new LanguageModel(family, config, params, tokenizer, { source, special });
+  const lm = new LanguageModel(family, config, params, tokenizer, { source, special, ...(quantized && { quantized }) });
   if (opts.trainable) lm.setTrainable(true);
   return lm;
 }
 
 /** Each weight read from its file (aliases allowed), shape-checked, as a parameter. */
 export function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): ParamMap {
+  const located = locateWeights(specs, stored, dir);
   const params: ParamMap = new Map();
+  for (const spec of specs) params.set(spec.name, new Parameter(spec.name, spec.shape, located.get(spec.name)![1].read()));
+  return params;
+}
+
+/** Each weight's tensor in the checkpoint (aliases allowed), shape-checked; nothing is read yet. */
+export function locateWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): Map<string, [string, LazyTensor]> {
+  const out = new Map<string, [string, LazyTensor]>();
   for (const spec of specs) {
     const found = [spec.name, ...(spec.aliases ?? [])].map((n) => [n, stored.get(n)] as const).find(([, t]) => t);
     if (!found && spec.missing) throw new Error(`${dir}: ${spec.missing}`);
@@ -89,9 +98,9 @@ export function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>
     if (t.shape.join(',') !== spec.shape.join(',')) {
       throw new Error(`${t.file}: tensor "${name}": expected shape [${spec.shape.join(',')}] from config.json, found [${t.shape.join(',')}]`);
     }
-    params.set(spec.name, new Parameter(spec.name, spec.shape, t.read()));
+    out.set(spec.name, [name, t]);
   }
-  return params;
+  return out;
 }
 
 /**
@@ -144,10 +153,14 @@ export function createRandomModel(
   const specs = family.weights(config);
   const values = randomValues(specs, seed);
   const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
-  // a causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok));
+}
+
+/** A causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]. */
+export function randomFallbackIds(family: ModelFamily<unknown>, tok: TextTokenizer): Partial<SpecialIds> {
   const known = specialIdsOf(tok);
   const fallback: Partial<SpecialIds> = {};
   if (family.kind === 'causal' && known.cls !== undefined) fallback.bos = known.cls;
   if (family.kind === 'causal' && known.sep !== undefined) fallback.eos = known.sep;
-  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, fallback);
+  return fallback;
 }

@@ -170,10 +170,26 @@ export interface WeightSpec {
 
 /** Deterministic values for `specs` (normal via mulberry32 + Box-Muller, i.i.d. in stored order). */
 export function randomValues(specs: WeightSpec[], seed: number): Map<string, Float32Array> {
+  const next = randomStream(specs, seed);
+  return new Map(specs.map((spec) => [spec.name, next(true)!]));
+}
+
+/**
+ * `randomValues` one tensor at a time, in order: each call returns the next spec's values, or with
+ * `materialize` false only advances the generator past them (and returns null).
+ */
+export function randomStream(specs: readonly WeightSpec[], seed: number): (materialize: boolean) => Float32Array | null {
   const next = mulberry32(seed);
-  const out = new Map<string, Float32Array>();
-  for (const spec of specs) {
-    const data = new Float32Array(spec.shape.reduce((a, b) => a * b, 1));
+  let at = 0;
+  return (materialize) => {
+    const spec = specs[at++];
+    if (!spec) throw new Error('randomStream: no spec left');
+    const size = spec.shape.reduce((a, b) => a * b, 1);
+    if (!materialize) {
+      if (spec.init === 'normal') for (let i = 0; i < size; i += 2) (next(), next());
+      return null;
+    }
+    const data = new Float32Array(size);
     if (spec.init === 'ones') data.fill(1);
     if (spec.init === 'normal') {
       const std = spec.std ?? 0.02;
@@ -184,9 +200,8 @@ export function randomValues(specs: WeightSpec[], seed: number): Map<string, Flo
         if (i + 1 < data.length) data[i + 1] = r * Math.sin(a);
       }
     }
-    out.set(spec.name, data);
-  }
-  return out;
+    return data;
+  };
 }
 
 export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {

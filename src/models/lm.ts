@@ -40,6 +40,8 @@ export interface ModelInfo {
   paddingSide: 'left' | 'right';
   /** the model reads segment ids (token_type_ids) */
   tokenTypes: boolean;
+  /** present when the linear weights are quantized (LoadOptions.quantize) */
+  quantization?: QuantizationInfo;
   /**
    * keys and values before the current tokens (a decoding cache, deep prompts): whether ptune's implementation
    * takes them, and whether transformers' does (what a PEFT PREFIX_TUNING adapter needs to act at all);
@@ -51,6 +53,24 @@ export interface ModelInfo {
     /** why Hugging Face PEFT's PREFIX_TUNING does not give ptune's scores on this family, when it does not */
     peftPrefixDiffers?: string;
   };
+}
+
+export interface QuantizationInfo {
+  /** int8, int4, int4-b64-zp, ... */
+  name: string;
+  bits: 4 | 8;
+  blockSize: number;
+  symmetric: boolean;
+  backward: 'transposed' | 'dequantize';
+  activations: 'int8' | 'float32';
+  /** weights quantized, and their values */
+  weights: number;
+  values: number;
+  /** bytes of the store (the quantized weights, with the transposed copies) */
+  bytes: number;
+  /** where the store is, and whether this load found it there */
+  store: string;
+  reused: boolean;
 }
 
 /** A model weight by Hugging Face name, as the engine at hand represents it. */

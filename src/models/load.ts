@@ -5,19 +5,47 @@ import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { assemble, readWeights, type AssembleOptions } from './assemble.js';
+import { randomStream, SyntheticTokenizer, type WeightSpec } from './common.js';
+import {
+  assemble, createRandomModel as createRandomFloatModel, locateWeights, randomFallbackIds, type AssembleOptions,
+} from './assemble.js';
 import { familyFor } from './families.js';
 import { llamaFamily } from './llama.js';
 import { isTokenizerBin, llama2cCheckpointIn, readLlama2c } from './llama2c.js';
 import type { ModelFamily } from './lm.js';
 import type { LanguageModel } from './model.js';
 import { resolveModel, type ResolveOptions } from '../hub/index.js';
+import { defaultQuantCache, linearWeights, parseQuantize, QuantizedStore, sourceChecksum, type QuantizeOptions, type QuantizeSettings } from './quantize.js';
+import type { WeightLayout } from '../engine/ops.js';
+import crypto from 'node:crypto';
 
-export { createRandomModel, loadModelFrom, specialIds, specialIdsOf } from './assemble.js';
+export { loadModelFrom, specialIds, specialIdsOf } from './assemble.js';
 
 export interface LoadOptions extends AssembleOptions {
   /** how a Hub repository id is resolved (revision, cache, endpoint, token, offline, progress) */
   hub?: ResolveOptions;
+  /**
+   * quantize the frozen LM's linear weights at load: 'int8', 'int4' or options (block size, zero points, the
+   * gradient's form, the cache folder); 'none' or absent: float32. Not with `trainable`.
+   */
+  quantize?: QuantizeOptions | 'int8' | 'int4' | 'none' | null;
+}
+
+function quantizeSettings(opts: LoadOptions): QuantizeSettings | null {
+  const q = parseQuantize(opts.quantize);
+  if (q && opts.trainable) throw new Error('quantized weights are frozen: quantize cannot be combined with a trainable LM (--tune-lm, fine-tuning)');
+  return q;
+}
+
+/** Which of `specs` are quantized (linear weights), with their layouts and shapes. */
+function quantizedSpecs(family: ModelFamily<unknown>, config: unknown, specs: WeightSpec[]): Map<string, { layout: WeightLayout; shape: number[] }> {
+  const layouts = linearWeights(family.functions(config), family.describe(config), specs);
+  const out = new Map<string, { layout: WeightLayout; shape: number[] }>();
+  for (const s of specs) {
+    const layout = layouts.get(s.name);
+    if (layout) out.set(s.name, { layout, shape: s.shape });
+  }
+  return out;
 }
 
 /**
@@ -43,15 +71,65 @@ export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<L
   const family = familyFor(raw!.model_type, configFile);
   const config = family.parseConfig(raw!, configFile);
   const tokenizer = tokenizerIn(dirOrFile);
-  const params = readWeights(family.weights(config), checkpoint(dirOrFile), dirOrFile);
-  return assemble(family, config, params, tokenizer, dirOrFile, opts);
+  const q = quantizeSettings(opts);
+  const specs = family.weights(config);
+  const stored = checkpoint(dirOrFile);
+  const located = locateWeights(specs, stored, dirOrFile);
+  let store: QuantizedStore | undefined;
+  if (q) {
+    const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
+    const files = [...new Set([...located.values()].map(([, t]) => t.file))].sort();
+    const checksum = sourceChecksum(files, q.cacheDir ?? defaultQuantCache());
+    store = QuantizedStore.open(checksum, dirOrFile, chosen, q, (name) => located.get(name)![1].read());
+  }
+  const params: ParamMap = new Map();
+  for (const spec of specs) {
+    if (store?.entries.has(spec.name)) continue;
+    params.set(spec.name, new Parameter(spec.name, spec.shape, located.get(spec.name)![1].read()));
+  }
+  return assemble(family, config, params, tokenizer, dirOrFile, opts, {}, store);
 }
 
 function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
+  const q = quantizeSettings(opts);
   const ckpt = readLlama2c(file);
   const params: ParamMap = new Map();
-  for (const spec of llamaFamily.weights(ckpt.config)) params.set(spec.name, new Parameter(spec.name, spec.shape, ckpt.weights.get(spec.name)!));
-  return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts);
+  const specs = llamaFamily.weights(ckpt.config);
+  let store: QuantizedStore | undefined;
+  if (q) {
+    const chosen = quantizedSpecs(llamaFamily as ModelFamily<unknown>, ckpt.config, specs);
+    store = QuantizedStore.open(sourceChecksum([file], q.cacheDir ?? defaultQuantCache()), file, chosen, q, (name) => ckpt.weights.get(name)!);
+  }
+  for (const spec of specs) {
+    if (!store?.entries.has(spec.name)) params.set(spec.name, new Parameter(spec.name, spec.shape, ckpt.weights.get(spec.name)!));
+    ckpt.weights.delete(spec.name);
+  }
+  return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts, {}, store);
+}
+
+/**
+ * The float32 weights of the model at `spec` (a directory or llama2.c checkpoint), one tensor at a time in the
+ * family's order (the order of a float load's `params`), without building a model; null when `spec` is not a
+ * model on disk (a Hub id, a random model). What a quantized model's fingerprint is computed from.
+ */
+export function forEachFloatWeight(spec: string, visit: (name: string, shape: number[], data: Float32Array) => void): boolean {
+  if (!fs.existsSync(spec)) return false;
+  const configFile = path.join(spec, 'config.json');
+  const isDir = fs.statSync(spec).isDirectory();
+  const raw = isDir && fs.existsSync(configFile) ? readConfig(configFile) : null;
+  if (!raw || raw.model_type === undefined) {
+    const bin = llama2cCheckpointIn(spec);
+    if (!bin) return false;
+    const ckpt = readLlama2c(bin);
+    for (const s of llamaFamily.weights(ckpt.config)) visit(s.name, s.shape, ckpt.weights.get(s.name)!);
+    return true;
+  }
+  const family = familyFor(raw.model_type, configFile);
+  const config = family.parseConfig(raw, configFile);
+  const specs = family.weights(config);
+  const located = locateWeights(specs, checkpoint(spec), spec);
+  for (const s of specs) visit(s.name, s.shape, located.get(s.name)![1].read());
+  return true;
 }
 
 function readConfig(file: string): Record<string, unknown> {
@@ -81,3 +159,52 @@ function tokenizerIn(dir: string): TextTokenizer {
   throw new Error(`${path.join(dir, 'tokenizer.json')}: tokenizer file not found`);
 }
 
+/**
+ * A model of `modelType` with random weights (seeded, deterministic), for tests and benchmarks: the family's
+ * base size with `overrides`; the vocabulary defaults to the tokenizer's. Without a tokenizer a
+ * SyntheticTokenizer is used (`[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, then `w5`, ...).
+ */
+export function createRandomModel(
+  modelType: string,
+  overrides: Record<string, number | boolean | string>,
+  seed: number,
+  tokenizer?: TextTokenizer,
+  opts: LoadOptions = {},
+): LanguageModel {
+  const q = quantizeSettings(opts);
+  if (!q) return createRandomFloatModel(modelType, overrides, seed, tokenizer, opts);
+  const family = familyFor(modelType, 'createRandomModel');
+  if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
+  const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
+  const config = family.randomConfig(overrides, vocabSize, modelType);
+  const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
+  const specs = family.weights(config);
+  const params: ParamMap = new Map();
+  let store: QuantizedStore;
+  {
+    // the values in order, one tensor at a time; the quantized ones are drawn only when the store is written
+    const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
+    const recipe = JSON.stringify({ random: family.name, modelType, config, seed, generator: 1 });
+    const checksum = crypto.createHash('sha256').update(recipe).digest('hex');
+    // the store reads the quantized weights in spec order; the others drawn on the way wait in `pending`
+    const pending = new Map<string, Float32Array>();
+    let drawn = 0;
+    const stream = randomStream(specs, seed);
+    const take = (name: string, materialize: (s: WeightSpec) => boolean): Float32Array => {
+      while (!pending.has(name)) {
+        const spec = specs[drawn++]!;
+        const v = stream(materialize(spec));
+        if (v) pending.set(spec.name, v);
+      }
+      const v = pending.get(name)!;
+      pending.delete(name);
+      return v;
+    };
+    store = QuantizedStore.open(checksum, `random ${family.name} (seed ${seed})`, chosen, q, (name) => take(name, () => true));
+    const quantized = store.entries;
+    for (const s of specs) {
+      if (!quantized.has(s.name)) params.set(s.name, new Parameter(s.name, s.shape, take(s.name, (x) => !quantized.has(x.name))));
+    }
+  }
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok), store);
+}

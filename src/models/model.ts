@@ -3,6 +3,8 @@ import { programs, type ParamLookup, type Program, type ProgramBuilder, type Pro
 import type { HostTensor, ParamMap } from '../engine/tensor.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import type { LmFunctions, ModelFamily, ModelInfo, SpecialIds, WeightOf } from './lm.js';
+import type { QuantizedStore } from './quantize.js';
+import { quantizeName } from './quantize-settings.js';
 
 const LM = 'lm.';
 
@@ -23,14 +25,43 @@ export class LanguageModel {
     readonly config: unknown,
     readonly params: ParamMap,
     readonly tokenizer: TextTokenizer,
-    opts: { source: string; special: SpecialIds },
+    opts: { source: string; special: SpecialIds; quantized?: QuantizedStore },
   ) {
     let parameterCount = 0;
     for (const p of params.values()) parameterCount += p.size;
-    this.info = { family: family.name, kind: family.kind, source: opts.source, special: opts.special, parameterCount, ...family.describe(config) };
+    this.quantized = opts.quantized ?? null;
+    const q = this.quantized;
+    if (q) parameterCount += q.values;
+    this.info = {
+      family: family.name,
+      kind: family.kind,
+      source: opts.source,
+      special: opts.special,
+      parameterCount,
+      ...family.describe(config),
+      ...(q && {
+        quantization: {
+          name: quantizeName(q.settings),
+          bits: q.settings.bits,
+          blockSize: q.settings.blockSize,
+          symmetric: q.settings.symmetric,
+          backward: q.settings.backward,
+          activations: q.settings.activations,
+          weights: q.entries.size,
+          values: q.values,
+          bytes: q.fileBytes,
+          store: q.dir,
+          reused: q.reused,
+        },
+      }),
+    };
     this.fns = family.functions(config);
-    this.arch = `${family.name}${JSON.stringify(config)}`;
+    // programs over quantized weights hold them as constants: keyed by the store too
+    this.arch = `${family.name}${JSON.stringify(config)}${q ? `|quantized ${q.key} ${q.settings.activations}` : ''}`;
   }
+
+  /** the quantized linear weights (absent from `params`), or null */
+  readonly quantized: QuantizedStore | null;
 
   /** true when every weight trains (joint tuning / fine-tuning) */
   get trainable(): boolean {
@@ -39,6 +70,9 @@ export class LanguageModel {
   }
 
   setTrainable(on: boolean): void {
+    if (on && this.quantized) {
+      throw new Error(`${this.info.source}: the LM's linear weights are quantized (${this.info.quantization!.name}) and cannot train; tune the LM without quantization`);
+    }
     for (const p of this.params.values()) {
       p.trainable = on;
       if (!on) p.dropGrad();
@@ -47,10 +81,13 @@ export class LanguageModel {
 
   /** The model's weights inside a program: parameters named `lm.<name>`, with gradients when they train. */
   weights(b: ProgramBuilder): WeightOf<Sym> {
+    const q = this.quantized;
     return (name) => {
       const p = this.params.get(name);
-      if (!p) throw new Error(`${this.info.source}: no weight "${name}"`);
-      return b.param(LM + name, p.shape, p.trainable);
+      if (p) return b.param(LM + name, p.shape, p.trainable);
+      const e = q?.entries.get(name);
+      if (e) return b.quantizedWeight(name, e.stored, q!, { layout: e.layout, activations: q!.settings.activations });
+      throw new Error(`${this.info.source}: no weight "${name}"`);
     };
   }
 

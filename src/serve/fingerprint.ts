@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
-import { loadModel } from '../models/load.js';
+import path from 'node:path';
+import { forEachFloatWeight, loadModel } from '../models/load.js';
 import type { LanguageModel } from '../models/model.js';
+import { writeFileAtomic } from '../util/atomic.js';
 
 /**
  * What identifies a base model for serving prompts tuned on it: its configuration (as Hugging Face writes
@@ -27,17 +29,49 @@ function canonical(value: unknown): unknown {
   return value;
 }
 
+/**
+ * A model's fingerprint. A model loaded with quantized weights has the fingerprint of its float weights (read
+ * again from its files, one tensor at a time, and remembered in the quantized store), so that prompts tuned on the
+ * same base, quantized or not, serve on it; a quantized model that is not on disk (random) gets one of its own.
+ */
 export function modelFingerprint(lm: LanguageModel): BaseModelId {
   const hit = cache.get(lm);
   if (hit) return hit;
-  const h = createHash('sha256');
-  for (const [name, p] of lm.params) {
-    h.update(`${name}[${p.shape.join(',')}]`);
-    h.update(new Uint8Array(p.data.buffer, p.data.byteOffset, p.data.byteLength));
-  }
-  const id: BaseModelId = { family: lm.family.name, config: canonical(lm.family.toHfConfig(lm.config)) as Record<string, unknown>, weights: h.digest('hex') };
+  const id: BaseModelId = { family: lm.family.name, config: canonical(lm.family.toHfConfig(lm.config)) as Record<string, unknown>, weights: weightChecksum(lm) };
   cache.set(lm, id);
   return id;
+}
+
+function weightChecksum(lm: LanguageModel): string {
+  const h = createHash('sha256');
+  const add = (name: string, shape: number[], data: Float32Array) => {
+    h.update(`${name}[${shape.join(',')}]`);
+    h.update(new Uint8Array(data.buffer, data.byteOffset, data.byteLength));
+  };
+  const q = lm.quantized;
+  if (!q) {
+    for (const [name, p] of lm.params) add(name, p.shape, p.data);
+    return h.digest('hex');
+  }
+  const saved = path.join(q.dir, 'float-weights.sha256');
+  try {
+    const text = fs.readFileSync(saved, 'utf8').trim();
+    if (/^[0-9a-f]{64}$/.test(text)) return text;
+  } catch {
+    // not computed yet
+  }
+  if (!forEachFloatWeight(lm.info.source, add)) {
+    for (const [name, p] of lm.params) add(name, p.shape, p.data);
+    h.update(`quantized ${q.key}`);
+    return h.digest('hex');
+  }
+  const digest = h.digest('hex');
+  try {
+    writeFileAtomic(saved, digest + '\n');
+  } catch {
+    // a read-only cache: computed again next time
+  }
+  return digest;
 }
 
 /** Why two base models differ (config keys first, then the weights), or null when they are the same. */

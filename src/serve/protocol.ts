@@ -1,4 +1,5 @@
 import type { HeadSpec } from '../prompt/heads.js';
+import type { QuantizeOptions } from '../models/quantize-settings.js';
 import type { TaskInfo, TaskPrediction } from './table.js';
 
 /** What the inference worker is started with. */
@@ -7,6 +8,8 @@ export interface WorkerInit {
   table?: string;
   runs?: { name: string; run: string }[];
   threads?: number;
+  /** the LM's linear weights quantized at load (--quantize) */
+  quantize?: QuantizeOptions;
 }
 
 /** A request's failure as the HTTP layer answers it. */
@@ -24,6 +27,8 @@ export interface ModelSummary {
   kind: 'masked' | 'causal';
   maxPositions: number;
   parameterCount: number;
+  /** int8, int4, ... when the LM's linear weights are quantized */
+  quantization?: string;
 }
 
 export interface AddTask {

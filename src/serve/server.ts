@@ -9,6 +9,7 @@ import { InferenceEngine, ServeError } from './engine.js';
 import type { ModelSummary, WireError } from './protocol.js';
 import { PromptTable, type Generation, type TaskInfo } from './table.js';
 import { UserError } from '../util/errors.js';
+import type { QuantizeOptions } from '../models/quantize-settings.js';
 
 /** The base model a run directory names. */
 export function runModel(runDir: string): string {
@@ -46,6 +47,8 @@ export interface ServeOptions {
   maxNewTokens?: number;
   /** ONNX Runtime threads of the inference worker (default PTUNE_THREADS, else the cores) */
   threads?: number;
+  /** the LM's linear weights quantized at load (--quantize); runs tuned on the same base, quantized or not, serve on it */
+  quantize?: QuantizeOptions;
 }
 
 export interface PtuneServer {
@@ -135,10 +138,10 @@ export async function createServer(options: ServeOptions): Promise<PtuneServer> 
     maxGenerations: 4,
     maxNewTokens: 512,
     ...Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
-  } as Required<Omit<ServeOptions, 'model' | 'table' | 'runs' | 'threads'>> & ServeOptions;
+  } as Required<Omit<ServeOptions, 'model' | 'table' | 'runs' | 'threads' | 'quantize'>> & ServeOptions;
   const model = o.model ?? (o.table ? PromptTable.modelOf(o.table) : o.runs?.[0] ? runModel(o.runs[0].run) : undefined);
   if (!model) throw new UserError('createServer: give a model, a table or a run (each names its model)');
-  const { engine, tasks: initial } = await InferenceEngine.start({ model, table: o.table, runs: o.runs, threads: o.threads });
+  const { engine, tasks: initial } = await InferenceEngine.start({ model, table: o.table, runs: o.runs, threads: o.threads, ...(o.quantize && { quantize: o.quantize }) });
   const tasks = new Map(initial.map((t) => [t.name, t]));
 
   const registry = new Registry();

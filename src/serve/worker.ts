@@ -34,7 +34,7 @@ async function main(init: WorkerInit): Promise<void> {
   // a server meets many batch shapes (rows × padded length × label-only or not); sessions hold no weights, so
   // keeping more of them costs little and spares recompiling under load
   programs.maxSessions = Math.max(programs.maxSessions, 96);
-  const lm = await loadModel(init.model);
+  const lm = await loadModel(init.model, { quantize: init.quantize ?? null });
   const table = init.table ? PromptTable.load(init.table, lm) : PromptTable.create(lm);
   for (const r of init.runs ?? []) await table.addRun(r.name, r.run);
   const cancelled = new Set<number>();
@@ -114,7 +114,10 @@ async function main(init: WorkerInit): Promise<void> {
   const i = lm.info;
   post({
     type: 'ready',
-    model: { source: i.source, family: i.family, kind: i.kind, maxPositions: i.maxPositions, parameterCount: i.parameterCount },
+    model: {
+      source: i.source, family: i.family, kind: i.kind, maxPositions: i.maxPositions, parameterCount: i.parameterCount,
+      ...(i.quantization && { quantization: i.quantization.name }),
+    },
     tasks: table.list(),
   });
 }

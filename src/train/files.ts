@@ -37,6 +37,18 @@ const prefixSchema = z
   .strict();
 const promptTuningSchema = z.object({ numVirtualTokens: int(1), initFromWords: z.string().optional() }).strict();
 
+/** QuantizeOptions (src/models/quantize-settings.ts) */
+const quantizeSchema = z
+  .object({
+    bits: z.union([z.literal(4), z.literal(8)]),
+    blockSize: z.union([z.literal(32), z.literal(64), z.literal(128)]).optional(),
+    symmetric: z.boolean().optional(),
+    backward: z.enum(['transposed', 'dequantize']).optional(),
+    activations: z.enum(['int8', 'float32']).optional(),
+    cacheDir: text.optional(),
+  })
+  .strict();
+
 const encoderSchema = z
   .object({
     type: z.enum(['lstm', 'mlp', 'embedding']),
@@ -96,6 +108,7 @@ export const runConfigSchema = z
     loop: loopSchema,
     optim: optimSchema,
     runtime: z.object({ name: z.string(), threads: z.number() }).strict().optional(),
+    quantize: quantizeSchema.optional(),
   })
   .strict();
 

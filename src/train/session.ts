@@ -8,13 +8,14 @@ import type { Progress } from '../util/progress.js';
 import { loadParams, resolveCheckpointDir, writeJsonAtomic } from './checkpoint.js';
 import { trainLoop, type TrainResult, type TrainState } from './trainer.js';
 import { readRunConfig } from './files.js';
-import { classificationMetrics, primaryMetric, PTuning, runtimeRecord, type EvalResult, type RunConfig } from './tuning.js';
+import { checkQuantize, classificationMetrics, primaryMetric, PTuning, runtimeRecord, type EvalResult, type RunConfig } from './tuning.js';
 import { describeBaselines, devBaselines, type Baselines } from './baselines.js';
 import { UserError } from '../util/errors.js';
+import type { QuantizeOptions } from '../models/quantize.js';
 
 export {
-  classificationMetrics, DEFAULT_LOOP, DEFAULT_METHOD, DEFAULT_OPTIM, leadingPseudo, METHODS, primaryMetric, PTuning, recordId, TrainingStopped,
-  withPeftPrefix, type EvalResult, type Item, type MethodName, type OptimConfig, type Prediction, type RunConfig,
+  checkQuantize, classificationMetrics, DEFAULT_LOOP, DEFAULT_METHOD, DEFAULT_OPTIM, leadingPseudo, METHODS, primaryMetric, PTuning, recordId,
+  TrainingStopped, withPeftPrefix, type EvalResult, type Item, type MethodName, type OptimConfig, type Prediction, type RunConfig,
 } from './tuning.js';
 
 /**
@@ -28,17 +29,24 @@ export class PTuningSession extends PTuning {
   }
 
   static override async create(config: RunConfig, lm?: LanguageModel): Promise<PTuningSession> {
-    const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm }));
+    // refused before anything is loaded
+    checkQuantize(config, lm);
+    const model = lm ?? (await loadModel(config.model, { trainable: config.optim.tuneLm, quantize: config.quantize }));
     const s = new PTuningSession(config, model);
     await s.initialise();
     return s;
   }
 
-  /** Rebuilds a run from its directory, with the weights of `best/` (default) or `last/`. */
-  static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel): Promise<PTuningSession> {
+  /**
+   * Rebuilds a run from its directory, with the weights of `best/` (default) or `last/`. `quantize` overrides
+   * the run's own setting (null: float32).
+   */
+  static async load(runDir: string, which: 'best' | 'last' = 'best', lm?: LanguageModel, opts: { quantize?: QuantizeOptions | null } = {}): Promise<PTuningSession> {
     const cfgFile = path.join(runDir, 'config.json');
     if (!fs.existsSync(cfgFile)) throw new UserError(`${cfgFile} not found: not a ptune run directory`);
-    const config = readRunConfig(cfgFile);
+    const { quantize: own, ...rest } = readRunConfig(cfgFile);
+    const quantize = opts.quantize === undefined ? own : opts.quantize;
+    const config: RunConfig = { ...rest, ...(quantize && { quantize }) };
     const s = await PTuningSession.create(config, lm);
     const weights = path.join(resolveCheckpointDir(path.join(runDir, which)) ?? path.join(runDir, which), 'params.safetensors');
     if (!fs.existsSync(weights)) throw new UserError(`${weights} not found: the run has no ${which} checkpoint yet`);

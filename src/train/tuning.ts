@@ -3,6 +3,7 @@ import { safetensorsBytes } from '../engine/safetensors-format.js';
 import { prefixed, type Parameter } from '../engine/tensor.js';
 import { inputEmbeddings } from '../models/forward.js';
 import type { LanguageModel } from '../models/model.js';
+import type { QuantizeOptions } from '../models/quantize-settings.js';
 import { PromptEncoder, type PromptEncoderConfig } from '../prompt/encoder.js';
 import { makeHead, type Head, type HeadSpec } from '../prompt/heads.js';
 import { PTuningPrograms } from '../prompt/programs.js';
@@ -65,6 +66,22 @@ export interface RunConfig {
   optim: OptimConfig;
   /** where the run trained (recorded, not required to match on resume) */
   runtime?: { name: string; threads: number };
+  /** the frozen LM's linear weights quantized at load (not with optim.tuneLm) */
+  quantize?: QuantizeOptions;
+}
+
+/**
+ * Quantized weights are frozen: a run that tunes the LM (--tune-lm, fine-tuning, the LM-tuning modes) refuses
+ * `quantize`, or an LM whose weights are quantized, by name.
+ */
+export function checkQuantize(config: Pick<RunConfig, 'quantize' | 'optim'>, lm?: LanguageModel): void {
+  if (!config.optim.tuneLm) return;
+  if (config.quantize) {
+    throw new UserError('--quantize cannot be combined with --tune-lm: quantized weights are frozen (tune the LM in fp32, or P-tune the prompt alone)');
+  }
+  if (lm?.quantized) {
+    throw new UserError(`--tune-lm: the LM's linear weights are quantized (${lm.info.quantization!.name}) and frozen; tune the LM in fp32`);
+  }
 }
 
 export const DEFAULT_LOOP: TrainLoopConfig = {
@@ -139,6 +156,7 @@ export class PTuning {
 
   /** A run over `lm`; `create` also initialises prompt-tuning rows from words when the config asks for it. */
   constructor(config: RunConfig, lm: LanguageModel) {
+    checkQuantize(config, lm);
     this.config = config;
     this.lm = lm;
     // the template, the encoder settings and the label words are the user's: their errors are user errors

@@ -8,21 +8,55 @@ import type { WeightOf } from '../../src/models/lm.js';
 import type { TokenBatch } from '../../src/models/forward.js';
 import { tf, initOracle } from './backend.js';
 import { tfOps } from './tfjs-ops.js';
+import type { QuantizedTensors } from '../../src/engine/ops.js';
+import { blockCount, rowBytes } from '../../src/engine/quant.js';
 
 export { tf, initOracle, tfOps };
 
-/** The model's weights as tfjs tensors (variables when `trainable`, so the tape can differentiate them). */
+/** A stored quantized weight's tensors, read back from its store, as the oracle's tensors (bytes as int32). */
+export function oracleQuantized(lm: LanguageModel, name: string): QuantizedTensors<tf.Tensor> {
+  const store = lm.quantized;
+  const e = store?.entries.get(name);
+  if (!store || !e) throw new Error(`oracle: ${name} is not quantized`);
+  const q = e.stored;
+  const blocks = blockCount(q.k, q.blockSize);
+  const bytes = rowBytes(q.k, q);
+  const raw = store.read(q.scales);
+  return {
+    n: q.n,
+    k: q.k,
+    bits: q.bits,
+    blockSize: q.blockSize,
+    data: tf.tensor(Int32Array.from(store.read(q.data)), [q.n, blocks, bytes.data / blocks], 'int32'),
+    scales: tf.tensor(new Float32Array(raw.buffer, 0, raw.length / 4), [q.n, blocks], 'float32'),
+    ...(q.zeroPoints && { zeroPoints: tf.tensor(Int32Array.from(store.read(q.zeroPoints)), [q.n, bytes.zeroPoints], 'int32') }),
+  };
+}
+
+/**
+ * The model's weights as tfjs tensors (variables when `trainable`, so the tape can differentiate them); a
+ * quantized model's linear weights as the oracle's `quantized` values (dequantized, then the float matmul).
+ */
 export function oracleWeights(lm: LanguageModel, trainable = false): { w: WeightOf<tf.Tensor>; vars: Map<string, tf.Variable>; dispose(): void } {
   const vars = new Map<string, tf.Variable>();
   for (const [name, p] of lm.params) vars.set(name, tf.variable(tf.tensor(p.data, p.shape, 'float32'), trainable, `oracle/${name}/${Math.random()}`));
+  const quantized = new Map<string, tf.Tensor>();
+  for (const [name, e] of lm.quantized?.entries ?? []) {
+    const q = oracleQuantized(lm, name);
+    quantized.set(name, tfOps.quantized(q, e.layout));
+    for (const t of [q.data, q.scales, q.zeroPoints]) t?.dispose();
+  }
   return {
     w: (name) => {
-      const v = vars.get(name);
+      const v = vars.get(name) ?? quantized.get(name);
       if (!v) throw new Error(`oracle: no weight ${name}`);
       return v;
     },
     vars,
-    dispose: () => vars.forEach((v) => v.dispose()),
+    dispose: () => {
+      vars.forEach((v) => v.dispose());
+      quantized.forEach((v) => v.dispose());
+    },
   };
 }
 

@@ -1,5 +1,5 @@
 import { tf } from './backend.js';
-import type { Ops } from '../../src/engine/ops.js';
+import type { Ops, QuantizedTensors } from '../../src/engine/ops.js';
 
 type T = tf.Tensor;
 
@@ -103,6 +103,30 @@ function gather(table: T, ids: T, axis = 0): T {
   return f(table);
 }
 
+/**
+ * Ŵ [n, k] of a block-quantized weight (data and zero points as int32 tensors holding the uint8 bytes), computed
+ * with tfjs ops: (q - zero point) · scale per block, 4-bit values two to a byte, low nibble first.
+ */
+export function dequantizeTf(w: QuantizedTensors<T>): T {
+  return tf.tidy(() => {
+    const { n, k, bits, blockSize } = w;
+    const blocks = Math.ceil(k / blockSize);
+    const nibbles = (x: T, count: number) => {
+      const xf = tf.cast(x, 'float32');
+      const lo = tf.cast(tf.mod(xf, 16), 'float32');
+      const hi = tf.cast(tf.floorDiv(xf, 16), 'float32');
+      const both = tf.reshape(tf.stack([lo, hi], -1), [...x.shape.slice(0, -1), x.shape[x.rank - 1]! * 2]);
+      return count === both.shape[both.rank - 1] ? both : tf.slice(both, both.shape.map(() => 0), [...both.shape.slice(0, -1), count]);
+    };
+    const q = tf.cast(bits === 8 ? w.data : nibbles(w.data, blockSize), 'float32');
+    const zp = w.zeroPoints
+      ? tf.reshape(tf.cast(bits === 8 ? w.zeroPoints : nibbles(w.zeroPoints, blocks), 'float32'), [n, blocks, 1])
+      : tf.scalar(1 << (bits - 1));
+    const values = tf.reshape(tf.mul(tf.sub(q, zp), tf.reshape(w.scales, [n, blocks, 1])), [n, blocks * blockSize]);
+    return blocks * blockSize === k ? values : tf.slice(values, [0, 0], [n, k]);
+  });
+}
+
 /** The op vocabulary on tfjs tensors (the test oracle): every op is differentiable through tfjs's tape. */
 export const tfOps: Ops<T> = {
   shape: (x) => x.shape.slice(),
@@ -133,6 +157,12 @@ export const tfOps: Ops<T> = {
     const y = matmul(x, w, true);
     return bias ? tf.add(y, bias) : y;
   },
+  // dequantize, then the float matmul: an independent statement of what the quantized kernel computes
+  quantizedDense: (x, w, bias) => {
+    const y = matmul(x, dequantizeTf(w), true);
+    return bias ? tf.add(y, bias) : y;
+  },
+  quantized: (w, layout) => (layout === 'out-in' ? dequantizeTf(w) : tf.transpose(dequantizeTf(w))),
 
   sum: (x, axis, keepDims = false) => tf.sum(x, axis, keepDims),
   mean: (x, axis, keepDims = false) => tf.mean(x, axis, keepDims),

@@ -93,6 +93,17 @@ const RULES: Record<string, Rule> = {
     const c = n.inputSyms[2];
     return [ga, gb, c && needs[2] ? o.sumTo(g, c.shape) : undefined];
   },
+  // Y = X Ŵᵀ + b for a frozen quantized Ŵ [n, k]: dX = dY Ŵ, as another quantized matmul when the weight carries
+  // a quantized copy of Ŵᵀ, else dY times Ŵ dequantized; no gradient for the weight
+  MatMulNBits: (o, n, g, needs) => {
+    if (needs[1] || needs[2] || needs[3]) throw new Error('onnx autodiff: a quantized weight is frozen (no gradient)');
+    const w = o.quantizedOf(n.inputSyms[1]!);
+    if (!w) throw new Error(`onnx autodiff: MatMulNBits reads "${n.inputs[1]}", which is not a quantized weight of this graph`);
+    let gx: Sym | undefined;
+    if (needs[0]) gx = w.transposed ? o.quantizedDense(g, w.transposed) : o.matmul(g, o.dequantize(w));
+    const bias = n.inputSyms[5];
+    return [gx, undefined, undefined, undefined, undefined, bias && needs[5] ? o.sumTo(g, bias.shape) : undefined];
+  },
   FusedMatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, !!n.attrs!.transA, !!n.attrs!.transB),
   Transpose: (o, n, g) => {
     const perm = n.attrs!.perm as number[];

@@ -1,8 +1,8 @@
-import type { Ops } from '../ops.js';
+import type { Ops, QuantizedTensors, WeightLayout } from '../ops.js';
 import { Graph, Sym, type DType } from './graph.js';
 
 const GELU_TANH_C = Math.sqrt(2 / Math.PI);
-const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9 };
+const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2 };
 
 function norm(axis: number, rank: number): number {
   const a = axis < 0 ? rank + axis : axis;
@@ -27,6 +27,11 @@ export function broadcastShape(a: number[], b: number[], what: string): number[]
  * its inferred shape. Helpers beyond Ops<Sym> (sumTo, expandTo, pad, ...) serve the gradient rules.
  */
 export class OnnxOps implements Ops<Sym> {
+  /** quantized weights by the name of the value standing for them (`quantized`) */
+  private readonly handles = new Map<string, { w: QuantizedTensors<Sym>; layout: WeightLayout }>();
+  /** quantized weights by the name of their data tensor (what a MatMulNBits node reads; its gradient rule looks it up) */
+  private readonly byData = new Map<string, QuantizedTensors<Sym>>();
+
   constructor(readonly graph: Graph) {}
 
   shape(x: Sym): number[] {
@@ -74,6 +79,9 @@ export class OnnxOps implements Ops<Sym> {
   sin(x: Sym): Sym { return this.unary('Sin', x); }
 
   matmul(a: Sym, b: Sym, transposeB = false): Sym {
+    // a quantized [V, H] output projection times rows [N, H]ᵀ: the rows through the quantized kernel, transposed
+    const h = this.handles.get(a.name);
+    if (h?.layout === 'out-in' && transposeB && b.rank === 2) return this.transpose(this.quantizedDense(b, h.w), [1, 0]);
     return transposeB ? this.fusedMatMul(a, b, false, true) : this.fusedMatMul(a, b, false, false);
   }
 
@@ -94,11 +102,73 @@ export class OnnxOps implements Ops<Sym> {
   }
 
   linear(x: Sym, w: Sym, bias?: Sym): Sym {
+    const h = this.handles.get(w.name);
+    if (h?.layout === 'in-out') return this.quantizedDense(x, h.w, bias);
     return this.gemm(x, w, bias, false);
   }
 
   dense(x: Sym, w: Sym, bias?: Sym): Sym {
+    const h = this.handles.get(w.name);
+    if (h?.layout === 'out-in') return this.quantizedDense(x, h.w, bias);
     return this.gemm(x, w, bias, true);
+  }
+
+  /** ORT's com.microsoft.MatMulNBits: x [..., k] times the block-quantized Ŵ [n, k] transposed, + bias [n]. */
+  quantizedDense(x: Sym, w: QuantizedTensors<Sym>, bias?: Sym): Sym {
+    if (x.shape[x.rank - 1] !== w.k) throw new Error(`onnx MatMulNBits: [${x.shape}] times a quantized [${w.n}, ${w.k}]ᵀ: inner dimensions differ`);
+    if (bias && (bias.rank !== 1 || bias.shape[0] !== w.n)) throw new Error(`onnx MatMulNBits: bias [${bias.shape}] for ${w.n} outputs`);
+    this.byData.set(w.data.name, w);
+    const absent = this.graph.absent;
+    const inputs = [x, w.data, w.scales, w.zeroPoints ?? absent, absent, bias ?? absent];
+    while (inputs[inputs.length - 1] === absent) inputs.pop();
+    // accuracy_level 4: the activations quantized to int8 per block, integer products (VNNI / AVX-512 where the CPU
+    // has them); 0: float32 products of the dequantized weight
+    const accuracy = w.activations === 'float32' ? 0 : 4;
+    const attrs = { K: w.k, N: w.n, bits: w.bits, block_size: w.blockSize, accuracy_level: accuracy };
+    return this.graph.op1('MatMulNBits', inputs, [...x.shape.slice(0, -1), w.n], 'float32', attrs, 'com.microsoft');
+  }
+
+  /** The quantized weight a MatMulNBits node reads, by its data tensor. */
+  quantizedOf(data: Sym): QuantizedTensors<Sym> | undefined {
+    return this.byData.get(data.name);
+  }
+
+  /**
+   * The value standing for a quantized weight: its dequantized values in `layout` (nodes that the serialised
+   * model keeps only if something other than the quantized kernels reads them).
+   */
+  quantized(w: QuantizedTensors<Sym>, layout: WeightLayout): Sym {
+    const deq = this.dequantize(w);
+    const value = layout === 'out-in' ? deq : this.transpose(deq, [1, 0]);
+    const sym = this.graph.op1('Identity', [value], value.shape, 'float32');
+    this.handles.set(sym.name, { w, layout });
+    return sym;
+  }
+
+  /** Ŵ [n, k] in float32: (q - zero point) · scale per block, from the uint8 data (4-bit: two values a byte, low nibble first). */
+  dequantize(w: QuantizedTensors<Sym>): Sym {
+    const { n, k, bits, blockSize } = w;
+    const blocks = Math.ceil(k / blockSize);
+    const ints = this.cast(w.data, 'int32');
+    const nibbles = (x: Sym, count: number) => {
+      // [.., m] bytes → [.., 2m] values: low nibble, then high nibble of each byte
+      const sixteen = this.graph.constant(Int32Array.of(16), [], 'int32');
+      const lo = this.graph.op1('Mod', [x, sixteen], x.shape, 'int32', { fmod: 0 });
+      const hi = this.graph.op1('Div', [x, sixteen], x.shape, 'int32');
+      const both = this.concat([this.expandDims(lo, -1), this.expandDims(hi, -1)], -1);
+      const flat = this.reshape(both, [...x.shape.slice(0, -1), x.shape[x.rank - 1]! * 2]);
+      return count === flat.shape[flat.rank - 1] ? flat : this.slice(flat, flat.shape.map(() => 0), [...flat.shape.slice(0, -1), count]);
+    };
+    const q = this.cast(bits === 8 ? ints : nibbles(ints, blockSize), 'float32'); // [n, blocks, blockSize]
+    let zp: Sym;
+    if (!w.zeroPoints) zp = this.scalar(1 << (bits - 1));
+    else {
+      const z = this.cast(w.zeroPoints, 'int32');
+      zp = this.reshape(this.cast(bits === 8 ? z : nibbles(z, blocks), 'float32'), [n, blocks, 1]);
+    }
+    const values = this.mul(this.sub(q, zp), this.reshape(w.scales, [n, blocks, 1]));
+    const flat = this.reshape(values, [n, blocks * blockSize]);
+    return blocks * blockSize === k ? flat : this.slice(flat, [0, 0], [n, k]);
   }
 
   /**
@@ -162,9 +232,23 @@ export class OnnxOps implements Ops<Sym> {
   }
 
   gather(table: Sym, ids: Sym, axis = 0): Sym {
+    const h = this.handles.get(table.name);
+    if (h?.layout === 'out-in' && norm(axis, table.rank) === 0) return this.gatherQuantized(h.w, ids);
     const ax = norm(axis, table.rank);
     const shape = [...table.shape.slice(0, ax), ...ids.shape, ...table.shape.slice(ax + 1)];
     return this.graph.op1('Gather', [table, ids], shape, table.dtype, { axis: ax });
+  }
+
+  /** Rows of a quantized Ŵ [n, k] at `ids`, dequantized (ORT's com.microsoft.GatherBlockQuantized): ids.shape + [k]. */
+  gatherQuantized(w: QuantizedTensors<Sym>, ids: Sym): Sym {
+    const blocks = Math.ceil(w.k / w.blockSize);
+    const bytes = (blocks * w.blockSize * w.bits) / 8;
+    const data = this.reshape(w.data, [w.n, bytes]);
+    const inputs = [data, ids, w.scales, ...(w.zeroPoints ? [w.zeroPoints] : [])];
+    const attrs = { gather_axis: 0, quantize_axis: 1, block_size: w.blockSize, bits: w.bits };
+    const rows = this.graph.op1('GatherBlockQuantized', inputs, [...ids.shape, blocks * w.blockSize], 'float32', attrs, 'com.microsoft');
+    if (blocks * w.blockSize === w.k) return rows;
+    return this.slice(rows, rows.shape.map(() => 0), [...ids.shape, w.k]);
   }
 
   concat(xs: Sym[], axis: number): Sym {

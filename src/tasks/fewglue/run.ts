@@ -1,6 +1,7 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { loadModel } from '../../models/load.js';
+import { parseQuantize, quantizeName, type QuantizeOptions } from '../../models/quantize.js';
 import type { LanguageModel } from '../../models/model.js';
 import { DEFAULT_LOOP, DEFAULT_OPTIM, PTuningSession, type RunConfig } from '../../train/session.js';
 import type { TrainLoopConfig } from '../../train/trainer.js';
@@ -97,6 +98,8 @@ export interface FewGlueOptions {
   /** lr of deep prompts and prompt tuning (frozen LM) */
   deepLr?: number;
   warmupRatio?: number;
+  /** the frozen LM's linear weights quantized (the frozen-LM modes; not ptune-lm, manual-lm or finetune, which tune it) */
+  quantize?: QuantizeOptions;
   progress?: Progress;
   log?: (line: string) => void;
   /** called once the options and the model have been checked, before the first file is written */
@@ -309,7 +312,9 @@ async function runOne(
     const pf = loadPatterns(task);
     const tuneLm = TUNES_LM.includes(mode);
     const lm = tuneLm ? await loadModel(o.model, { trainable: true }) : frozenLm;
-    const config = sessionConfig(o.model, lm, pf, mode, seed, maxLength, r, data.train[0]!, task);
+    const made = sessionConfig(o.model, lm, pf, mode, seed, maxLength, r, data.train[0]!, task);
+    // a run directory says that its frozen LM was quantized
+    const config = o.quantize && !tuneLm ? { ...made, quantize: o.quantize } : made;
     pattern = mode === 'finetune' || mode === 'prefix-linear' ? '(linear head)' : patternFor(pf, mode).name;
     const session = await PTuningSession.create(config, lm);
     try {
@@ -380,7 +385,11 @@ export async function runFewGlue(o: FewGlueOptions): Promise<FewGlueReport> {
   const r = resolveOptions(o);
   if (o.seeds.length === 0) throw new UserError('no seeds');
   for (const t of o.tasks) taskInfo(t);
-  const frozenLm = await loadModel(o.model);
+  if (o.quantize) {
+    const tuned = o.modes.filter((m) => TUNES_LM.includes(m));
+    if (tuned.length) throw new UserError(`--quantize cannot be combined with the ${tuned.join(', ')} mode${tuned.length > 1 ? 's' : ''}: they tune the LM, and quantized weights are frozen`);
+  }
+  const frozenLm = await loadModel(o.model, { quantize: o.quantize });
   const maxLength = o.maxLength ?? Math.min(256, frozenLm.info.maxPositions);
   if (maxLength > frozenLm.info.maxPositions) {
     frozenLm.dispose();
@@ -396,7 +405,10 @@ export async function runFewGlue(o: FewGlueOptions): Promise<FewGlueReport> {
   fs.mkdirSync(o.out, { recursive: true });
   const report: FewGlueReport = {
     model: o.model, modelKind: `${frozenLm.info.family} (${frozenLm.info.kind})`,
-    settings: { ...r, dataDir: undefined, maxLength, seeds: o.seeds, tasks: o.tasks, modes: o.modes, stdOf: 'sample std (n-1) over seeds' },
+    settings: {
+      ...r, dataDir: undefined, maxLength, seeds: o.seeds, tasks: o.tasks, modes: o.modes, stdOf: 'sample std (n-1) over seeds',
+      ...(o.quantize && { quantize: quantizeName(parseQuantize(o.quantize)!) }),
+    },
     runs: [], cells: [], notRun: [], seconds: 0,
   };
   const save = () => {

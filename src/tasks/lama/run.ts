@@ -9,6 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { initEngine } from '../../engine/index.js';
+import { parseQuantize, quantizeName, type QuantizeOptions } from '../../models/quantize.js';
 import { UserError } from '../../util/errors.js';
 import { DEEP_DEFAULTS } from '../../train/defaults.js';
 import { completeRelations, listRelations, type FactSet, type LamaSplit, type VocabStrategy } from './data.js';
@@ -92,6 +93,8 @@ export interface LamaSettings {
   topK: number;
   /** keep finetune's best/ LM checkpoint (a full LM per relation) */
   keepCheckpoints: boolean;
+  /** the frozen LM's linear weights quantized (the frozen-LM modes; not ptune-lm or finetune, which tune it) */
+  quantize?: QuantizeOptions;
 }
 
 export interface LamaRunOptions {
@@ -116,6 +119,8 @@ export interface LamaRunOptions {
   maxFacts?: Partial<Record<FactSet, number>>;
   topK?: number;
   keepCheckpoints?: boolean;
+  /** quantize the frozen LM's linear weights (not with the ptune-lm and finetune modes) */
+  quantize?: QuantizeOptions;
   /** no progress display */
   quiet?: boolean;
   /** the command line, recorded in the report */
@@ -208,12 +213,14 @@ export function resolveSettings(o: LamaRunOptions): LamaSettings {
     maxFacts: { ...o.maxFacts },
     topK,
     keepCheckpoints: o.keepCheckpoints ?? false,
+    ...(o.quantize && { quantize: o.quantize }),
   };
 }
 
 /** What a mode's results depend on; a folder holding results made otherwise is not reused. */
 function modeKey(s: LamaSettings, mode: LamaMode): Record<string, unknown> {
   const key: Record<string, unknown> = { model: s.model, data: s.data, split: s.split, vocab: s.vocab, maxFacts: s.maxFacts };
+  if (s.quantize) key.quantize = quantizeName(parseQuantize(s.quantize)!);
   if (mode === 'ptune') Object.assign(key, { seed: s.seed, template: s.template ?? null, train: s.ptune });
   if (mode === 'manual+ptune') Object.assign(key, { seed: s.seed, pseudo: s.pseudo, train: s.ptune });
   if (mode === 'finetune') Object.assign(key, { seed: s.seed, train: s.finetune });
@@ -244,6 +251,10 @@ export async function runLama(o: LamaRunOptions): Promise<LamaRunResult> {
   const t0 = Date.now();
   const settings = resolveSettings(o);
   const modes = parseModes(o.modes ?? ['manual']);
+  const tuning = modes.filter((m) => m === 'ptune-lm' || m === 'finetune');
+  if (settings.quantize && tuning.length) {
+    throw new UserError(`--quantize cannot be combined with the ${tuning.join(', ')} mode${tuning.length > 1 ? 's' : ''}: they tune the LM, and quantized weights are frozen`);
+  }
   const relations = resolveRelations(settings.data, settings.split, o.relations);
   const jobs = o.jobs ?? os.availableParallelism();
   if (!Number.isInteger(jobs) || jobs < 1) throw new UserError(`--jobs must be a positive integer, got ${jobs}`);
@@ -296,6 +307,7 @@ function reportConfig(s: LamaSettings, modes: LamaMode[], relations: number): Re
     relations,
     seed: s.seed,
   };
+  if (s.quantize) c['frozen LM weights'] = quantizeName(parseQuantize(s.quantize)!);
   if (Object.keys(s.maxFacts).length > 0) c['fact caps (per relation, seeded sample)'] = s.maxFacts;
   if (modes.includes('ptune')) c['ptune template'] = s.template ?? '3,3,3 (masked) / 3,3,0 (causal)';
   if (modes.includes('manual+ptune')) c['manual+ptune pseudo tokens per gap'] = s.pseudo;

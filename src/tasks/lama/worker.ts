@@ -91,7 +91,7 @@ export class LamaTaskRunner {
   constructor(readonly settings: LamaSettings) {}
 
   private async frozenLm(): Promise<LanguageModel> {
-    if (!this.lm) this.lm = await loadModel(this.settings.model);
+    if (!this.lm) this.lm = await loadModel(this.settings.model, { quantize: this.settings.quantize });
     return this.lm;
   }
 
@@ -210,6 +210,7 @@ export class LamaTaskRunner {
           : mode === 'ptune-lm'
             ? { ...DEFAULT_OPTIM, lr: s.ptune.lr, tuneLm: true, lmLr: train.lr, lmWeightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma }
             : { ...DEFAULT_OPTIM, lr: train.lr, weightDecay: train.weightDecay, schedule: train.schedule, gamma: train.gamma },
+      ...(s.quantize && !tunesLm && { quantize: s.quantize }),
     };
     // tuning the LM changes its weights: a fresh copy per relation, never the shared one
     const session = await PTuningSession.create(config, tunesLm ? undefined : frozen);

@@ -1,0 +1,289 @@
+import { test, before } from 'node:test';
+import assert from 'node:assert/strict';
+import { programs, type Program, type ProgramBuilder, type ProgramGraph } from '../src/engine/program.js';
+import type { QuantizedTensors } from '../src/engine/ops.js';
+import type { Sym } from '../src/engine/onnx/index.js';
+import {
+  blockCount,
+  dequantizeMatrix,
+  dequantizeTransposed,
+  quantizeMatrix,
+  rowBytes,
+  transposeMatrix,
+  zeroPointAt,
+  type QuantizedMatrix,
+  type QuantSettings,
+} from '../src/engine/quant.js';
+import { tf, initOracle, tfOps, maxAbsDiff } from './oracle/index.js';
+
+before(async () => {
+  await initOracle();
+});
+
+function rand(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+  }
+  return out;
+}
+
+/** Weights with the heavy-ish tails of trained ones: a few large entries per row. */
+function weights(n: number, k: number, seed: number): Float32Array {
+  const w = rand(n * k, seed, 0.05);
+  for (let i = 0; i < w.length; i += 97) w[i]! *= 6;
+  return w;
+}
+
+const SETTINGS: QuantSettings[] = [
+  { bits: 8, blockSize: 32, symmetric: true },
+  { bits: 8, blockSize: 64, symmetric: false },
+  { bits: 4, blockSize: 32, symmetric: true },
+  { bits: 4, blockSize: 64, symmetric: false },
+  { bits: 4, blockSize: 128, symmetric: true },
+  { bits: 8, blockSize: 128, symmetric: false },
+];
+const label = (s: QuantSettings) => `int${s.bits} block ${s.blockSize} ${s.symmetric ? 'symmetric' : 'zero points'}`;
+
+/** Squared error of plain round-to-nearest over the block's whole range (what the scale search must not exceed). */
+function plainBlockError(w: Float32Array, s: QuantSettings): number {
+  const levels = (1 << s.bits) - 1;
+  const mid = 1 << (s.bits - 1);
+  let lo = 0, hi = 0;
+  for (const v of w) (lo = Math.min(lo, v)), (hi = Math.max(hi, v));
+  const scale = Math.fround(s.symmetric ? Math.max(-lo, hi) / (mid - 1) : (hi - lo) / levels);
+  if (scale === 0) return 0;
+  const zp = s.symmetric ? mid : Math.min(levels, Math.max(0, Math.round(-lo / scale)));
+  let e = 0;
+  for (const v of w) {
+    const q = Math.min(levels, Math.max(0, Math.round(v / scale) + zp));
+    e += (v - (q - zp) * scale) ** 2;
+  }
+  return e;
+}
+
+test('quantize → dequantize: values inside a block\'s range within half a step, clipped ones at its ends, no block worse than plain rounding', () => {
+  for (const s of SETTINGS) {
+    // k = 200: not a multiple of any block size, so the last block of a row is partial
+    for (const [n, k] of [[24, 256], [7, 200]] as const) {
+      const w = weights(n, k, n + k + s.bits);
+      w.fill(0, 0, k); // a zero row: zero scales, exact zeros back
+      const q = quantizeMatrix(w, n, k, s);
+      const back = dequantizeMatrix(q);
+      const blocks = blockCount(k, s.blockSize);
+      const levels = (1 << s.bits) - 1;
+      assert.equal(q.data.length, n * rowBytes(k, s).data);
+      assert.equal(q.scales.length, n * blocks);
+      assert.equal(!!q.zeroPoints, !s.symmetric);
+      for (let r = 0; r < n; r++) {
+        for (let b = 0; b < blocks; b++) {
+          const scale = q.scales[r * blocks + b]!;
+          const zp = zeroPointAt(q, r, b);
+          const [lo, hi] = [(0 - zp) * scale, (levels - zp) * scale];
+          const from = r * k + b * s.blockSize;
+          const to = r * k + Math.min((b + 1) * s.blockSize, k);
+          let err = 0;
+          for (let i = from; i < to; i++) {
+            const [v, d] = [w[i]!, back[i]!];
+            err += (v - d) ** 2;
+            if (v < lo - scale / 2) assert.equal(d, Math.fround(lo), `${label(s)}: ${v} below the range clips to its end`);
+            else if (v > hi + scale / 2) assert.equal(d, Math.fround(hi), `${label(s)}: ${v} above the range clips to its end`);
+            else assert.ok(Math.abs(v - d) <= (scale / 2) * (1 + 1e-5) + 1e-12, `${label(s)} [${n},${k}] (${r},${i - r * k}): |${v} - ${d}| > ${scale / 2}`);
+          }
+          const plain = plainBlockError(w.subarray(from, to), s);
+          assert.ok(err <= plain * (1 + 1e-4) + 1e-15, `${label(s)} block (${r},${b}): squared error ${err} > plain rounding's ${plain}`);
+        }
+      }
+      for (let i = 0; i < k; i++) assert.equal(back[i], 0);
+    }
+  }
+});
+
+test('quantized layout: 4-bit values two to a byte (low nibble first), zero points packed alike, Ŵᵀ written transposed', () => {
+  const s: QuantSettings = { bits: 4, blockSize: 32, symmetric: false };
+  const [n, k] = [5, 96];
+  const w = weights(n, k, 3);
+  const q = quantizeMatrix(w, n, k, s);
+  const back = dequantizeMatrix(q);
+  // element (r, i) from the raw bytes, as ONNX Runtime's MatMulNBits reads them
+  const per = rowBytes(k, s).data;
+  for (const [r, i] of [[0, 0], [0, 1], [2, 33], [4, 95]] as const) {
+    const byte = q.data[r * per + (i >> 1)]!;
+    const value = i & 1 ? byte >> 4 : byte & 15;
+    const zp = zeroPointAt(q, r, Math.floor(i / 32));
+    const zpByte = q.zeroPoints![r * 2 + (Math.floor(i / 32) >> 1)]!;
+    assert.equal(zp, Math.floor(i / 32) & 1 ? zpByte >> 4 : zpByte & 15);
+    assert.equal(back[r * k + i], Math.fround((value - zp) * q.scales[r * 3 + Math.floor(i / 32)]!));
+  }
+  assert.deepEqual(Array.from(dequantizeTransposed(q)), Array.from(transposeMatrix(back, n, k)));
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// the quantized dense op: ONNX Runtime's MatMulNBits against the oracle's dequantize + matmul
+
+function symTensors(b: ProgramBuilder, q: QuantizedMatrix, name: string, transposed?: QuantizedMatrix, activations: 'int8' | 'float32' = 'int8'): QuantizedTensors<Sym> {
+  const blocks = blockCount(q.k, q.blockSize);
+  const bytes = rowBytes(q.k, q);
+  return {
+    n: q.n,
+    k: q.k,
+    bits: q.bits,
+    blockSize: q.blockSize,
+    data: b.g.constant(q.data, [q.n, blocks, bytes.data / blocks], 'uint8', `${name}.data`),
+    scales: b.g.constant(q.scales, [q.n, blocks], 'float32', `${name}.scales`),
+    ...(q.zeroPoints && { zeroPoints: b.g.constant(q.zeroPoints, [q.n, bytes.zeroPoints], 'uint8', `${name}.zp`) }),
+    activations,
+    ...(transposed && { transposed: symTensors(b, transposed, `${name}.T`, undefined, activations) }),
+  };
+}
+
+function tfTensors(q: QuantizedMatrix): QuantizedTensors<tf.Tensor> {
+  const blocks = blockCount(q.k, q.blockSize);
+  const bytes = rowBytes(q.k, q);
+  return {
+    n: q.n,
+    k: q.k,
+    bits: q.bits,
+    blockSize: q.blockSize,
+    data: tf.tensor(Int32Array.from(q.data), [q.n, blocks, bytes.data / blocks], 'int32'),
+    scales: tf.tensor(q.scales, [q.n, blocks], 'float32'),
+    ...(q.zeroPoints && { zeroPoints: tf.tensor(Int32Array.from(q.zeroPoints), [q.n, bytes.zeroPoints], 'int32') }),
+  };
+}
+
+interface DenseCase {
+  s: QuantSettings;
+  xShape: number[];
+  n: number;
+  bias: boolean;
+  accuracy: number;
+  backward: 'transposed' | 'dequantize' | 'none';
+}
+
+let programId = 0;
+
+/** loss = Σ quantizedDense(x, Ŵ, bias) · r, with the gradient to x. */
+function denseProgram(c: DenseCase, q: QuantizedMatrix, t: QuantizedMatrix | undefined, bias: Float32Array | undefined, r: Float32Array): Program {
+  return {
+    key: `test quantized dense ${programId++}`,
+    build: (b): ProgramGraph => {
+      const x = b.input('x', c.xShape);
+      const w = symTensors(b, q, 'w', t, c.accuracy === 0 ? 'float32' : 'int8');
+      const y = b.o.quantizedDense(x, w, bias && b.o.constFloat(bias, [c.n]));
+      const n = y.size;
+      const loss = b.o.reshape(b.o.sum(b.o.reshape(b.o.mul(y, b.o.constFloat(r, y.shape)), [1, n]), 1), [1]);
+      return c.backward === 'none' ? { outputs: { y } } : { outputs: { y, loss }, loss, wrt: { x } };
+    },
+  };
+}
+
+test('quantizedDense: MatMulNBits equals dequantize + matmul (the oracle) for 4/8 bits, zero points, padded blocks, bias, batched rows', async () => {
+  const cases: DenseCase[] = [
+    { s: SETTINGS[0]!, xShape: [6, 64], n: 48, bias: true, accuracy: 0, backward: 'none' },
+    { s: SETTINGS[1]!, xShape: [2, 3, 200], n: 24, bias: false, accuracy: 0, backward: 'none' },
+    { s: SETTINGS[2]!, xShape: [2, 5, 96], n: 40, bias: true, accuracy: 0, backward: 'none' },
+    { s: SETTINGS[3]!, xShape: [9, 200], n: 16, bias: true, accuracy: 0, backward: 'none' },
+    { s: SETTINGS[4]!, xShape: [4, 256], n: 32, bias: false, accuracy: 0, backward: 'none' },
+  ];
+  for (const c of cases) {
+    const k = c.xShape[c.xShape.length - 1]!;
+    const q = quantizeMatrix(weights(c.n, k, k + c.n), c.n, k, c.s);
+    const x = rand(c.xShape.reduce((a, b) => a * b, 1), 5);
+    const bias = c.bias ? rand(c.n, 8, 0.5) : undefined;
+    const r = await programs.run(denseProgram(c, q, undefined, bias, new Float32Array(0)), { x: { data: x, shape: c.xShape } }, () => undefined);
+    const expected = tf.tidy(() => {
+      const y = tfOps.quantizedDense(tf.tensor(x, c.xShape), tfTensors(q), bias && tf.tensor(bias));
+      return y.dataSync() as Float32Array;
+    });
+    const got = r.outputs.y!.data as Float32Array;
+    assert.deepEqual(r.outputs.y!.shape, [...c.xShape.slice(0, -1), c.n]);
+    const scale = Math.max(...Array.from(expected, Math.abs));
+    assert.ok(maxAbsDiff(got, expected) <= 1e-5 * scale + 1e-6, `${label(c.s)}: max diff ${maxAbsDiff(got, expected)} (scale ${scale})`);
+  }
+});
+
+test('quantizedDense with int8 activations (accuracy level 4): within 1% of the float product of the same quantized weight', async () => {
+  for (const s of [SETTINGS[0]!, SETTINGS[2]!, SETTINGS[3]!]) {
+    const c: DenseCase = { s, xShape: [16, 256], n: 64, bias: false, accuracy: 4, backward: 'none' };
+    const q = quantizeMatrix(weights(64, 256, 11), 64, 256, s);
+    const x = rand(16 * 256, 6);
+    const r = await programs.run(denseProgram(c, q, undefined, undefined, new Float32Array(0)), { x: { data: x, shape: c.xShape } }, () => undefined);
+    const expected = tf.tidy(() => tfOps.quantizedDense(tf.tensor(x, c.xShape), tfTensors(q)).dataSync() as Float32Array);
+    const scale = Math.max(...Array.from(expected, Math.abs));
+    const diff = maxAbsDiff(r.outputs.y!.data as Float32Array, expected);
+    assert.ok(diff <= 0.01 * scale, `${label(s)}: ${diff} vs scale ${scale}`);
+  }
+});
+
+/** Central finite differences of the program's loss along a few coordinates of x. */
+async function finiteDifferences(p: () => Program, x: Float32Array, shape: number[], coords: number[], h: number): Promise<number[]> {
+  const lossAt = async (v: Float32Array) => {
+    const r = await programs.run(p(), { x: { data: v, shape } }, () => undefined);
+    return r.outputs.loss!.data[0] as number;
+  };
+  const out: number[] = [];
+  for (const i of coords) {
+    const plus = x.slice();
+    plus[i]! += h;
+    const minus = x.slice();
+    minus[i]! -= h;
+    out.push(((await lossAt(plus)) - (await lossAt(minus))) / (2 * h));
+  }
+  return out;
+}
+
+test('quantizedDense input gradient: exact for the quantized forward (dequantized Ŵ), close with the transposed quantized copy', async () => {
+  for (const s of [SETTINGS[0]!, SETTINGS[3]!]) {
+    const [m, k, n] = [4, 96, 40];
+    const q = quantizeMatrix(weights(n, k, 21), n, k, s);
+    const t = quantizeMatrix(dequantizeTransposed(q), k, n, s);
+    const x = rand(m * k, 9);
+    const r = rand(m * n, 10);
+    const bias = rand(n, 12, 0.3);
+    const grad = async (backward: DenseCase['backward']) => {
+      const c: DenseCase = { s, xShape: [m, k], n, bias: true, accuracy: 0, backward };
+      const out = await programs.run(denseProgram(c, q, backward === 'transposed' ? t : undefined, bias, r), { x: { data: x, shape: [m, k] } }, () => undefined);
+      return out.wrt.x!.data as Float32Array;
+    };
+    const exact = await grad('dequantize');
+    // the oracle: d/dx Σ (x Ŵᵀ + b) · r = r Ŵ
+    const deq = dequantizeMatrix(q);
+    const oracle = tf.tidy(() => tf.matMul(tf.tensor(r, [m, n]), tf.tensor(deq, [n, k])).dataSync() as Float32Array);
+    assert.ok(maxAbsDiff(exact, oracle) <= 1e-5, `${label(s)}: dequantize backward vs rŴ: ${maxAbsDiff(exact, oracle)}`);
+    const coords = [0, 17, 95, 130, 383];
+    const fd = await finiteDifferences(() => denseProgram({ s, xShape: [m, k], n, bias: true, accuracy: 0, backward: 'dequantize' }, q, undefined, bias, r), x, [m, k], coords, 1e-2);
+    coords.forEach((i, j) => assert.ok(Math.abs(fd[j]! - exact[i]!) <= 2e-3 * (1 + Math.abs(exact[i]!)), `${label(s)} coord ${i}: fd ${fd[j]} vs ${exact[i]}`));
+    // the transposed copy quantizes Ŵᵀ once more: its gradient is off by that second rounding only
+    const viaCopy = await grad('transposed');
+    let dot = 0, na = 0, nb = 0;
+    for (let i = 0; i < exact.length; i++) {
+      dot += exact[i]! * viaCopy[i]!;
+      na += exact[i]! ** 2;
+      nb += viaCopy[i]! ** 2;
+    }
+    const cos = dot / Math.sqrt(na * nb);
+    assert.ok(cos >= (s.bits === 8 ? 0.9999 : 0.99), `${label(s)}: cosine ${cos}`);
+  }
+});
+
+test('dequantize and GatherBlockQuantized in a program: the same Ŵ as the host', async () => {
+  for (const s of [SETTINGS[1]!, SETTINGS[2]!, SETTINGS[3]!]) {
+    const [n, k] = [12, 200];
+    const q = quantizeMatrix(weights(n, k, 4), n, k, s);
+    const ids = Int32Array.of(3, 0, 11, 3);
+    const p: Program = {
+      key: `test dequantize ${programId++}`,
+      build: (b) => {
+        const w = symTensors(b, q, 'w');
+        return { outputs: { all: b.o.dequantize(w), rows: b.o.gatherQuantized(w, b.input('ids', [4], 'int32')) } };
+      },
+    };
+    const r = await programs.run(p, { ids: { data: ids, shape: [4] } }, () => undefined);
+    const deq = dequantizeMatrix(q);
+    assert.deepEqual(Array.from(r.outputs.all!.data as Float32Array), Array.from(deq), label(s));
+    const rows = Array.from(ids).flatMap((i) => Array.from(deq.subarray(i * k, (i + 1) * k)));
+    assert.ok(maxAbsDiff(r.outputs.rows!.data as Float32Array, rows) <= 1e-7, `${label(s)}: gathered rows`);
+  }
+});
