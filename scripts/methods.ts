@@ -142,8 +142,9 @@ const ROWS: [string, string, string | null][] = [
   ['deep prompts (prefix), frozen, verbalizer', 'prefix', 'prefix'],
   ['deep prompts (prefix), frozen, linear head', 'prefix-linear', null],
   ['prompt tuning, frozen', 'prompt-tuning', 'prompt-tuning'],
-  ['manual prompt + LM fine-tuning', 'manual-lm', null],
-  ['fine-tuning, linear head', 'finetune', 'finetune'],
+  // LAMA's finetune is the manual template with every LM weight trained, answered at [MASK] / the next token
+  ['manual prompt + LM fine-tuning', 'manual-lm', 'finetune'],
+  ['fine-tuning, linear head', 'finetune', null],
   ['bag of words (logistic regression)', 'bow', null],
 ];
 
