@@ -201,7 +201,7 @@ function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
 
 test('two train processes into one --out: the second is refused naming the first one\'s pid; the first run is not mixed', async () => {
   const dir = tmp();
-  // a tiny model on a two-label task: 16 steps an epoch
+  // a tiny model on a two-label task: 16 steps an epoch, for as long as the test needs it
   const words = 'the and in is are capital of was at to dog on every fox lazy old over warm with boats bread brown castle cat'.split(' ');
   const rows = (n: number, k: number) => Array.from({ length: n }, (_, i) => JSON.stringify({ sentence: `${words[(i * 7 + k) % words.length]} ${words[(i * 3) % words.length]}`, label: i % 2 ? 'pos' : 'neg' })).join('\n') + '\n';
   const data = { train: path.join(dir, 'train.jsonl'), dev: path.join(dir, 'dev.jsonl') };
@@ -210,7 +210,7 @@ test('two train processes into one --out: the second is refused naming the first
   const out = path.join(dir, 'run');
   const args = [cli, 'train', '--model', path.join(shared, 'models/tiny/distilbert'), '--train', data.train, '--dev', data.dev,
     '--template', '{sentence} [P*3] it was [MASK] .', '--label-field', 'label', '--verbalizer', 'pos:warm,neg:old',
-    '--epochs', '6', '--batch-size', '2', '--out', out, '--quiet'];
+    '--epochs', '100000', '--batch-size', '2', '--out', out, '--quiet'];
   const first = spawn(process.execPath, args, { stdio: ['ignore', 'pipe', 'pipe'] });
   let firstErr = '';
   first.stderr.on('data', (b) => (firstErr += String(b)));
@@ -221,8 +221,10 @@ test('two train processes into one --out: the second is refused naming the first
     assert.equal(second.status, 2, second.stderr);
     assertOneLine(second.stderr, new RegExp(`in use by .*pid ${first.pid}`));
   } finally {
+    // the first run trains until told to stop (however slow the machine, it still holds the folder above)
+    first.kill('SIGINT');
     const code = await exited;
-    assert.equal(code, 0, firstErr);
+    assert.equal(code, 130, firstErr);
   }
   const keys = fs.readFileSync(path.join(out, 'metrics.jsonl'), 'utf8').trim().split('\n').map((l) => JSON.parse(l)).map((m) => `${m.type} ${m.step}`);
   assert.equal(new Set(keys).size, keys.length, `metrics.jsonl mixes runs: ${keys.join(', ')}`);
