@@ -57,6 +57,10 @@ export async function bundle(entry: string, outfile: string | null): Promise<{ m
   const bytes = outfile ? fs.statSync(outfile).size : (r.outputFiles?.[0]?.contents.length ?? 0);
   const bad = nodeInputs(r.metafile);
   if (bad.length) throw new Error(`${entry}: the browser bundle pulls in Node-only code: ${bad.join(', ')}`);
+  // a browser has no `process`: an unguarded process.env read fails when the module loads
+  const text = outfile ? fs.readFileSync(outfile, 'utf8') : (r.outputFiles?.find((f) => f.path.endsWith('.js'))?.text ?? '');
+  const line = text.split('\n').findIndex((l) => /(?<![.?\w])process\.env\b/.test(l));
+  if (line >= 0) throw new Error(`${entry}: the browser bundle reads process.env (bundle line ${line + 1}: ${text.split('\n')[line]!.trim().slice(0, 120)})`);
   return { metafile: r.metafile, bytes };
 }
 

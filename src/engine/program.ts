@@ -155,7 +155,9 @@ const GIB = 1024 ** 3;
 
 /** PTUNE_SESSION_CONSTANT_GB: how many GB of constants (quantized weights) the cached sessions may hold together. */
 function constantBudget(): number {
-  const v = Number(process.env.PTUNE_SESSION_CONSTANT_GB);
+  // read through globalThis: this module also runs in browsers, which have no `process`
+  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+  const v = Number(env?.PTUNE_SESSION_CONSTANT_GB);
   return Number.isFinite(v) && v > 0 ? v * GIB : 3 * GIB;
 }
 
