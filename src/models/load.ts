@@ -159,11 +159,7 @@ function tokenizerIn(dir: string): TextTokenizer {
   throw new Error(`${path.join(dir, 'tokenizer.json')}: tokenizer file not found`);
 }
 
-/**
- * A model of `modelType` with random weights (seeded, deterministic), for tests and benchmarks: the family's
- * base size with `overrides`; the vocabulary defaults to the tokenizer's. Without a tokenizer a
- * SyntheticTokenizer is used (`[PAD]` 0, `[UNK]` 1, `[CLS]` 2, `[SEP]` 3, `[MASK]` 4, then `w5`, ...).
- */
+/** The random model of assemble.ts's `createRandomModel`, its linear weights quantized when `opts` ask for it. */
 export function createRandomModel(
   modelType: string,
   overrides: Record<string, number | boolean | string>,
