@@ -140,20 +140,21 @@ test('concurrent requests of two tasks are batched together, and each row gets t
     return count - single;
   };
   const mixedBefore = await metric();
-  // one request per row, all at once: they wait together (max wait 20 ms) and share forwards
-  const replies = await Promise.all([
-    ...lama.map((r) => post('/v1/predict', { task: 'p1412', inputs: [r], top_k: 3 })),
-    ...sst.map((r) => post('/v1/predict', { task: 'sst2', inputs: [r], top_k: 2 })),
-  ]);
-  replies.forEach((r, i) => {
-    assert.equal(r.status, 200);
-    const want = i < lama.length ? alone.lama[i] : alone.sst[i - lama.length];
-    assert.equal(r.body.outputs[0].prediction, want.prediction);
-    r.body.outputs[0].top.forEach((t: { label: string; score: number }, j: number) => {
-      assert.equal(t.label, want.top[j].label);
-      assert.ok(Math.abs(t.score - want.top[j].score) < 1e-5);
+  // one request per row, all at once, the two tasks interleaved: they wait together (max wait 20 ms) and share
+  // forwards. A loaded machine can spread a burst over more than the wait, so up to five bursts are sent.
+  for (let burst = 0; burst < 5 && (await metric()) === mixedBefore; burst++) {
+    const rows = lama.flatMap((r, i) => [{ task: 'p1412', r, want: alone.lama[i], k: 3 }, { task: 'sst2', r: sst[i]!, want: alone.sst[i], k: 2 }]);
+    const replies = await Promise.all(rows.map((x) => post('/v1/predict', { task: x.task, inputs: [x.r], top_k: x.k })));
+    replies.forEach((r, i) => {
+      assert.equal(r.status, 200);
+      const want = rows[i]!.want;
+      assert.equal(r.body.outputs[0].prediction, want.prediction);
+      r.body.outputs[0].top.forEach((t: { label: string; score: number }, j: number) => {
+        assert.equal(t.label, want.top[j].label);
+        assert.ok(Math.abs(t.score - want.top[j].score) < 1e-5);
+      });
     });
-  });
+  }
   assert.ok((await metric()) > mixedBefore, 'some forward held rows of both tasks');
 });
 
