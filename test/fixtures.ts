@@ -112,3 +112,14 @@ export async function candidateLogits(lm: LanguageModel, batch: TokenBatch, posi
   );
   return r.outputs.logits!.data as Float32Array;
 }
+
+/** The cosine of the angle between two vectors of the same length. */
+export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  let dot = 0, na = 0, nb = 0;
+  for (let i = 0; i < a.length; i++) {
+    dot += a[i]! * b[i]!;
+    na += a[i]! ** 2;
+    nb += b[i]! ** 2;
+  }
+  return dot / Math.sqrt(na * nb);
+}

@@ -15,6 +15,7 @@ import {
   type QuantSettings,
 } from '../src/engine/quant.js';
 import { tf, initOracle, tfOps, maxAbsDiff } from './oracle/index.js';
+import { cosine } from './fixtures.js';
 
 before(async () => {
   await initOracle();
@@ -257,13 +258,7 @@ test('quantizedDense input gradient: exact for the quantized forward (dequantize
     coords.forEach((i, j) => assert.ok(Math.abs(fd[j]! - exact[i]!) <= 2e-3 * (1 + Math.abs(exact[i]!)), `${label(s)} coord ${i}: fd ${fd[j]} vs ${exact[i]}`));
     // the transposed copy quantizes Ŵᵀ once more: its gradient is off by that second rounding only
     const viaCopy = await grad('transposed');
-    let dot = 0, na = 0, nb = 0;
-    for (let i = 0; i < exact.length; i++) {
-      dot += exact[i]! * viaCopy[i]!;
-      na += exact[i]! ** 2;
-      nb += viaCopy[i]! ** 2;
-    }
-    const cos = dot / Math.sqrt(na * nb);
+    const cos = cosine(exact, viaCopy);
     assert.ok(cos >= (s.bits === 8 ? 0.9999 : 0.99), `${label(s)}: cosine ${cos}`);
   }
 });

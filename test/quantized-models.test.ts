@@ -18,7 +18,7 @@ import { collate, renderExample } from '../src/prompt/render.js';
 import { PrefixEncoder } from '../src/prompt/prefix.js';
 import { parseTemplate } from '../src/prompt/template.js';
 import { modelFingerprint, fingerprintOf } from '../src/serve/fingerprint.js';
-import { modelDir, runCli, shared } from './fixtures.js';
+import { cosine, modelDir, runCli, shared } from './fixtures.js';
 
 const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-quant-test-'));
 after(() => fs.rmSync(cacheDir, { recursive: true, force: true }));
@@ -162,13 +162,8 @@ test('input gradients of a quantized model against finite differences of its own
     }
     // the defaults (int8 activations, a quantized copy of Ŵᵀ for the backward): the same direction
     const gf = (await run(fast, embeds)).grad;
-    let dot = 0, na = 0, nb = 0;
-    for (let i = 0; i < g.length; i++) {
-      dot += g[i]! * gf[i]!;
-      na += g[i]! ** 2;
-      nb += gf[i]! ** 2;
-    }
-    assert.ok(dot / Math.sqrt(na * nb) >= 0.95, `${name}: cosine ${dot / Math.sqrt(na * nb)}`);
+    const cos = cosine(g, gf);
+    assert.ok(cos >= 0.95, `${name}: cosine ${cos}`);
   }
 });
 
@@ -257,13 +252,7 @@ test('P-tuning a quantized LM: the step trains the encoder only and its gradient
   const ref = await grads({});
   for (const bits of [8, 4] as const) {
     const got = await grads(q(bits));
-    let dot = 0, na = 0, nb = 0;
-    for (let i = 0; i < ref.g.length; i++) {
-      dot += ref.g[i]! * got.g[i]!;
-      na += ref.g[i]! ** 2;
-      nb += got.g[i]! ** 2;
-    }
-    const cos = dot / Math.sqrt(na * nb);
+    const cos = cosine(ref.g, got.g);
     assert.ok(cos >= (bits === 8 ? 0.99 : 0.9), `int${bits}: cosine ${cos}`);
     assert.ok(Math.abs(got.loss - ref.loss) <= (bits === 8 ? 0.05 : 0.5) * Math.abs(ref.loss), `int${bits}: loss ${got.loss} vs ${ref.loss}`);
   }
@@ -286,13 +275,7 @@ test('deep prompts over a quantized LM: the fp32 prefix alone trains, its gradie
     const ref = await grads({});
     for (const bits of [8, 4] as const) {
       const got = await grads(q(bits));
-      let dot = 0, na = 0, nb = 0;
-      for (let i = 0; i < ref.g.length; i++) {
-        dot += ref.g[i]! * got.g[i]!;
-        na += ref.g[i]! ** 2;
-        nb += got.g[i]! ** 2;
-      }
-      const cos = dot / Math.sqrt(na * nb);
+      const cos = cosine(ref.g, got.g);
       assert.ok(Number.isFinite(got.loss) && cos >= (bits === 8 ? 0.99 : 0.9), `${name} int${bits}: cosine ${cos}, loss ${got.loss} vs ${ref.loss}`);
     }
   }
