@@ -197,14 +197,14 @@ test('gpt2-mini-lama: predictions equal ptune predict; the first greedy token is
 });
 
 test('prompt-tuning and PEFT-layout P-tuning runs are served with their rows before the input; deep prompts and linear heads are refused by name', async () => {
-  const mk = async (name: string, over: Partial<RunConfig>, template: string) => {
+  const mk = async (name: string, over: Partial<RunConfig>, template: string, data = { train: SST2('train', 32), dev: SST2('dev', 8) }) => {
     const config: RunConfig = {
       version: 1, model: modelDir('bert-mini-lama'), template, head: SST2_HEAD, encoder: { type: 'lstm', seed: 2 }, maxLength: 64, skipTooLong: false,
       loop: { ...DEFAULT_LOOP, epochs: 1, batchSize: 8, maxSteps: 8, saveEvery: 1000, logEvery: 1000 }, optim: { ...DEFAULT_OPTIM, lr: 1e-2 }, ...over,
     };
     const s = await PTuningSession.create(config, bert);
     const dir = path.join(tmp, name);
-    await s.train({ runDir: dir, train: SST2('train', 32), dev: SST2('dev', 8), baselines: false });
+    await s.train({ runDir: dir, ...data, baselines: false });
     s.dispose({ keepLm: true });
     return dir;
   };
@@ -218,6 +218,12 @@ test('prompt-tuning and PEFT-layout P-tuning runs are served with their rows bef
   for (const [name, dir] of [['pt', pt], ['layout', layout]] as const) {
     assertSame(await table.predict(sst.map((record) => ({ task: name, record })), { topK: 2 }), ptunePredict(dir, sst, 2), name);
   }
+  // a LAMA tuple whose pseudo tokens all lead, in PEFT's layout: served from its canonical text
+  const tuple = await mk('tuple', { peftLayout: true, head: { kind: 'answer', answerField: 'obj_label' } }, '3,0,0', { train: P1412('train', 32), dev: P1412('dev', 8) });
+  await table.addRun('tuple', tuple);
+  const facts = lamaInputs();
+  assertSame(await table.predict(facts.map((record) => ({ task: 'tuple', record })), { topK: 3 }), ptunePredict(tuple, facts, 3), 'tuple');
+  table.remove('tuple');
   const prefix = await mk('prefix', { method: 'prefix', prefix: { numVirtualTokens: 2, projection: false } }, '{sentence} It was [MASK] .');
   await assert.rejects(table.addRun('deep', prefix), /task "deep" .*deep prompts \(method prefix\).*ptune predict/);
   const linear = await mk('linear', { head: { kind: 'linear', labelField: 'label', labels: ['0', '1'] } }, '[P*2] {sentence} [MASK]');

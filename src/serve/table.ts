@@ -11,7 +11,8 @@ import { fields, numPseudo, parseTemplate, validateFor, type Template } from '..
 import { Verbalizer } from '../prompt/verbalizer.js';
 import { resolveCheckpointDir, writeCheckpointDir, writeJsonAtomic } from '../train/checkpoint.js';
 import { readPeftAdapter } from '../train/export.js';
-import { leadingPseudo, PTuningSession, withPeftPrefix, type RunConfig } from '../train/session.js';
+import { PTuningSession, withPeftPrefix, type RunConfig } from '../train/session.js';
+import { inputPlacement } from '../train/tuning.js';
 import { readRunConfig } from '../train/files.js';
 import { UserError } from '../util/errors.js';
 import { baseDifference, fingerprintOf, modelFingerprint, type BaseModelId } from './fingerprint.js';
@@ -145,17 +146,10 @@ function inputLayout(name: string, config: RunConfig, from: string): { template:
     throw new UserError(`task "${name}" (${from}): a linear head reads the hidden state, not the vocabulary logits the table's forward shares — use ptune predict for this run`);
   }
   const template = parseTemplate(config.template, { legacyBertOrder: config.legacyBertOrder });
-  let first = config.peftPrefix ?? 0;
-  let text = config.template;
-  if (method === 'prompt-tuning') first += config.promptTuning?.numVirtualTokens ?? 0;
-  else if (config.peftLayout) {
-    const leading = leadingPseudo(template);
-    if (leading > 0 && leading === numPseudo(template)) {
-      first += leading;
-      text = text.replace(/^(\s*\[P(\*\d+)?\])+\s*/, '');
-    }
-  }
-  return { template: text, peftPrefix: first };
+  const { rendered, placedFirst } = inputPlacement(config, template);
+  // the rendered template without its leading pseudo tokens, in the canonical text (a tuple's too)
+  const text = rendered === template ? config.template : template.text.replace(/^(\s*\[P(\*\d+)?\])+\s*/, '');
+  return { template: text, peftPrefix: placedFirst };
 }
 
 const TABLE_FILE = 'table.json';

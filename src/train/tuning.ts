@@ -178,12 +178,8 @@ export class PTuning {
     if (method !== 'ptuning' && pseudo > 0) {
       throw new UserError(`method "${method}" learns its own prompt: the template must have no [P] tokens (it has ${pseudo})`);
     }
-    const leading = leadingPseudo(this.template);
-    const peftLayout = method === 'ptuning' && config.peftLayout === true && leading === pseudo && pseudo > 0;
-    this.rendered = peftLayout ? { ...this.template, parts: this.template.parts.slice(this.template.parts.findIndex((p) => p.type !== 'pseudo')) } : this.template;
-    const tuned = method === 'prompt-tuning' ? (config.promptTuning?.numVirtualTokens ?? 0) : 0;
-    if (method === 'prompt-tuning' && !(tuned > 0)) throw new UserError('method "prompt-tuning" needs promptTuning.numVirtualTokens ≥ 1');
-    this.placedFirst = (config.peftPrefix ?? 0) + (peftLayout ? leading : 0) + tuned;
+    if (method === 'prompt-tuning' && !((config.promptTuning?.numVirtualTokens ?? 0) > 0)) throw new UserError('method "prompt-tuning" needs promptTuning.numVirtualTokens ≥ 1');
+    ({ rendered: this.rendered, placedFirst: this.placedFirst } = inputPlacement(config, this.template));
     const n = numPseudo(this.rendered) + this.placedFirst;
     const tokenDim = lm.info.embeddingSize ?? lm.info.hiddenSize;
     const encoderConfig = method === 'prompt-tuning' ? { ...config.encoder, type: 'embedding' as const } : config.encoder;
@@ -431,6 +427,21 @@ export class PTuning {
   dispose(opts: { keepLm?: boolean } = {}): void {
     if (!opts.keepLm) this.lm.dispose();
   }
+}
+
+/**
+ * Where a run's prompt rows meet its input: the template as rendered and the rows placed before everything —
+ * PEFT's layout (a template whose pseudo tokens all lead, with `peftLayout`), prompt tuning's rows, an imported
+ * adapter's `peftPrefix`.
+ */
+export function inputPlacement(config: RunConfig, template: Template): { rendered: Template; placedFirst: number } {
+  const method = config.method ?? 'ptuning';
+  const pseudo = numPseudo(template);
+  const leading = leadingPseudo(template);
+  const peftLayout = method === 'ptuning' && config.peftLayout === true && leading === pseudo && pseudo > 0;
+  const rendered = peftLayout ? { ...template, parts: template.parts.slice(template.parts.findIndex((p) => p.type !== 'pseudo')) } : template;
+  const tuned = method === 'prompt-tuning' ? (config.promptTuning?.numVirtualTokens ?? 0) : 0;
+  return { rendered, placedFirst: (config.peftPrefix ?? 0) + (peftLayout ? leading : 0) + tuned };
 }
 
 /** Pseudo tokens before the template's first other part. */
