@@ -200,10 +200,8 @@ export function registerModelCommands(program: Command): void {
     });
 }
 
-type GenerateCliOptions = GenerateOptions;
-
 /** `ptune generate --run RUN --text JSON`: the run's task in a one-task prompt table, generating after the record. */
-async function generateWithRun(model: string | undefined, opts: GenerateCliOptions): Promise<void> {
+async function generateWithRun(model: string | undefined, opts: GenerateOptions): Promise<void> {
   if (model) throw new UserError('--run names its model: give no model argument with it');
   if (!opts.text) throw new UserError('--run needs --text JSON (the record its template is filled with)');
   let record: Record<string, unknown>;
