@@ -10,9 +10,9 @@ export interface WebRuntimeOptions {
   /** where onnxruntime-web's .wasm / .mjs files are served (a URL prefix ending in "/") */
   wasmPaths?: string;
   /**
-   * WebAssembly threads (default: where the page is cross-origin isolated, one fewer than the cores, 1 to 4 —
-   * the browser's own threads need a core: on 2 cores a bert-mini step took 530 ms with 2 threads, 237 ms with 1;
-   * else 1)
+   * WebAssembly threads (default: where the page is cross-origin isolated, the cores, at most 4, as Node uses the
+   * cores; else 1). On 2 idle cores a bert-mini P-tuning step took 74–82 ms with 2 threads and 77–92 ms with 1;
+   * with one core busy elsewhere, 191 ms with 2 and 98 ms with 1 — pass 1 where the cores are shared.
    */
   threads?: number;
   /** 'auto' (default): WebGPU for exported models when the browser has an adapter, else WebAssembly */
@@ -47,7 +47,7 @@ export async function initWebRuntime(opts: WebRuntimeOptions = {}): Promise<WebR
   const ort = opts.ort ?? ((await import('onnxruntime-web/wasm')) as unknown as OrtModule);
   const g = globalThis as { crossOriginIsolated?: boolean; navigator?: { hardwareConcurrency?: number; gpu?: { requestAdapter(): Promise<unknown> } } };
   const isolated = g.crossOriginIsolated === true;
-  const threads = opts.threads ?? (isolated ? Math.max(1, Math.min(4, (g.navigator?.hardwareConcurrency ?? 1) - 1)) : 1);
+  const threads = opts.threads ?? (isolated ? Math.max(1, Math.min(4, g.navigator?.hardwareConcurrency ?? 1)) : 1);
   if (opts.wasmPaths) (ort.env.wasm as { wasmPaths?: string }).wasmPaths = opts.wasmPaths;
   let device: WebDevice = 'wasm';
   if (opts.device === 'webgpu') device = 'webgpu';
