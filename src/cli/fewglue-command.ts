@@ -27,6 +27,7 @@ export function registerFewGlueCommand(program: Command): void {
     .requiredOption('--out <dir>', 'output directory')
     .option('--mode <list>', `comma list of ${FEWGLUE_MODES.join(', ')} or all`, parseListOption, ['ptune'])
     .option('--seeds <n>', 'number of seeds (1..n)', asText, 3)
+    .option('--seed-list <list>', 'these seeds (comma list) instead of 1..--seeds, e.g. to add seeds to a table', parseListOption)
     .option('--data <dir>', 'data root holding fewglue/ and sst2/ (default ../shared/data)')
     .option('--epochs <n>', 'epochs', asText, 20)
     .option('--batch-size <n>', 'batch size', asText, 8)
@@ -58,7 +59,7 @@ export function registerFewGlueCommand(program: Command): void {
         model: path.resolve(o.model),
         tasks,
         modes,
-        seeds: Array.from({ length: o.seeds }, (_, i) => i + 1),
+        seeds: o.seedList ?? Array.from({ length: o.seeds }, (_, i) => i + 1),
         out,
         dataDir: o.data ? path.resolve(o.data) : undefined,
         maxLength: o.maxLength,

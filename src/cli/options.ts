@@ -246,6 +246,7 @@ export const fewglueSchema = z.object({
   out: opt.text(),
   mode: z.array(z.string()).min(1),
   seeds: opt.int(1),
+  seedList: z.array(opt.seed()).min(1).optional(),
   data: opt.text().optional(),
   epochs: opt.int(1),
   batchSize: opt.int(1),
