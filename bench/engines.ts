@@ -18,7 +18,8 @@
  *          second pass (the first compiles the programs for the shapes met)
  * Engines: `ort` = onnxruntime-node, `ort-web` = onnxruntime-web (WebAssembly) in Node; `-int8` / `-int4` after either:
  * the frozen LM's linear weights quantized (`--quantize`), optionally with `-b64` / `-b128` (block size), `-zp` / `-sym` (zero
- * points or symmetric blocks), `-deq` (the backward through Ŵ dequantized); quantized engines run fwd, ptune and lama (their weights
+ * points or symmetric blocks), `-deq` (the backward through Ŵ dequantized); `-gc` last: gradient checkpointing (each layer's activations
+ * recomputed in the backward pass); quantized engines run fwd, ptune and lama (their weights
  * cannot train). Each quantized model's store is written by an unmeasured child first (the cache `--cache DIR`,
  * default .tmp/bench-quantized), so every measured process finds it.
  * Prints one JSON object: results[model][engine] with medians and `<mode>_peak_rss_mb`, PyTorch beside them, and
@@ -47,9 +48,9 @@ import { quantizeFrom, type QuantizeCliOptions } from '../src/cli/options.js';
 const PSEUDO = 9;
 
 /** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128). */
-function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[] } {
-  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-zp|-sym|-deq)*))?$/.exec(e);
-  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int4, ort-int4-b128, ...)`);
+function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[]; checkpointing: boolean } {
+  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-zp|-sym|-deq)*))?(-gc)?$/.exec(e);
+  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int4, ort-int4-b128, ort-int4-gc, ...)`);
   const quantize: string[] = [];
   if (m[2]) {
     quantize.push('--quantize', m[2]);
@@ -60,7 +61,7 @@ function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[] }
       if (part === 'deq') quantize.push('--quant-backward', 'dequantize');
     }
   }
-  return { runtime: m[1] ? 'web' : 'node', quantize };
+  return { runtime: m[1] ? 'web' : 'node', quantize, checkpointing: !!m[4] };
 }
 const shared = path.resolve(process.cwd(), '../shared');
 const TORCH_SCRIPT = path.join(shared, 'bench/torch_ptuning_step.py');
@@ -254,6 +255,7 @@ async function parent(): Promise<void> {
       ...process.env,
       PTUNE_RUNTIME: parsed.get(e)!.runtime,
       PTUNE_CACHE_DIR: cache,
+      PTUNE_GRADIENT_CHECKPOINTING: parsed.get(e)!.checkpointing ? '1' : '0',
       // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
       MALLOC_MMAP_THRESHOLD_: '131072',
     });

@@ -10,7 +10,7 @@ import { globalSchema, parseOptions } from './options.js';
 /**
  * `ptune` entry point. Returns the exit code; errors print one line (the stack only with --verbose).
  */
-const GLOBAL_OPTIONS = '--runtime node|web, --threads N, --verbose';
+const GLOBAL_OPTIONS = '--runtime node|web, --threads N, --gradient-checkpointing, --verbose';
 
 /** Commander's own error line, as ptune's: an unknown option says what is accepted. */
 function commanderMessage(text: string, argv: string[], commands: string[]): string {
@@ -34,6 +34,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--verbose', 'print stack traces on errors')
     .option('--threads <n>', 'ONNX Runtime threads (default: the number of cores)')
     .option('--runtime <name>', 'node (onnxruntime-node, default) or web (onnxruntime-web, WebAssembly)')
+    .option('--gradient-checkpointing', "recompute each layer's activations in the backward pass instead of keeping them: less memory, more compute")
     .exitOverride()
     .configureOutput({
       writeErr: (s) => process.stderr.write(s),
@@ -42,8 +43,9 @@ export async function main(argv: string[]): Promise<number> {
       },
     });
   program.hook('preAction', (cmd) => {
-    const { threads, runtime } = parseOptions(globalSchema, cmd.opts());
+    const { threads, runtime, gradientCheckpointing } = parseOptions(globalSchema, cmd.opts());
     if (threads !== undefined) process.env.PTUNE_THREADS = String(threads);
+    if (gradientCheckpointing) process.env.PTUNE_GRADIENT_CHECKPOINTING = '1';
     if (runtime !== undefined) process.env.PTUNE_RUNTIME = runtime;
   });
 

@@ -26,6 +26,7 @@ export const globalSchema = z.object({
   verbose: opt.flag(),
   threads: opt.int(1).optional(),
   runtime: opt.choice(['node', 'web']).optional(),
+  gradientCheckpointing: opt.flag(),
 });
 
 /**

@@ -11,10 +11,12 @@ import { getRuntime, type Runtime } from './runtime.js';
 
 /**
  * The runtime, configured: `threads` sets the intra-op threads of sessions created from now on (default:
- * `PTUNE_THREADS`, else the number of cores).
+ * `PTUNE_THREADS`, else the number of cores); `gradientCheckpointing` recomputes each layer's activations in the
+ * backward pass instead of keeping them (default: `PTUNE_GRADIENT_CHECKPOINTING=1`, else off).
  */
-export async function initEngine(opts: { threads?: number } = {}): Promise<Runtime> {
+export async function initEngine(opts: { threads?: number; gradientCheckpointing?: boolean } = {}): Promise<Runtime> {
   const rt = await getRuntime();
   if (opts.threads !== undefined) rt.threads = opts.threads;
+  if (opts.gradientCheckpointing !== undefined) rt.gradientCheckpointing = opts.gradientCheckpointing;
   return rt;
 }

@@ -110,4 +110,11 @@ export interface Ops<T> {
   expand(x: T, shape: number[]): T;
   cast(x: T, dtype: 'float32' | 'int32'): T;
 
+  /**
+   * x unchanged, marking it a boundary between transformer layers (called before each layer and after the
+   * last): with gradient checkpointing, an engine keeps only such values for the backward pass and recomputes
+   * what lies between two of them.
+   */
+  checkpoint(x: T): T;
+
 }

@@ -181,6 +181,7 @@ export class ProgramCache {
 
   /** Runs `program`; feeds holds the data inputs (extra ones are ignored), `lookup` the parameters. */
   async run(program: Program, feeds: Record<string, HostTensor>, lookup: ParamLookup): Promise<ProgramResult> {
+    if ((await getRuntime()).gradientCheckpointing) program = { ...program, key: `${program.key}|recompute` };
     let compiled = await this.compiled(program, lookup);
     if (compiled.baked.some(([name, p, data]) => lookup(name) !== p || p.data !== data)) {
       // another model (or new arrays) behind the same key: the bound weights are not these
@@ -282,7 +283,7 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
     const graded = [...b.params].filter(([, p]) => p.grad);
     const keys = Object.keys(wrt);
     const targets = [...keys.map((k) => wrt[k]!), ...graded.map(([, p]) => p.sym)];
-    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets);
+    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets, { recompute: rt.gradientCheckpointing });
     keys.forEach((k, i) => (all[WRT + k] = grads[i]!));
     graded.forEach(([name], i) => (all[GRAD + name] = grads[keys.length + i]!));
   } else if (Object.keys(wrt).length) {

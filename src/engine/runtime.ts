@@ -89,6 +89,22 @@ export class Runtime {
     this.ort.env.wasm.simd = true;
   }
 
+  private checkpointing: boolean | undefined;
+
+  /**
+   * Gradient checkpointing in training programs: the backward pass recomputes each transformer layer's
+   * activations from the layer's input instead of keeping them from the forward pass (less memory, one more
+   * forward pass of compute). Default: PTUNE_GRADIENT_CHECKPOINTING=1, else off.
+   */
+  get gradientCheckpointing(): boolean {
+    const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+    return this.checkpointing ?? env?.PTUNE_GRADIENT_CHECKPOINTING === '1';
+  }
+
+  set gradientCheckpointing(on: boolean) {
+    this.checkpointing = on;
+  }
+
   get bakeFrozenWeights(): boolean {
     return this.opts.bakeFrozenWeights ?? false;
   }

@@ -186,11 +186,13 @@ function functions(cfg: AlbertConfig): LmFunctions {
       for (let i = 0; i < cfg.numLayers; i++) {
         const g = albertGroupOf(cfg, i);
         for (let j = 0; j < cfg.innerGroupNum; j++) {
+          x = o.checkpoint(x);
           const r = layer(o, w, innerPrefix(g, j), x, bias, inp.past?.layers[present.length]);
           x = r.x;
           present.push(r.kv);
         }
       }
+      x = o.checkpoint(x);
       return { hidden: x, present };
     },
     logits(o, w, rows, candidates) {

@@ -191,11 +191,13 @@ function functions(cfg: BertConfig): LmFunctions {
       let x = embeddings(o, w, inp);
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
+        x = o.checkpoint(x);
         // the last layer computes only the rows asked for: nothing after it reads the others
         const r = layer(o, w, i, x, bias, inp.past?.layers[i], i === cfg.numLayers - 1 ? inp.at : undefined);
         x = r.x;
         present.push(r.kv);
       }
+      x = o.checkpoint(x);
       return { hidden: x, present, ...(inp.at && { rows: o.reshape(x, [o.shape(x)[0]!, cfg.hiddenSize]) }) };
     },
     /** MLM head: dense + act + LN, then the tied word embeddings (+ bias), over all or the candidate rows */

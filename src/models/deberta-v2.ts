@@ -284,6 +284,7 @@ function functions(cfg: DebertaV2Config): LmFunctions {
       const bias = attentionBias(o, inp.attentionMask, { queryLen: s, causal: false });
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
+        x = o.checkpoint(x);
         const p = layerPrefix(i);
         const a = attention(o, w, `${p}.attention.self`, x, bias, rel);
         present.push(a.kv);
@@ -291,6 +292,7 @@ function functions(cfg: DebertaV2Config): LmFunctions {
         const ffn = lin(o, w, act(o, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`);
         x = norm(o, w, o.add(ffn, x), `${p}.output.LayerNorm`);
       }
+      x = o.checkpoint(x);
       return { hidden: x, present };
     },
     logits(o, w, rows, candidates) {

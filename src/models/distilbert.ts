@@ -155,10 +155,12 @@ function functions(cfg: DistilBertConfig): LmFunctions {
       const bias = attentionBias(o, keyMaskOf(o, inp.attentionMask, inp.past?.mask), { queryLen: s, pastLen, causal: false });
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
+        x = o.checkpoint(x);
         const r = layer(o, w, i, x, bias, inp.past?.layers[i]);
         x = r.x;
         present.push(r.kv);
       }
+      x = o.checkpoint(x);
       return { hidden: x, present };
     },
     logits(o, w, rows, candidates) {

@@ -155,12 +155,14 @@ function functions(c: Gemma2Config): LmFunctions {
       let x = inp.embeds;
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < c.numLayers; i++) {
+        x = o.checkpoint(x);
         const p = layerPrefix(i);
         const attn = attention(o, w, i, norm(o, w, x, `${p}.input_layernorm`), rope, biasFor(layerWindow(c, i)), inp.past?.layers[i]);
         x = o.add(x, norm(o, w, attn.out, `${p}.post_attention_layernorm`));
         x = o.add(x, norm(o, w, mlp(o, w, i, norm(o, w, x, `${p}.pre_feedforward_layernorm`)), `${p}.post_feedforward_layernorm`));
         present.push(attn.kv);
       }
+      x = o.checkpoint(x);
       return { hidden: norm(o, w, x, 'model.norm'), present };
     },
     logits: (o, w, rows, candidates) =>

@@ -144,6 +144,7 @@ function functions(cfg: Gpt2Config): LmFunctions {
       let x = o.add(inp.embeds, o.gather(w('transformer.wpe.weight'), positions));
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
+        x = o.checkpoint(x);
         const p = `transformer.h.${i}`;
         // the last layer computes only the rows asked for: nothing after it reads the others
         const at = i === cfg.numLayers - 1 ? inp.at : undefined;
@@ -153,6 +154,7 @@ function functions(cfg: Gpt2Config): LmFunctions {
         x = o.add(x, mlp);
         present.push(attn.kv);
       }
+      x = o.checkpoint(x);
       const hidden = norm(o, w, x, 'transformer.ln_f');
       return { hidden, present, ...(inp.at && { rows: o.reshape(hidden, [o.shape(hidden)[0]!, cfg.hiddenSize]) }) };
     },

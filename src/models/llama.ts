@@ -415,6 +415,7 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
       let x = inp.embeds;
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < c.numLayers; i++) {
+        x = o.checkpoint(x);
         const p = layerPrefix(i);
         const bias = biasFor(layerWindow(c, i));
         // the last layer computes only the rows asked for: nothing after it reads the others
@@ -424,6 +425,7 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
         x = o.add(x, mlp(o, w, i, o.rmsNorm(x, w(`${p}.post_attention_layernorm.weight`), c.rmsNormEps)));
         present.push(attn.kv);
       }
+      x = o.checkpoint(x);
       const hidden = o.rmsNorm(x, w('model.norm.weight'), c.rmsNormEps);
       return { hidden, present, ...(inp.at && { rows: o.reshape(hidden, [o.shape(hidden)[0]!, c.hiddenSize]) }) };
     },

@@ -252,6 +252,7 @@ function functions(cfg: ModernBertConfig): LmFunctions {
       let x = norm(o, w, inp.embeds, 'model.embeddings.norm');
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
+        x = o.checkpoint(x);
         const p = layerPrefix(i);
         const sliding = cfg.layerTypes[i] === 'sliding_attention';
         const rope = ropeFor(sliding ? cfg.localRopeTheta : cfg.globalRopeTheta);
@@ -263,6 +264,7 @@ function functions(cfg: ModernBertConfig): LmFunctions {
         const gate = o.slice(wi, [0, 0, cfg.intermediateSize], [b, s, cfg.intermediateSize]);
         x = o.add(x, lin(o, w, o.mul(activate(o, cfg.hiddenActivation, input), gate), `${p}.mlp.Wo`, cfg.mlpBias));
       }
+      x = o.checkpoint(x);
       return { hidden: norm(o, w, x, 'model.final_norm'), present };
     },
     logits(o, w, rows, candidates) {

@@ -180,4 +180,5 @@ export const tfOps: Ops<T> = {
   expandDims: (x, axis) => tf.expandDims(x, axis),
   expand: (x, shape) => tf.broadcastTo(x, shape),
   cast: (x, dtype) => tf.cast(x, dtype),
+  checkpoint: (x) => x,
 };

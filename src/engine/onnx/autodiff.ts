@@ -100,7 +100,7 @@ const RULES: Record<string, Rule> = {
     const w = o.quantizedOf(n.inputSyms[1]!);
     if (!w) throw new Error(`onnx autodiff: MatMulNBits reads "${n.inputs[1]}", which is not a quantized weight of this graph`);
     let gx: Sym | undefined;
-    if (needs[0]) gx = w.transposed ? o.quantizedDense(g, w.transposed) : o.matmul(g, o.dequantize(w));
+    if (needs[0]) gx = w.transposed ? o.quantizedDense(g, w.transposed) : o.matmul(g, o.dequantize(w, g));
     const bias = n.inputSyms[5];
     return [gx, undefined, undefined, undefined, undefined, bias && needs[5] ? o.sumTo(g, bias.shape) : undefined];
   },
@@ -201,13 +201,14 @@ function readInts(s: Sym): number[] {
  * gradient nodes to y's graph. Only nodes on a path from some `wrt` to `y` get gradient nodes; a `wrt` that `y`
  * does not depend on gets zeros.
  */
-export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[]): Sym[] {
+export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[], opts: { recompute?: boolean } = {}): Sym[] {
   const graph = o.graph;
   const active = new Set(wrt.map((s) => s.name));
   const nodes = graph.nodes.slice();
   for (const n of nodes) {
     if (n.inputs.some((i) => active.has(i))) for (const s of n.outputSyms) if (s.dtype === 'float32') active.add(s.name);
   }
+  const recompute = opts.recompute ? new Recompute(o, nodes) : null;
   const pending = new Map<string, Sym[]>([[y.name, [dy]]]);
   const total = (name: string): Sym | undefined => {
     const parts = pending.get(name);
@@ -235,12 +236,17 @@ export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[]): Sym[] {
     if (!needs.some(Boolean)) continue;
     const rule = RULES[n.domain === 'com.microsoft' || !n.domain ? n.op : ''];
     if (!rule) throw new Error(`onnx autodiff: no gradient rule for ${n.domain ? n.domain + '.' : ''}${n.op}`);
-    const grads = rule(o, n, g, needs);
+    // inside a checkpointed segment the rule reads the recomputed node; its gradients go to the original inputs
+    const grads = rule(o, recompute?.node(i, g) ?? n, g, needs);
     n.inputSyms.forEach((s, k) => {
       const gk = grads[k];
       if (!needs[k] || !gk) return;
       const list = pending.get(s.name) ?? [];
-      list.push(gk);
+      // dense parts are summed as they arrive: a weight read at every step of a recurrence (an LSTM's) would
+      // otherwise keep one gradient per step alive until the end of the backward pass
+      const dense = scatterParts.has(gk) ? -1 : list.findIndex((p) => !scatterParts.has(p));
+      if (dense >= 0) list[dense] = o.add(list[dense]!, gk);
+      else list.push(gk);
       pending.set(s.name, list);
     });
   }
@@ -266,4 +272,72 @@ export function savedForBackward(graph: Graph, forwardNodes: number): Sym[] {
     });
   }
   return [...saved.values()];
+}
+
+/**
+ * Gradient checkpointing between the graph's checkpoints (`Ops.checkpoint`, one per transformer layer): the
+ * backward pass of a segment reads its forward values recomputed from the segment's inputs rather than the
+ * forward run's, so the forward's activations die as soon as the forward has used them and only the segment
+ * inputs stay alive until the backward (per layer: the hidden state, instead of every intermediate).
+ *
+ * The recomputation must run when the backward reaches the segment, not when its inputs exist: its activation
+ * inputs are read through `o.after(x, g)`, g the gradient arriving at the segment. That also keeps ONNX Runtime's
+ * common-subexpression elimination from merging the copies with the forward nodes.
+ */
+class Recompute {
+  private readonly segments: { start: number; end: number }[] = [];
+  /** forward values depending on a graph input (only those are recomputed) */
+  private readonly varying = new Set<string>();
+  /** original node index → the node the backward reads */
+  private readonly copies = new Map<number, GraphNode>();
+  private readonly copied = new Set<{ start: number; end: number }>();
+
+  constructor(
+    private readonly o: OnnxOps,
+    private readonly forward: GraphNode[],
+  ) {
+    const marks = o.graph.checkpoints.filter((m) => m <= forward.length);
+    for (let k = 0; k + 1 < marks.length; k++) if (marks[k + 1]! > marks[k]!) this.segments.push({ start: marks[k]!, end: marks[k + 1]! });
+    for (const s of o.graph.inputs) this.varying.add(s.name);
+    for (const n of forward) if (n.inputs.some((i) => this.varying.has(i))) for (const out of n.outputs) this.varying.add(out);
+  }
+
+  /** The node whose values the rule of forward node `i` reads, given the gradient `g` arriving there. */
+  node(i: number, g: Sym): GraphNode | undefined {
+    const seg = this.segments.find((s) => i >= s.start && i < s.end);
+    if (!seg) return undefined;
+    if (!this.copied.has(seg)) {
+      // the first gradient met in a segment is at its last node the backward needs: the copy ends there
+      this.copied.add(seg);
+      this.copy(seg.start, i, g);
+    }
+    return this.copies.get(i);
+  }
+
+  /** Recomputes forward nodes start..last (those depending on a graph input), gated on `g`. */
+  private copy(start: number, last: number, g: Sym): void {
+    const o = this.o;
+    const graph = o.graph;
+    const inputs = new Set(graph.inputs.map((s) => s.name));
+    const produced = new Set(this.forward.slice(start, last + 1).flatMap((n) => n.outputs));
+    const renamed = new Map<string, Sym>();
+    const input = (s: Sym): Sym => {
+      const r = renamed.get(s.name);
+      if (r) return r;
+      // an activation from before the segment (a float computed from an input): read once g exists
+      if (!produced.has(s.name) && this.varying.has(s.name) && !inputs.has(s.name) && s.dtype === 'float32') {
+        const gated = o.after(s, g);
+        renamed.set(s.name, gated);
+        return gated;
+      }
+      return s;
+    };
+    for (let i = start; i <= last; i++) {
+      const n = this.forward[i]!;
+      if (!n.inputs.some((x) => this.varying.has(x))) continue;
+      const outs = graph.node(n.op, n.inputSyms.map(input), n.outputSyms.map((s) => ({ shape: s.shape, dtype: s.dtype })), n.attrs, n.domain);
+      n.outputSyms.forEach((s, k) => renamed.set(s.name, outs[k]!));
+      this.copies.set(i, graph.nodes[graph.nodes.length - 1]!);
+    }
+  }
 }

@@ -37,6 +37,8 @@ const BYTES: Record<DType, number> = { float32: 4, int32: 4, int64: 8, bool: 1, 
 export class Graph {
   readonly nodes: GraphNode[] = [];
   readonly inputs: Sym[] = [];
+  /** node counts at each `Ops.checkpoint` (segment boundaries for gradient checkpointing) */
+  readonly checkpoints: number[] = [];
   /** an optional input left out (ONNX's empty input name): pass it where a node skips an optional input */
   readonly absent: Sym = new Sym(this, '', [], 'float32');
   private readonly consts = new Map<string, { sym: Sym; data: ConstData | (() => ConstData) }>();

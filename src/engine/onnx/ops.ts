@@ -145,11 +145,25 @@ export class OnnxOps implements Ops<Sym> {
     return sym;
   }
 
-  /** Ŵ [n, k] in float32: (q - zero point) · scale per block, from the uint8 data (4-bit: two values a byte, low nibble first). */
-  dequantize(w: QuantizedTensors<Sym>): Sym {
+  /**
+   * x, computed no earlier than `dep`: Where(false, one element of dep, x). ONNX has no control edges, and a value
+   * computed from constants alone may otherwise run at the start of a run and stay alive until it is read.
+   */
+  after(x: Sym, dep: Sym): Sym {
+    const one = this.reshape(this.slice(dep, dep.shape.map(() => 0), dep.shape.map(() => 1)), []);
+    const never = this.graph.constant(Uint8Array.of(0), [], 'bool');
+    return this.graph.op1('Where', [never, this.cast(one, x.dtype), x], x.shape, x.dtype);
+  }
+
+  /**
+   * Ŵ [n, k] in float32: (q - zero point) · scale per block, from the uint8 data (4-bit: two values a byte, low
+   * nibble first); with `notBefore`, computed only once that value exists (a backward pass's just-in-time copy).
+   */
+  dequantize(w: QuantizedTensors<Sym>, notBefore?: Sym): Sym {
     const { n, k, bits, blockSize } = w;
     const blocks = Math.ceil(k / blockSize);
-    const ints = this.cast(w.data, 'int32');
+    const gated = (x: Sym) => (notBefore ? this.after(x, notBefore) : x);
+    const ints = gated(this.cast(w.data, 'int32'));
     const nibbles = (x: Sym, count: number) => {
       // [.., m] bytes → [.., 2m] values: low nibble, then high nibble of each byte
       const sixteen = this.graph.constant(Int32Array.of(16), [], 'int32');
@@ -163,7 +177,7 @@ export class OnnxOps implements Ops<Sym> {
     let zp: Sym;
     if (!w.zeroPoints) zp = this.scalar(1 << (bits - 1));
     else {
-      const z = this.cast(w.zeroPoints, 'int32');
+      const z = gated(this.cast(w.zeroPoints, 'int32'));
       zp = this.reshape(this.cast(bits === 8 ? z : nibbles(z, blocks), 'float32'), [n, blocks, 1]);
     }
     const values = this.mul(this.sub(q, zp), this.reshape(w.scales, [n, blocks, 1]));
@@ -291,6 +305,12 @@ export class OnnxOps implements Ops<Sym> {
   cast(x: Sym, dtype: DType): Sym {
     if (x.dtype === dtype) return x;
     return this.graph.op1('Cast', [x], x.shape, dtype, { to: CAST_TO[dtype] });
+  }
+
+  checkpoint(x: Sym): Sym {
+    const marks = this.graph.checkpoints;
+    if (marks[marks.length - 1] !== this.graph.nodes.length) marks.push(this.graph.nodes.length);
+    return x;
   }
 
   // -------------------------------------------------------------------------------------------------------
