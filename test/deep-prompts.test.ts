@@ -24,11 +24,17 @@ import { modelDir } from './fixtures.js';
 const SMALL = { hiddenSize: 32, numLayers: 2, numHeads: 4, intermediateSize: 64, maxPositions: 64, vocabSize: 120 };
 let bert: LanguageModel;
 let gpt2: LanguageModel;
+/** relative attention both ways (c2p, p2c), log buckets: the prefix meets only the content term */
+let deberta: LanguageModel;
+/** a global then a local layer (window 4): the prefix has no position, every query sees it */
+let modernbert: LanguageModel;
 
 before(async () => {
   await initOracle();
   bert = createRandomModel('bert', SMALL, 3);
   gpt2 = createRandomModel('gpt2', SMALL, 4);
+  deberta = createRandomModel('deberta-v2', { ...SMALL, embeddingSize: 32, positionBuckets: 8, maxRelativePositions: 16, shareAttKey: false }, 5);
+  modernbert = createRandomModel('modernbert', { ...SMALL, localAttention: 4 }, 6);
 });
 
 const template = (lm: LanguageModel) => parseTemplate(lm.info.kind === 'masked' ? '{x} [MASK] .' : '{x} [MASK]');
@@ -61,9 +67,9 @@ function oracleLoss(lm: LanguageModel, prefix: PrefixEncoder, targets: number[],
   return tf.neg(tf.mean(tf.gather(tf.reshape(logp, [-1]), tf.tensor1d(targets.map((t, i) => i * v + t), 'int32')))) as tf.Scalar;
 }
 
-for (const name of ['bert', 'gpt2'] as const) {
+for (const name of ['bert', 'gpt2', 'deberta-v2', 'modernbert'] as const) {
   test(`${name}: prefix gradients equal the oracle's and central finite differences`, async () => {
-    const lm = name === 'bert' ? bert : gpt2;
+    const lm = { bert, gpt2, 'deberta-v2': deberta, modernbert }[name];
     const prefix = new PrefixEncoder({ numVirtualTokens: 3, projection: false, seed: 5 }, lm.info);
     const programs = new PTuningPrograms(lm, null, answerHead(lm), prefix);
     const targets = [11, 22, 33];
@@ -97,7 +103,7 @@ for (const name of ['bert', 'gpt2'] as const) {
 }
 
 test('prefix invariants: masked-out slots change nothing; zero keys and values are not neutral (each query gives them weight e⁰)', async () => {
-  for (const lm of [bert, gpt2]) {
+  for (const lm of [bert, gpt2, deberta, modernbert]) {
     const head = answerHead(lm);
     const plain = await new PTuningPrograms(lm, null, head).scores(batchOf(lm));
     const prefix = new PrefixEncoder({ numVirtualTokens: 4, projection: false, seed: 1 }, lm.info);

@@ -1,5 +1,5 @@
 import type { Ops } from '../engine/ops.js';
-import { ConfigFields, attentionBias, dense, mergeHeads, projectRows, splitHeads, type LayerKv, type WeightSpec } from './common.js';
+import { ConfigFields, attentionBias, dense, keyMaskOf, mergeHeads, projectRows, splitHeads, withPast, type LayerKv, type WeightSpec } from './common.js';
 import type { HiddenInputs, HiddenOutputs, LmFunctions, ModelFamily, WeightOf } from './lm.js';
 
 /**
@@ -234,34 +234,48 @@ function functions(cfg: DebertaV2Config): LmFunctions {
   const span = attSpan(cfg);
   const clampIndex = (v: number) => Math.min(Math.max(v, 0), 2 * span - 1);
 
-  /** Disentangled self-attention of one layer over x [B, S, H], with the shared relative embeddings [1, 2·span, H]. */
-  const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, bias: T, rel?: T): { out: T; kv: LayerKv<T> } => {
+  /**
+   * Disentangled self-attention of one layer over x [B, S, H], with the shared relative embeddings [1, 2·span, H].
+   * Keys and values before the tokens (deep prompts) take part in the content term only: they have no position,
+   * so their relative-position terms are zero (P-tuning v2's DeBERTa).
+   */
+  const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, bias: T, rel?: T, past?: LayerKv<T>): { out: T; kv: LayerKv<T> } => {
     const q = splitHeads(o, lin(o, w, x, `${p}.query_proj`), heads);
     const k = splitHeads(o, lin(o, w, x, `${p}.key_proj`), heads);
     const v = splitHeads(o, lin(o, w, x, `${p}.value_proj`), heads);
-    let scores = o.scale(o.matmul(q, k, true), scale);
+    const all = withPast(o, { k, v }, past);
+    let scores = o.scale(o.matmul(q, all.k, true), scale);
+    let relScores: T | undefined;
+    const addRel = (t: T) => (relScores = relScores === undefined ? t : o.add(relScores, t));
     if (rel && c2p) {
       // content → position: q_i · posKey[δ(i, j) + span]
       const posKey = splitHeads(o, lin(o, w, rel, cfg.shareAttKey ? `${p}.key_proj` : `${p}.pos_key_proj`), heads);
       const att = o.matmul(q, posKey, true);
       const picked = gatherLast(o, att, (i, j) => clampIndex(relativePosition(cfg, i, j) + span), (i) => i);
-      scores = o.add(scores, o.scale(picked, scale));
+      addRel(o.scale(picked, scale));
     }
     if (rel && p2c) {
       // position → content: k_j · posQuery[-δ(j, i) + span], read at key j for query i (gather, then transpose)
       const posQuery = splitHeads(o, lin(o, w, rel, cfg.shareAttKey ? `${p}.query_proj` : `${p}.pos_query_proj`), heads);
       const att = o.matmul(k, posQuery, true);
       const picked = gatherLast(o, att, (i, j) => clampIndex(-relativePosition(cfg, j, i) + span), (_i, j) => j);
-      scores = o.add(scores, o.scale(picked, scale));
+      addRel(o.scale(picked, scale));
+    }
+    if (relScores !== undefined) {
+      if (past) {
+        const [b, h, sq] = o.shape(relScores) as [number, number, number];
+        const n = o.shape(past.k)[2]!;
+        relScores = o.concat([o.constFloat(new Float32Array(b * h * sq * n), [b, h, sq, n]), relScores], 3);
+      }
+      scores = o.add(scores, relScores);
     }
     const probs = o.softmax(o.add(scores, bias), -1);
-    return { out: mergeHeads(o, o.matmul(probs, v)), kv: { k, v } };
+    return { out: mergeHeads(o, o.matmul(probs, all.v)), kv: { k, v } };
   };
 
   return {
     embed: (o, w, ids) => o.gather(w(WORD), ids),
     hidden<T>(o: Ops<T>, w: WeightOf<T>, inp: HiddenInputs<T>): HiddenOutputs<T> {
-      if (inp.past) throw new Error('deberta-v2: keys and values before the current tokens (a cache or deep prompts) are not supported');
       const [b, s] = o.shape(inp.embeds) as [number, number];
       let e = inp.embeds;
       if (cfg.positionBiasedInput) {
@@ -281,12 +295,13 @@ function functions(cfg: DebertaV2Config): LmFunctions {
         const table = w('deberta.encoder.rel_embeddings.weight');
         rel = o.reshape(cfg.normRelEmbeddings ? norm(o, w, table, 'deberta.encoder.LayerNorm') : table, [1, 2 * span, cfg.hiddenSize]);
       }
-      const bias = attentionBias(o, inp.attentionMask, { queryLen: s, causal: false });
+      const pastLen = inp.past ? o.shape(inp.past.mask)[1]! : 0;
+      const bias = attentionBias(o, keyMaskOf(o, inp.attentionMask, inp.past?.mask), { queryLen: s, pastLen, causal: false });
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
         x = o.checkpoint(x);
         const p = layerPrefix(i);
-        const a = attention(o, w, `${p}.attention.self`, x, bias, rel);
+        const a = attention(o, w, `${p}.attention.self`, x, bias, rel, inp.past?.layers[i]);
         present.push(a.kv);
         x = norm(o, w, o.add(lin(o, w, a.out, `${p}.attention.output.dense`), x), `${p}.attention.output.LayerNorm`);
         const ffn = lin(o, w, act(o, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`);
@@ -309,7 +324,7 @@ export const debertaV2Family: ModelFamily<DebertaV2Config> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
-    past: { ptune: false, transformers: false },
+    past: { ptune: true, transformers: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     embeddingSize: cfg.embeddingSize,

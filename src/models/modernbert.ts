@@ -1,5 +1,5 @@
 import type { Ops } from '../engine/ops.js';
-import { ConfigFields, MASKED, attend, attentionBias, dense, mergeHeads, projectRows, splitHeads, type LayerKv, type WeightSpec } from './common.js';
+import { ConfigFields, MASKED, attend, attentionBias, dense, keyMaskOf, mergeHeads, projectRows, splitHeads, withPast, type LayerKv, type WeightSpec } from './common.js';
 import type { HiddenInputs, HiddenOutputs, LmFunctions, ModelFamily, WeightOf } from './lm.js';
 
 /**
@@ -211,7 +211,11 @@ function functions(cfg: ModernBertConfig): LmFunctions {
   const lin = <T>(o: Ops<T>, w: WeightOf<T>, x: T, p: string, bias: boolean) => dense(o, x, w(`${p}.weight`), bias ? w(`${p}.bias`) : undefined);
   const half = Math.floor(cfg.localAttention / 2);
 
-  const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, rope: { cos: T; sin: T }, bias: T): { out: T; kv: LayerKv<T> } => {
+  /**
+   * One attention layer; keys and values before the tokens (deep prompts) have no position: no rotation, and
+   * every query sees them, in local layers too.
+   */
+  const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, rope: { cos: T; sin: T }, bias: T, past?: LayerKv<T>): { out: T; kv: LayerKv<T> } => {
     const [b, s] = o.shape(x) as [number, number];
     const qkv = lin(o, w, x, `${p}.Wqkv`, cfg.attentionBias);
     // Wqkv's output is [3, heads, headDim] per token: q, k, v are consecutive blocks of hidden_size columns
@@ -219,14 +223,14 @@ function functions(cfg: ModernBertConfig): LmFunctions {
     const q = rotate(o, part(0), rope.cos, rope.sin);
     const k = rotate(o, part(1), rope.cos, rope.sin);
     const v = part(2);
-    const out = lin(o, w, mergeHeads(o, attend(o, q, k, v, bias, { scale: 1 / Math.sqrt(headDim) })), `${p}.Wo`, cfg.attentionBias);
+    const all = withPast(o, { k, v }, past);
+    const out = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, bias, { scale: 1 / Math.sqrt(headDim) })), `${p}.Wo`, cfg.attentionBias);
     return { out, kv: { k, v } };
   };
 
   return {
     embed: (o, w, ids) => o.gather(w(WORD), ids),
     hidden<T>(o: Ops<T>, w: WeightOf<T>, inp: HiddenInputs<T>): HiddenOutputs<T> {
-      if (inp.past) throw new Error('modernbert: keys and values before the current tokens (a cache or deep prompts) are not supported');
       const [b, s] = o.shape(inp.embeds) as [number, number];
       // position_ids default to arange(S) in every row (the padded, non-flash path)
       const positions = inp.positionIds ?? o.constInt(Array.from({ length: b * s }, (_, k) => k % s), [b, s]);
@@ -239,13 +243,15 @@ function functions(cfg: ModernBertConfig): LmFunctions {
         }
         return ropes.get(theta)!;
       };
-      const global = attentionBias(o, inp.attentionMask, { queryLen: s, causal: false });
+      const pastLen = inp.past ? o.shape(inp.past.mask)[1]! : 0;
+      const keys = pastLen + s;
+      const global = attentionBias(o, keyMaskOf(o, inp.attentionMask, inp.past?.mask), { queryLen: s, pastLen, causal: false });
       let local: T | undefined;
       const localBias = () => {
         if (!local) {
-          const pattern = new Float32Array(s * s);
-          for (let i = 0; i < s; i++) for (let j = 0; j < s; j++) if (Math.abs(i - j) > half) pattern[i * s + j] = MASKED;
-          local = o.add(global, o.constFloat(pattern, [1, 1, s, s]));
+          const pattern = new Float32Array(s * keys);
+          for (let i = 0; i < s; i++) for (let j = 0; j < s; j++) if (Math.abs(i - j) > half) pattern[i * keys + pastLen + j] = MASKED;
+          local = o.add(global, o.constFloat(pattern, [1, 1, s, keys]));
         }
         return local;
       };
@@ -256,7 +262,7 @@ function functions(cfg: ModernBertConfig): LmFunctions {
         const p = layerPrefix(i);
         const sliding = cfg.layerTypes[i] === 'sliding_attention';
         const rope = ropeFor(sliding ? cfg.localRopeTheta : cfg.globalRopeTheta);
-        const a = attention(o, w, `${p}.attn`, i === 0 ? x : norm(o, w, x, `${p}.attn_norm`), rope, sliding ? localBias() : global);
+        const a = attention(o, w, `${p}.attn`, i === 0 ? x : norm(o, w, x, `${p}.attn_norm`), rope, sliding ? localBias() : global, inp.past?.layers[i]);
         present.push(a.kv);
         x = o.add(x, a.out);
         const wi = lin(o, w, norm(o, w, x, `${p}.mlp_norm`), `${p}.mlp.Wi`, cfg.mlpBias);
@@ -281,7 +287,7 @@ export const modernbertFamily: ModelFamily<ModernBertConfig> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
-    past: { ptune: false, transformers: false },
+    past: { ptune: true, transformers: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     numLayers: cfg.numLayers,
