@@ -260,3 +260,27 @@ test('deep prompts take the first positions: a maxLength that leaves the prefix 
   const scores = await s.scores(items);
   assert.ok(scores.data.every(Number.isFinite));
 });
+
+test('DeBERTa-v2 and ModernBERT: deep prompts train (their prefix has no position, so a maxLength of every position is accepted); the PEFT export says PEFT cannot run them', async () => {
+  const { loadModel } = await import('../src/models/load.js');
+  for (const family of ['deberta-v2', 'modernbert']) {
+    const dir = modelDir(`tiny/${family}`);
+    const lm = await loadModel(dir);
+    try {
+      const c = config(dir, '{sentence} It was [MASK] .', { maxLength: lm.info.maxPositions, method: 'prefix', prefix: { numVirtualTokens: 4, projection: false } });
+      const s = await PTuningSession.create(c, lm);
+      const records = Array.from({ length: 8 }, (_, i) => ({ sentence: `w${i} good movie number ${i}`, label: String(i % 2) }));
+      const table = s.prefix!.params.get('embedding.weight')!;
+      const before = Float32Array.from(table.data);
+      const r = await s.trainInMemory({ train: records, dev: records.slice(0, 4), restoreBest: false });
+      assert.ok(Number.isFinite(r.lastDev!.score), `${family}: dev ${r.lastDev?.score}`);
+      assert.ok(table.data.some((x, i) => x !== before[i]), `${family}: the prefix did not train`);
+      const verdict = peftCompatibility(s);
+      assert.equal(verdict.reproducible, false);
+      assert.match(verdict.notes.join(' '), /takes no past keys and values/);
+      s.dispose({ keepLm: true });
+    } finally {
+      lm.dispose();
+    }
+  }
+});

@@ -324,7 +324,7 @@ export const debertaV2Family: ModelFamily<DebertaV2Config> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
-    past: { ptune: true, transformers: false },
+    past: { ptune: true, transformers: false, positioned: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     embeddingSize: cfg.embeddingSize,

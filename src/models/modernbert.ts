@@ -287,7 +287,7 @@ export const modernbertFamily: ModelFamily<ModernBertConfig> = {
   parseConfig,
   toHfConfig,
   describe: (cfg) => ({
-    past: { ptune: true, transformers: false },
+    past: { ptune: true, transformers: false, positioned: false },
     vocabSize: cfg.vocabSize,
     hiddenSize: cfg.hiddenSize,
     numLayers: cfg.numLayers,

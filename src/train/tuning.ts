@@ -189,7 +189,7 @@ export class PTuning {
       if (lm.info.past?.ptune === false) throw new UserError(`method "prefix": ${lm.info.family} models take no keys and values before the input here, so deep prompts cannot reach them (use ptuning or prompt-tuning)`);
       this.prefix = userInput(() => new PrefixEncoder({ ...config.prefix!, seed: config.encoder.seed }, lm.info));
       // the input's positions follow the prefix's (as in transformers with past keys and values)
-      const room = lm.info.maxPositions - config.prefix.numVirtualTokens;
+      const room = lm.info.maxPositions - (lm.info.past?.positioned === false ? 0 : config.prefix.numVirtualTokens);
       if (config.maxLength > room) {
         throw new UserError(`maxLength ${config.maxLength} and the ${config.prefix.numVirtualTokens} prefix positions are more than the ${lm.info.maxPositions} positions of ${lm.info.source}: give a maxLength of at most ${room}`);
       }
