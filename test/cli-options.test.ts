@@ -94,6 +94,7 @@ test('predict --top and fill --top must be ≥ 1', async () => {
 test('fewglue, lama and generate options are checked', async () => {
   await refused(['fewglue', '--model', bert, '--task', 'cb', '--eval-cap', '-1', '--out', freshOut()], /--eval-cap.*integer ≥ 0/);
   await refused(['fewglue', '--model', bert, '--task', 'cb', '--max-length', '1000', '--out', freshOut()], /--max-length.*128/);
+  await refused(['fewglue', '--model', bert, '--task', 'cb', '--seed-list', '2,x', '--out', freshOut()], /--seed-list.*integer.*"x"/);
   await refused(['lama', '--model', bert, '--data', path.join(shared, 'data/lama'), '--lr', '-1', '--out', freshOut()], /--lr.*> 0/);
   await refused(['lama', '--model', bert, '--data', path.join(shared, 'data/lama'), '--jobs', '0', '--out', freshOut()], /--jobs.*integer ≥ 1/);
   await refused(['generate', stories, '--top-p', '0'], /--top-p/);
@@ -206,4 +207,12 @@ test('--quantize: bad values and settings without it are refused by name; a run 
   const config = trainConfigFromOptions({ ...defaults, ...base, quantize: 'int4', quantBlock: '64', quantSymmetric: true }, given);
   assert.deepEqual(config.quantize, { bits: 4, blockSize: 64, symmetric: true });
   assert.equal(trainConfigFromOptions({ ...defaults, ...base, quantize: 'none' }, given).quantize, undefined);
+});
+
+test('fewglue --seed-list runs the seeds named, not 1..--seeds', async () => {
+  const out = freshOut();
+  const r = await runCli(['fewglue', '--model', bert, '--task', 'sst2', '--mode', 'bow', '--seed-list', '4,7', '--quiet', '--out', out]);
+  assert.equal(r.code, 0, r.text);
+  const report = JSON.parse(fs.readFileSync(path.join(out, 'report.json'), 'utf8')) as { runs: { seed: number }[] };
+  assert.deepEqual(report.runs.map((x) => x.seed).sort((a, b) => a - b), [4, 7]);
 });
