@@ -145,15 +145,23 @@ export function createRandomModel(
   tokenizer?: TextTokenizer,
   opts: AssembleOptions = {},
 ): LanguageModel {
+  const { family, config, tok, specs } = randomModelShape(modelType, overrides, tokenizer);
+  const values = randomValues(specs, seed);
+  const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
+  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok));
+}
+
+/** What a random model of `modelType` is made of: its family, configuration, tokenizer and weight specs. */
+export function randomModelShape(
+  modelType: string,
+  overrides: Record<string, number | boolean | string>,
+  tokenizer?: TextTokenizer,
+): { family: ModelFamily<unknown>; config: unknown; tok: TextTokenizer; specs: WeightSpec[] } {
   const family = familyFor(modelType, 'createRandomModel');
   if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
   const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
   const config = family.randomConfig(overrides, vocabSize, modelType);
-  const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
-  const specs = family.weights(config);
-  const values = randomValues(specs, seed);
-  const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
-  return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok));
+  return { family, config, tok: tokenizer ?? new SyntheticTokenizer(vocabSize), specs: family.weights(config) };
 }
 
 /** A causal model whose tokenizer and config name no BOS / EOS starts and ends texts with [CLS] / [SEP]. */

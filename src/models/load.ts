@@ -5,9 +5,9 @@ import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { randomStream, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { randomStream, type WeightSpec } from './common.js';
 import {
-  assemble, createRandomModel as createRandomFloatModel, locateWeights, randomFallbackIds, type AssembleOptions,
+  assemble, createRandomModel as createRandomFloatModel, locateWeights, randomFallbackIds, randomModelShape, type AssembleOptions,
 } from './assemble.js';
 import { familyFor } from './families.js';
 import { llamaFamily } from './llama.js';
@@ -77,7 +77,7 @@ export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<L
   const located = locateWeights(specs, stored, dirOrFile);
   let store: QuantizedStore | undefined;
   if (q) {
-    const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
+    const chosen = quantizedSpecs(family, config, specs);
     const files = [...new Set([...located.values()].map(([, t]) => t.file))].sort();
     const checksum = sourceChecksum(files, q.cacheDir ?? defaultQuantCache());
     store = QuantizedStore.open(checksum, dirOrFile, chosen, q, (name) => located.get(name)![1].read());
@@ -169,17 +169,12 @@ export function createRandomModel(
 ): LanguageModel {
   const q = quantizeSettings(opts);
   if (!q) return createRandomFloatModel(modelType, overrides, seed, tokenizer, opts);
-  const family = familyFor(modelType, 'createRandomModel');
-  if (!family.randomConfig) throw new Error(`createRandomModel: family ${family.name} has no random configuration`);
-  const vocabSize = (overrides.vocabSize as number | undefined) ?? tokenizer?.vocabSize ?? 30522;
-  const config = family.randomConfig(overrides, vocabSize, modelType);
-  const tok = tokenizer ?? new SyntheticTokenizer(vocabSize);
-  const specs = family.weights(config);
+  const { family, config, tok, specs } = randomModelShape(modelType, overrides, tokenizer);
   const params: ParamMap = new Map();
   let store: QuantizedStore;
   {
     // the values in order, one tensor at a time; the quantized ones are drawn only when the store is written
-    const chosen = quantizedSpecs(family as ModelFamily<unknown>, config, specs);
+    const chosen = quantizedSpecs(family, config, specs);
     const recipe = JSON.stringify({ random: family.name, modelType, config, seed, generator: 1 });
     const checksum = crypto.createHash('sha256').update(recipe).digest('hex');
     // the store reads the quantized weights in spec order; the others drawn on the way wait in `pending`
