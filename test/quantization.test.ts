@@ -8,13 +8,14 @@ import {
   dequantizeMatrix,
   dequantizeTransposed,
   quantizeMatrix,
+  quantizedShapes,
   rowBytes,
   transposeMatrix,
   zeroPointAt,
   type QuantizedMatrix,
   type QuantSettings,
 } from '../src/engine/quant.js';
-import { tf, initOracle, tfOps, maxAbsDiff } from './oracle/index.js';
+import { tf, initOracle, tfOps, maxAbsDiff, tfQuantized } from './oracle/index.js';
 import { cosine } from './fixtures.js';
 
 before(async () => {
@@ -125,34 +126,21 @@ test('quantized layout: 4-bit values two to a byte (low nibble first), zero poin
 // the quantized dense op: ONNX Runtime's MatMulNBits against the oracle's dequantize + matmul
 
 function symTensors(b: ProgramBuilder, q: QuantizedMatrix, name: string, transposed?: QuantizedMatrix, activations: 'int8' | 'float32' = 'int8'): QuantizedTensors<Sym> {
-  const blocks = blockCount(q.k, q.blockSize);
-  const bytes = rowBytes(q.k, q);
+  const shape = quantizedShapes(q);
   return {
     n: q.n,
     k: q.k,
     bits: q.bits,
     blockSize: q.blockSize,
-    data: b.g.constant(q.data, [q.n, blocks, bytes.data / blocks], 'uint8', `${name}.data`),
-    scales: b.g.constant(q.scales, [q.n, blocks], 'float32', `${name}.scales`),
-    ...(q.zeroPoints && { zeroPoints: b.g.constant(q.zeroPoints, [q.n, bytes.zeroPoints], 'uint8', `${name}.zp`) }),
+    data: b.g.constant(q.data, shape.data, 'uint8', `${name}.data`),
+    scales: b.g.constant(q.scales, shape.scales, 'float32', `${name}.scales`),
+    ...(q.zeroPoints && { zeroPoints: b.g.constant(q.zeroPoints, shape.zeroPoints, 'uint8', `${name}.zp`) }),
     activations,
     ...(transposed && { transposed: symTensors(b, transposed, `${name}.T`, undefined, activations) }),
   };
 }
 
-function tfTensors(q: QuantizedMatrix): QuantizedTensors<tf.Tensor> {
-  const blocks = blockCount(q.k, q.blockSize);
-  const bytes = rowBytes(q.k, q);
-  return {
-    n: q.n,
-    k: q.k,
-    bits: q.bits,
-    blockSize: q.blockSize,
-    data: tf.tensor(Int32Array.from(q.data), [q.n, blocks, bytes.data / blocks], 'int32'),
-    scales: tf.tensor(q.scales, [q.n, blocks], 'float32'),
-    ...(q.zeroPoints && { zeroPoints: tf.tensor(Int32Array.from(q.zeroPoints), [q.n, bytes.zeroPoints], 'int32') }),
-  };
-}
+const tfTensors = (q: QuantizedMatrix) => tfQuantized(q, q.data, q.scales, q.zeroPoints);
 
 interface DenseCase {
   s: QuantSettings;

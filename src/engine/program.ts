@@ -1,6 +1,6 @@
 import { Graph, OnnxOps, gradients, type DType, type Sym } from './onnx/index.js';
 import type { QuantizedTensors, WeightLayout } from './ops.js';
-import { blockCount, rowBytes, type QuantBits } from './quant.js';
+import { quantizedShapes, type QuantBits } from './quant.js';
 import { getRuntime, releaseNow, type RuntimeSession } from './runtime.js';
 import type { HostTensor, Parameter } from './tensor.js';
 
@@ -86,8 +86,7 @@ export class ProgramBuilder {
   }
 
   private quantizedTensors(prefix: string, q: StoredQuantized, source: QuantizedSource, activations: 'int8' | 'float32'): QuantizedTensors<Sym> {
-    const blocks = blockCount(q.k, q.blockSize);
-    const bytes = rowBytes(q.k, q);
+    const shape = quantizedShapes(q);
     const constant = (suffix: string, s: FileSlice, shape: number[], dtype: DType) => {
       const name = `${prefix}.${suffix}`;
       this.external.set(name, { source, ...s });
@@ -102,9 +101,9 @@ export class ProgramBuilder {
       k: q.k,
       bits: q.bits,
       blockSize: q.blockSize,
-      data: constant('data', q.data, [q.n, blocks, bytes.data / blocks], 'uint8'),
-      scales: constant('scales', q.scales, [q.n, blocks], 'float32'),
-      ...(q.zeroPoints && { zeroPoints: constant('zero_points', q.zeroPoints, [q.n, bytes.zeroPoints], 'uint8') }),
+      data: constant('data', q.data, shape.data, 'uint8'),
+      scales: constant('scales', q.scales, shape.scales, 'float32'),
+      ...(q.zeroPoints && { zeroPoints: constant('zero_points', q.zeroPoints, shape.zeroPoints, 'uint8') }),
       activations,
       ...(q.transposed && { transposed: this.quantizedTensors(`${prefix}.T`, q.transposed, source, activations) }),
     };

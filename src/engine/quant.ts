@@ -58,6 +58,13 @@ export function rowBytes(k: number, s: Pick<QuantSettings, 'bits' | 'blockSize'>
   return { data: (blocks * s.blockSize * s.bits) / 8, zeroPoints: Math.ceil((blocks * s.bits) / 8) };
 }
 
+/** The tensor shapes of a quantized [n, k] matrix as MatMulNBits reads them: data, scales and zero points. */
+export function quantizedShapes(q: Pick<QuantSettings, 'bits' | 'blockSize'> & { n: number; k: number }): { data: number[]; scales: number[]; zeroPoints: number[] } {
+  const blocks = blockCount(q.k, q.blockSize);
+  const bytes = rowBytes(q.k, q);
+  return { data: [q.n, blocks, bytes.data / blocks], scales: [q.n, blocks], zeroPoints: [q.n, bytes.zeroPoints] };
+}
+
 /**
  * Candidate ranges of a block, as multiples of its largest magnitude (symmetric) or of its extremes
  * (asymmetric): 1 keeps every value inside the range; below 1 clips the outliers a little to give the rest finer

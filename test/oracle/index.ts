@@ -9,28 +9,37 @@ import type { TokenBatch } from '../../src/models/forward.js';
 import { tf, initOracle } from './backend.js';
 import { tfOps } from './tfjs-ops.js';
 import type { QuantizedTensors } from '../../src/engine/ops.js';
-import { blockCount, rowBytes } from '../../src/engine/quant.js';
+import { quantizedShapes, type QuantSettings } from '../../src/engine/quant.js';
 
 export { tf, initOracle, tfOps };
 
-/** A stored quantized weight's tensors, read back from its store, as the oracle's tensors (bytes as int32). */
-export function oracleQuantized(lm: LanguageModel, name: string): QuantizedTensors<tf.Tensor> {
-  const store = lm.quantized;
-  const e = store?.entries.get(name);
-  if (!store || !e) throw new Error(`oracle: ${name} is not quantized`);
-  const q = e.stored;
-  const blocks = blockCount(q.k, q.blockSize);
-  const bytes = rowBytes(q.k, q);
-  const raw = store.read(q.scales);
+/** A quantized [n, k] matrix's bytes and scales as the oracle's tensors (bytes as int32). */
+export function tfQuantized(
+  q: Pick<QuantSettings, 'bits' | 'blockSize'> & { n: number; k: number },
+  data: Uint8Array,
+  scales: Float32Array,
+  zeroPoints?: Uint8Array,
+): QuantizedTensors<tf.Tensor> {
+  const shape = quantizedShapes(q);
   return {
     n: q.n,
     k: q.k,
     bits: q.bits,
     blockSize: q.blockSize,
-    data: tf.tensor(Int32Array.from(store.read(q.data)), [q.n, blocks, bytes.data / blocks], 'int32'),
-    scales: tf.tensor(new Float32Array(raw.buffer, 0, raw.length / 4), [q.n, blocks], 'float32'),
-    ...(q.zeroPoints && { zeroPoints: tf.tensor(Int32Array.from(store.read(q.zeroPoints)), [q.n, bytes.zeroPoints], 'int32') }),
+    data: tf.tensor(Int32Array.from(data), shape.data, 'int32'),
+    scales: tf.tensor(scales, shape.scales, 'float32'),
+    ...(zeroPoints && { zeroPoints: tf.tensor(Int32Array.from(zeroPoints), shape.zeroPoints, 'int32') }),
   };
+}
+
+/** A stored quantized weight's tensors, read back from its store, as the oracle's tensors. */
+export function oracleQuantized(lm: LanguageModel, name: string): QuantizedTensors<tf.Tensor> {
+  const store = lm.quantized;
+  const e = store?.entries.get(name);
+  if (!store || !e) throw new Error(`oracle: ${name} is not quantized`);
+  const q = e.stored;
+  const raw = store.read(q.scales);
+  return tfQuantized(q, store.read(q.data), new Float32Array(raw.buffer, 0, raw.length / 4), q.zeroPoints && store.read(q.zeroPoints));
 }
 
 /**

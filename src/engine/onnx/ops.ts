@@ -1,4 +1,5 @@
 import type { Ops, QuantizedTensors, WeightLayout } from '../ops.js';
+import { blockCount, rowBytes } from '../quant.js';
 import { Graph, Sym, type DType } from './graph.js';
 
 const GELU_TANH_C = Math.sqrt(2 / Math.PI);
@@ -161,7 +162,7 @@ export class OnnxOps implements Ops<Sym> {
    */
   dequantize(w: QuantizedTensors<Sym>, notBefore?: Sym): Sym {
     const { n, k, bits, blockSize } = w;
-    const blocks = Math.ceil(k / blockSize);
+    const blocks = blockCount(k, blockSize);
     const gated = (x: Sym) => (notBefore ? this.after(x, notBefore) : x);
     const ints = gated(this.cast(w.data, 'int32'));
     const nibbles = (x: Sym, count: number) => {
@@ -255,9 +256,8 @@ export class OnnxOps implements Ops<Sym> {
 
   /** Rows of a quantized Ŵ [n, k] at `ids`, dequantized (ORT's com.microsoft.GatherBlockQuantized): ids.shape + [k]. */
   gatherQuantized(w: QuantizedTensors<Sym>, ids: Sym): Sym {
-    const blocks = Math.ceil(w.k / w.blockSize);
-    const bytes = (blocks * w.blockSize * w.bits) / 8;
-    const data = this.reshape(w.data, [w.n, bytes]);
+    const blocks = blockCount(w.k, w.blockSize);
+    const data = this.reshape(w.data, [w.n, rowBytes(w.k, w).data]);
     const inputs = [data, ids, w.scales, ...(w.zeroPoints ? [w.zeroPoints] : [])];
     const attrs = { gather_axis: 0, quantize_axis: 1, block_size: w.blockSize, bits: w.bits };
     const rows = this.graph.op1('GatherBlockQuantized', inputs, [...ids.shape, blocks * w.blockSize], 'float32', attrs, 'com.microsoft');
