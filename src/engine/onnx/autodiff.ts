@@ -259,12 +259,9 @@ export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[], opts: { recom
  * computed from constants alone are left to the backward graph.
  */
 export function savedForBackward(graph: Graph, forwardNodes: number): Sym[] {
-  const varying = new Set(graph.inputs.map((s) => s.name));
-  const produced = new Set<string>();
-  graph.nodes.slice(0, forwardNodes).forEach((n) => {
-    for (const o of n.outputs) produced.add(o);
-    if (n.inputs.some((i) => varying.has(i))) for (const o of n.outputs) varying.add(o);
-  });
+  const forward = graph.nodes.slice(0, forwardNodes);
+  const varying = varyingValues(graph, forward);
+  const produced = new Set(forward.flatMap((n) => n.outputs));
   const saved = new Map<string, Sym>();
   for (const n of graph.nodes.slice(forwardNodes)) {
     n.inputSyms.forEach((s) => {
@@ -272,6 +269,13 @@ export function savedForBackward(graph: Graph, forwardNodes: number): Sym[] {
     });
   }
   return [...saved.values()];
+}
+
+/** The graph's inputs and the values of `nodes` that depend on one (the rest is computed from constants alone). */
+function varyingValues(graph: Graph, nodes: GraphNode[]): Set<string> {
+  const varying = new Set(graph.inputs.map((s) => s.name));
+  for (const n of nodes) if (n.inputs.some((i) => varying.has(i))) for (const o of n.outputs) varying.add(o);
+  return varying;
 }
 
 /**
@@ -286,8 +290,9 @@ export function savedForBackward(graph: Graph, forwardNodes: number): Sym[] {
  */
 class Recompute {
   private readonly segments: { start: number; end: number }[] = [];
-  /** forward values depending on a graph input (only those are recomputed) */
-  private readonly varying = new Set<string>();
+  /** graph inputs and the forward values depending on one (only those are recomputed) */
+  private readonly varying: Set<string>;
+  private readonly inputs: Set<string>;
   /** original node index → the node the backward reads */
   private readonly copies = new Map<number, GraphNode>();
   private readonly copied = new Set<{ start: number; end: number }>();
@@ -298,8 +303,8 @@ class Recompute {
   ) {
     const marks = o.graph.checkpoints.filter((m) => m <= forward.length);
     for (let k = 0; k + 1 < marks.length; k++) if (marks[k + 1]! > marks[k]!) this.segments.push({ start: marks[k]!, end: marks[k + 1]! });
-    for (const s of o.graph.inputs) this.varying.add(s.name);
-    for (const n of forward) if (n.inputs.some((i) => this.varying.has(i))) for (const out of n.outputs) this.varying.add(out);
+    this.varying = varyingValues(o.graph, forward);
+    this.inputs = new Set(o.graph.inputs.map((s) => s.name));
   }
 
   /** The node whose values the rule of forward node `i` reads, given the gradient `g` arriving there. */
@@ -318,14 +323,13 @@ class Recompute {
   private copy(start: number, last: number, g: Sym): void {
     const o = this.o;
     const graph = o.graph;
-    const inputs = new Set(graph.inputs.map((s) => s.name));
     const produced = new Set(this.forward.slice(start, last + 1).flatMap((n) => n.outputs));
     const renamed = new Map<string, Sym>();
     const input = (s: Sym): Sym => {
       const r = renamed.get(s.name);
       if (r) return r;
       // an activation from before the segment (a float computed from an input): read once g exists
-      if (!produced.has(s.name) && this.varying.has(s.name) && !inputs.has(s.name) && s.dtype === 'float32') {
+      if (!produced.has(s.name) && this.varying.has(s.name) && !this.inputs.has(s.name) && s.dtype === 'float32') {
         const gated = o.after(s, g);
         renamed.set(s.name, gated);
         return gated;
