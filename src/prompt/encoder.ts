@@ -219,38 +219,35 @@ export class PromptEncoder {
 /**
  * One bidirectional LSTM layer over the whole sequence x [n, in] → [n, 2h] (forward | backward), as torch.nn.LSTM
  * with zero initial states: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
- * Both directions run as one batch of two recurrences (the backward one over the reversed sequence), so each
- * time step is one set of ops for both.
+ * Each direction reads its own weights as they are (stacking the two directions' weights would copy them on every
+ * run and keep the copy alive for the backward pass).
  */
 function lstmLayer<T>(o: Ops<T>, w: (name: string) => T, hs: number, x: T, layer: number): T {
   const n = o.shape(x)[0]!;
-  const both = (name: string) => {
-    const pair = [w(`lstm_head.${name}_l${layer}`), w(`lstm_head.${name}_l${layer}_reverse`)];
-    return o.concat(pair.map((t) => o.expandDims(t, 0)), 0);
-  };
   const reversed = o.constInt(Array.from({ length: n }, (_, i) => n - 1 - i), [n]);
-  const xs = o.concat([o.expandDims(x, 0), o.expandDims(o.gather(x, reversed), 0)], 0); // [2, n, in]
-  const bias = o.reshape(o.add(both('bias_ih'), both('bias_hh')), [2, 1, 4 * hs]);
-  const inputGates = o.add(o.matmul(xs, both('weight_ih'), true), bias); // [2, n, 4h], all steps at once
-  const whh = both('weight_hh'); // [2, 4h, h]
-  const outs: T[] = [];
-  let h: T | null = null;
-  let c: T | null = null;
-  for (let t = 0; t < n; t++) {
-    let gates = o.slice(inputGates, [0, t, 0], [2, 1, 4 * hs]);
-    if (h) gates = o.add(gates, o.matmul(h, whh, true));
-    const gate = (k: number) => o.slice(gates, [0, 0, k * hs], [2, 1, hs]);
-    const i = o.sigmoid(gate(0));
-    const f = o.sigmoid(gate(1));
-    const g = o.tanh(gate(2));
-    const og = o.sigmoid(gate(3));
-    c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
-    h = o.mul(og, o.tanh(c));
-    outs.push(h);
-  }
-  const all = o.concat(outs, 1); // [2, n, h]: the backward direction in reversed time
-  const fwd = o.reshape(o.slice(all, [0, 0, 0], [1, n, hs]), [n, hs]);
-  const bwd = o.gather(o.reshape(o.slice(all, [1, 0, 0], [1, n, hs]), [n, hs]), reversed);
+  const direction = (suffix: string, xs: T): T => {
+    const p = (name: string) => w(`lstm_head.${name}_l${layer}${suffix}`);
+    const inputGates = o.dense(xs, p('weight_ih'), o.add(p('bias_ih'), p('bias_hh'))); // [n, 4h]
+    const whh = p('weight_hh'); // [4h, h]
+    const outs: T[] = [];
+    let h: T | null = null;
+    let c: T | null = null;
+    for (let t = 0; t < n; t++) {
+      let gates = o.slice(inputGates, [t, 0], [1, 4 * hs]);
+      if (h) gates = o.add(gates, o.matmul(h, whh, true));
+      const gate = (k: number) => o.slice(gates, [0, k * hs], [1, hs]);
+      const i = o.sigmoid(gate(0));
+      const f = o.sigmoid(gate(1));
+      const g = o.tanh(gate(2));
+      const og = o.sigmoid(gate(3));
+      c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
+      h = o.mul(og, o.tanh(c));
+      outs.push(h);
+    }
+    return o.concat(outs, 0); // [n, h] in the direction's own time order
+  };
+  const fwd = direction('', x);
+  const bwd = o.gather(direction('_reverse', o.gather(x, reversed)), reversed);
   return o.concat([fwd, bwd], 1);
 }
 
