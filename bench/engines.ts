@@ -49,13 +49,14 @@ const PSEUDO = 9;
 
 /** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128). */
 function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[]; checkpointing: boolean } {
-  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-zp|-sym|-deq)*))?(-gc)?$/.exec(e);
-  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int4, ort-int4-b128, ort-int4-gc, ...)`);
+  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-ch|-zp|-sym|-deq)*))?(-gc)?$/.exec(e);
+  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int8-ch, ort-int4, ort-int4-b128, ort-int4-gc, ...)`);
   const quantize: string[] = [];
   if (m[2]) {
     quantize.push('--quantize', m[2]);
     for (const part of (m[3] ?? '').split('-').filter(Boolean)) {
       if (part.startsWith('b')) quantize.push('--quant-block', part.slice(1));
+      if (part === 'ch') quantize.push('--quant-block', 'channel');
       if (part === 'zp') quantize.push('--quant-zero-points');
       if (part === 'sym') quantize.push('--quant-symmetric');
       if (part === 'deq') quantize.push('--quant-backward', 'dequantize');
@@ -141,7 +142,7 @@ async function child(key: string, modes: Mode[], reps: number): Promise<void> {
   const rt = await getRuntime();
   const quantize = quantizeFrom({
     quantize: arg('quantize') as QuantizeCliOptions['quantize'],
-    quantBlock: arg('quant-block') === undefined ? undefined : Number(arg('quant-block')),
+    quantBlock: arg('quant-block'),
     quantZeroPoints: process.argv.includes('--quant-zero-points'),
     quantSymmetric: process.argv.includes('--quant-symmetric'),
     quantBackward: arg('quant-backward') as QuantizeCliOptions['quantBackward'],

@@ -192,7 +192,9 @@ test('every option a command declares reaches its schema (none is dropped silent
 test('--quantize: bad values and settings without it are refused by name; a run records it; LM-tuning modes refuse it by name', async () => {
   await refused(train('--quantize', 'int3'), /^ptune: --quantize: expected one of int8, int4, none, fp32, got "int3"/);
   await refused(train('--quant-block', '64'), /--quant-block.*need --quantize int8\|int4/);
-  await refused(train('--quantize', 'int4', '--quant-block', '48'), /--quant-block: expected 32, 64 or 128, got 48/);
+  await refused(train('--quantize', 'int4', '--quant-block', '48'), /--quant-block: expected 32, 64, 128 or channel, got 48/);
+  await refused(train('--quantize', 'int4', '--quant-block', 'channel'), /--quant-block channel: int8 with symmetric scales/);
+  await refused(train('--quantize', 'int8', '--quant-block', 'channel', '--quant-backward', 'dequantize'), /--quant-block channel: int8 with symmetric scales/);
   await refused(train('--quantize', 'int8', '--tune-lm'), /--quantize cannot be combined with --tune-lm/);
   await refused(['lama', '--model', bert, '--data', path.join(shared, 'data/lama'), '--out', freshOut(), '--mode', 'ptune,ptune-lm', '--relations', 'P103', '--quantize', 'int8', '--quiet'], /--quantize cannot be combined with the ptune-lm mode/);
   await refused(['fewglue', '--model', bert, '--task', 'rte', '--out', freshOut(), '--mode', 'ptune,manual-lm,finetune', '--quantize', 'int4', '--quiet'], /--quantize cannot be combined with the manual-lm, finetune modes/);
@@ -206,6 +208,7 @@ test('--quantize: bad values and settings without it are refused by name; a run 
   };
   const config = trainConfigFromOptions({ ...defaults, ...base, quantize: 'int4', quantBlock: '64', quantSymmetric: true }, given);
   assert.deepEqual(config.quantize, { bits: 4, blockSize: 64, symmetric: true });
+  assert.deepEqual(trainConfigFromOptions({ ...defaults, ...base, quantize: 'int8', quantBlock: 'channel' }, given).quantize, { bits: 8, blockSize: 'channel' });
   assert.equal(trainConfigFromOptions({ ...defaults, ...base, quantize: 'none' }, given).quantize, undefined);
 });
 

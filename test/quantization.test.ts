@@ -8,8 +8,10 @@ import {
   dequantizeMatrix,
   dequantizeTransposed,
   quantizeMatrix,
+  quantAt,
   quantizedShapes,
   rowBytes,
+  transposeBytes,
   transposeMatrix,
   zeroPointAt,
   type QuantizedMatrix,
@@ -39,7 +41,9 @@ function weights(n: number, k: number, seed: number): Float32Array {
   return w;
 }
 
-const SETTINGS: QuantSettings[] = [
+type BlockSettings = QuantSettings & { blockSize: 32 | 64 | 128 };
+
+const SETTINGS: BlockSettings[] = [
   { bits: 8, blockSize: 32, symmetric: true },
   { bits: 8, blockSize: 64, symmetric: false },
   { bits: 4, blockSize: 32, symmetric: true },
@@ -47,10 +51,11 @@ const SETTINGS: QuantSettings[] = [
   { bits: 4, blockSize: 128, symmetric: true },
   { bits: 8, blockSize: 128, symmetric: false },
 ];
+const CHANNEL: QuantSettings = { bits: 8, blockSize: 'channel', symmetric: true };
 const label = (s: QuantSettings) => `int${s.bits} block ${s.blockSize} ${s.symmetric ? 'symmetric' : 'zero points'}`;
 
 /** Squared error of plain round-to-nearest over the block's whole range (what the scale search must not exceed). */
-function plainBlockError(w: Float32Array, s: QuantSettings): number {
+function plainBlockError(w: Float32Array, s: { bits: number; symmetric: boolean }): number {
   const levels = (1 << s.bits) - 1;
   const mid = 1 << (s.bits - 1);
   let lo = 0, hi = 0;
@@ -104,7 +109,7 @@ test('quantize → dequantize: values inside a block\'s range within half a step
 });
 
 test('quantized layout: 4-bit values two to a byte (low nibble first), zero points packed alike, Ŵᵀ written transposed', () => {
-  const s: QuantSettings = { bits: 4, blockSize: 32, symmetric: false };
+  const s: BlockSettings = { bits: 4, blockSize: 32, symmetric: false };
   const [n, k] = [5, 96];
   const w = weights(n, k, 3);
   const q = quantizeMatrix(w, n, k, s);
@@ -132,7 +137,8 @@ function symTensors(b: ProgramBuilder, q: QuantizedMatrix, name: string, transpo
     k: q.k,
     bits: q.bits,
     blockSize: q.blockSize,
-    data: b.g.constant(q.data, shape.data, 'uint8', `${name}.data`),
+    ...(q.signed && { signed: true, columns: b.g.constant(transposeBytes(q.data, q.n, q.k), [q.k, q.n], 'int8', `${name}.columns`) }),
+    data: b.g.constant(q.data, shape.data, q.signed ? 'int8' : 'uint8', `${name}.data`),
     scales: b.g.constant(q.scales, shape.scales, 'float32', `${name}.scales`),
     ...(q.zeroPoints && { zeroPoints: b.g.constant(q.zeroPoints, shape.zeroPoints, 'uint8', `${name}.zp`) }),
     activations,
@@ -251,8 +257,8 @@ test('quantizedDense input gradient: exact for the quantized forward (dequantize
   }
 });
 
-test('dequantize and GatherBlockQuantized in a program: the same Ŵ as the host', async () => {
-  for (const s of [SETTINGS[1]!, SETTINGS[2]!, SETTINGS[3]!]) {
+test('dequantize and GatherBlockQuantized in a program: the same Ŵ as the host (per channel too)', async () => {
+  for (const s of [SETTINGS[1]!, SETTINGS[2]!, SETTINGS[3]!, CHANNEL]) {
     const [n, k] = [12, 200];
     const q = quantizeMatrix(weights(n, k, 4), n, k, s);
     const ids = Int32Array.of(3, 0, 11, 3);
@@ -266,7 +272,85 @@ test('dequantize and GatherBlockQuantized in a program: the same Ŵ as the host'
     const r = await programs.run(p, { ids: { data: ids, shape: [4] } }, () => undefined);
     const deq = dequantizeMatrix(q);
     assert.deepEqual(Array.from(r.outputs.all!.data as Float32Array), Array.from(deq), label(s));
+    assert.ok(deq.some((v) => v !== 0), label(s));
     const rows = Array.from(ids).flatMap((i) => Array.from(deq.subarray(i * k, (i + 1) * k)));
     assert.ok(maxAbsDiff(r.outputs.rows!.data as Float32Array, rows) <= 1e-7, `${label(s)}: gathered rows`);
   }
+});
+
+// ---------------------------------------------------------------------------------------------------------
+// per channel: int8 weights with one scale per output feature, ONNX Runtime's integer GEMM
+
+test('per channel: one scale per row, signed bytes, values within half a step (clipped ones at the ends), [k, n] integers the same ones transposed', () => {
+  for (const [n, k] of [[24, 256], [7, 200]] as const) {
+    const w = weights(n, k, 31 + n);
+    w.fill(0, 0, k);
+    const q = quantizeMatrix(w, n, k, CHANNEL);
+    assert.equal(q.signed, true);
+    assert.equal(q.blockSize, k);
+    assert.equal(q.zeroPoints, undefined);
+    assert.equal(q.data.length, n * k);
+    assert.equal(q.scales.length, n);
+    assert.deepEqual(quantizedShapes(q), { data: [n, k], scales: [n], zeroPoints: [] });
+    const back = dequantizeMatrix(q);
+    let nonzero = 0;
+    for (let r = 0; r < n; r++) {
+      const scale = q.scales[r]!;
+      for (let i = 0; i < k; i++) {
+        const [v, d, iq] = [w[r * k + i]!, back[r * k + i]!, quantAt(q, r, i)];
+        assert.ok(Number.isInteger(iq) && iq >= -128 && iq <= 127, `(${r},${i}): ${iq}`);
+        assert.equal(d, Math.fround(iq * scale));
+        if (iq !== 0) nonzero++;
+        if (v < -128 * scale - scale / 2) assert.equal(iq, -128);
+        else if (v > 127 * scale + scale / 2) assert.equal(iq, 127);
+        else assert.ok(Math.abs(v - d) <= (scale / 2) * (1 + 1e-5) + 1e-12, `[${n},${k}] (${r},${i}): |${v} - ${d}| > ${scale / 2}`);
+      }
+      if (r > 0) {
+        // no row is worse than plain round-to-nearest over its whole range
+        const row = w.subarray(r * k, (r + 1) * k);
+        let err = 0;
+        for (let i = 0; i < k; i++) err += (row[i]! - back[r * k + i]!) ** 2;
+        assert.ok(err <= plainBlockError(row, CHANNEL) * (1 + 1e-4) + 1e-15, `row ${r}`);
+      }
+    }
+    assert.ok(nonzero > n * k * 0.5);
+    const t = transposeBytes(q.data, n, k);
+    for (const [r, c] of [[0, 0], [1, 5], [n - 1, k - 1], [3, 100]] as const) assert.equal(t[c * n + r], q.data[r * k + c]);
+  }
+  assert.throws(() => quantizeMatrix(new Float32Array(64), 2, 32, { bits: 4, blockSize: 'channel', symmetric: true }), /per-channel scales are for symmetric int8 only/);
+  assert.throws(() => quantizeMatrix(new Float32Array(64), 2, 32, { bits: 8, blockSize: 'channel', symmetric: false }), /per-channel scales are for symmetric int8 only/);
+});
+
+test('quantizedDense per channel: the integer GEMM within 1% of the float product of the same Ŵ (bias, batched rows, k not a power of two)', async () => {
+  for (const [xShape, n, withBias] of [[[16, 256], 64, false], [[2, 3, 200], 24, true], [[5, 96], 40, true]] as const) {
+    const k = xShape[xShape.length - 1]!;
+    const q = quantizeMatrix(weights(n, k, k + n), n, k, CHANNEL);
+    const x = rand(xShape.reduce((a: number, b: number) => a * b, 1), 6);
+    const bias = withBias ? rand(n, 8, 0.5) : undefined;
+    const p: Program = {
+      key: `test channel dense ${programId++}`,
+      build: (b) => ({ outputs: { y: b.o.quantizedDense(b.input('x', [...xShape]), symTensors(b, q, 'w'), bias && b.o.constFloat(bias, [n])) } }),
+    };
+    const r = await programs.run(p, { x: { data: x, shape: [...xShape] } }, () => undefined);
+    assert.deepEqual(r.outputs.y!.shape, [...xShape.slice(0, -1), n]);
+    const expected = tf.tidy(() => tfOps.quantizedDense(tf.tensor(x, [...xShape]), tfTensors(q), bias && tf.tensor(bias)).dataSync() as Float32Array);
+    const scale = Math.max(...Array.from(expected, Math.abs));
+    const diff = maxAbsDiff(r.outputs.y!.data as Float32Array, expected);
+    assert.ok(diff <= 0.01 * scale, `[${xShape}] x [${n}, ${k}]ᵀ: ${diff} vs scale ${scale}`);
+  }
+});
+
+test('per-channel input gradient: (dY ⊙ s) q through the integer GEMM, within 2% of r Ŵ (r quantized to 8 bits per tensor on the way), the derivative of x Ŵᵀ', async () => {
+  const [m, k, n] = [8, 96, 40];
+  const q = quantizeMatrix(weights(n, k, 21), n, k, CHANNEL);
+  const x = rand(m * k, 9);
+  const r = rand(m * n, 10);
+  const bias = rand(n, 12, 0.3);
+  const c: DenseCase = { s: CHANNEL, xShape: [m, k], n, bias: true, accuracy: 4, backward: 'transposed' };
+  const out = await programs.run(denseProgram(c, q, undefined, bias, r), { x: { data: x, shape: [m, k] } }, () => undefined);
+  const got = out.wrt.x!.data as Float32Array;
+  const oracle = tf.tidy(() => tf.matMul(tf.tensor(r, [m, n]), tf.tensor(dequantizeMatrix(q), [n, k])).dataSync() as Float32Array);
+  const scale = Math.max(...Array.from(oracle, Math.abs));
+  assert.ok(maxAbsDiff(got, oracle) <= 0.02 * scale, `max diff ${maxAbsDiff(got, oracle)} vs scale ${scale}`);
+  assert.ok(cosine(got, oracle) >= 0.9999, `cosine ${cosine(got, oracle)}`);
 });

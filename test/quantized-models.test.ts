@@ -23,7 +23,7 @@ import { cosine, modelDir, runCli, shared } from './fixtures.js';
 const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-quant-test-'));
 after(() => fs.rmSync(cacheDir, { recursive: true, force: true }));
 
-const q = (bits: 4 | 8, more: Partial<{ blockSize: number; symmetric: boolean; backward: 'transposed' | 'dequantize'; activations: 'int8' | 'float32' }> = {}): LoadOptions => ({
+const q = (bits: 4 | 8, more: Partial<{ blockSize: 32 | 64 | 128 | 'channel'; symmetric: boolean; backward: 'transposed' | 'dequantize'; activations: 'int8' | 'float32' }> = {}): LoadOptions => ({
   quantize: { bits, cacheDir, ...more },
 });
 
@@ -34,7 +34,7 @@ function dequantizedTwin(lm: LanguageModel): LanguageModel {
     const s = e.stored;
     const scales = lm.quantized!.read(s.scales);
     const deq = dequantizeMatrix({
-      n: s.n, k: s.k, bits: s.bits, blockSize: s.blockSize,
+      n: s.n, k: s.k, bits: s.bits, blockSize: s.blockSize, ...(s.signed && { signed: true }),
       data: lm.quantized!.read(s.data),
       scales: new Float32Array(scales.buffer, 0, scales.length / 4),
       ...(s.zeroPoints && { zeroPoints: lm.quantized!.read(s.zeroPoints) }),
@@ -101,15 +101,16 @@ test('quantized programs compute the dequantized model: float32 products match i
   assert.ok(maxDiff(s1.data, s2.data) <= 1e-4 * Math.max(1, maxAbs(s2.data)), `label scores: ${maxDiff(s1.data, s2.data)}`);
 });
 
-test('quantized logits within the stated bound of fp32 (int8: 3% of the largest logit, int4: 25%), int8 activations included', async () => {
+test('quantized logits within the stated bound of fp32 (int8: 3% of the largest logit, int4: 25%), int8 activations and per-channel int8 included', async () => {
   for (const [name, batch, position] of [['bert', bertBatch, 6], ['gpt2', gptBatch, 7]] as const) {
     const ref = (await logitsAt(fp[name], batch, [{ row: 0, position }]))[0]!;
     const scale = maxAbs(ref);
-    for (const [bits, bound] of [[8, 0.03], [4, 0.25]] as const) {
-      const lm = await loadModel(modelDir(`${name}-mini-lama`), q(bits));
+    for (const [bits, bound, more] of [[8, 0.03, {}], [8, 0.03, { blockSize: 'channel' }], [4, 0.25, {}]] as const) {
+      const lm = await loadModel(modelDir(`${name}-mini-lama`), q(bits, more));
       const got = (await logitsAt(lm, batch, [{ row: 0, position }]))[0]!;
       const err = maxDiff(got, ref);
-      assert.ok(err <= bound * scale, `${name} int${bits}: max error ${err.toFixed(4)} > ${bound} × ${scale.toFixed(3)}`);
+      assert.ok(err <= bound * scale, `${name} int${bits} ${JSON.stringify(more)}: max error ${err.toFixed(4)} > ${bound} × ${scale.toFixed(3)}`);
+      assert.ok(err > 0, `${name} int${bits}: the quantized logits differ from fp32`);
     }
   }
 });
@@ -201,12 +202,20 @@ test('the quantized store: reused by the second load, a new one when the setting
     assert.deepEqual(Array.from(await logits(second)), Array.from(await logits(first)));
     // settings: another block size, symmetric blocks, the other backward each get their own store
     const stores = new Set([first.info.quantization!.store]);
-    for (const more of [{ blockSize: 64 }, { symmetric: true }, { backward: 'dequantize' as const }]) {
+    for (const more of [{ blockSize: 64 }, { symmetric: true }, { backward: 'dequantize' as const }, { bits: 8, blockSize: 'channel' as const }]) {
       const other = await loadModel(dir, opts(more));
       assert.equal(other.info.quantization!.reused, false, JSON.stringify(more));
       stores.add(other.info.quantization!.store);
+      if (more.blockSize === 'channel') {
+        // per channel: the int8 values twice ([n, k] and [k, n]) and a scale per row, nothing more
+        const q = other.info.quantization!;
+        const bytes = fs.statSync(path.join(q.store, 'weights.bin')).size;
+        assert.ok(bytes >= 2 * q.values && bytes < 2 * q.values * 1.1, `per channel: ${bytes} bytes for ${q.values} values`);
+        assert.equal(q.name, 'int8-ch');
+        assert.equal((await loadModel(dir, opts(more))).info.quantization!.reused, true);
+      }
     }
-    assert.equal(stores.size, 4);
+    assert.equal(stores.size, 5);
     // int8 activations or float32 products read the same store
     assert.equal((await loadModel(dir, opts({ activations: 'float32' }))).info.quantization!.store, first.info.quantization!.store);
     // the weights: one value of one linear weight changed (the file rewritten)
@@ -250,11 +259,11 @@ test('P-tuning a quantized LM: the step trains the encoder only and its gradient
     return { loss: r.loss, g: Float32Array.from(r.graded.flatMap((x) => Array.from(x.grad))) };
   };
   const ref = await grads({});
-  for (const bits of [8, 4] as const) {
-    const got = await grads(q(bits));
+  for (const [bits, more] of [[8, {}], [8, { blockSize: 'channel' }], [4, {}]] as const) {
+    const got = await grads(q(bits, more));
     const cos = cosine(ref.g, got.g);
-    assert.ok(cos >= (bits === 8 ? 0.99 : 0.9), `int${bits}: cosine ${cos}`);
-    assert.ok(Math.abs(got.loss - ref.loss) <= (bits === 8 ? 0.05 : 0.5) * Math.abs(ref.loss), `int${bits}: loss ${got.loss} vs ${ref.loss}`);
+    assert.ok(cos >= (bits === 8 ? 0.99 : 0.9), `int${bits} ${JSON.stringify(more)}: cosine ${cos}`);
+    assert.ok(Math.abs(got.loss - ref.loss) <= (bits === 8 ? 0.05 : 0.5) * Math.abs(ref.loss), `int${bits} ${JSON.stringify(more)}: loss ${got.loss} vs ${ref.loss}`);
   }
 });
 

@@ -35,7 +35,7 @@ export const globalSchema = z.object({
  */
 export const quantizeFields = {
   quantize: opt.choice(['int8', 'int4', 'none', 'fp32']).optional(),
-  quantBlock: opt.int(1).optional(),
+  quantBlock: z.string().optional(),
   quantZeroPoints: opt.flag(),
   quantSymmetric: opt.flag(),
   quantBackward: opt.choice(['transposed', 'dequantize']).optional(),
@@ -46,7 +46,7 @@ export const quantizeFields = {
 export function addQuantizeOptions(cmd: Command, what = 'the frozen LM'): Command {
   return cmd
     .option('--quantize <q>', `quantize ${what}'s linear weights at load: int8, int4 or none`)
-    .option('--quant-block <n>', 'quantization block size: 32, 64 or 128 (default 32)', asText)
+    .option('--quant-block <n>', 'quantization block size: 32, 64 or 128 (default 32), or channel (int8: one scale per output feature, integer GEMM)', asText)
     .option('--quant-zero-points', 'blocks with zero points (default for int4)')
     .option('--quant-symmetric', 'symmetric blocks (default for int8)')
     .option('--quant-backward <b>', "gradient to a layer's input: transposed (a quantized copy of W transposed, default) or dequantize")
@@ -55,7 +55,7 @@ export function addQuantizeOptions(cmd: Command, what = 'the frozen LM'): Comman
 
 export interface QuantizeCliOptions {
   quantize?: 'int8' | 'int4' | 'none' | 'fp32';
-  quantBlock?: number;
+  quantBlock?: string | number;
   quantZeroPoints?: boolean;
   quantSymmetric?: boolean;
   quantBackward?: 'transposed' | 'dequantize';
@@ -75,7 +75,11 @@ export function quantizeFrom(o: QuantizeCliOptions): QuantizeOptions | null | un
   }
   // the schemas check these already; callers without them (the bench) get the same messages
   if (o.quantize !== 'int8' && o.quantize !== 'int4') throw new UserError(`--quantize: expected int8, int4 or none, got ${JSON.stringify(o.quantize)}`);
-  if (o.quantBlock !== undefined && ![32, 64, 128].includes(o.quantBlock)) throw new UserError(`--quant-block: expected 32, 64 or 128, got ${o.quantBlock}`);
+  const block = o.quantBlock === undefined ? undefined : String(o.quantBlock) === 'channel' ? 'channel' : Number(o.quantBlock);
+  if (block !== undefined && block !== 'channel' && ![32, 64, 128].includes(block)) throw new UserError(`--quant-block: expected 32, 64, 128 or channel, got ${o.quantBlock}`);
+  if (block === 'channel' && (o.quantize !== 'int8' || o.quantZeroPoints || o.quantBackward === 'dequantize' || o.quantActivations === 'float32')) {
+    throw new UserError('--quant-block channel: int8 with symmetric scales, integer products in both directions (not with --quant-zero-points, --quant-backward dequantize or --quant-activations float32)');
+  }
   if (o.quantZeroPoints && o.quantSymmetric) throw new UserError('give --quant-zero-points or --quant-symmetric, not both');
   if (o.quantBackward !== undefined && o.quantBackward !== 'transposed' && o.quantBackward !== 'dequantize') {
     throw new UserError(`--quant-backward: expected transposed or dequantize, got ${JSON.stringify(o.quantBackward)}`);
@@ -85,7 +89,7 @@ export function quantizeFrom(o: QuantizeCliOptions): QuantizeOptions | null | un
   }
   return {
     bits: o.quantize === 'int8' ? 8 : 4,
-    ...(o.quantBlock !== undefined && { blockSize: o.quantBlock }),
+    ...(block !== undefined && { blockSize: block as 32 | 64 | 128 | 'channel' }),
     ...(o.quantZeroPoints && { symmetric: false }),
     ...(o.quantSymmetric && { symmetric: true }),
     ...(o.quantBackward !== undefined && { backward: o.quantBackward }),

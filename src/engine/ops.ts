@@ -27,6 +27,12 @@ export interface QuantizedTensors<T> {
   /** uint8 [n, ceil(kBlocks · bits / 8)]; absent: symmetric blocks (zero point 2^(bits-1)) */
   zeroPoints?: T;
   /**
+   * per channel (blockSize = k): `data` is int8 [n, k] (zero point 0), `scales` [n], and `columns` the same
+   * integers as [k, n], the operand of the forward's integer GEMM
+   */
+  signed?: boolean;
+  columns?: T;
+  /**
    * how an engine may multiply: 'int8' lets it quantize the activations to int8 per block and multiply in
    * integers (ONNX Runtime's accuracy level 4; default), 'float32' dequantizes and multiplies in float32
    */

@@ -23,6 +23,9 @@ export interface StoredQuantized {
   scales: FileSlice;
   zeroPoints?: FileSlice;
   transposed?: StoredQuantized;
+  /** per channel: `data` holds int8 [n, k], `columns` the same integers as [k, n] */
+  signed?: boolean;
+  columns?: FileSlice;
 }
 
 /** How a program reads a stored quantized weight. */
@@ -101,9 +104,10 @@ export class ProgramBuilder {
       k: q.k,
       bits: q.bits,
       blockSize: q.blockSize,
-      data: constant('data', q.data, shape.data, 'uint8'),
+      data: constant('data', q.data, shape.data, q.signed ? 'int8' : 'uint8'),
       scales: constant('scales', q.scales, shape.scales, 'float32'),
       ...(q.zeroPoints && { zeroPoints: constant('zero_points', q.zeroPoints, shape.zeroPoints, 'uint8') }),
+      ...(q.signed && { signed: true, ...(q.columns && { columns: constant('columns', q.columns, [q.k, q.n], 'int8') }) }),
       activations,
       ...(q.transposed && { transposed: this.quantizedTensors(`${prefix}.T`, q.transposed, source, activations) }),
     };

@@ -10,6 +10,10 @@
  * - `zeroPoints` (asymmetric only): uint8 [N, ceil(kBlocks · bits / 8)], packed like the data. Symmetric blocks
  *   store none: the kernel's default zero point 2^(bits-1) applies (8 or 128).
  *
+ * Per channel (`blockSize: 'channel'`, 8 bits, symmetric only): one block per row (blockSize = k) and the values
+ * stored as signed bytes q - 128 (`signed`; zero point 0), in the layout of ONNX Runtime's integer GEMM
+ * (`com.microsoft.DynamicQuantizeMatMul`, whose VNNI kernel multiplies uint8 activations by int8 weights).
+ *
  * Symmetric: scale = f · max |w| / (2^(bits-1) - 1), q = clamp(round(w / scale) + 2^(bits-1)); asymmetric: the
  * range [min(w, 0), max(w, 0)] (its ends possibly pulled in by f) over 2^bits - 1 steps, zero point
  * round(-min / scale). f is searched per block (SHRINK) for the least squared error, f = 1 (nothing clipped)
@@ -21,13 +25,14 @@ export type QuantBits = 4 | 8;
 
 export interface QuantSettings {
   bits: QuantBits;
-  /** values per block along the input axis: 32, 64 or 128 */
-  blockSize: number;
+  /** values per block along the input axis: 32, 64 or 128, or 'channel': one scale per output feature */
+  blockSize: BlockSize;
   /** symmetric blocks (no zero points) or blocks with a zero point each */
   symmetric: boolean;
 }
 
 export const BLOCK_SIZES = [32, 64, 128] as const;
+export type BlockSize = (typeof BLOCK_SIZES)[number] | 'channel';
 
 export interface QuantizedMatrix {
   /** rows (output features) */
@@ -35,7 +40,10 @@ export interface QuantizedMatrix {
   /** columns (input features) */
   k: number;
   bits: QuantBits;
+  /** values per block (k for a per-channel matrix) */
   blockSize: number;
+  /** the values as signed bytes q - 2^(bits-1), zero point 0 (per channel) */
+  signed?: boolean;
   data: Uint8Array;
   scales: Float32Array;
   zeroPoints?: Uint8Array;
@@ -43,8 +51,10 @@ export interface QuantizedMatrix {
 
 export function checkSettings(s: QuantSettings): void {
   if (s.bits !== 4 && s.bits !== 8) throw new Error(`quantize: bits must be 4 or 8, got ${String(s.bits)}`);
-  if (!(BLOCK_SIZES as readonly number[]).includes(s.blockSize)) {
-    throw new Error(`quantize: block size must be one of ${BLOCK_SIZES.join(', ')}, got ${s.blockSize}`);
+  if (s.blockSize === 'channel') {
+    if (s.bits !== 8 || !s.symmetric) throw new Error('quantize: per-channel scales are for symmetric int8 only');
+  } else if (!(BLOCK_SIZES as readonly unknown[]).includes(s.blockSize)) {
+    throw new Error(`quantize: block size must be one of ${BLOCK_SIZES.join(', ')} or channel, got ${String(s.blockSize)}`);
   }
 }
 
@@ -53,13 +63,15 @@ export function blockCount(k: number, blockSize: number): number {
 }
 
 /** Byte length of one row's data and zero points. */
-export function rowBytes(k: number, s: Pick<QuantSettings, 'bits' | 'blockSize'>): { data: number; zeroPoints: number } {
+export function rowBytes(k: number, s: { bits: QuantBits; blockSize: number }): { data: number; zeroPoints: number } {
   const blocks = blockCount(k, s.blockSize);
   return { data: (blocks * s.blockSize * s.bits) / 8, zeroPoints: Math.ceil((blocks * s.bits) / 8) };
 }
 
-/** The tensor shapes of a quantized [n, k] matrix as MatMulNBits reads them: data, scales and zero points. */
-export function quantizedShapes(q: Pick<QuantSettings, 'bits' | 'blockSize'> & { n: number; k: number }): { data: number[]; scales: number[]; zeroPoints: number[] } {
+/** The tensor shapes of a quantized [n, k] matrix as its kernel reads them: data, scales and zero points. */
+export function quantizedShapes(q: { bits: QuantBits; blockSize: number; n: number; k: number; signed?: boolean }): { data: number[]; scales: number[]; zeroPoints: number[] } {
+  // per channel: int8 [n, k] and one scale per row
+  if (q.signed) return { data: [q.n, q.k], scales: [q.n], zeroPoints: [] };
   const blocks = blockCount(q.k, q.blockSize);
   const bytes = rowBytes(q.k, q);
   return { data: [q.n, blocks, bytes.data / blocks], scales: [q.n, blocks], zeroPoints: [q.n, bytes.zeroPoints] };
@@ -120,9 +132,10 @@ function asymmetricBlock(w: Float32Array, from: number, to: number, lo: number, 
 export function quantizeMatrix(w: Float32Array, n: number, k: number, s: QuantSettings): QuantizedMatrix {
   checkSettings(s);
   if (w.length !== n * k) throw new Error(`quantize: ${w.length} values for [${n}, ${k}]`);
-  const { bits, blockSize } = s;
+  const { bits } = s;
+  const blockSize = s.blockSize === 'channel' ? k : s.blockSize;
   const blocks = blockCount(k, blockSize);
-  const bytes = rowBytes(k, s);
+  const bytes = rowBytes(k, { bits, blockSize });
   const data = new Uint8Array(n * bytes.data);
   const scales = new Float32Array(n * blocks);
   const zeroPoints = s.symmetric ? undefined : new Uint8Array(n * bytes.zeroPoints);
@@ -162,11 +175,16 @@ export function quantizeMatrix(w: Float32Array, n: number, k: number, s: QuantSe
       }
     }
   }
+  if (s.blockSize === 'channel') {
+    for (let i = 0; i < data.length; i++) data[i] ^= 0x80; // q - 128 as a two's-complement byte
+    return { n, k, bits, blockSize, signed: true, data, scales };
+  }
   return { n, k, bits, blockSize, data, scales, ...(zeroPoints && { zeroPoints }) };
 }
 
 /** The zero point of block `b` of row `r`. */
 export function zeroPointAt(m: QuantizedMatrix, r: number, b: number): number {
+  if (m.signed) return 0;
   if (!m.zeroPoints) return 1 << (m.bits - 1);
   const per = rowBytes(m.k, m).zeroPoints;
   const byte = m.zeroPoints[r * per + (m.bits === 8 ? b : b >> 1)]!;
@@ -176,6 +194,7 @@ export function zeroPointAt(m: QuantizedMatrix, r: number, b: number): number {
 /** The integer value of element (r, i). */
 export function quantAt(m: QuantizedMatrix, r: number, i: number): number {
   const per = rowBytes(m.k, m).data;
+  if (m.signed) return (m.data[r * per + i]! << 24) >> 24;
   if (m.bits === 8) return m.data[r * per + i]!;
   const byte = m.data[r * per + (i >> 1)]!;
   return i & 1 ? byte >> 4 : byte & 15;
@@ -199,6 +218,13 @@ export function transposeMatrix(w: Float32Array, n: number, k: number): Float32A
       for (let r = r0; r < r1; r++) for (let c = c0; c < c1; c++) out[c * n + r] = w[r * k + c]!;
     }
   }
+  return out;
+}
+
+/** The signed bytes of a per-channel [n, k] matrix transposed ([k, n]): the same integers, the GEMM's B operand. */
+export function transposeBytes(data: Uint8Array, n: number, k: number): Uint8Array {
+  const out = new Uint8Array(n * k);
+  for (let r = 0; r < n; r++) for (let c = 0; c < k; c++) out[c * n + r] = data[r * k + c]!;
   return out;
 }
 
@@ -234,7 +260,7 @@ function dequantizeRow(m: QuantizedMatrix, r: number, out: Float32Array, at: num
     const zp = zeroPointAt(m, r, b);
     const end = Math.min((b + 1) * blockSize, k);
     for (let i = b * blockSize; i < end; i++) {
-      const q = bits === 8 ? m.data[base + i]! : i & 1 ? m.data[base + (i >> 1)]! >> 4 : m.data[base + (i >> 1)]! & 15;
+      const q = m.signed ? (m.data[base + i]! << 24) >> 24 : bits === 8 ? m.data[base + i]! : i & 1 ? m.data[base + (i >> 1)]! >> 4 : m.data[base + (i >> 1)]! & 15;
       out[at + i] = (q - zp) * scale;
     }
   }

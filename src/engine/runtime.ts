@@ -135,6 +135,8 @@ export class Runtime {
             // but holds more at once: with gradient checkpointing, the mode for memory, it is off (the 1.1B int4
             // P-tuning step: 2,989 against 3,114 MiB at the same step time; BERT-base fp32 ~10 % slower without it)
             enableMemPattern: env?.PTUNE_ORT_MEMPATTERN ? env.PTUNE_ORT_MEMPATTERN !== '0' : !this.gradientCheckpointing,
+            // PTUNE_ORT_PROFILE=PREFIX: ONNX Runtime's per-node trace of every session, PREFIX_<date>.json (a diagnostic)
+            ...(env?.PTUNE_ORT_PROFILE && { enableProfiling: true, profileFilePrefix: env.PTUNE_ORT_PROFILE }),
             extra: {
               session: {
                 intra_op: { allow_spinning: spin },

@@ -61,7 +61,8 @@ export interface QuantizationInfo {
   /** int8, int4, int4-b64-zp, ... */
   name: string;
   bits: 4 | 8;
-  blockSize: number;
+  /** values per block, or 'channel' (one scale per output feature) */
+  blockSize: number | 'channel';
   symmetric: boolean;
   backward: 'transposed' | 'dequantize';
   activations: 'int8' | 'float32';

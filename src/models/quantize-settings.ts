@@ -2,13 +2,17 @@
  * Quantization settings (`--quantize int8|int4`, `LoadOptions.quantize`) and their names: nothing of Node's, so
  * the model (and ptune/web) can name a model's quantization without the store (src/models/quantize.ts).
  */
-import { checkSettings, type QuantBits } from '../engine/quant.js';
+import { checkSettings, type BlockSize, type QuantBits } from '../engine/quant.js';
 
 /** The library option: `{ bits: 8 }` is int8 with symmetric blocks of 32, `{ bits: 4 }` int4 with zero points. */
 export interface QuantizeOptions {
   bits: QuantBits;
-  /** values per block along a weight's input axis: 32 (default), 64 or 128 */
-  blockSize?: number;
+  /**
+   * values per block along a weight's input axis: 32 (default), 64 or 128; or 'channel' (int8 only): one scale
+   * per output feature, multiplied by ONNX Runtime's integer GEMM (DynamicQuantizeMatMul; the activations
+   * quantized to uint8 with one scale per tensor)
+   */
+  blockSize?: BlockSize;
   /**
    * symmetric blocks or blocks with a zero point each; default symmetric for int8 and zero points for int4 (a
    * 16-level grid fits a block's skewed range much better with its own zero: docs/quantization.md)
@@ -44,6 +48,9 @@ export function parseQuantize(value: string | QuantizeOptions | null | undefined
   checkSettings(s);
   if (s.backward !== 'transposed' && s.backward !== 'dequantize') throw new Error(`quantize: backward must be transposed or dequantize, got ${String(s.backward)}`);
   if (s.activations !== 'int8' && s.activations !== 'float32') throw new Error(`quantize: activations must be int8 or float32, got ${String(s.activations)}`);
+  if (s.blockSize === 'channel' && (s.backward !== 'transposed' || s.activations !== 'int8')) {
+    throw new Error('quantize: per-channel int8 multiplies integers in both directions (backward transposed, activations int8)');
+  }
   return s;
 }
 
@@ -54,7 +61,8 @@ function invalid(value: string): never {
 /** The short name of settings, as `--quantize` spells them plus the non-default parts (int4, int8-b64-zp, ...). */
 export function quantizeName(s: QuantizeSettings): string {
   const parts = [`int${s.bits}`];
-  if (s.blockSize !== 32) parts.push(`b${s.blockSize}`);
+  if (s.blockSize === 'channel') parts.push('ch');
+  else if (s.blockSize !== 32) parts.push(`b${s.blockSize}`);
   if (s.symmetric !== (s.bits === 8)) parts.push(s.symmetric ? 'sym' : 'zp');
   if (s.backward !== 'transposed') parts.push('deq');
   if (s.activations !== 'int8') parts.push('f32act');

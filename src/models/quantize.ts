@@ -8,7 +8,8 @@
  *
  * How: block-wise (src/engine/quant.ts), and with `backward: 'transposed'` (default) also Ŵᵀ quantized on its
  * own, so the gradient to a layer's input (dX = dY·Ŵ) runs as a quantized matmul too; `'dequantize'` keeps one
- * copy and multiplies dY by Ŵ dequantized in float32 instead.
+ * copy and multiplies dY by Ŵ dequantized in float32 instead. Per channel (int8), the store holds the integers
+ * twice, [n, k] and [k, n]: both directions run the integer GEMM on the same Ŵ.
  *
  * Where: a store per (source weights' checksum, settings, weight list) under the cache directory
  * (`cacheDir`, else `$PTUNE_CACHE_DIR/quantized`, else `~/.cache/ptune/quantized`): `weights.bin` (each tensor
@@ -28,6 +29,7 @@ import type { WeightLayout } from '../engine/ops.js';
 import {
   dequantizeTransposed,
   quantizeMatrix,
+  transposeBytes,
   transposeMatrix,
   type QuantizedMatrix,
 } from '../engine/quant.js';
@@ -281,6 +283,8 @@ export class QuantizedStore implements QuantizedSource {
         data: put(m.data),
         scales: put(new Uint8Array(m.scales.buffer, m.scales.byteOffset, m.scales.byteLength)),
         ...(m.zeroPoints && { zeroPoints: put(m.zeroPoints) }),
+        // per channel: the forward's GEMM reads the integers as [k, n]; the input gradient reads `data` itself
+        ...(m.signed && { signed: true, columns: put(transposeBytes(m.data, m.n, m.k)) }),
       });
       const tensors: Record<string, QuantizedEntry> = {};
       try {
@@ -294,7 +298,7 @@ export class QuantizedStore implements QuantizedSource {
           const q = quantizeMatrix(w, n, k, settings);
           w = null;
           const stored = store(q);
-          if (settings.backward === 'transposed') {
+          if (settings.backward === 'transposed' && !q.signed) {
             // the copy for dX = dY·Ŵ quantizes Ŵᵀ (the dequantized forward weight), so both directions see Ŵ
             const t = quantizeMatrix(dequantizeTransposed(q), k, n, settings);
             stored.transposed = store(t);

@@ -41,7 +41,7 @@ const promptTuningSchema = z.object({ numVirtualTokens: int(1), initFromWords: z
 const quantizeSchema = z
   .object({
     bits: z.union([z.literal(4), z.literal(8)]),
-    blockSize: z.union([z.literal(32), z.literal(64), z.literal(128)]).optional(),
+    blockSize: z.union([z.literal(32), z.literal(64), z.literal(128), z.literal('channel')]).optional(),
     symmetric: z.boolean().optional(),
     backward: z.enum(['transposed', 'dequantize']).optional(),
     activations: z.enum(['int8', 'float32']).optional(),

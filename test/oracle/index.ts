@@ -9,13 +9,13 @@ import type { TokenBatch } from '../../src/models/forward.js';
 import { tf, initOracle } from './backend.js';
 import { tfOps } from './tfjs-ops.js';
 import type { QuantizedTensors } from '../../src/engine/ops.js';
-import { quantizedShapes, type QuantSettings } from '../../src/engine/quant.js';
+import { quantizedShapes, type QuantBits } from '../../src/engine/quant.js';
 
 export { tf, initOracle, tfOps };
 
-/** A quantized [n, k] matrix's bytes and scales as the oracle's tensors (bytes as int32). */
+/** A quantized [n, k] matrix's bytes and scales as the oracle's tensors (bytes as int32; signed ones as int8 values). */
 export function tfQuantized(
-  q: Pick<QuantSettings, 'bits' | 'blockSize'> & { n: number; k: number },
+  q: { bits: QuantBits; blockSize: number; n: number; k: number; signed?: boolean },
   data: Uint8Array,
   scales: Float32Array,
   zeroPoints?: Uint8Array,
@@ -26,7 +26,8 @@ export function tfQuantized(
     k: q.k,
     bits: q.bits,
     blockSize: q.blockSize,
-    data: tf.tensor(Int32Array.from(data), shape.data, 'int32'),
+    data: tf.tensor(Int32Array.from(q.signed ? new Int8Array(data.buffer, data.byteOffset, data.length) : data), shape.data, 'int32'),
+    ...(q.signed && { signed: true }),
     scales: tf.tensor(scales, shape.scales, 'float32'),
     ...(zeroPoints && { zeroPoints: tf.tensor(Int32Array.from(zeroPoints), shape.zeroPoints, 'int32') }),
   };

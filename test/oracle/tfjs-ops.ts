@@ -110,6 +110,7 @@ function gather(table: T, ids: T, axis = 0): T {
 export function dequantizeTf(w: QuantizedTensors<T>): T {
   return tf.tidy(() => {
     const { n, k, bits, blockSize } = w;
+    if (w.signed) return tf.mul(tf.cast(w.data, 'float32'), tf.reshape(w.scales, [n, 1]));
     const blocks = Math.ceil(k / blockSize);
     const nibbles = (x: T, count: number) => {
       const xf = tf.cast(x, 'float32');

@@ -104,6 +104,14 @@ const RULES: Record<string, Rule> = {
     const bias = n.inputSyms[5];
     return [gx, undefined, undefined, undefined, undefined, bias && needs[5] ? o.sumTo(g, bias.shape) : undefined];
   },
+  // Y = X Ŵᵀ + b for a frozen per-channel Ŵ = diag(s) q: dX = (dY ⊙ s) q through the same integer GEMM
+  DynamicQuantizeMatMul: (o, n, g, needs) => {
+    if (needs[1] || needs[2] || needs[3]) throw new Error('onnx autodiff: a quantized weight is frozen (no gradient)');
+    const w = o.quantizedOf(n.inputSyms[1]!);
+    if (!w) throw new Error(`onnx autodiff: DynamicQuantizeMatMul reads "${n.inputs[1]}", which is not a quantized weight of this graph`);
+    const bias = n.inputSyms[4];
+    return [needs[0] ? o.channelDenseBackward(g, w) : undefined, undefined, undefined, undefined, bias && needs[4] ? o.sumTo(g, bias.shape) : undefined];
+  },
   FusedMatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, !!n.attrs!.transA, !!n.attrs!.transB),
   Transpose: (o, n, g) => {
     const perm = n.attrs!.perm as number[];

@@ -3,7 +3,7 @@ import { blockCount, rowBytes } from '../quant.js';
 import { Graph, Sym, type DType } from './graph.js';
 
 const GELU_TANH_C = Math.sqrt(2 / Math.PI);
-const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2 };
+const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2, int8: 3 };
 
 function norm(axis: number, rank: number): number {
   const a = axis < 0 ? rank + axis : axis;
@@ -114,10 +114,18 @@ export class OnnxOps implements Ops<Sym> {
     return this.gemm(x, w, bias, true);
   }
 
-  /** ORT's com.microsoft.MatMulNBits: x [..., k] times the block-quantized Ŵ [n, k] transposed, + bias [n]. */
+  /**
+   * x [..., k] times the quantized Ŵ [n, k] transposed, + bias [n]: ORT's com.microsoft.MatMulNBits for blocks,
+   * DynamicQuantizeMatMul (x quantized to uint8 per run, int8 weights with a scale per column) per channel.
+   */
   quantizedDense(x: Sym, w: QuantizedTensors<Sym>, bias?: Sym): Sym {
-    if (x.shape[x.rank - 1] !== w.k) throw new Error(`onnx MatMulNBits: [${x.shape}] times a quantized [${w.n}, ${w.k}]ᵀ: inner dimensions differ`);
-    if (bias && (bias.rank !== 1 || bias.shape[0] !== w.n)) throw new Error(`onnx MatMulNBits: bias [${bias.shape}] for ${w.n} outputs`);
+    if (x.shape[x.rank - 1] !== w.k) throw new Error(`onnx quantized matmul: [${x.shape}] times a quantized [${w.n}, ${w.k}]ᵀ: inner dimensions differ`);
+    if (bias && (bias.rank !== 1 || bias.shape[0] !== w.n)) throw new Error(`onnx quantized matmul: bias [${bias.shape}] for ${w.n} outputs`);
+    if (w.signed) {
+      if (!w.columns) throw new Error('onnx DynamicQuantizeMatMul: a per-channel weight without its [k, n] integers');
+      this.byData.set(w.columns.name, w);
+      return this.integerMatMul(x, w.columns, w.scales, w.n, bias);
+    }
     this.byData.set(w.data.name, w);
     const absent = this.graph.absent;
     const inputs = [x, w.data, w.scales, w.zeroPoints ?? absent, absent, bias ?? absent];
@@ -129,7 +137,21 @@ export class OnnxOps implements Ops<Sym> {
     return this.graph.op1('MatMulNBits', inputs, [...x.shape.slice(0, -1), w.n], 'float32', attrs, 'com.microsoft');
   }
 
-  /** The quantized weight a MatMulNBits node reads, by its data tensor. */
+  /** x [..., k] times int8 b [k, n] with scales (per column [n], or one), x quantized to uint8 on the way. */
+  integerMatMul(x: Sym, b: Sym, scales: Sym, n: number, bias?: Sym): Sym {
+    const inputs = [x, b, scales, ...(bias ? [this.graph.absent, bias] : [])];
+    return this.graph.op1('DynamicQuantizeMatMul', inputs, [...x.shape.slice(0, -1), n], 'float32', undefined, 'com.microsoft');
+  }
+
+  /**
+   * dY Ŵ for a per-channel Ŵ = diag(s) q: (dY ⊙ s) q, the scales folded into dY so the same int8 q [n, k]
+   * is the GEMM's operand (the gradient to a quantized dense's input).
+   */
+  channelDenseBackward(g: Sym, w: QuantizedTensors<Sym>): Sym {
+    return this.integerMatMul(this.mul(g, w.scales), w.data, this.scalar(1), w.k);
+  }
+
+  /** The quantized weight a MatMulNBits or DynamicQuantizeMatMul node reads, by its data tensor. */
   quantizedOf(data: Sym): QuantizedTensors<Sym> | undefined {
     return this.byData.get(data.name);
   }
@@ -164,6 +186,7 @@ export class OnnxOps implements Ops<Sym> {
     const { n, k, bits, blockSize } = w;
     const blocks = blockCount(k, blockSize);
     const gated = (x: Sym) => (notBefore ? this.after(x, notBefore) : x);
+    if (w.signed) return this.mul(this.cast(gated(w.data), 'float32'), this.reshape(w.scales, [n, 1]));
     const ints = gated(this.cast(w.data, 'int32'));
     const nibbles = (x: Sym, count: number) => {
       // [.., m] bytes → [.., 2m] values: low nibble, then high nibble of each byte
@@ -256,6 +279,7 @@ export class OnnxOps implements Ops<Sym> {
 
   /** Rows of a quantized Ŵ [n, k] at `ids`, dequantized (ORT's com.microsoft.GatherBlockQuantized): ids.shape + [k]. */
   gatherQuantized(w: QuantizedTensors<Sym>, ids: Sym): Sym {
+    if (w.signed) return this.gather(this.dequantize(w), ids);
     const blocks = blockCount(w.k, w.blockSize);
     const data = this.reshape(w.data, [w.n, rowBytes(w.k, w).data]);
     const inputs = [data, ids, w.scales, ...(w.zeroPoints ? [w.zeroPoints] : [])];
