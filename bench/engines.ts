@@ -47,7 +47,7 @@ import { quantizeFrom, type QuantizeCliOptions } from '../src/cli/options.js';
 
 const PSEUDO = 9;
 
-/** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128). */
+/** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128; ort-int8-b32 → int8 in blocks of 32, ort-int8 per channel). */
 function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[]; checkpointing: boolean } {
   const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-ch|-zp|-sym|-deq)*))?(-gc)?$/.exec(e);
   if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int8-ch, ort-int4, ort-int4-b128, ort-int4-gc, ...)`);

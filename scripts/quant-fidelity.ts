@@ -3,7 +3,7 @@
  * int4 (LAMA's six demo relations; SST-2 with 2,000 sampled training sentences), the encoder's gradients under
  * int8 / int4 against fp32 on 20 batches, and logit errors against fp32.
  *
- *   node dist/scripts/quant-fidelity.js --model bert-mini-lama --part lama|sst2|grads --quant fp32|int8|int4 \
+ *   node dist/scripts/quant-fidelity.js --model bert-mini-lama --part lama|sst2|grads --quant fp32|int8|int8-b32|int4 \
  *       [--seeds 1,2,3] [--out docs/quantization/fidelity.json]
  *
  * Each call computes one cell (a model, a part, a setting, its seeds) and merges it into the JSON file, so the
@@ -35,7 +35,10 @@ function arg(name: string, fallback?: string): string {
   return v;
 }
 
-const QUANT: Record<string, QuantizeOptions | undefined> = { fp32: undefined, int8: { bits: 8 }, int4: { bits: 4 } };
+// int8: per channel (the default); int8-b32: int8 in blocks of 32
+const QUANT: Record<string, QuantizeOptions | undefined> = { fp32: undefined, int8: { bits: 8 }, 'int8-b32': { bits: 8, blockSize: 32 }, int4: { bits: 4 } };
+/** the quantized settings compared with fp32 */
+const QUANTIZED = ['int8', 'int8-b32', 'int4'] as const;
 
 type Json = Record<string, unknown>;
 
@@ -138,7 +141,8 @@ async function partGrads(model: string, work: string): Promise<Json> {
   const dir = path.join(shared, 'models', model);
   const data = sst2();
   const lama = readRecords(path.join(shared, 'data/lama/fact-retrieval/original/P1412/train.jsonl'));
-  const lms = { fp32: await loadModel(dir), int8: await loadModel(dir, { quantize: QUANT.int8 }), int4: await loadModel(dir, { quantize: QUANT.int4 }) };
+  const lms: Record<string, LanguageModel> = { fp32: await loadModel(dir) };
+  for (const q of QUANTIZED) lms[q] = await loadModel(dir, { quantize: QUANT[q] });
   const out: Json = {};
   for (const task of ['sst2', 'lama'] as const) {
     const make = (lm: LanguageModel) =>
@@ -151,19 +155,20 @@ async function partGrads(model: string, work: string): Promise<Json> {
             },
         lm,
       );
-    const sessions = { fp32: await make(lms.fp32), int8: await make(lms.int8), int4: await make(lms.int4) };
+    const sessions: Record<string, PTuningSession> = {};
+    for (const q of ['fp32', ...QUANTIZED]) sessions[q] = await make(lms[q]!);
     const records = task === 'sst2' ? data.train : lama;
-    const items = sessions.fp32.prepare(records.slice(0, 160), task).items;
+    const items = sessions.fp32!.prepare(records.slice(0, 160), task).items;
     const batches = Array.from({ length: 20 }, (_, b) => items.slice(b * 8, b * 8 + 8));
-    const cos: Record<string, number[]> = { int8: [], int4: [] };
+    const cos: Record<string, number[]> = Object.fromEntries(QUANTIZED.map((q) => [q, []]));
     const logits: Record<string, { maxAbs: number; maxRel: number; kl: number[]; top1: number; n: number }> = {};
     for (const batch of batches) {
       const grads: Record<string, Float32Array> = {};
-      for (const q of ['fp32', 'int8', 'int4'] as const) {
-        const r = await sessions[q].lossAndGrads(batch);
+      for (const q of ['fp32', ...QUANTIZED]) {
+        const r = await sessions[q]!.lossAndGrads(batch);
         grads[q] = Float32Array.from(r.graded.flatMap((p) => Array.from(p.grad)));
       }
-      for (const q of ['int8', 'int4'] as const) {
+      for (const q of QUANTIZED) {
         let dot = 0, na = 0, nb = 0;
         for (let i = 0; i < grads.fp32!.length; i++) {
           dot += grads.fp32![i]! * grads[q]![i]!;
@@ -176,11 +181,11 @@ async function partGrads(model: string, work: string): Promise<Json> {
     // logits over the whole vocabulary at the answer position (no prompt: the LM alone), 160 examples
     const plain = async (lm: LanguageModel) =>
       PTuningSession.create({ ...(await make(lm)).config, template: task === 'sst2' ? (lm.info.kind === 'masked' ? '{sentence} it was [MASK] .' : '{sentence} it was [MASK]') : (lm.info.kind === 'masked' ? '{sub_label} [MASK] .' : '{sub_label} [MASK]'), head: { kind: 'answer', answerField: task === 'sst2' ? 'label' : 'obj_label' } }, lm);
-    const ref = await plain(lms.fp32);
+    const ref = await plain(lms.fp32!);
     const refItems = ref.prepare(records.slice(0, 160).map((r) => ({ ...r, label: 'great' })), task).items;
     const refScores = await ref.scores(refItems);
-    for (const q of ['int8', 'int4'] as const) {
-      const s = await (await plain(lms[q])).scores(refItems);
+    for (const q of QUANTIZED) {
+      const s = await (await plain(lms[q]!)).scores(refItems);
       const v = refScores.shape[1]!;
       let maxAbs = 0, maxLogit = 0, top1 = 0;
       const kl: number[] = [];
@@ -210,7 +215,7 @@ async function partGrads(model: string, work: string): Promise<Json> {
       logits[q] = { maxAbs, maxRel: maxAbs / maxLogit, kl, top1, n: refItems.length };
     }
     out[task] = Object.fromEntries(
-      (['int8', 'int4'] as const).map((q) => [
+      QUANTIZED.map((q) => [
         q,
         {
           grad_cosine_mean: mean(cos[q]!), grad_cosine_min: Math.min(...cos[q]!), grad_cosine: cos[q],
@@ -227,7 +232,7 @@ async function partGrads(model: string, work: string): Promise<Json> {
 function table(file: string): void {
   const all = readJson(file) as Record<string, Record<string, Record<string, Json>>>;
   const f = (x: unknown, d = 2) => (typeof x === 'number' ? x.toFixed(d) : '—');
-  const lines = ['| model | task | fp32 | int8 | int4 | int8 − fp32 | int4 − fp32 |', '|---|---|---|---|---|---|---|'];
+  const lines = [`| model | task | fp32 | ${QUANTIZED.join(' | ')} | ${QUANTIZED.map((q) => `${q} − fp32`).join(' | ')} |`, `|---|---|---|${QUANTIZED.map(() => '---|---|').join('')}`];
   for (const [model, parts] of Object.entries(all)) {
     for (const [task, key, label] of [['lama', 'macro_p1', 'LAMA 6 relations, test macro P@1'], ['sst2', 'test_acc', 'SST-2 test accuracy']] as const) {
       const cell = (q: string) => parts[task]?.[q] as Json | undefined;
@@ -235,7 +240,7 @@ function table(file: string): void {
       const s = (q: string) => cell(q)?.[`${key}_std`] as number | undefined;
       const show = (q: string) => (m(q) === undefined ? '—' : `${f(m(q))} ± ${f(s(q))}`);
       const d = (q: string) => (m(q) === undefined || m('fp32') === undefined ? '—' : (m(q)! - m('fp32')! >= 0 ? '+' : '') + f(m(q)! - m('fp32')!));
-      lines.push(`| ${model} | ${label} | ${show('fp32')} | ${show('int8')} | ${show('int4')} | ${d('int8')} | ${d('int4')} |`);
+      lines.push(`| ${model} | ${label} | ${show('fp32')} | ${QUANTIZED.map(show).join(' | ')} | ${QUANTIZED.map(d).join(' | ')} |`);
     }
   }
   lines.push('', '| model | batches | setting | gradient cosine to fp32: mean (min) | logits max abs error (÷ max logit) | mean KL | top-1 agreement |', '|---|---|---|---|---|---|---|');
@@ -243,7 +248,7 @@ function table(file: string): void {
     const g = parts.grads as Record<string, Record<string, Json>> | undefined;
     if (!g) continue;
     for (const task of ['sst2', 'lama']) {
-      for (const q of ['int8', 'int4']) {
+      for (const q of QUANTIZED) {
         const c = g[task]?.[q];
         if (!c) continue;
         lines.push(
@@ -264,7 +269,7 @@ async function main(): Promise<void> {
   const seeds = arg('seeds', '1,2,3').split(',').map(Number);
   if (part === 'grads') return merge(out, [model, 'grads'], await partGrads(model, work));
   const quant = arg('quant');
-  if (!(quant in QUANT)) throw new Error(`--quant: fp32, int8 or int4, got ${quant}`);
+  if (!(quant in QUANT)) throw new Error(`--quant: one of ${Object.keys(QUANT).join(', ')}, got ${quant}`);
   const cell = part === 'lama' ? await partLama(model, quant, seeds, work) : part === 'sst2' ? await partSst2(model, quant, seeds, work) : null;
   if (!cell) throw new Error(`--part: lama, sst2, grads or table, got ${part}`);
   merge(out, [model, part, quant], cell);

@@ -354,3 +354,21 @@ test('per-channel input gradient: (dY ⊙ s) q through the integer GEMM, within 
   assert.ok(maxAbsDiff(got, oracle) <= 0.02 * scale, `max diff ${maxAbsDiff(got, oracle)} vs scale ${scale}`);
   assert.ok(cosine(got, oracle) >= 0.9999, `cosine ${cosine(got, oracle)}`);
 });
+
+test('settings: int8 is per channel by default, int4 blocks of 32 with zero points; settings per channel cannot take give blocks of 32; names', async () => {
+  const { parseQuantize, quantizeName } = await import('../src/models/quantize-settings.js');
+  const named = (v: Parameters<typeof parseQuantize>[0]) => {
+    const s = parseQuantize(v)!;
+    return [s.blockSize, s.symmetric, quantizeName(s)];
+  };
+  assert.deepEqual(named('int8'), ['channel', true, 'int8']);
+  assert.deepEqual(named({ bits: 8, blockSize: 32 }), [32, true, 'int8-b32']);
+  assert.deepEqual(named({ bits: 8, symmetric: false }), [32, false, 'int8-zp']);
+  assert.deepEqual(named({ bits: 8, activations: 'float32' }), [32, true, 'int8-f32act']);
+  assert.deepEqual(named({ bits: 8, backward: 'dequantize', blockSize: 64 }), [64, true, 'int8-b64-deq']);
+  assert.deepEqual(named('int4'), [32, false, 'int4']);
+  assert.deepEqual(named({ bits: 4, blockSize: 128 }), [128, false, 'int4-b128']);
+  assert.equal(parseQuantize('none'), null);
+  assert.throws(() => parseQuantize({ bits: 4, blockSize: 'channel' }), /per-channel scales are for symmetric int8 only/);
+  assert.throws(() => parseQuantize({ bits: 8, blockSize: 'channel', backward: 'dequantize' }), /per-channel int8 multiplies integers in both directions/);
+});

@@ -46,7 +46,7 @@ export const quantizeFields = {
 export function addQuantizeOptions(cmd: Command, what = 'the frozen LM'): Command {
   return cmd
     .option('--quantize <q>', `quantize ${what}'s linear weights at load: int8, int4 or none`)
-    .option('--quant-block <n>', 'quantization block size: 32, 64 or 128 (default 32), or channel (int8: one scale per output feature, integer GEMM)', asText)
+    .option('--quant-block <n>', 'quantization block size: 32, 64 or 128, or channel (int8 only: one scale per output feature, integer GEMM); default channel for int8, 32 for int4', asText)
     .option('--quant-zero-points', 'blocks with zero points (default for int4)')
     .option('--quant-symmetric', 'symmetric blocks (default for int8)')
     .option('--quant-backward <b>', "gradient to a layer's input: transposed (a quantized copy of W transposed, default) or dequantize")

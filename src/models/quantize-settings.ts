@@ -4,13 +4,17 @@
  */
 import { checkSettings, type BlockSize, type QuantBits } from '../engine/quant.js';
 
-/** The library option: `{ bits: 8 }` is int8 with symmetric blocks of 32, `{ bits: 4 }` int4 with zero points. */
+/**
+ * The library option: `{ bits: 8 }` is int8 with a scale per output feature (per channel: ONNX Runtime's integer
+ * GEMM, the fastest here: docs/quantization.md), `{ bits: 4 }` int4 in blocks of 32 with zero points.
+ */
 export interface QuantizeOptions {
   bits: QuantBits;
   /**
-   * values per block along a weight's input axis: 32 (default), 64 or 128; or 'channel' (int8 only): one scale
-   * per output feature, multiplied by ONNX Runtime's integer GEMM (DynamicQuantizeMatMul; the activations
-   * quantized to uint8 with one scale per tensor)
+   * values per block along a weight's input axis: 32, 64 or 128; or 'channel' (int8 only): one scale per output
+   * feature, multiplied by ONNX Runtime's integer GEMM (DynamicQuantizeMatMul; the activations quantized to uint8
+   * with one scale per tensor). Default: 'channel' for int8, unless a setting it cannot take is asked for (zero
+   * points, the dequantized backward, float32 products: then 32); 32 for int4
    */
   blockSize?: BlockSize;
   /**
@@ -39,7 +43,7 @@ export function parseQuantize(value: string | QuantizeOptions | null | undefined
   if (!o) return null;
   const s: QuantizeSettings = {
     bits: o.bits,
-    blockSize: o.blockSize ?? 32,
+    blockSize: o.blockSize ?? (o.bits === 8 && o.symmetric !== false && o.backward !== 'dequantize' && o.activations !== 'float32' ? 'channel' : 32),
     symmetric: o.symmetric ?? o.bits === 8,
     backward: o.backward ?? 'transposed',
     activations: o.activations ?? 'int8',
@@ -58,11 +62,11 @@ function invalid(value: string): never {
   throw new Error(`quantize: expected int8, int4 or none, got ${JSON.stringify(value)}`);
 }
 
-/** The short name of settings, as `--quantize` spells them plus the non-default parts (int4, int8-b64-zp, ...). */
+/** The short name of settings, as `--quantize` spells them plus the non-default parts (int8, int8-b32, int4-b64-zp, ...). */
 export function quantizeName(s: QuantizeSettings): string {
   const parts = [`int${s.bits}`];
-  if (s.blockSize === 'channel') parts.push('ch');
-  else if (s.blockSize !== 32) parts.push(`b${s.blockSize}`);
+  const plain = s.bits === 8 && s.symmetric && s.backward === 'transposed' && s.activations === 'int8' ? 'channel' : 32;
+  if (s.blockSize !== plain) parts.push(s.blockSize === 'channel' ? 'ch' : `b${s.blockSize}`);
   if (s.symmetric !== (s.bits === 8)) parts.push(s.symmetric ? 'sym' : 'zp');
   if (s.backward !== 'transposed') parts.push('deq');
   if (s.activations !== 'int8') parts.push('f32act');
