@@ -17,9 +17,11 @@
  *   lama   PTuningSession.evaluateItems on LAMA P1412 dev facts ([P*3] {sub_label} [P*3] [MASK]), facts/s,
  *          second pass (the first compiles the programs for the shapes met)
  * Engines: `ort` = onnxruntime-node, `ort-web` = onnxruntime-web (WebAssembly) in Node; `-int8` / `-int4` after either:
- * the frozen LM's linear weights quantized (`--quantize`), optionally with `-b64` / `-b128` (block size), `-zp` / `-sym` (zero
- * points or symmetric blocks), `-deq` (the backward through Ŵ dequantized); `-gc` last: gradient checkpointing (each layer's activations
- * recomputed in the backward pass); quantized engines run fwd, ptune and lama (their weights
+ * the frozen LM's linear weights quantized (`--quantize`; int8 per channel), optionally with `-b32` / `-b64` / `-b128` (blocks),
+ * `-ch` (per channel), `-zp` / `-sym` (zero points or symmetric blocks), `-deq` (the backward through Ŵ dequantized); then `-gc`:
+ * gradient checkpointing (each layer's activations recomputed in the backward pass), or `-half` / `-full`: the activations the
+ * backward reads kept in float16 / float32 (`--saved-activations`; default float16 over quantized weights); quantized engines run fwd, ptune and
+ * lama (their weights
  * cannot train). Each quantized model's store is written by an unmeasured child first (the cache `--cache DIR`,
  * default .tmp/bench-quantized), so every measured process finds it.
  * Prints one JSON object: results[model][engine] with medians and `<mode>_peak_rss_mb`, PyTorch beside them, and
@@ -48,9 +50,9 @@ import { quantizeFrom, type QuantizeCliOptions } from '../src/cli/options.js';
 const PSEUDO = 9;
 
 /** An engine name: the runtime, and the quantization its suffix asks for (ort-int4-b128 → int4, block 128; ort-int8-b32 → int8 in blocks of 32, ort-int8 per channel). */
-function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[]; checkpointing: boolean } {
-  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-ch|-zp|-sym|-deq)*))?(-gc)?$/.exec(e);
-  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int8-ch, ort-int4, ort-int4-b128, ort-int4-gc, ...)`);
+function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[]; checkpointing: boolean; saved: string } {
+  const m = /^ort(-web)?(?:-(int8|int4)((?:-b(?:32|64|128)|-ch|-zp|-sym|-deq)*))?(-gc)?(-half|-full)?$/.exec(e);
+  if (!m) throw new Error(`--engines: unknown engine "${e}" (ort, ort-web, ort-int8, ort-int8-b32, ort-int4, ort-int4-b128, ort-int4-gc, ort-int8-half, ...)`);
   const quantize: string[] = [];
   if (m[2]) {
     quantize.push('--quantize', m[2]);
@@ -62,7 +64,7 @@ function parseEngine(e: string): { runtime: 'node' | 'web'; quantize: string[]; 
       if (part === 'deq') quantize.push('--quant-backward', 'dequantize');
     }
   }
-  return { runtime: m[1] ? 'web' : 'node', quantize, checkpointing: !!m[4] };
+  return { runtime: m[1] ? 'web' : 'node', quantize, checkpointing: !!m[4], saved: m[5] === '-half' ? 'float16' : m[5] === '-full' ? 'float32' : 'auto' };
 }
 const shared = path.resolve(process.cwd(), '../shared');
 const TORCH_SCRIPT = path.join(shared, 'bench/torch_ptuning_step.py');
@@ -257,6 +259,7 @@ async function parent(): Promise<void> {
       PTUNE_RUNTIME: parsed.get(e)!.runtime,
       PTUNE_CACHE_DIR: cache,
       PTUNE_GRADIENT_CHECKPOINTING: parsed.get(e)!.checkpointing ? '1' : '0',
+      PTUNE_SAVED_ACTIVATIONS: parsed.get(e)!.saved,
       // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
       MALLOC_MMAP_THRESHOLD_: '131072',
     });

@@ -10,7 +10,7 @@ import { globalSchema, parseOptions } from './options.js';
 /**
  * `ptune` entry point. Returns the exit code; errors print one line (the stack only with --verbose).
  */
-const GLOBAL_OPTIONS = '--runtime node|web, --threads N, --gradient-checkpointing, --verbose';
+const GLOBAL_OPTIONS = '--runtime node|web, --threads N, --gradient-checkpointing, --saved-activations float32|float16|auto, --verbose';
 
 /** Commander's own error line, as ptune's: an unknown option says what is accepted. */
 function commanderMessage(text: string, argv: string[], commands: string[]): string {
@@ -35,6 +35,7 @@ export async function main(argv: string[]): Promise<number> {
     .option('--threads <n>', 'ONNX Runtime threads (default: the number of cores)')
     .option('--runtime <name>', 'node (onnxruntime-node, default) or web (onnxruntime-web, WebAssembly)')
     .option('--gradient-checkpointing', "recompute each layer's activations in the backward pass instead of keeping them: less memory, more compute")
+    .option('--saved-activations <p>', 'the precision activations are kept in between the forward and backward pass: float32, float16 or auto (default: float16 over quantized weights)')
     .exitOverride()
     .configureOutput({
       writeErr: (s) => process.stderr.write(s),
@@ -43,9 +44,10 @@ export async function main(argv: string[]): Promise<number> {
       },
     });
   program.hook('preAction', (cmd) => {
-    const { threads, runtime, gradientCheckpointing } = parseOptions(globalSchema, cmd.opts());
+    const { threads, runtime, gradientCheckpointing, savedActivations } = parseOptions(globalSchema, cmd.opts());
     if (threads !== undefined) process.env.PTUNE_THREADS = String(threads);
     if (gradientCheckpointing) process.env.PTUNE_GRADIENT_CHECKPOINTING = '1';
+    if (savedActivations !== undefined) process.env.PTUNE_SAVED_ACTIVATIONS = savedActivations;
     if (runtime !== undefined) process.env.PTUNE_RUNTIME = runtime;
   });
 

@@ -27,6 +27,7 @@ export const globalSchema = z.object({
   threads: opt.int(1).optional(),
   runtime: opt.choice(['node', 'web']).optional(),
   gradientCheckpointing: opt.flag(),
+  savedActivations: opt.choice(['float32', 'float16', 'auto']).optional(),
 });
 
 /**

@@ -59,6 +59,11 @@ export class ProgramBuilder {
   readonly external = new Map<string, { source: QuantizedSource } & FileSlice>();
   private readonly quantizedWeights = new Map<string, Sym>();
 
+  /** whether the graph reads quantized weights */
+  get quantized(): boolean {
+    return this.quantizedWeights.size > 0;
+  }
+
   input(name: string, shape: number[], dtype: DType = 'float32'): Sym {
     return this.g.input(name, shape, dtype);
   }
@@ -184,7 +189,9 @@ export class ProgramCache {
 
   /** Runs `program`; feeds holds the data inputs (extra ones are ignored), `lookup` the parameters. */
   async run(program: Program, feeds: Record<string, HostTensor>, lookup: ParamLookup): Promise<ProgramResult> {
-    if ((await getRuntime()).gradientCheckpointing) program = { ...program, key: `${program.key}|recompute` };
+    const rt = await getRuntime();
+    if (rt.gradientCheckpointing) program = { ...program, key: `${program.key}|recompute` };
+    else if (rt.savedActivations !== 'auto') program = { ...program, key: `${program.key}|saved ${rt.savedActivations}` };
     let compiled = await this.compiled(program, lookup);
     if (compiled.baked.some(([name, p, data]) => lookup(name) !== p || p.data !== data)) {
       // another model (or new arrays) behind the same key: the bound weights are not these
@@ -286,7 +293,8 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
     const graded = [...b.params].filter(([, p]) => p.grad);
     const keys = Object.keys(wrt);
     const targets = [...keys.map((k) => wrt[k]!), ...graded.map(([, p]) => p.sym)];
-    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets, { recompute: rt.gradientCheckpointing });
+    const saved = rt.savedActivations === 'auto' ? (b.quantized ? 'float16' : 'float32') : rt.savedActivations;
+    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets, { recompute: rt.gradientCheckpointing, savedActivations: saved });
     keys.forEach((k, i) => (all[WRT + k] = grads[i]!));
     graded.forEach(([name], i) => (all[GRAD + name] = grads[keys.length + i]!));
   } else if (Object.keys(wrt).length) {

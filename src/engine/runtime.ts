@@ -27,6 +27,8 @@ export interface RuntimeOptions {
   spinning?: boolean;
 }
 
+export type SavedActivations = 'float32' | 'float16' | 'auto';
+
 /** How a session is created beyond the runtime's defaults. */
 export interface CreateSessionOptions {
   /** ONNX external data the model refers to, by the file name its tensors give (`location`) */
@@ -105,6 +107,26 @@ export class Runtime {
     this.checkpointing = on;
   }
 
+  private saved: SavedActivations | undefined;
+
+  /**
+   * The precision training programs keep the forward's activations in until the backward pass reads them:
+   * 'float16' halves what a step holds between its forward and backward (the gradients change by the rounding of
+   * those values, about 1e-3 relative; the forward is unchanged); 'auto' (default): float16 in programs over
+   * quantized weights, whose kernels already round activations to 8 bits, float32 otherwise. Not with gradient
+   * checkpointing, which keeps only each layer's input. Default: PTUNE_SAVED_ACTIVATIONS, else 'auto'.
+   */
+  get savedActivations(): SavedActivations {
+    const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+    const v = env?.PTUNE_SAVED_ACTIVATIONS;
+    return this.saved ?? (v === 'float16' || v === 'float32' ? v : 'auto');
+  }
+
+  set savedActivations(p: SavedActivations) {
+    if (p !== 'float32' && p !== 'float16' && p !== 'auto') throw new Error(`saved activations: float32, float16 or auto, got ${String(p)}`);
+    this.saved = p;
+  }
+
   get bakeFrozenWeights(): boolean {
     return this.opts.bakeFrozenWeights ?? false;
   }
@@ -119,7 +141,7 @@ export class Runtime {
     const spin = env?.PTUNE_ORT_SPIN ?? '1';
     // ORT's fused SkipLayerNormalization is several times slower on CPU than the Add and LayerNormalization it
     // replaces (measured on [512, 128]: ~200 µs against ~40 µs)
-    const disabled = ['SkipLayerNormFusion', ...(opts.constantFolding === false ? ['ConstantFolding'] : [])].join(';');
+    const disabled = ['SkipLayerNormFusion', 'ReshapeFusion', ...(opts.constantFolding === false ? ['ConstantFolding'] : [])].join(';');
     const options: InferenceSession.SessionOptions =
       this.name === 'onnxruntime-node'
         ? {

@@ -209,14 +209,35 @@ function readInts(s: Sym): number[] {
  * gradient nodes to y's graph. Only nodes on a path from some `wrt` to `y` get gradient nodes; a `wrt` that `y`
  * does not depend on gets zeros.
  */
-export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[], opts: { recompute?: boolean } = {}): Sym[] {
+export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[], opts: GradientOptions = {}): Sym[] {
   const graph = o.graph;
-  const active = new Set(wrt.map((s) => s.name));
   const nodes = graph.nodes.slice();
+  if (opts.recompute) return backward(o, nodes, y, dy, wrt, new Recompute(o, nodes), null);
+  if (!opts.savedActivations || opts.savedActivations === 'float32') return backward(o, nodes, y, dy, wrt, null, null);
+  // which forward values the backward reads: from a first construction of it, then taken back
+  backward(o, nodes, y, dy, wrt, null, null);
+  const min = opts.halfMinSize ?? HALF_MIN_SIZE;
+  const saved = savedForBackward(graph, nodes.length).filter((s) => s.dtype === 'float32' && s.size >= min);
+  graph.nodes.length = nodes.length;
+  return backward(o, nodes, y, dy, wrt, null, new HalfSaved(o, nodes, new Set(saved.map((s) => s.name))));
+}
+
+export interface GradientOptions {
+  /** gradient checkpointing: recompute each segment between `Ops.checkpoint`s in the backward pass */
+  recompute?: boolean;
+  /** 'float16': the forward values the backward reads are kept at 16 bits in between (not with recompute) */
+  savedActivations?: 'float32' | 'float16';
+  /** values smaller than this (elements) stay float32 (default 65,536) */
+  halfMinSize?: number;
+}
+
+const HALF_MIN_SIZE = 1 << 16;
+
+function backward(o: OnnxOps, nodes: GraphNode[], y: Sym, dy: Sym, wrt: Sym[], recompute: Recompute | null, half: HalfSaved | null): Sym[] {
+  const active = new Set(wrt.map((s) => s.name));
   for (const n of nodes) {
     if (n.inputs.some((i) => active.has(i))) for (const s of n.outputSyms) if (s.dtype === 'float32') active.add(s.name);
   }
-  const recompute = opts.recompute ? new Recompute(o, nodes) : null;
   const pending = new Map<string, Sym[]>([[y.name, [dy]]]);
   const total = (name: string): Sym | undefined => {
     const parts = pending.get(name);
@@ -240,22 +261,23 @@ export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[], opts: { recom
     // gradients flow through the first output only (LayerNormalization's statistics are not differentiated)
     const g = total(n.outputs[0]!);
     if (!g) continue;
-    const needs = n.inputs.map((name) => active.has(name));
+    const needs = n.inputs.map((name) => active.has(half?.original(name) ?? name));
     if (!needs.some(Boolean)) continue;
     const rule = RULES[n.domain === 'com.microsoft' || !n.domain ? n.op : ''];
     if (!rule) throw new Error(`onnx autodiff: no gradient rule for ${n.domain ? n.domain + '.' : ''}${n.op}`);
     // inside a checkpointed segment the rule reads the recomputed node; its gradients go to the original inputs
-    const grads = rule(o, recompute?.node(i, g) ?? n, g, needs);
+    const grads = rule(o, recompute?.node(i, g) ?? half?.node(n, g) ?? n, g, needs);
     n.inputSyms.forEach((s, k) => {
       const gk = grads[k];
       if (!needs[k] || !gk) return;
-      const list = pending.get(s.name) ?? [];
+      const name = half?.original(s.name) ?? s.name;
+      const list = pending.get(name) ?? [];
       // dense parts are summed as they arrive: a weight read at every step of a recurrence (an LSTM's) would
       // otherwise keep one gradient per step alive until the end of the backward pass
       const dense = scatterParts.has(gk) ? -1 : list.findIndex((p) => !scatterParts.has(p));
       if (dense >= 0) list[dense] = o.add(list[dense]!, gk);
       else list.push(gk);
-      pending.set(s.name, list);
+      pending.set(name, list);
     });
   }
   return wrt.map((s) => total(s.name) ?? o.zeros(s.shape));
@@ -351,5 +373,59 @@ class Recompute {
       n.outputSyms.forEach((s, k) => renamed.set(s.name, outs[k]!));
       this.copies.set(i, graph.nodes[graph.nodes.length - 1]!);
     }
+  }
+}
+
+/**
+ * Activations the backward pass reads, kept at 16 bits between the forward and the backward: each large float32
+ * forward value a gradient rule reads is cast to float16 as soon as it is computed (its forward consumers read it
+ * only once the copy exists), and cast back when the backward reaches the rule (gated on the gradient there).
+ */
+class HalfSaved {
+  private readonly restored = new Map<string, Sym>();
+  /** a gated copy read by the forward's consumers → the value it copies */
+  private readonly copies = new Map<string, Sym>();
+
+  constructor(
+    private readonly o: OnnxOps,
+    private readonly forward: GraphNode[],
+    /** the forward values to keep at 16 bits: those the backward reads */
+    private readonly saved: Set<string>,
+  ) {}
+
+  /** The value whose gradient a name's gradient is (a gated copy's: the value it copies). */
+  original(name: string): string | undefined {
+    return this.copies.get(name)?.name;
+  }
+
+  node(n: GraphNode, g: Sym): GraphNode {
+    const map = (s: Sym) => this.restore(s, g);
+    return { ...n, inputSyms: n.inputSyms.map(map), outputSyms: n.outputSyms.map(map) };
+  }
+
+  private restore(s: Sym, g: Sym): Sym {
+    s = this.copies.get(s.name) ?? s;
+    if (!this.saved.has(s.name)) return s;
+    let r = this.restored.get(s.name);
+    if (!r) {
+      const o = this.o;
+      const nodes = o.graph.nodes;
+      const from = nodes.length;
+      const half = o.cast(s, 'float16');
+      const gated = o.after(s, half);
+      const added = nodes.splice(from);
+      nodes.splice(nodes.findIndex((n) => n.outputs.includes(s.name)) + 1, 0, ...added);
+      this.copies.set(gated.name, s);
+      for (const c of this.forward) {
+        c.inputs.forEach((name, k) => {
+          if (name !== s.name) return;
+          c.inputs[k] = gated.name;
+          c.inputSyms[k] = gated;
+        });
+      }
+      r = o.cast(o.after(half, g), 'float32');
+      this.restored.set(s.name, r);
+    }
+    return r;
   }
 }

@@ -1,6 +1,6 @@
 import { encodeModel, type AttrValue, type ElemType, type NodeSpec, type TensorSpec } from './proto.js';
 
-export type DType = 'float32' | 'int32' | 'int64' | 'bool' | 'uint8' | 'int8';
+export type DType = 'float32' | 'int32' | 'int64' | 'bool' | 'uint8' | 'int8' | 'float16';
 
 /** A symbolic tensor: a named value of a Graph with a static shape. */
 export class Sym {
@@ -28,7 +28,7 @@ export interface GraphNode extends NodeSpec {
 type ConstData = Float32Array | Int32Array | BigInt64Array | Uint8Array;
 
 const OPSET = 17;
-const BYTES: Record<DType, number> = { float32: 4, int32: 4, int64: 8, bool: 1, uint8: 1, int8: 1 };
+const BYTES: Record<DType, number> = { float32: 4, int32: 4, int64: 8, bool: 1, uint8: 1, int8: 1, float16: 2 };
 
 /**
  * An ONNX graph under construction. Nodes are appended in topological order (every input exists before the

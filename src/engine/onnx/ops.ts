@@ -3,7 +3,7 @@ import { blockCount, rowBytes } from '../quant.js';
 import { Graph, Sym, type DType } from './graph.js';
 
 const GELU_TANH_C = Math.sqrt(2 / Math.PI);
-const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2, int8: 3 };
+const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2, int8: 3, float16: 10 };
 
 function norm(axis: number, rank: number): number {
   const a = axis < 0 ? rank + axis : axis;
@@ -169,13 +169,20 @@ export class OnnxOps implements Ops<Sym> {
   }
 
   /**
-   * x, computed no earlier than `dep`: Where(false, one element of dep, x). ONNX has no control edges, and a value
-   * computed from constants alone may otherwise run at the start of a run and stay alive until it is read.
+   * x, read no earlier than `dep` exists: x reshaped to its own shape, the shape computed from one element of dep
+   * (its integer part times zero, so no value of dep changes it). ONNX has no control edges, and a value computed
+   * from constants alone may otherwise run at the start of a run and stay alive until it is read. The Reshape
+   * aliases x (no copy); a Where(false, ·, x) gate costs a pass over x (several ms a megabyte on ORT's CPU).
    */
   after(x: Sym, dep: Sym): Sym {
-    const one = this.reshape(this.slice(dep, dep.shape.map(() => 0), dep.shape.map(() => 1)), []);
-    const never = this.graph.constant(Uint8Array.of(0), [], 'bool');
-    return this.graph.op1('Where', [never, this.cast(one, x.dtype), x], x.shape, x.dtype);
+    const one = this.reshape(this.slice(dep, dep.shape.map(() => 0), dep.shape.map(() => 1)), [1]);
+    if (x.rank === 0) {
+      const never = this.graph.constant(Uint8Array.of(0), [], 'bool');
+      return this.graph.op1('Where', [never, this.reshape(this.cast(one, x.dtype), []), x], x.shape, x.dtype);
+    }
+    const zero = this.graph.op1('Mul', [this.cast(one, 'int64'), this.graph.ints([0])], [1], 'int64');
+    const shape = this.graph.op1('Add', [this.graph.ints(x.shape), zero], [x.rank], 'int64');
+    return this.graph.op1('Reshape', [x, shape], x.shape, x.dtype);
   }
 
   /**
