@@ -263,7 +263,8 @@ async function parent(): Promise<void> {
       // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
       MALLOC_MMAP_THRESHOLD_: '131072',
     });
-    const childArgs = (e: string, modeList: string) => ['--max-old-space-size=16384', self, '--child', m, '--modes', modeList, '--reps', reps, ...parsed.get(e)!.quantize];
+    // the Node flags of the `ptune` command (bin/ptune.js) besides the heap limit
+    const childArgs = (e: string, modeList: string) => ['--max-old-space-size=16384', '--max-semi-space-size=2', self, '--child', m, '--modes', modeList, '--reps', reps, ...parsed.get(e)!.quantize];
     // quantized weights: the store written once, outside every measured process
     for (const e of engines) {
       if (parsed.get(e)!.quantize.length === 0) continue;

@@ -125,7 +125,7 @@ export function registerModelCommands(program: Command): void {
         console.log(`  max positions ${i.maxPositions}`);
         const q = i.quantization;
         if (q) {
-          console.log(`  quantized     ${q.name}: ${q.weights} linear weights (${q.values.toLocaleString('en-US')} values), block ${q.blockSize}, ${q.symmetric ? 'symmetric' : 'zero points'}, backward ${q.backward}`);
+          console.log(`  quantized     ${q.name}: ${q.weights} linear weights (${q.values.toLocaleString('en-US')} values), ${q.blockSize === 'channel' ? 'per channel' : `block ${q.blockSize}`}, ${q.symmetric ? 'symmetric' : 'zero points'}, backward ${q.backward}`);
           console.log(`  store         ${q.store} (${(q.bytes / 1e6).toFixed(1)} MB, ${q.reused ? 'reused' : 'written now'})`);
         }
       }
