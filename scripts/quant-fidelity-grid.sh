@@ -8,7 +8,7 @@ OUT=${OUT:-docs/quantization/fidelity.json}
 T0=$(date +%s)
 for m in bert-mini-lama gpt2-mini-lama; do
   for part in lama sst2; do
-    for q in fp32 int8 int8-b32 int4; do
+    for q in fp32 int8 int8-b32 int4 int4-b128; do
       t=$(date +%s)
       node dist/scripts/quant-fidelity.js --model $m --part $part --quant $q --seeds 1,2,3 --out "$OUT" || echo "FAILED $m $part $q"
       echo "cell $m $part $q: $(( $(date +%s) - t )) s"

@@ -3,7 +3,7 @@
  * int4 (LAMA's six demo relations; SST-2 with 2,000 sampled training sentences), the encoder's gradients under
  * int8 / int4 against fp32 on 20 batches, and logit errors against fp32.
  *
- *   node dist/scripts/quant-fidelity.js --model bert-mini-lama --part lama|sst2|grads --quant fp32|int8|int8-b32|int4 \
+ *   node dist/scripts/quant-fidelity.js --model bert-mini-lama --part lama|sst2|grads --quant fp32|int8|int8-b32|int4|int4-b128 \
  *       [--seeds 1,2,3] [--out docs/quantization/fidelity.json]
  *
  * Each call computes one cell (a model, a part, a setting, its seeds) and merges it into the JSON file, so the
@@ -35,10 +35,12 @@ function arg(name: string, fallback?: string): string {
   return v;
 }
 
-// int8: per channel (the default); int8-b32: int8 in blocks of 32
-const QUANT: Record<string, QuantizeOptions | undefined> = { fp32: undefined, int8: { bits: 8 }, 'int8-b32': { bits: 8, blockSize: 32 }, int4: { bits: 4 } };
+// int8: per channel (the default); int8-b32: int8 in blocks of 32; int4-b128: int4 in blocks of 128
+const QUANT: Record<string, QuantizeOptions | undefined> = {
+  fp32: undefined, int8: { bits: 8 }, 'int8-b32': { bits: 8, blockSize: 32 }, int4: { bits: 4 }, 'int4-b128': { bits: 4, blockSize: 128 },
+};
 /** the quantized settings compared with fp32 */
-const QUANTIZED = ['int8', 'int8-b32', 'int4'] as const;
+const QUANTIZED = ['int8', 'int8-b32', 'int4', 'int4-b128'] as const;
 
 type Json = Record<string, unknown>;
 
