@@ -115,6 +115,34 @@ test('quantized logits within the stated bound of fp32 (int8: 3% of the largest 
   }
 });
 
+test('int8 per channel on a causal LM with grouped KV heads and an untied output head (random Llama): logits within 3% of fp32, an encoder gradient pointing where fp32\'s does', async () => {
+  const shape = { hiddenSize: 64, numHeads: 4, numKvHeads: 2, numLayers: 2, intermediateSize: 96, maxPositions: 64, vocabSize: 80 };
+  const float = createRandomModel('llama', shape, 5);
+  const int8 = createRandomModel('llama', shape, 5, undefined, q(8));
+  try {
+    assert.equal(int8.info.quantization!.name, 'int8');
+    assert.ok(int8.quantized!.entries.has('lm_head.weight'), 'the untied output head is quantized');
+    const batch: TokenBatch = { ids: [[1, 5, 7, 9, 11, 13]], attentionMask: [[1, 1, 1, 1, 1, 1]] };
+    const ref = (await logitsAt(float, batch, [{ row: 0, position: 5 }]))[0]!;
+    const got = (await logitsAt(int8, batch, [{ row: 0, position: 5 }]))[0]!;
+    const err = maxDiff(got, ref);
+    assert.ok(err > 0 && err <= 0.03 * maxAbs(ref), `max error ${err} against ${maxAbs(ref)}`);
+    const grads = async (lm: LanguageModel) => {
+      const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: 3, tokenDim: 64, seed: 2 });
+      const head = makeHead({ kind: 'answer', answerField: 'y' }, lm.tokenizer, lm.info.vocabSize);
+      const t = parseTemplate('[P*3] {x} [MASK]');
+      const items = [{ x: 'w10 w11 w12' }, { x: 'w20 w21' }].map((r, i) => renderExample(t, r, lm.tokenizer, lm.info, { maxLength: 32, index: i })!);
+      const r = await new PTuningPrograms(lm, encoder, head).lossAndGrads(collate(items, lm.info), [7, 11]);
+      return Float32Array.from(r.graded.flatMap((p) => Array.from(p.grad)));
+    };
+    const cos = cosine(await grads(float), await grads(int8));
+    assert.ok(cos >= 0.99, `cosine ${cos}`);
+  } finally {
+    float.dispose();
+    int8.dispose();
+  }
+});
+
 /** log p(target) at `position` from input embeddings fed directly, and its gradient to them. */
 function embedsProgram(lm: LanguageModel, shape: number[], position: number, target: number, mask: number[]) {
   return {
