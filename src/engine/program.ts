@@ -1,7 +1,7 @@
 import { Graph, OnnxOps, gradients, type DType, type Sym } from './onnx/index.js';
 import type { QuantizedTensors, WeightLayout } from './ops.js';
 import { quantizedShapes, type QuantBits } from './quant.js';
-import { getRuntime, releaseNow, type RuntimeSession } from './runtime.js';
+import { getRuntime, processEnv, releaseNow, type RuntimeSession } from './runtime.js';
 import type { HostTensor, Parameter } from './tensor.js';
 
 /** Bytes of a file: where a constant's values are stored. */
@@ -163,9 +163,7 @@ const GIB = 1024 ** 3;
 
 /** PTUNE_SESSION_CONSTANT_GB: how many GB of constants (quantized weights) the cached sessions may hold together. */
 function constantBudget(): number {
-  // read through globalThis: this module also runs in browsers, which have no `process`
-  const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
-  const v = Number(env?.PTUNE_SESSION_CONSTANT_GB);
+  const v = Number(processEnv()?.PTUNE_SESSION_CONSTANT_GB);
   return Number.isFinite(v) && v > 0 ? v * GIB : 3 * GIB;
 }
 

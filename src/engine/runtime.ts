@@ -29,6 +29,11 @@ export interface RuntimeOptions {
 
 export type SavedActivations = 'float32' | 'float16' | 'auto';
 
+/** The process's environment where there is one (read through globalThis: this module also runs in browsers). */
+export function processEnv(): Record<string, string | undefined> | undefined {
+  return (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+}
+
 /** How a session is created beyond the runtime's defaults. */
 export interface CreateSessionOptions {
   /** ONNX external data the model refers to, by the file name its tensors give (`location`) */
@@ -99,7 +104,7 @@ export class Runtime {
    * forward pass of compute). Default: PTUNE_GRADIENT_CHECKPOINTING=1, else off.
    */
   get gradientCheckpointing(): boolean {
-    const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+    const env = processEnv();
     return this.checkpointing ?? env?.PTUNE_GRADIENT_CHECKPOINTING === '1';
   }
 
@@ -117,7 +122,7 @@ export class Runtime {
    * checkpointing, which keeps only each layer's input. Default: PTUNE_SAVED_ACTIVATIONS, else 'auto'.
    */
   get savedActivations(): SavedActivations {
-    const env = (globalThis as { process?: { env?: Record<string, string | undefined> } }).process?.env;
+    const env = processEnv();
     const v = env?.PTUNE_SAVED_ACTIVATIONS;
     return this.saved ?? (v === 'float16' || v === 'float32' ? v : 'auto');
   }
@@ -137,7 +142,7 @@ export class Runtime {
   }
 
   async createSession(model: Uint8Array, opts: CreateSessionOptions = {}): Promise<RuntimeSession> {
-    const env = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env;
+    const env = processEnv();
     const spin = env?.PTUNE_ORT_SPIN ?? '1';
     // ORT's fused SkipLayerNormalization is several times slower on CPU than the Add and LayerNormalization it
     // replaces (measured on [512, 128]: ~200 µs against ~40 µs)

@@ -43,7 +43,7 @@ export function parseQuantize(value: string | QuantizeOptions | null | undefined
   if (!o) return null;
   const s: QuantizeSettings = {
     bits: o.bits,
-    blockSize: o.blockSize ?? (o.bits === 8 && o.symmetric !== false && o.backward !== 'dequantize' && o.activations !== 'float32' ? 'channel' : 32),
+    blockSize: o.blockSize ?? defaultBlock(o),
     symmetric: o.symmetric ?? o.bits === 8,
     backward: o.backward ?? 'transposed',
     activations: o.activations ?? 'int8',
@@ -58,6 +58,11 @@ export function parseQuantize(value: string | QuantizeOptions | null | undefined
   return s;
 }
 
+/** The block size of settings that name none: per channel for int8 unless they ask for what it cannot take, else 32. */
+function defaultBlock(o: Omit<QuantizeOptions, 'blockSize' | 'cacheDir'>): BlockSize {
+  return o.bits === 8 && o.symmetric !== false && o.backward !== 'dequantize' && o.activations !== 'float32' ? 'channel' : 32;
+}
+
 function invalid(value: string): never {
   throw new Error(`quantize: expected int8, int4 or none, got ${JSON.stringify(value)}`);
 }
@@ -65,8 +70,7 @@ function invalid(value: string): never {
 /** The short name of settings, as `--quantize` spells them plus the non-default parts (int8, int8-b32, int4-b64-zp, ...). */
 export function quantizeName(s: QuantizeSettings): string {
   const parts = [`int${s.bits}`];
-  const plain = s.bits === 8 && s.symmetric && s.backward === 'transposed' && s.activations === 'int8' ? 'channel' : 32;
-  if (s.blockSize !== plain) parts.push(s.blockSize === 'channel' ? 'ch' : `b${s.blockSize}`);
+  if (s.blockSize !== defaultBlock(s)) parts.push(s.blockSize === 'channel' ? 'ch' : `b${s.blockSize}`);
   if (s.symmetric !== (s.bits === 8)) parts.push(s.symmetric ? 'sym' : 'zp');
   if (s.backward !== 'transposed') parts.push('deq');
   if (s.activations !== 'int8') parts.push('f32act');

@@ -1,6 +1,6 @@
 import { encodeModel, type AttrValue, type ElemType, type NodeSpec, type TensorSpec } from './proto.js';
 
-export type DType = 'float32' | 'int32' | 'int64' | 'bool' | 'uint8' | 'int8' | 'float16';
+export type DType = ElemType;
 
 /** A symbolic tensor: a named value of a Graph with a static shape. */
 export class Sym {
@@ -157,13 +157,13 @@ export class Graph {
         return new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
       };
       const byteLength = expected * BYTES[sym.dtype];
-      initializers.push({ name, dtype: sym.dtype as ElemType, dims: sym.shape, raw, byteLength, external: external?.(name, byteLength, raw) });
+      initializers.push({ name, dtype: sym.dtype, dims: sym.shape, raw, byteLength, external: external?.(name, byteLength, raw) });
     }
     const bytes = encodeModel({
       nodes: [...kept.map((n) => ({ ...n, inputs: n.inputs.map(rn), outputs: n.outputs.map(rn) })), ...renamed].map(({ op, inputs: i, outputs: o, attrs, domain }) => ({ op, inputs: i, outputs: o, attrs, domain })),
       initializers,
-      inputs: inputs.map((s) => ({ name: s.name, dtype: s.dtype as ElemType, dims: s.shape })),
-      outputs: Object.entries(outputs).map(([name, s]) => ({ name, dtype: s.dtype as ElemType, dims: s.shape })),
+      inputs: inputs.map((s) => ({ name: s.name, dtype: s.dtype, dims: s.shape })),
+      outputs: Object.entries(outputs).map(([name, s]) => ({ name, dtype: s.dtype, dims: s.shape })),
       opsets: [{ domain: '', version: OPSET }, { domain: 'com.microsoft', version: 1 }],
     });
     const constantBytes = initializers.reduce((n, t) => n + t.byteLength, 0);

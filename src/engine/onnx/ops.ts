@@ -1,9 +1,9 @@
 import type { Ops, QuantizedTensors, WeightLayout } from '../ops.js';
 import { blockCount, rowBytes } from '../quant.js';
 import { Graph, Sym, type DType } from './graph.js';
+import { ELEM } from './proto.js';
 
 const GELU_TANH_C = Math.sqrt(2 / Math.PI);
-const CAST_TO: Record<DType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2, int8: 3, float16: 10 };
 
 function norm(axis: number, rank: number): number {
   const a = axis < 0 ? rank + axis : axis;
@@ -335,7 +335,7 @@ export class OnnxOps implements Ops<Sym> {
 
   cast(x: Sym, dtype: DType): Sym {
     if (x.dtype === dtype) return x;
-    return this.graph.op1('Cast', [x], x.shape, dtype, { to: CAST_TO[dtype] });
+    return this.graph.op1('Cast', [x], x.shape, dtype, { to: ELEM[dtype] });
   }
 
   checkpoint(x: Sym): Sym {

@@ -8,7 +8,8 @@ import protobuf from 'protobufjs';
  */
 
 export type ElemType = 'float32' | 'int32' | 'int64' | 'bool' | 'uint8' | 'int8' | 'float16';
-const ELEM: Record<ElemType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2, int8: 3, float16: 10 };
+/** ONNX's TensorProto.DataType numbers (a tensor's element type, Cast's `to`) */
+export const ELEM: Record<ElemType, number> = { float32: 1, int32: 6, int64: 7, bool: 9, uint8: 2, int8: 3, float16: 10 };
 
 export type AttrValue = number | number[] | string | { float: number } | { floats: number[] } | { ints: number[] };
 
