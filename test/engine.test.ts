@@ -8,22 +8,13 @@ import { createRandomModel } from '../src/models/load.js';
 import { hiddenStates } from '../src/models/forward.js';
 import { rowsAt } from '../src/models/common.js';
 import { tf, initOracle, tfOps, maxAbsDiff } from './oracle/index.js';
-import { rssAfter } from './fixtures.js';
+import { rand as randValues, rssAfter } from './fixtures.js';
 
 before(async () => {
   await initOracle();
 });
 
-function rand(shape: number[], seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0;
-  const n = shape.reduce((a, b) => a * b, 1);
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return out;
-}
+const rand = (shape: number[], seed: number, scale = 1): Float32Array => randValues(shape.reduce((a, b) => a * b, 1), seed, scale);
 
 const floats = (t: HostTensor) => Array.from(t.data as Float32Array);
 const maxAbs = (a: ArrayLike<number>) => Array.from(a).reduce((m, v) => Math.max(m, Math.abs(v)), 0);

@@ -7,6 +7,7 @@ import type { LanguageModel } from '../src/models/model.js';
 import type { TokenBatch } from '../src/models/forward.js';
 import { rowsAt } from '../src/models/common.js';
 import { main } from '../src/cli/main.js';
+import { getRuntime, type Runtime } from '../src/engine/runtime.js';
 
 export const shared = path.resolve(process.cwd(), '../shared');
 export const modelDir = (name: string): string => path.join(shared, 'models', name);
@@ -122,4 +123,27 @@ export function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
     nb += b[i]! ** 2;
   }
   return dot / Math.sqrt(na * nb);
+}
+
+/** Deterministic values in [-scale, scale) (a linear congruential sequence from `seed`). */
+export function rand(n: number, seed: number, scale = 1): Float32Array {
+  let s = seed >>> 0;
+  const out = new Float32Array(n);
+  for (let i = 0; i < n; i++) {
+    s = (s * 1664525 + 1013904223) >>> 0;
+    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
+  }
+  return out;
+}
+
+/** `fn` run with one of the runtime's training settings set to `value`, restored afterwards. */
+export async function withRuntime<K extends 'gradientCheckpointing' | 'savedActivations', R>(key: K, value: Runtime[K], fn: () => Promise<R>): Promise<R> {
+  const rt = await getRuntime();
+  const before = rt[key];
+  rt[key] = value;
+  try {
+    return await fn();
+  } finally {
+    rt[key] = before;
+  }
 }

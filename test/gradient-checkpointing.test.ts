@@ -9,7 +9,6 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { getRuntime } from '../src/engine/runtime.js';
 import { ProgramBuilder } from '../src/engine/program.js';
 import { gradients } from '../src/engine/onnx/autodiff.js';
 import { createRandomModel, loadModel } from '../src/models/load.js';
@@ -20,21 +19,12 @@ import { PrefixEncoder } from '../src/prompt/prefix.js';
 import { PTuningPrograms } from '../src/prompt/programs.js';
 import { collate, renderExample } from '../src/prompt/render.js';
 import { parseTemplate } from '../src/prompt/template.js';
-import { modelDir, shared } from './fixtures.js';
+import { modelDir, shared, withRuntime } from './fixtures.js';
 
 const SMALL = { hiddenSize: 32, numLayers: 3, numHeads: 4, intermediateSize: 64, maxPositions: 64, vocabSize: 120 };
 const RECORDS = [{ x: 'w10 w11 w12' }, { x: 'w20 w21' }, { x: 'w30 w31 w32 w33' }];
 
-async function withCheckpointing<R>(on: boolean, fn: () => Promise<R>): Promise<R> {
-  const rt = await getRuntime();
-  const before = rt.gradientCheckpointing;
-  rt.gradientCheckpointing = on;
-  try {
-    return await fn();
-  } finally {
-    rt.gradientCheckpointing = before;
-  }
-}
+const withCheckpointing = <R>(on: boolean, fn: () => Promise<R>): Promise<R> => withRuntime('gradientCheckpointing', on, fn);
 
 function batchOf(lm: LanguageModel, template: string) {
   const t = parseTemplate(template);

@@ -9,22 +9,13 @@ import { hiddenStates, logitsAt, type TokenBatch } from '../src/models/forward.j
 import type { LanguageModel } from '../src/models/model.js';
 import type { WeightOf } from '../src/models/lm.js';
 import { tf, initOracle, tfOps, oracleWeights, oracleHidden, int2d, maxAbsDiff } from './oracle/index.js';
-import { bert, candidateLogits, gpt2, modelDir, useMiniModels } from './fixtures.js';
+import { bert, candidateLogits, gpt2, modelDir, rand, useMiniModels } from './fixtures.js';
 
 useMiniModels();
 
 before(async () => {
   await initOracle();
 });
-
-/** Deterministic values in [-1, 1). */
-function rand(n: number, seed: number): Float32Array {
-  let s = seed >>> 0;
-  return Float32Array.from({ length: n }, () => {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    return (s / 2 ** 32 - 0.5) * 2;
-  });
-}
 
 const maxAbs = (a: ArrayLike<number>) => Array.from(a).reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 

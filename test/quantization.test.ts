@@ -18,21 +18,11 @@ import {
   type QuantSettings,
 } from '../src/engine/quant.js';
 import { tf, initOracle, tfOps, maxAbsDiff, tfQuantized } from './oracle/index.js';
-import { cosine } from './fixtures.js';
+import { cosine, rand } from './fixtures.js';
 
 before(async () => {
   await initOracle();
 });
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return out;
-}
 
 /** Weights with the heavy-ish tails of trained ones: a few large entries per row. */
 function weights(n: number, k: number, seed: number): Float32Array {

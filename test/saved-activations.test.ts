@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { getRuntime, type SavedActivations } from '../src/engine/runtime.js';
+import type { SavedActivations } from '../src/engine/runtime.js';
 import { ProgramBuilder, programs, type Program } from '../src/engine/program.js';
 import { gradients } from '../src/engine/onnx/autodiff.js';
 import { createRandomModel, loadModel, type LoadOptions } from '../src/models/load.js';
@@ -15,28 +15,9 @@ import { PromptEncoder } from '../src/prompt/encoder.js';
 import { makeHead } from '../src/prompt/heads.js';
 import { PTuningPrograms } from '../src/prompt/programs.js';
 import { benchBatch } from '../bench/batch.js';
-import { cosine, modelDir } from './fixtures.js';
+import { cosine, modelDir, rand, withRuntime } from './fixtures.js';
 
-async function withSaved<R>(p: SavedActivations, fn: () => Promise<R>): Promise<R> {
-  const rt = await getRuntime();
-  const before = rt.savedActivations;
-  rt.savedActivations = p;
-  try {
-    return await fn();
-  } finally {
-    rt.savedActivations = before;
-  }
-}
-
-function rand(n: number, seed: number, scale = 1): Float32Array {
-  let s = seed >>> 0;
-  const out = new Float32Array(n);
-  for (let i = 0; i < n; i++) {
-    s = (s * 1664525 + 1013904223) >>> 0;
-    out[i] = (s / 2 ** 32 - 0.5) * 2 * scale;
-  }
-  return out;
-}
+const withSaved = <R>(p: SavedActivations, fn: () => Promise<R>): Promise<R> => withRuntime('savedActivations', p, fn);
 
 test('a program kept at 16 bits: the same loss, gradients within the rounding of the saved values', async () => {
   const [m, k, n] = [256, 384, 512];
