@@ -431,17 +431,17 @@ test('repeated program forward + grad + optimizer steps keep memory and the sess
   const configs = [...small, { type: 'lstm', numVirtualTokens: 9, tokenDim: 128, seed: 8 } as PromptEncoderConfig];
   const encoders = configs.map((cfg) => new PromptEncoder({ ...cfg, dropout: cfg.type === 'lstm' ? 0.1 : 0 }));
   const opts = encoders.map((enc) => new AdamW([{ params: enc.params, lr: 1e-2, weightDecay: 0.01 }]));
-  // warm up: compile each program, allocate gradient buffers and optimizer moments
+  // warm up: compile each program, allocate the optimizer moments
   for (let e = 0; e < encoders.length; e++) await steps(encoders[e]!, opts[e]!, 3);
   const sessions = programs.size;
-  const gradBuffers = encoders.map((enc) => [...enc.params.values()].map((p) => p.grad));
+  const firstGrads = encoders.flatMap((enc) => [...enc.params.values()].map((p) => p.grad));
   collectGarbage();
   const rss0 = process.memoryUsage().rss;
   for (let e = 0; e < encoders.length; e++) await steps(encoders[e]!, opts[e]!, STEPS);
   collectGarbage();
   const grown = (process.memoryUsage().rss - rss0) / 2 ** 20;
   assert.equal(programs.size, sessions, 'no new sessions for repeated steps');
-  encoders.forEach((enc, e) => [...enc.params.values()].forEach((p, i) => assert.equal(p.grad, gradBuffers[e]![i], 'gradients land in the same buffers')));
+  assert.ok(firstGrads.every((g) => g.length === 0), "a step's gradient arrays are freed when the next step runs");
   t.diagnostic(`RSS change over ${STEPS * encoders.length} steps: ${grown.toFixed(1)} MiB`);
   assert.ok(grown < 40, `RSS grew by ${grown.toFixed(1)} MiB over ${STEPS * encoders.length} steps`);
   for (const o of opts) o.dispose();

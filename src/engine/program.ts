@@ -211,15 +211,14 @@ export class ProgramCache {
     }
     for (const name of compiled.paramGrads) graded.push(param(name));
     for (const n of compiled.inputs) if (!all[n]) throw new Error(`program ${program.key}: input "${n}" was not fed`);
+    // the last run's gradients go back to the runtime before this run allocates new ones: a gradient as large as
+    // the model must not wait for a garbage collection
+    for (const p of graded) {
+      const old = p.takeAdoptedGrad();
+      if (old) releaseNow({ data: old, shape: [old.length] });
+    }
     const r = await compiled.session.run(all, compiled.outputs);
-    // gradients are copied into the parameters' own buffers and the runtime's arrays freed at once: a gradient
-    // as large as the model must not wait for a garbage collection (outputs written into buffers given to the
-    // runtime would not help: onnxruntime-node then allocates its own and copies)
-    graded.forEach((p, i) => {
-      const out = r[GRAD + compiled.paramGrads[i]!]!;
-      p.grad.set(out.data as Float32Array);
-      releaseNow(out);
-    });
+    graded.forEach((p, i) => p.adoptGrad(r[GRAD + compiled.paramGrads[i]!]!.data as Float32Array));
     const result: ProgramResult = { outputs: {}, wrt: {}, graded };
     for (const name of compiled.outputs) {
       if (name.startsWith(WRT)) result.wrt[name.slice(WRT.length)] = r[name]!;

@@ -19,10 +19,13 @@ export function sizeOf(shape: readonly number[]): number {
 /**
  * A named float32 array that training may update: a model weight, a prompt encoder's matrix, a head. Programs
  * read parameters as inputs fed from `data` on every run, so an update is seen by every program at once.
- * `grad` is the buffer a training program writes the parameter's gradient into (allocated on first use).
+ * `grad` holds the parameter's gradient after a training run: the runtime's output array itself, handed over
+ * without a copy and freed when the next run that computes it starts (no buffer as large as the weights is kept
+ * between steps); zeros when no run has written it.
  */
 export class Parameter {
   private gradData: Float32Array | null = null;
+  private adopted = false;
 
   constructor(
     readonly name: string,
@@ -39,20 +42,31 @@ export class Parameter {
     return this.data.length;
   }
 
-  /** The gradient buffer (zeros when new). */
+  /** The gradient (zeros when none was written). */
   get grad(): Float32Array {
     return (this.gradData ??= new Float32Array(this.data.length));
   }
 
-  /** Makes `buffer` (zeroed, the parameter's size) the gradient buffer, e.g. one inside an optimizer's arena. */
-  useGradBuffer(buffer: Float32Array): void {
-    if (buffer.length !== this.data.length) throw new Error(`parameter "${this.name}": gradient buffer of ${buffer.length} values for shape [${this.shape}]`);
-    this.gradData = buffer;
+  /** Makes `g` (a runtime's output, the parameter's size) the gradient, without copying it. */
+  adoptGrad(g: Float32Array): void {
+    if (g.length !== this.data.length) throw new Error(`parameter "${this.name}": gradient of ${g.length} values for shape [${this.shape}]`);
+    this.gradData = g;
+    this.adopted = true;
   }
 
-  /** Frees the gradient buffer (inference only from now on). */
+  /** Takes back an adopted gradient (for the caller to free); null when the gradient is not a runtime's array. */
+  takeAdoptedGrad(): Float32Array | null {
+    if (!this.adopted) return null;
+    const g = this.gradData;
+    this.gradData = null;
+    this.adopted = false;
+    return g;
+  }
+
+  /** Drops the gradient (inference only from now on). */
   dropGrad(): void {
     this.gradData = null;
+    this.adopted = false;
   }
 
   /** Overwrites the values (same size). */

@@ -1,7 +1,7 @@
 /**
  * The Adam update as a WebAssembly SIMD kernel (four float32 lanes per instruction, float32 arithmetic as
- * torch.optim computes it for float32 parameters). The parameters, gradients and moments it updates live in one
- * WebAssembly memory (`AdamArena`), which ONNX Runtime reads and writes in place like any other host array.
+ * torch.optim computes it for float32 parameters). The parameters and moments it updates live in one WebAssembly
+ * memory (`AdamArena`), which ONNX Runtime reads in place like any other host array.
  *
  * The module is assembled here from its instructions (a single function; see `adamBody`), so no build step or
  * binary file is involved.
@@ -114,7 +114,7 @@ function kernelModule(): WebAssembly.Module | null {
 const MAX_ARENA_BYTES = 3.5 * 2 ** 30;
 
 /**
- * One WebAssembly memory holding parameters' values, gradients and Adam moments, each 16-byte aligned, with the
+ * One WebAssembly memory holding parameters' values, Adam moments and a window for gradients, each 16-byte aligned, with the
  * kernel bound to it. Arrays are views into the memory, which never grows, so they stay valid.
  */
 export class AdamArena {

@@ -1,5 +1,8 @@
 import type { Parameter } from '../engine/tensor.js';
-import { AdamArena } from './adam-kernel.js';
+import { AdamArena, padded } from './adam-kernel.js';
+
+/** floats of a gradient copied into the arena at a time (64 KB: stays in cache while the kernel reads it) */
+const CHUNK = 16384;
 
 /**
  * Adam and AdamW with torch.optim semantics, parameter groups, exact resume, and torch's clip_grad_norm_.
@@ -46,8 +49,9 @@ export interface AdamOptions {
   betas?: [number, number];
   eps?: number;
   /**
-   * run the update as a WebAssembly SIMD kernel over an arena holding the parameters, their gradients and the
-   * moments (the parameters' arrays move into it); default true where WebAssembly SIMD is available
+   * run the update as a WebAssembly SIMD kernel over an arena holding the parameters and the moments (the
+   * parameters' arrays move into it; gradients pass through it in small chunks); default true where WebAssembly
+   * SIMD is available
    */
   kernel?: boolean;
 }
@@ -77,6 +81,8 @@ class AdamBase {
   private readonly beta2: number;
   private readonly eps: number;
   private readonly arena: AdamArena | null;
+  /** the arena's window gradients are copied through, CHUNK floats at a time */
+  private readonly gradChunk: Float32Array | null = null;
 
   protected constructor(
     readonly kind: 'adam' | 'adamw',
@@ -104,18 +110,20 @@ class AdamBase {
         this.slots.set(name, { param, group, step: 0, m: null, v: null });
       }
     }
-    this.arena = opts.kernel === false ? null : AdamArena.create([...this.slots.values()].flatMap((s) => Array(4).fill(s.param.size) as number[]));
+    const sizes = [...this.slots.values()].flatMap((s) => Array(3).fill(s.param.size) as number[]);
+    this.arena = opts.kernel === false ? null : AdamArena.create([...sizes, CHUNK]);
     if (this.arena) {
-      // θ, its gradient and both moments side by side in the kernel's memory; ONNX Runtime reads and writes them there
+      // θ and both moments side by side in the kernel's memory (ONNX Runtime reads θ there); a gradient stays in
+      // the runtime's array and passes through a chunk of the arena, so no second model-sized buffer is held
       for (const slot of this.slots.values()) {
         const p = slot.param;
         const theta = this.arena.alloc(p.size);
         theta.set(p.data);
         p.data = theta;
-        p.useGradBuffer(this.arena.alloc(p.size));
         slot.m = this.arena.alloc(p.size);
         slot.v = this.arena.alloc(p.size);
       }
+      this.gradChunk = this.arena.alloc(CHUNK);
     }
   }
 
@@ -147,11 +155,15 @@ class AdamBase {
       const invRoot2 = 1 / Math.sqrt(1 - beta2 ** t);
       const c1 = 1 - beta1;
       const c2 = 1 - beta2;
-      if (this.arena && this.arena.holds(p.data)) {
-        const grad = p.grad;
-        if (g !== grad) grad.set(g);
-        const bytes = Math.ceil(n / 4) * 16; // padding lanes hold zeros and stay zero
-        this.arena.kernel(p.data.byteOffset, grad.byteOffset, m.byteOffset, v.byteOffset, bytes, l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps);
+      if (this.arena && this.gradChunk && this.arena.holds(p.data)) {
+        const chunk = this.gradChunk;
+        for (let at = 0; at < n; at += CHUNK) {
+          const len = Math.min(CHUNK, n - at);
+          chunk.set(g.subarray(at, at + len));
+          if (len % 4) chunk.fill(0, len, padded(len)); // padding lanes of θ, m and v hold zeros and stay zero
+          const off = at * 4;
+          this.arena.kernel(p.data.byteOffset + off, chunk.byteOffset, m.byteOffset + off, v.byteOffset + off, padded(len) * 4, l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps);
+        }
       } else {
         adamUpdate(p.data, g, m, v, { l2, keep, stepSize, invRoot2, beta1, beta2, c1, c2, eps, n });
       }
