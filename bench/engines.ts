@@ -8,7 +8,8 @@
  * PyTorch: the interpreter given by --python, else `$PTUNE_TORCH_PYTHON`, else `.venv-torch/bin/python` (made by
  * `../shared/bench/setup-pytorch.sh .venv-torch`: current PyTorch, CPU), else Debian's /usr/bin/python3.
  * Each (model, engine, mode) runs in its own process, so every peak RSS is one mode's alone (PyTorch's too).
- * Steps (median of --reps after one warm-up, which includes compiling the programs) mirror
+ * Steps (median of --reps after one warm-up, which includes compiling the programs; default 20 for the mini models,
+ * 3 for the others; PyTorch gets the same) mirror
  * ../shared/bench/torch_ptuning_step.py:
  *   fwd    ids → LM → logits over the full vocabulary at one answer position per row (the inference program)
  *   ptune  LSTM prompt encoder, its rows spliced into the 9 pseudo positions, LM, full-vocab cross-entropy at the
@@ -250,7 +251,8 @@ async function parent(): Promise<void> {
   const results = report.results as Record<string, Record<string, unknown>>;
   for (const m of models) {
     const def = MODELS[m]!;
-    const reps = String(Number(arg('reps') ?? (def.dir ? 5 : 3)));
+    // the minis' steps take tens of milliseconds and their first runs after the warm-up are slower than the rest
+    const reps = String(Number(arg('reps') ?? (def.dir ? 20 : 3)));
     const rounds = Number(arg('rounds') ?? (def.dir ? 3 : 1));
     const mine = modes.filter((x) => def.modes.includes(x));
     const byEngine: Record<string, Record<string, unknown>[]> = {};

@@ -219,35 +219,35 @@ export class PromptEncoder {
 /**
  * One bidirectional LSTM layer over the whole sequence x [n, in] → [n, 2h] (forward | backward), as torch.nn.LSTM
  * with zero initial states: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
- * Each direction reads its own weights as they are (stacking the two directions' weights would copy them on every
- * run and keep the copy alive for the backward pass).
+ * The two directions step together as a batch of two (the backward one reading the sequence reversed): each time
+ * step is one set of nodes for both, which halves the program's nodes (at a few kilobytes per node, the node
+ * count is what an LSTM this small costs). Only the recurrent weights are stacked (W_hh, [2, 4h, h]).
  */
 function lstmLayer<T>(o: Ops<T>, w: (name: string) => T, hs: number, x: T, layer: number): T {
   const n = o.shape(x)[0]!;
   const reversed = o.constInt(Array.from({ length: n }, (_, i) => n - 1 - i), [n]);
-  const direction = (suffix: string, xs: T): T => {
-    const p = (name: string) => w(`lstm_head.${name}_l${layer}${suffix}`);
-    const inputGates = o.dense(xs, p('weight_ih'), o.add(p('bias_ih'), p('bias_hh'))); // [n, 4h]
-    const whh = p('weight_hh'); // [4h, h]
-    const outs: T[] = [];
-    let h: T | null = null;
-    let c: T | null = null;
-    for (let t = 0; t < n; t++) {
-      let gates = o.slice(inputGates, [t, 0], [1, 4 * hs]);
-      if (h) gates = o.add(gates, o.matmul(h, whh, true));
-      const gate = (k: number) => o.slice(gates, [0, k * hs], [1, hs]);
-      const i = o.sigmoid(gate(0));
-      const f = o.sigmoid(gate(1));
-      const g = o.tanh(gate(2));
-      const og = o.sigmoid(gate(3));
-      c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
-      h = o.mul(og, o.tanh(c));
-      outs.push(h);
-    }
-    return o.concat(outs, 0); // [n, h] in the direction's own time order
-  };
-  const fwd = direction('', x);
-  const bwd = o.gather(direction('_reverse', o.gather(x, reversed)), reversed);
+  const p = (name: string, suffix: string) => w(`lstm_head.${name}_l${layer}${suffix}`);
+  const inputGates = (suffix: string, xs: T) => o.expandDims(o.dense(xs, p('weight_ih', suffix), o.add(p('bias_ih', suffix), p('bias_hh', suffix))), 0);
+  const xg = o.concat([inputGates('', x), inputGates('_reverse', o.gather(x, reversed))], 0); // [2, n, 4h]
+  const whh = o.concat([o.expandDims(p('weight_hh', ''), 0), o.expandDims(p('weight_hh', '_reverse'), 0)], 0); // [2, 4h, h]
+  const outs: T[] = [];
+  let h: T | null = null;
+  let c: T | null = null;
+  for (let t = 0; t < n; t++) {
+    let gates = o.slice(xg, [0, t, 0], [2, 1, 4 * hs]);
+    if (h) gates = o.add(gates, o.matmul(h, whh, true));
+    const gate = (k: number) => o.slice(gates, [0, 0, k * hs], [2, 1, hs]);
+    const i = o.sigmoid(gate(0));
+    const f = o.sigmoid(gate(1));
+    const g = o.tanh(gate(2));
+    const og = o.sigmoid(gate(3));
+    c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
+    h = o.mul(og, o.tanh(c)); // [2, 1, h]
+    outs.push(h);
+  }
+  const y = o.concat(outs, 1); // [2, n, h], each direction in its own time order
+  const fwd = o.reshape(o.slice(y, [0, 0, 0], [1, n, hs]), [n, hs]);
+  const bwd = o.gather(o.reshape(o.slice(y, [1, 0, 0], [1, n, hs]), [n, hs]), reversed);
   return o.concat([fwd, bwd], 1);
 }
 
