@@ -45,6 +45,8 @@ export interface CreateSessionOptions {
    * dequantized (float) copy of a weight is folded into the session
    */
   constantFolding?: boolean;
+  /** onnxruntime-node: ONNX Runtime's CPU memory arena for this session (default off; PTUNE_ORT_ARENA=1|0 overrides) */
+  memArena?: boolean;
 }
 
 export interface RuntimeSession {
@@ -155,9 +157,9 @@ export class Runtime {
             graphOptimizationLevel: 'all',
             executionMode: 'sequential',
             // without ORT's CPU arena, activations go back to the allocator after each run: the arena kept growing
-            // across runs (BERT-base P-tuning: ~1.14 GB held after 4 steps, against ~0.70 GB without) for no speed
-            // gain measured here
-            enableCpuMemArena: env?.PTUNE_ORT_ARENA === '1',
+            // across runs (BERT-base P-tuning: ~1.14 GB held after 4 steps, against ~0.70 GB without); programs ask
+            // for it where it pays (see compile in program.ts)
+            enableCpuMemArena: env?.PTUNE_ORT_ARENA ? env.PTUNE_ORT_ARENA === '1' : (opts.memArena ?? false),
             // the memory pattern (one block planned for all of a run's intermediates) is faster for repeated runs
             // but holds more at once: with gradient checkpointing, the mode for memory, it is off (the 1.1B int4
             // P-tuning step: 2,989 against 3,114 MiB at the same step time; BERT-base fp32 ~10 % slower without it)
