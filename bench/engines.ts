@@ -29,6 +29,7 @@
  * ratios to the faster of PyTorch's thread counts (< 1: faster than PyTorch).
  */
 import { spawnSync } from 'node:child_process';
+import { PTUNE_PROCESS_ENV } from '../src/cli/process-env.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -262,8 +263,8 @@ async function parent(): Promise<void> {
       PTUNE_CACHE_DIR: cache,
       PTUNE_GRADIENT_CHECKPOINTING: parsed.get(e)!.checkpointing ? '1' : '0',
       PTUNE_SAVED_ACTIVATIONS: parsed.get(e)!.saved,
-      // the environment the `ptune` command gives itself (bin/ptune.js): glibc's mmap threshold fixed
-      MALLOC_MMAP_THRESHOLD_: '131072',
+      // the environment the `ptune` command gives itself (bin/ptune.js)
+      ...PTUNE_PROCESS_ENV,
     });
     // the Node flags of the `ptune` command (bin/ptune.js) besides the heap limit
     const childArgs = (e: string, modeList: string) => ['--max-old-space-size=16384', '--max-semi-space-size=2', self, '--child', m, '--modes', modeList, '--reps', reps, ...parsed.get(e)!.quantize];

@@ -22,6 +22,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon from 'autocannon';
+import { PTUNE_PROCESS_ENV } from '../src/cli/process-env.js';
 import { writeSafetensors } from '../src/engine/safetensors.js';
 import { createRandomModel, loadModel } from '../src/models/load.js';
 import type { LanguageModel } from '../src/models/model.js';
@@ -117,7 +118,7 @@ function rssMb(pid: number): number {
 async function startServer(table: string): Promise<{ child: ChildProcess; url: string }> {
   const child = spawn(process.execPath, ['bin/ptune.js', 'serve', '--table', table, '--port', '0', '--max-batch', '32', '--max-wait-ms', '5', '--max-queue', '4096'], {
     stdio: ['ignore', 'pipe', 'inherit'],
-    env: { ...process.env, MALLOC_MMAP_THRESHOLD_: '131072' },
+    env: { ...process.env, ...PTUNE_PROCESS_ENV },
   });
   const url = await new Promise<string>((resolve, reject) => {
     let out = '';

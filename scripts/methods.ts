@@ -11,6 +11,7 @@
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { PTUNE_PROCESS_ENV } from '../src/cli/process-env.js';
 
 const M = '../shared/models';
 const MODELS = ['bert-mini-lama', 'gpt2-mini-lama'] as const;
@@ -53,7 +54,7 @@ function run(out: string, only: string[] | null): void {
     const report = path.join(out, blk.name, 'report.json');
     if (fs.existsSync(report)) continue;
     const t0 = Date.now();
-    const r = spawnSync(process.execPath, ['bin/ptune.js', ...blk.args], { stdio: 'inherit' });
+    const r = spawnSync(process.execPath, ['bin/ptune.js', ...blk.args], { stdio: 'inherit', env: { ...process.env, ...PTUNE_PROCESS_ENV } });
     console.log(JSON.stringify({ block: blk.name, status: r.status, seconds: Math.round((Date.now() - t0) / 1000) }));
   }
 }
