@@ -312,24 +312,24 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
   const session = await rt.createSession(model.bytes, {
     ...(external && { externalFolder: [...folders][0]! }),
     ...(b.external.size > 0 && { constantFolding: false }),
-    memArena: wantsArena(b, loss !== undefined, rt.gradientCheckpointing),
+    memArena: wantsArena(b, rt.gradientCheckpointing),
   });
   const dataInputs = new Set([...inputs].filter((n) => !n.startsWith(PARAM)));
   return { session, constantBytes: model.constantBytes, baked, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
 }
 
-/** Parameter bytes up to which a training program runs in ONNX Runtime's CPU memory arena. */
+/** Parameter bytes up to which a program runs in ONNX Runtime's CPU memory arena. */
 const ARENA_MAX_PARAM_BYTES = 64 * 2 ** 20;
 
 /**
- * A training program over small weights reuses its buffers from run to run in ONNX Runtime's arena: without it,
- * every run's gradients and intermediates are fresh pages of the allocator (a bert-mini full fine-tuning step:
- * 43–48 ms against 80–85 ms). Over larger weights the arena's growth costs more memory than it saves time
- * (BERT-base full fine-tuning: 2.91 against 2.41 GB for 15 % of the step), and inference programs, of which a
- * run compiles many, stay without one.
+ * A program over small weights reuses its buffers from run to run in ONNX Runtime's arena: without it, every
+ * run's gradients and intermediates are fresh pages of the allocator (bert-mini: full fine-tuning step 43–48 ms
+ * against 80–85 ms, forward 11–14 against 14–16 ms; a two-relation `ptune lama` run peaks at 436 against 343 MB).
+ * Over larger weights the arena's growth costs more memory than it saves time (BERT-base full fine-tuning: 2.91
+ * against 2.41 GB for 15 % of the step). Not with gradient checkpointing, the mode for memory.
  */
-function wantsArena(b: ProgramBuilder, training: boolean, recompute: boolean): boolean {
-  if (!training || recompute) return false;
+function wantsArena(b: ProgramBuilder, recompute: boolean): boolean {
+  if (recompute) return false;
   let bytes = 0;
   for (const { sym } of b.params.values()) bytes += sym.size * 4;
   return bytes <= ARENA_MAX_PARAM_BYTES;
