@@ -253,3 +253,33 @@ test('a prefix-only template in PEFT layout puts the virtual tokens before [CLS]
   );
   void Parameter;
 });
+
+test('windowed decoders (Gemma 2, Mistral): a left-padded row sees its prefix as the row alone, unpadded, does (the window counts positions, not padding)', async () => {
+  for (const name of ['gemma2', 'mistral']) {
+    const lm = await loadModel(modelDir(`tiny/${name}`));
+    const t = parseTemplate('{x} [MASK]');
+    const prefix = new PrefixEncoder({ numVirtualTokens: 3, projection: false, seed: 2 }, lm.info);
+    const table = prefix.params.get('embedding.weight')!;
+    const records = [{ x: 'the cat sat on the mat by the door of the house' }, { x: 'a dog' }];
+    const batch = collate(records.map((r, i) => renderExample(t, r, lm.tokenizer, lm.info, { maxLength: 32, index: i })!), lm.info);
+    const scores = await new PTuningPrograms(lm, null, answerHead(lm), prefix).scores(batch);
+    const k = scores.shape[1]!;
+    for (let row = 0; row < records.length; row++) {
+      const mask = batch.attentionMask[row]!;
+      const pads = mask.indexOf(1);
+      assert.ok(row === 0 || pads >= 4, `${name}: row ${row} is padded by ${pads} (the test needs more than the window)`);
+      const ids = batch.ids[row]!.slice(pads);
+      const alone = tf.tidy(() => {
+        const { w } = oracleWeights(lm);
+        const past = prefix.pastOf(tfOps, tf.tensor2d(table.data, table.shape as [number, number]), 1);
+        const out = lm.fns.hidden(tfOps, w, { embeds: lm.fns.embed(tfOps, w, int2d([ids])), attentionMask: int2d([ids.map(() => 1)]), past });
+        const s = ids.length;
+        const picked = tf.gather(tf.reshape(out.hidden, [s, -1]), tf.tensor1d([batch.answerPositions[row]! - pads], 'int32'));
+        return lm.fns.logits(tfOps, w, picked).dataSync() as Float32Array;
+      });
+      let diff = 0;
+      alone.forEach((x, i) => (diff = Math.max(diff, Math.abs(x - scores.data[row * k + i]!))));
+      assert.ok(diff < 1e-3, `${name} row ${row} (${pads} pads): logits differ from the unpadded row by ${diff}`);
+    }
+  }
+});

@@ -208,8 +208,6 @@ export const gemma2Family: ModelFamily<Gemma2Config> = {
     past: {
       ptune: true,
       transformers: true,
-      // scripts/peft-check.py, tiny checkpoint (sliding window 4): log-probs off by up to 0.05, with 3 or 16 virtual tokens
-      peftPrefixDiffers: 'PEFT puts Gemma 2\'s prefix into transformers\' sliding-window cache layers, and its scores differ from ptune\'s (measured on a checkpoint whose window is shorter than prefix + input; not explained yet)',
     },
   }),
   weights,

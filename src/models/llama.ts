@@ -316,9 +316,11 @@ export function applyPartialRope<T>(o: Ops<T>, x: T, cos: T, sin: T, style: 'int
 
 /**
  * Additive attention bias [B, 1, S, P + S] of a causal decoder for S current queries after P past slots: padding
- * keys and future keys hidden, and with `window` also keys `window` or more sequence indices back. Past slot j
- * has sequence index j and the current tokens follow the valid past slots (the past's mask counts them), so a
- * cache buffer with room to spare (valid slots first) puts the current tokens right after its filled slots.
+ * keys and future keys hidden, and with `window` also keys `window` or more positions back. Past slot j has
+ * position j and the current tokens follow the valid past slots (the past's mask counts them), so a cache buffer
+ * with room to spare (valid slots first) puts the current tokens right after its filled slots; a query's distance
+ * to a past slot counts the row's real tokens before it, not its padding (a left-padded row sees its prefix as the
+ * same row unpadded does, as transformers does on a row without padding).
  */
 export function decoderBias<T>(o: Ops<T>, attentionMask: T, opts: { pastMask?: T; window?: number }): T {
   const s = o.shape(attentionMask)[1]!;
@@ -328,13 +330,17 @@ export function decoderBias<T>(o: Ops<T>, attentionMask: T, opts: { pastMask?: T
   if (window === undefined || !opts.pastMask) return attentionBias(o, keyMask, { queryLen: s, pastLen, causal: true, window });
   const b = o.shape(attentionMask)[0]!;
   const keys = pastLen + s;
-  // distance query - key = valid·[key is past] + (i - j) for past slot j, or (i - i') for current key i'
+  // distance query - key = valid + before(i) - j for past slot j (before(i): the row's real tokens ahead of query i),
+  // or i - i' for current key i' (padding lies before a row's tokens or after them, never between)
   const isPast = new Float32Array(keys);
   const offset = new Float32Array(s * keys);
+  const earlier = new Float32Array(s * s);
   for (let j = 0; j < keys; j++) isPast[j] = j < pastLen ? 1 : 0;
-  for (let i = 0; i < s; i++) for (let j = 0; j < keys; j++) offset[i * keys + j] = (j < pastLen ? i - j : i - (j - pastLen)) - window + 1;
+  for (let i = 0; i < s; i++) for (let j = 0; j < keys; j++) offset[i * keys + j] = (j < pastLen ? -j : i - (j - pastLen)) - window + 1;
+  for (let a = 0; a < s; a++) for (let i = a + 1; i < s; i++) earlier[a * s + i] = 1;
   const valid = o.reshape(o.sum(o.cast(opts.pastMask, 'float32'), 1, true), [b, 1, 1, 1]);
-  const beyond = o.add(o.mul(valid, o.constFloat(isPast, [1, 1, 1, keys])), o.constFloat(offset, [1, 1, s, keys]));
+  const before = o.reshape(o.matmul(o.cast(attentionMask, 'float32'), o.constFloat(earlier, [s, s])), [b, 1, s, 1]);
+  const beyond = o.add(o.mul(o.add(valid, before), o.constFloat(isPast, [1, 1, 1, keys])), o.constFloat(offset, [1, 1, s, keys]));
   const windowBias = o.scale(stepOf(o, beyond), MASKED);
   return o.add(attentionBias(o, keyMask, { queryLen: s, pastLen, causal: true }), windowBias);
 }
