@@ -29,11 +29,11 @@
  * ratios to the faster of PyTorch's thread counts (< 1: faster than PyTorch).
  */
 import { spawnSync } from 'node:child_process';
-import { PTUNE_PROCESS_ENV } from '../src/cli/process-env.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { PTUNE_PROCESS_ENV } from '../src/cli/process-env.js';
 import { getRuntime } from '../src/engine/runtime.js';
 import { createRandomModel, loadModel } from '../src/models/load.js';
 import type { LanguageModel } from '../src/models/model.js';

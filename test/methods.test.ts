@@ -129,7 +129,7 @@ test('PEFT export per method: adapter type and sizes, what PEFT reproduces (mode
   }
 });
 
-test('a jointly tuned LM, or a prefix on a family whose transformers class takes no past (or where PEFT was measured to differ), is exported but marked not reproducible; a windowed decoder\'s prefix (Gemma 2) is reproducible', async () => {
+test('a jointly tuned LM, or a prefix on a family whose transformers class takes no past, is exported but marked not reproducible; a windowed decoder\'s prefix (Gemma 2) is reproducible', async () => {
   const s = await PTuningSession.create(config(modelDir('bert-mini-lama'), '[P*2] {sentence} It was [MASK] .', { peftLayout: true, optim: { ...DEFAULT_OPTIM, tuneLm: true } }), bert);
   const c = peftCompatibility(s);
   assert.equal(c.reproducible, false);

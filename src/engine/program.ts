@@ -215,7 +215,7 @@ export class ProgramCache {
     // the model must not wait for a garbage collection
     for (const p of graded) {
       const old = p.takeAdoptedGrad();
-      if (old) releaseNow({ data: old, shape: [old.length] });
+      if (old) releaseNow(old);
     }
     const r = await compiled.session.run(all, compiled.outputs);
     graded.forEach((p, i) => p.adoptGrad(r[GRAD + compiled.paramGrads[i]!]!.data as Float32Array));

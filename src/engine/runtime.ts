@@ -212,12 +212,12 @@ export class Runtime {
 }
 
 /**
- * Frees an output's memory now instead of at the next garbage collection: the array's buffer is moved into a
+ * Frees an output array's memory now instead of at the next garbage collection: its buffer is moved into a
  * message on a closed channel, which drops it (ONNX Runtime then releases the tensor behind it). The array is
  * empty afterwards.
  */
-export function releaseNow(t: HostTensor): void {
-  const buffer = t.data.buffer;
+export function releaseNow(data: TensorData): void {
+  const buffer = data.buffer;
   if (!(buffer instanceof ArrayBuffer) || buffer.byteLength === 0) return;
   const channel = new MessageChannel();
   channel.port2.close();

@@ -330,17 +330,14 @@ export function decoderBias<T>(o: Ops<T>, attentionMask: T, opts: { pastMask?: T
   if (window === undefined || !opts.pastMask) return attentionBias(o, keyMask, { queryLen: s, pastLen, causal: true, window });
   const b = o.shape(attentionMask)[0]!;
   const keys = pastLen + s;
-  // distance query - key = valid + before(i) - j for past slot j (before(i): the row's real tokens ahead of query i),
-  // or i - i' for current key i' (padding lies before a row's tokens or after them, never between)
+  // distance query - key = position(i) - j for past slot j (position: the valid past slots plus the row's real
+  // tokens ahead of query i), or i - i' for current key i' (padding lies before a row's tokens or after them)
   const isPast = new Float32Array(keys);
   const offset = new Float32Array(s * keys);
-  const earlier = new Float32Array(s * s);
   for (let j = 0; j < keys; j++) isPast[j] = j < pastLen ? 1 : 0;
   for (let i = 0; i < s; i++) for (let j = 0; j < keys; j++) offset[i * keys + j] = (j < pastLen ? -j : i - (j - pastLen)) - window + 1;
-  for (let a = 0; a < s; a++) for (let i = a + 1; i < s; i++) earlier[a * s + i] = 1;
-  const valid = o.reshape(o.sum(o.cast(opts.pastMask, 'float32'), 1, true), [b, 1, 1, 1]);
-  const before = o.reshape(o.matmul(o.cast(attentionMask, 'float32'), o.constFloat(earlier, [s, s])), [b, 1, s, 1]);
-  const beyond = o.add(o.mul(o.add(valid, before), o.constFloat(isPast, [1, 1, 1, keys])), o.constFloat(offset, [1, 1, s, keys]));
+  const position = o.reshape(o.cast(positionsFrom(o, attentionMask, opts.pastMask), 'float32'), [b, 1, s, 1]);
+  const beyond = o.add(o.mul(position, o.constFloat(isPast, [1, 1, 1, keys])), o.constFloat(offset, [1, 1, s, keys]));
   const windowBias = o.scale(stepOf(o, beyond), MASKED);
   return o.add(attentionBias(o, keyMask, { queryLen: s, pastLen, causal: true }), windowBias);
 }

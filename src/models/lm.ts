@@ -50,8 +50,6 @@ export interface ModelInfo {
   past?: {
     ptune: boolean;
     transformers: boolean;
-    /** why Hugging Face PEFT's PREFIX_TUNING does not give ptune's scores on this family, when it does not */
-    peftPrefixDiffers?: string;
     /** false: past slots take no positions (the input's positions start at 0 whatever precedes them) */
     positioned?: boolean;
   };

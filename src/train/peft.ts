@@ -47,10 +47,6 @@ export function peftCompatibility(run: PTuning): PeftCompatibility {
       );
     }
   }
-  if (method === 'prefix' && info.past?.peftPrefixDiffers) {
-    reproducible = false;
-    notes.push(info.past.peftPrefixDiffers);
-  }
   if (method === 'prefix' && info.past?.transformers === false) {
     reproducible = false;
     notes.push(`transformers' ${info.family} takes no past keys and values: PEFT would run the model without the prefix, silently`);
