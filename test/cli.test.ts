@@ -216,3 +216,10 @@ test('--runtime web runs on onnxruntime-web without a notice; an unknown --runti
   assert.equal((JSON.parse(web.stdout) as FillJson).predictions[0]!.top[0]!.token, 'paris');
   assertOneLineError(ptune('--runtime', 'foo', 'info', BERT), /--runtime: expected one of node, web, got "foo"/);
 });
+
+test('the ptune command starts Node in the environment the bench and the methods runner pass (PTUNE_PROCESS_ENV)', async () => {
+  const { PTUNE_PROCESS_ENV } = await import('../src/cli/process-env.js');
+  const shebang = fs.readFileSync(path.resolve(process.cwd(), 'bin/ptune.js'), 'utf8').split('\n')[0]!;
+  const set = Object.fromEntries([...shebang.matchAll(/\b([A-Z_]+)=(\S+)/g)].map((m) => [m[1]!, m[2]!]));
+  assert.deepEqual(set, { ...PTUNE_PROCESS_ENV });
+});
