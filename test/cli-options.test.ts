@@ -203,13 +203,28 @@ test('--quantize: bad values and settings without it are refused by name; a run 
   const base = { model: bert, train: data.train, dev: data.dev, template: '3,3,3', answerField: 'obj_label', out: freshOut() };
   const defaults = {
     tokenRule: 'first', method: 'ptuning', virtualTokens: '20', prefixDropout: '0', peftLayout: true, baselines: true, encoder: 'lstm', encoderPreset: 'thudm',
-    encoderDropout: '0', weightDecay: '0', warmup: '0', gamma: '0.98', lmLr: '1e-4', lmWeightDecay: '0.1', batchSize: '8', gradAccum: '1', maxGradNorm: '1',
+    encoderDropout: '0', weightDecay: '0', warmup: '0', gamma: '0.98', lmLr: '1e-4', lmWeightDecay: '0.1', lmDropout: true, batchSize: '8', gradAccum: '1', maxGradNorm: '1',
     epochs: '1', maxSteps: '0', evalEvery: '0', patience: '0', saveEvery: '50', maxLength: '128', seed: '13',
   };
   const config = trainConfigFromOptions({ ...defaults, ...base, quantize: 'int4', quantBlock: '64', quantSymmetric: true }, given);
   assert.deepEqual(config.quantize, { bits: 4, blockSize: 64, symmetric: true });
   assert.deepEqual(trainConfigFromOptions({ ...defaults, ...base, quantize: 'int8', quantBlock: 'channel' }, given).quantize, { bits: 8, blockSize: 'channel' });
   assert.equal(trainConfigFromOptions({ ...defaults, ...base, quantize: 'none' }, given).quantize, undefined);
+});
+
+test('--tune-lm trains the LM with its dropout unless --no-lm-dropout, which applies with --tune-lm only', async () => {
+  await refused(train('--no-lm-dropout'), /--no-lm-dropout applies with --tune-lm only/);
+  const { trainConfigFromOptions } = await import('../src/cli/train-commands.js');
+  const given = () => false;
+  const base = {
+    model: bert, train: data.train, dev: data.dev, template: '3,3,3', answerField: 'obj_label', out: freshOut(), tokenRule: 'first', method: 'ptuning',
+    virtualTokens: '20', prefixDropout: '0', peftLayout: true, baselines: true, encoder: 'lstm', encoderPreset: 'thudm', encoderDropout: '0',
+    weightDecay: '0', warmup: '0', gamma: '0.98', lmLr: '1e-4', lmWeightDecay: '0.1', batchSize: '8', gradAccum: '1', maxGradNorm: '1',
+    epochs: '1', maxSteps: '0', evalEvery: '0', patience: '0', saveEvery: '50', maxLength: '128', seed: '13',
+  };
+  assert.equal(trainConfigFromOptions({ ...base, tuneLm: true, lmDropout: true }, given).optim.lmDropout, true);
+  assert.equal(trainConfigFromOptions({ ...base, tuneLm: true, lmDropout: false }, given).optim.lmDropout, false);
+  assert.equal('lmDropout' in trainConfigFromOptions({ ...base, lmDropout: true }, given).optim, false, 'a frozen LM: nothing recorded');
 });
 
 test('fewglue --seed-list runs the seeds named, not 1..--seeds', async () => {

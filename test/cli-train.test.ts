@@ -25,11 +25,11 @@ function slice(dir: string): { train: string; dev: string } {
   return { train, dev };
 }
 
-/** With encoder dropout, so that an exact resume also needs the checkpointed dropout stream. */
-function trainArgs(data: { train: string; dev: string }, out: string): string[] {
+/** With encoder dropout (and `extra`), so that an exact resume also needs the checkpointed dropout streams. */
+function trainArgs(data: { train: string; dev: string }, out: string, extra: string[] = []): string[] {
   return [cli, 'train', '--model', bert, '--train', data.train, '--dev', data.dev, '--template', '3,3,3',
     '--answer-field', 'obj_label', '--epochs', '3', '--save-every', '2', '--seed', '5', '--encoder-dropout', '0.2',
-    '--out', out, '--quiet'];
+    ...extra, '--out', out, '--quiet'];
 }
 
 function metricLines(run: string): Record<string, unknown>[] {
@@ -41,58 +41,65 @@ function evalLines(run: string): unknown[] {
     .map((l) => JSON.parse(l)).filter((r) => r.type === 'eval').map((r) => [r.step, r.score]);
 }
 
-test('train (encoder dropout 0.2) killed with SIGKILL mid-epoch, then --resume, ends with the same weights and metrics as an uninterrupted run', async () => {
-  const dir = tmp();
-  const data = slice(dir);
-  const full = path.join(dir, 'full');
-  const r = spawnSync('node', trainArgs(data, full), { encoding: 'utf8' });
-  assert.equal(r.status, 0, r.stderr);
-  const summary = JSON.parse(r.stdout.trim().split('\n').pop()!);
+const RESUMED: [string, string[], string[]][] = [
+  ['encoder dropout 0.2', [], ['dropout']],
+  ['--tune-lm: encoder dropout 0.2 and the LM\'s own dropout 0.1', ['--tune-lm'], ['dropout', 'lmDropout']],
+];
 
-  const cut = path.join(dir, 'cut');
-  const child = spawn('node', trainArgs(data, cut), { stdio: 'ignore' });
-  const state = path.join(cut, 'last', 'state.json');
-  await new Promise<void>((resolve, reject) => {
-    const t0 = Date.now();
-    const poll = setInterval(() => {
-      let step = 0;
-      try {
-        step = JSON.parse(fs.readFileSync(state, 'utf8')).step;
-      } catch {
-        /* not written yet */
-      }
-      if (step >= 16) {
-        clearInterval(poll);
-        child.kill('SIGKILL');
-        resolve();
-      } else if (Date.now() - t0 > 60_000) {
-        clearInterval(poll);
-        child.kill('SIGKILL');
-        reject(new Error('training did not reach step 16 in 60 s'));
-      }
-    }, 20);
+for (const [what, extra, streams] of RESUMED) {
+  test(`train (${what}) killed with SIGKILL mid-epoch, then --resume, ends with the same weights and metrics as an uninterrupted run`, async () => {
+    const dir = tmp();
+    const data = slice(dir);
+    const full = path.join(dir, 'full');
+    const r = spawnSync('node', trainArgs(data, full, extra), { encoding: 'utf8' });
+    assert.equal(r.status, 0, r.stderr);
+    const summary = JSON.parse(r.stdout.trim().split('\n').pop()!);
+
+    const cut = path.join(dir, 'cut');
+    const child = spawn('node', trainArgs(data, cut, extra), { stdio: 'ignore' });
+    const state = path.join(cut, 'last', 'state.json');
+    await new Promise<void>((resolve, reject) => {
+      const t0 = Date.now();
+      const poll = setInterval(() => {
+        let step = 0;
+        try {
+          step = JSON.parse(fs.readFileSync(state, 'utf8')).step;
+        } catch {
+          /* not written yet */
+        }
+        if (step >= 16) {
+          clearInterval(poll);
+          child.kill('SIGKILL');
+          resolve();
+        } else if (Date.now() - t0 > 90_000) {
+          clearInterval(poll);
+          child.kill('SIGKILL');
+          reject(new Error('training did not reach step 16 in 90 s'));
+        }
+      }, 20);
+    });
+    await new Promise((res) => child.on('exit', res));
+    const killedAt = JSON.parse(fs.readFileSync(state, 'utf8'));
+    assert.ok(killedAt.step < 36 && !killedAt.finished, `killed too late: ${JSON.stringify(killedAt)}`);
+    for (const k of streams) assert.equal(killedAt.task[k].length, 4, `the checkpoint holds the ${k} stream`);
+    assert.ok(killedAt.batchInEpoch > 0, `killed mid-epoch: ${JSON.stringify(killedAt)}`);
+
+    const resumed = spawnSync('node', [...trainArgs(data, cut, extra), '--resume'], { encoding: 'utf8' });
+    assert.equal(resumed.status, 0, resumed.stderr);
+    const after = JSON.parse(resumed.stdout.trim().split('\n').pop()!);
+    assert.equal(after.best, summary.best);
+    assert.equal(after.steps, summary.steps);
+    assert.deepEqual(evalLines(cut), evalLines(full));
+    // every step logged once, with the numbers of the uninterrupted run
+    const lines = metricLines(cut);
+    const keys = lines.map((l) => `${l.type} ${l.step}`);
+    assert.equal(new Set(keys).size, keys.length, `duplicate metric lines: ${keys.join(', ')}`);
+    assert.deepEqual(lines, metricLines(full));
+    for (const f of ['best/params.safetensors', 'best/prompt_table.safetensors', 'last/params.safetensors', 'last/optimizer.safetensors']) {
+      assert.deepEqual(fs.readFileSync(path.join(cut, f)), fs.readFileSync(path.join(full, f)), f);
+    }
   });
-  await new Promise((res) => child.on('exit', res));
-  const killedAt = JSON.parse(fs.readFileSync(state, 'utf8'));
-  assert.ok(killedAt.step < 36 && !killedAt.finished, `killed too late: ${JSON.stringify(killedAt)}`);
-  assert.equal(killedAt.task.dropout.length, 4, 'the checkpoint holds the dropout stream');
-  assert.ok(killedAt.batchInEpoch > 0, `killed mid-epoch: ${JSON.stringify(killedAt)}`);
-
-  const resumed = spawnSync('node', [...trainArgs(data, cut), '--resume'], { encoding: 'utf8' });
-  assert.equal(resumed.status, 0, resumed.stderr);
-  const after = JSON.parse(resumed.stdout.trim().split('\n').pop()!);
-  assert.equal(after.best, summary.best);
-  assert.equal(after.steps, summary.steps);
-  assert.deepEqual(evalLines(cut), evalLines(full));
-  // every step logged once, with the numbers of the uninterrupted run
-  const lines = metricLines(cut);
-  const keys = lines.map((l) => `${l.type} ${l.step}`);
-  assert.equal(new Set(keys).size, keys.length, `duplicate metric lines: ${keys.join(', ')}`);
-  assert.deepEqual(lines, metricLines(full));
-  for (const f of ['best/params.safetensors', 'best/prompt_table.safetensors', 'last/params.safetensors', 'last/optimizer.safetensors']) {
-    assert.deepEqual(fs.readFileSync(path.join(cut, f)), fs.readFileSync(path.join(full, f)), f);
-  }
-});
+}
 
 test('bad inputs give one-line errors naming the place', () => {
   const dir = tmp();

@@ -132,6 +132,7 @@ export const trainSchema = z.object({
   tuneLm: opt.flag(),
   lmLr: opt.number({ gt: 0 }),
   lmWeightDecay: opt.number({ min: 0 }),
+  lmDropout: z.boolean(),
   batchSize: opt.int(1),
   gradAccum: opt.int(1),
   maxGradNorm: opt.number({ min: 0 }),

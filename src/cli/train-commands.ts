@@ -127,6 +127,7 @@ function checkCombinations(o: TrainOptions & { method: MethodName }, given: Give
   };
   only('lmLr', '--lm-lr', Boolean(o.tuneLm), 'with --tune-lm');
   only('lmWeightDecay', '--lm-weight-decay', Boolean(o.tuneLm), 'with --tune-lm');
+  only('lmDropout', '--no-lm-dropout', Boolean(o.tuneLm), 'with --tune-lm');
   only('tokenRule', '--token-rule', Boolean(o.labelField), 'with --label-field/--verbalizer');
   only('answerVocab', '--answer-vocab', Boolean(o.answerField), 'with --answer-field');
   only('gamma', '--gamma', o.schedule === 'exponential', 'with --schedule exponential');
@@ -193,6 +194,7 @@ function freshConfig(o: TrainOptions & { method: MethodName }): RunConfig {
       tuneLm: o.tuneLm ?? false,
       lmLr: o.lmLr ?? TUNE_LM_DEFAULTS.lmLr,
       lmWeightDecay: o.lmWeightDecay,
+      ...(o.tuneLm && { lmDropout: o.lmDropout }),
     },
     ...quantizeOf(o),
   };
@@ -259,6 +261,7 @@ const KNOBS: Knob[] = [
   { key: 'quantize', have: (c) => c.quantize ?? null, want: (o) => quantizeFrom(o) ?? null },
   { key: 'lmLr', have: (c) => c.optim.lmLr },
   { key: 'lmWeightDecay', have: (c) => c.optim.lmWeightDecay },
+  { key: 'lmDropout', have: (c) => c.optim.lmDropout ?? false, want: (o) => Boolean(o.tuneLm) && o.lmDropout },
   { key: 'batchSize', have: (c) => c.loop.batchSize },
   { key: 'gradAccum', have: (c) => c.loop.gradAccum },
   { key: 'maxGradNorm', have: (c) => c.loop.maxGradNorm },
@@ -368,6 +371,7 @@ export function registerTrainCommands(program: Command): void {
     .option('--tune-lm', 'tune the LM jointly with the prompt')
     .option('--lm-lr <x>', 'LM learning rate with --tune-lm', asText, TUNE_LM_DEFAULTS.lmLr)
     .option('--lm-weight-decay <x>', 'LM weight decay with --tune-lm', asText, DEFAULT_OPTIM.lmWeightDecay)
+    .option('--no-lm-dropout', "with --tune-lm: train the LM without the dropout rates of its config (default: with them, as Hugging Face trains)")
     .option('--batch-size <n>', 'batch size (≥ 1)', asText, DEFAULT_LOOP.batchSize)
     .option('--grad-accum <n>', 'micro-batches per optimizer step (≥ 1)', asText, DEFAULT_LOOP.gradAccum)
     .option('--max-grad-norm <x>', 'gradient clipping (0 = off)', asText, DEFAULT_LOOP.maxGradNorm)

@@ -117,6 +117,12 @@ export interface Ops<T> {
   cast(x: T, dtype: 'float32' | 'int32'): T;
 
   /**
+   * Dropout with probability `rate`: x itself, except in a training program an engine builds with dropout on,
+   * where each element is zeroed with probability `rate` and the others scaled by 1 / (1 − rate).
+   */
+  dropout(x: T, rate: number): T;
+
+  /**
    * x unchanged, marking it a boundary between transformer layers (called before each layer and after the
    * last): with gradient checkpointing, an engine keeps only such values for the backward pass and recomputes
    * what lies between two of them.

@@ -1,4 +1,4 @@
-import { Graph, OnnxOps, gradients, type DType, type Sym } from './onnx/index.js';
+import { Graph, OnnxOps, gradients, type DropoutMask, type DType, type Sym } from './onnx/index.js';
 import type { QuantizedTensors, WeightLayout } from './ops.js';
 import { quantizedShapes, type QuantBits } from './quant.js';
 import { getRuntime, processEnv, releaseNow, type RuntimeSession } from './runtime.js';
@@ -154,6 +154,14 @@ interface Compiled {
   paramInputs: string[];
   /** parameters it returns gradients of */
   paramGrads: string[];
+  /** the dropout masks it reads (inputs each run draws) */
+  masks: DropoutMask[];
+}
+
+/** Options of one run. */
+export interface RunOptions {
+  /** draws a program's dropout masks (`OnnxOps.dropout`): `size` values, 0 with probability `rate`, else 1 / (1 − rate) */
+  dropout?: (size: number, rate: number) => Float32Array;
 }
 
 /** Resolves a parameter by the name the program declared it with. */
@@ -186,7 +194,7 @@ export class ProgramCache {
   }
 
   /** Runs `program`; feeds holds the data inputs (extra ones are ignored), `lookup` the parameters. */
-  async run(program: Program, feeds: Record<string, HostTensor>, lookup: ParamLookup): Promise<ProgramResult> {
+  async run(program: Program, feeds: Record<string, HostTensor>, lookup: ParamLookup, opts: RunOptions = {}): Promise<ProgramResult> {
     const rt = await getRuntime();
     if (rt.gradientCheckpointing) program = { ...program, key: `${program.key}|recompute` };
     else if (rt.savedActivations !== 'auto') program = { ...program, key: `${program.key}|saved ${rt.savedActivations}` };
@@ -210,6 +218,10 @@ export class ProgramCache {
       all[PARAM + name] = { data: p.data, shape: p.shape };
     }
     for (const name of compiled.paramGrads) graded.push(param(name));
+    for (const m of compiled.masks) {
+      if (!opts.dropout) throw new Error(`program ${program.key}: dropout masks but no stream to draw them from`);
+      all[m.name] = { data: opts.dropout(m.shape.reduce((a, b) => a * b, 1), m.rate), shape: m.shape };
+    }
     for (const n of compiled.inputs) if (!all[n]) throw new Error(`program ${program.key}: input "${n}" was not fed`);
     // the last run's gradients go back to the runtime before this run allocates new ones: a gradient as large as
     // the model must not wait for a garbage collection
@@ -309,13 +321,14 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
   const inputs = new Set(model.inputNames);
   const paramInputs = [...b.params.keys()].filter((name) => inputs.has(PARAM + name));
   const paramGrads = [...b.params.keys()].filter((name) => (GRAD + name) in all);
+  const masks = (b.o.dropoutMasks ?? []).filter((m) => inputs.has(m.name));
   const session = await rt.createSession(model.bytes, {
     ...(external && { externalFolder: [...folders][0]! }),
     ...(b.external.size > 0 && { constantFolding: false }),
     memArena: wantsArena(b, rt.gradientCheckpointing),
   });
-  const dataInputs = new Set([...inputs].filter((n) => !n.startsWith(PARAM)));
-  return { session, constantBytes: model.constantBytes, baked, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads };
+  const dataInputs = new Set([...inputs].filter((n) => !n.startsWith(PARAM) && !masks.some((m) => m.name === n)));
+  return { session, constantBytes: model.constantBytes, baked, inputs: dataInputs, outputs: Object.keys(all), paramInputs, paramGrads, masks };
 }
 
 /** Parameter bytes up to which a program runs in ONNX Runtime's CPU memory arena. */

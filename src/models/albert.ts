@@ -36,6 +36,9 @@ export interface AlbertConfig {
   hiddenAct: 'gelu' | 'gelu_new' | 'relu';
   padTokenId: number;
   tieWordEmbeddings: boolean;
+  /** dropout rates when the LM trains: hidden states (embeddings, sublayer outputs), attention probabilities */
+  hiddenDropout: number;
+  attentionDropout: number;
 }
 
 export const ALBERT_BASE: AlbertConfig = {
@@ -53,6 +56,8 @@ export const ALBERT_BASE: AlbertConfig = {
   hiddenAct: 'gelu_new',
   padTokenId: 0,
   tieWordEmbeddings: true,
+  hiddenDropout: 0,
+  attentionDropout: 0,
 };
 
 const ACTIVATIONS: Record<string, AlbertConfig['hiddenAct']> = { gelu: 'gelu', gelu_new: 'gelu_new', gelu_pytorch_tanh: 'gelu_new', relu: 'relu' };
@@ -77,6 +82,8 @@ function parseConfig(json: Record<string, unknown>, file: string): AlbertConfig 
     hiddenAct: act,
     padTokenId: f.id('pad_token_id') ?? 0,
     tieWordEmbeddings: f.bool('tie_word_embeddings', true),
+    hiddenDropout: f.num('hidden_dropout_prob', 0),
+    attentionDropout: f.num('attention_probs_dropout_prob', 0),
   };
   if (cfg.hiddenSize % cfg.numHeads !== 0) throw new Error(`${file}: hidden_size ${cfg.hiddenSize} is not divisible by num_attention_heads ${cfg.numHeads}`);
   if (cfg.numHiddenGroups > cfg.numLayers) throw new Error(`${file}: num_hidden_groups ${cfg.numHiddenGroups} exceeds num_hidden_layers ${cfg.numLayers}`);
@@ -102,6 +109,8 @@ function toHfConfig(cfg: AlbertConfig): Record<string, unknown> {
     pad_token_id: cfg.padTokenId,
     position_embedding_type: 'absolute',
     tie_word_embeddings: cfg.tieWordEmbeddings,
+    hidden_dropout_prob: cfg.hiddenDropout,
+    attention_probs_dropout_prob: cfg.attentionDropout,
     torch_dtype: 'float32',
   };
 }
@@ -163,9 +172,10 @@ function functions(cfg: AlbertConfig): LmFunctions {
     const q = splitHeads(o, lin(o, w, x, `${p}.attention.query`), heads);
     const kv = { k: splitHeads(o, lin(o, w, x, `${p}.attention.key`), heads), v: splitHeads(o, lin(o, w, x, `${p}.attention.value`), heads) };
     const all = withPast(o, kv, past);
-    const attn = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, bias)), `${p}.attention.dense`);
+    const context = mergeHeads(o, attend(o, q, all.k, all.v, bias, { dropout: cfg.attentionDropout }));
+    const attn = o.dropout(lin(o, w, context, `${p}.attention.dense`), cfg.hiddenDropout);
     x = norm(o, w, o.add(x, attn), `${p}.attention.LayerNorm`);
-    const ffn = lin(o, w, act(o, lin(o, w, x, `${p}.ffn`)), `${p}.ffn_output`);
+    const ffn = o.dropout(lin(o, w, act(o, lin(o, w, x, `${p}.ffn`)), `${p}.ffn_output`), cfg.hiddenDropout);
     return { x: norm(o, w, o.add(ffn, x), `${p}.full_layer_layer_norm`), kv };
   };
 
@@ -180,7 +190,7 @@ function functions(cfg: AlbertConfig): LmFunctions {
       const typeEmb = w(`${EMB}.token_type_embeddings.weight`);
       const types = inp.tokenTypeIds ? o.gather(typeEmb, inp.tokenTypeIds) : o.slice(typeEmb, [0, 0], [1, cfg.embeddingSize]);
       const e = o.add(o.add(inp.embeds, types), o.gather(w(`${EMB}.position_embeddings.weight`), positions));
-      let x = lin(o, w, norm(o, w, e, `${EMB}.LayerNorm`), 'albert.encoder.embedding_hidden_mapping_in');
+      let x = lin(o, w, o.dropout(norm(o, w, e, `${EMB}.LayerNorm`), cfg.hiddenDropout), 'albert.encoder.embedding_hidden_mapping_in');
       const bias = attentionBias(o, keyMaskOf(o, inp.attentionMask, inp.past?.mask), { queryLen: s, pastLen, causal: false });
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {

@@ -30,6 +30,9 @@ export interface BertConfig {
   layerNormEps: number;
   padTokenId: number;
   hiddenAct: 'gelu' | 'gelu_new' | 'relu';
+  /** dropout rates when the LM trains: hidden states (embeddings, sublayer outputs), attention probabilities */
+  hiddenDropout: number;
+  attentionDropout: number;
 }
 
 export const BERT_BASE: BertConfig = {
@@ -44,6 +47,8 @@ export const BERT_BASE: BertConfig = {
   layerNormEps: 1e-12,
   padTokenId: 0,
   hiddenAct: 'gelu',
+  hiddenDropout: 0.1,
+  attentionDropout: 0.1,
 };
 
 const ACTIVATIONS: Record<string, BertConfig['hiddenAct']> = { gelu: 'gelu', gelu_new: 'gelu_new', gelu_pytorch_tanh: 'gelu_new', relu: 'relu' };
@@ -67,6 +72,8 @@ function parseConfig(json: Record<string, unknown>, file: string): BertConfig {
     layerNormEps: f.num('layer_norm_eps', 1e-12),
     padTokenId: f.id('pad_token_id') ?? (modelType === 'roberta' ? 1 : 0),
     hiddenAct: act,
+    hiddenDropout: f.num('hidden_dropout_prob', 0.1),
+    attentionDropout: f.num('attention_probs_dropout_prob', 0.1),
   };
   if (cfg.hiddenSize % cfg.numHeads !== 0) throw new Error(`${file}: hidden_size ${cfg.hiddenSize} is not divisible by num_attention_heads ${cfg.numHeads}`);
   return cfg;
@@ -86,6 +93,8 @@ function toHfConfig(cfg: BertConfig): Record<string, unknown> {
     layer_norm_eps: cfg.layerNormEps,
     pad_token_id: cfg.padTokenId,
     hidden_act: cfg.hiddenAct,
+    hidden_dropout_prob: cfg.hiddenDropout,
+    attention_probs_dropout_prob: cfg.attentionDropout,
     position_embedding_type: 'absolute',
     tie_word_embeddings: true,
     torch_dtype: 'float32',
@@ -165,7 +174,7 @@ function functions(cfg: BertConfig): LmFunctions {
     const typeEmb = w(`${n.base}.embeddings.token_type_embeddings.weight`);
     const types = inp.tokenTypeIds ? o.gather(typeEmb, inp.tokenTypeIds) : o.slice(typeEmb, [0, 0], [1, cfg.hiddenSize]);
     const x = o.add(o.add(inp.embeds, o.gather(w(`${n.base}.embeddings.position_embeddings.weight`), positions)), types);
-    return norm(o, w, x, `${n.base}.embeddings.LayerNorm`);
+    return o.dropout(norm(o, w, x, `${n.base}.embeddings.LayerNorm`), cfg.hiddenDropout);
   };
 
   /** One post-LN layer: x = LN(x + attn(x)); x = LN(x + ffn(x)); with `at`, for the rows at `at` only. */
@@ -176,9 +185,10 @@ function functions(cfg: BertConfig): LmFunctions {
     const q = splitHeads(o, lin(o, w, xq, `${p}.attention.self.query`), heads);
     const kv = { k: splitHeads(o, lin(o, w, x, `${p}.attention.self.key`), heads), v: splitHeads(o, lin(o, w, x, `${p}.attention.self.value`), heads) };
     const all = withPast(o, kv, past);
-    const attn = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias)), `${p}.attention.output.dense`);
+    const probsDrop = { dropout: cfg.attentionDropout };
+    const attn = o.dropout(lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias, probsDrop)), `${p}.attention.output.dense`), cfg.hiddenDropout);
     x = norm(o, w, o.add(xq, attn), `${p}.attention.output.LayerNorm`);
-    const ffn = lin(o, w, activation(o, cfg, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`);
+    const ffn = o.dropout(lin(o, w, activation(o, cfg, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`), cfg.hiddenDropout);
     return { x: norm(o, w, o.add(x, ffn), `${p}.output.LayerNorm`), kv };
   };
 

@@ -80,9 +80,9 @@ export function mergeHeads<T>(o: Ops<T>, x: T): T {
  * softmax(q kᵀ · scale + bias) v: q [B, heads, Q, d]; k, v [B, kvHeads, K, d] (grouped-query attention when
  * kvHeads < heads: the query heads that share a kv head are folded into the query axis, so k and v are used
  * as they are instead of being repeated); bias broadcasts to [B, heads, Q, K]. `softcap` (Gemma 2) applies
- * cap · tanh(scores / cap) before the bias.
+ * cap · tanh(scores / cap) before the bias. `dropout`: the rate on the attention probabilities when training.
  */
-export function attend<T>(o: Ops<T>, q: T, k: T, v: T, bias: T, opts: { scale?: number; softcap?: number } = {}): T {
+export function attend<T>(o: Ops<T>, q: T, k: T, v: T, bias: T, opts: { scale?: number; softcap?: number; dropout?: number } = {}): T {
   const [b, heads, s, d] = o.shape(q) as [number, number, number, number];
   const [, kvHeads, keys] = o.shape(k) as [number, number, number, number];
   const scale = opts.scale ?? 1 / Math.sqrt(d);
@@ -91,7 +91,7 @@ export function attend<T>(o: Ops<T>, q: T, k: T, v: T, bias: T, opts: { scale?: 
   let scores = o.scale(o.matmul(qg, k, true), scale);
   if (group !== 1) scores = o.reshape(scores, [b, heads, s, keys]);
   if (opts.softcap) scores = o.scale(o.tanh(o.scale(scores, 1 / opts.softcap)), opts.softcap);
-  let probs = o.softmax(o.add(scores, bias), -1);
+  let probs = o.dropout(o.softmax(o.add(scores, bias), -1), opts.dropout ?? 0);
   if (group !== 1) probs = o.reshape(probs, [b, kvHeads, group * s, keys]);
   const out = o.matmul(probs, v);
   return group === 1 ? out : o.reshape(out, [b, heads, s, o.shape(v)[3]!]);

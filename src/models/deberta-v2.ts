@@ -36,6 +36,9 @@ export interface DebertaV2Config {
   shareAttKey: boolean;
   /** norm_rel_ebd contains "layer_norm": the relative embeddings pass deberta.encoder.LayerNorm */
   normRelEmbeddings: boolean;
+  /** dropout rates when the LM trains: hidden states (embeddings, sublayer outputs, each layer's relative embeddings), attention probabilities */
+  hiddenDropout: number;
+  attentionDropout: number;
 }
 
 export const DEBERTA_V3_BASE: DebertaV2Config = {
@@ -57,6 +60,8 @@ export const DEBERTA_V3_BASE: DebertaV2Config = {
   posAttType: ['p2c', 'c2p'],
   shareAttKey: true,
   normRelEmbeddings: true,
+  hiddenDropout: 0.1,
+  attentionDropout: 0.1,
 };
 
 const ACTIVATIONS: Record<string, DebertaV2Config['hiddenAct']> = { gelu: 'gelu', gelu_new: 'gelu_new', gelu_pytorch_tanh: 'gelu_new', relu: 'relu' };
@@ -93,6 +98,8 @@ function parseConfig(json: Record<string, unknown>, file: string): DebertaV2Conf
     layerNormEps: f.num('layer_norm_eps', 1e-7),
     hiddenAct: act,
     padTokenId: f.id('pad_token_id') ?? 0,
+    hiddenDropout: f.num('hidden_dropout_prob', 0.1),
+    attentionDropout: f.num('attention_probs_dropout_prob', 0.1),
     positionBiasedInput: f.bool('position_biased_input', true),
     relativeAttention: f.bool('relative_attention', false),
     positionBuckets: f.num('position_buckets', -1),
@@ -120,6 +127,8 @@ function toHfConfig(cfg: DebertaV2Config): Record<string, unknown> {
     layer_norm_eps: cfg.layerNormEps,
     hidden_act: cfg.hiddenAct,
     pad_token_id: cfg.padTokenId,
+    hidden_dropout_prob: cfg.hiddenDropout,
+    attention_probs_dropout_prob: cfg.attentionDropout,
     position_biased_input: cfg.positionBiasedInput,
     relative_attention: cfg.relativeAttention,
     position_buckets: cfg.positionBuckets,
@@ -240,6 +249,7 @@ function functions(cfg: DebertaV2Config): LmFunctions {
    * so their relative-position terms are zero (P-tuning v2's DeBERTa).
    */
   const attention = <T>(o: Ops<T>, w: WeightOf<T>, p: string, x: T, bias: T, rel?: T, past?: LayerKv<T>): { out: T; kv: LayerKv<T> } => {
+    if (rel) rel = o.dropout(rel, cfg.hiddenDropout);
     const q = splitHeads(o, lin(o, w, x, `${p}.query_proj`), heads);
     const k = splitHeads(o, lin(o, w, x, `${p}.key_proj`), heads);
     const v = splitHeads(o, lin(o, w, x, `${p}.value_proj`), heads);
@@ -269,7 +279,7 @@ function functions(cfg: DebertaV2Config): LmFunctions {
       }
       scores = o.add(scores, relScores);
     }
-    const probs = o.softmax(o.add(scores, bias), -1);
+    const probs = o.dropout(o.softmax(o.add(scores, bias), -1), cfg.attentionDropout);
     return { out: mergeHeads(o, o.matmul(probs, all.v)), kv: { k, v } };
   };
 
@@ -289,7 +299,7 @@ function functions(cfg: DebertaV2Config): LmFunctions {
       }
       if (cfg.embeddingSize !== cfg.hiddenSize) e = dense(o, e, w(`${EMB}.embed_proj.weight`));
       const mask = o.cast(inp.attentionMask, 'float32');
-      let x = o.mul(norm(o, w, e, `${EMB}.LayerNorm`), o.reshape(mask, [b, s, 1]));
+      let x = o.dropout(o.mul(norm(o, w, e, `${EMB}.LayerNorm`), o.reshape(mask, [b, s, 1])), cfg.hiddenDropout);
       let rel: T | undefined;
       if (cfg.relativeAttention) {
         const table = w('deberta.encoder.rel_embeddings.weight');
@@ -303,8 +313,8 @@ function functions(cfg: DebertaV2Config): LmFunctions {
         const p = layerPrefix(i);
         const a = attention(o, w, `${p}.attention.self`, x, bias, rel, inp.past?.layers[i]);
         present.push(a.kv);
-        x = norm(o, w, o.add(lin(o, w, a.out, `${p}.attention.output.dense`), x), `${p}.attention.output.LayerNorm`);
-        const ffn = lin(o, w, act(o, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`);
+        x = norm(o, w, o.add(o.dropout(lin(o, w, a.out, `${p}.attention.output.dense`), cfg.hiddenDropout), x), `${p}.attention.output.LayerNorm`);
+        const ffn = o.dropout(lin(o, w, act(o, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`), cfg.hiddenDropout);
         x = norm(o, w, o.add(ffn, x), `${p}.output.LayerNorm`);
       }
       x = o.checkpoint(x);

@@ -36,6 +36,9 @@ export interface DistilBertConfig {
   padTokenId: number;
   /** vocab_projector.weight is the word embedding table (default); untied checkpoints store it */
   tieWordEmbeddings: boolean;
+  /** dropout when the LM trains: `dropout` (embeddings, FFN output), `attention_dropout` (probabilities) */
+  dropout: number;
+  attentionDropout: number;
 }
 
 const EPS = 1e-12;
@@ -51,6 +54,8 @@ export const DISTILBERT_BASE: DistilBertConfig = {
   activation: 'gelu',
   padTokenId: 0,
   tieWordEmbeddings: true,
+  dropout: 0.1,
+  attentionDropout: 0.1,
 };
 
 function parseConfig(json: Record<string, unknown>, file: string): DistilBertConfig {
@@ -68,6 +73,8 @@ function parseConfig(json: Record<string, unknown>, file: string): DistilBertCon
     activation,
     padTokenId: f.id('pad_token_id') ?? 0,
     tieWordEmbeddings: f.bool('tie_word_embeddings', true),
+    dropout: f.num('dropout', 0.1),
+    attentionDropout: f.num('attention_dropout', 0.1),
   };
   if (cfg.hiddenSize % cfg.numHeads !== 0) throw new Error(`${file}: dim ${cfg.hiddenSize} is not divisible by n_heads ${cfg.numHeads}`);
   return cfg;
@@ -86,8 +93,8 @@ function toHfConfig(cfg: DistilBertConfig): Record<string, unknown> {
     sinusoidal_pos_embds: cfg.sinusoidalPositions,
     activation: cfg.activation,
     pad_token_id: cfg.padTokenId,
-    dropout: 0.1,
-    attention_dropout: 0.1,
+    dropout: cfg.dropout,
+    attention_dropout: cfg.attentionDropout,
     tie_word_embeddings: cfg.tieWordEmbeddings,
     torch_dtype: 'float32',
   };
@@ -138,9 +145,9 @@ function functions(cfg: DistilBertConfig): LmFunctions {
     const q = splitHeads(o, lin(o, w, x, `${p}.attention.q_lin`), heads);
     const kv = { k: splitHeads(o, lin(o, w, x, `${p}.attention.k_lin`), heads), v: splitHeads(o, lin(o, w, x, `${p}.attention.v_lin`), heads) };
     const all = withPast(o, kv, past);
-    const attn = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, bias)), `${p}.attention.out_lin`);
+    const attn = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, bias, { dropout: cfg.attentionDropout })), `${p}.attention.out_lin`);
     x = norm(o, w, o.add(attn, x), `${p}.sa_layer_norm`);
-    const ffn = lin(o, w, act(o, lin(o, w, x, `${p}.ffn.lin1`)), `${p}.ffn.lin2`);
+    const ffn = o.dropout(lin(o, w, act(o, lin(o, w, x, `${p}.ffn.lin1`)), `${p}.ffn.lin2`), cfg.dropout);
     return { x: norm(o, w, o.add(ffn, x), `${p}.output_layer_norm`), kv };
   };
 
@@ -151,7 +158,7 @@ function functions(cfg: DistilBertConfig): LmFunctions {
       const pastLen = inp.past ? o.shape(inp.past.mask)[1]! : 0;
       // transformers numbers positions 0..S-1 by index in every row (padding does not shift them)
       const positions = inp.positionIds ?? o.constInt(Array.from({ length: b * s }, (_, k) => pastLen + (k % s)), [b, s]);
-      let x = norm(o, w, o.add(inp.embeds, o.gather(w(POSITION), positions)), 'distilbert.embeddings.LayerNorm');
+      let x = o.dropout(norm(o, w, o.add(inp.embeds, o.gather(w(POSITION), positions)), 'distilbert.embeddings.LayerNorm'), cfg.dropout);
       const bias = attentionBias(o, keyMaskOf(o, inp.attentionMask, inp.past?.mask), { queryLen: s, pastLen, causal: false });
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {

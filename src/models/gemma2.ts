@@ -130,7 +130,7 @@ function functions(c: Gemma2Config): LmFunctions {
     const v = heads(o, proj(o, w, x, `${p}.v_proj`, c.attentionBias), b, s, c.numKvHeads);
     const kv = { k, v };
     const all = withPast(o, kv, past);
-    const context = attend(o, q, all.k, all.v, bias, { scale: Math.pow(c.queryPreAttnScalar, -0.5), ...(c.attnLogitSoftcap && { softcap: c.attnLogitSoftcap }) });
+    const context = attend(o, q, all.k, all.v, bias, { scale: Math.pow(c.queryPreAttnScalar, -0.5), ...(c.attnLogitSoftcap && { softcap: c.attnLogitSoftcap }), dropout: c.attentionDropout ?? 0 });
     const merged = o.reshape(o.transpose(context, [0, 2, 1, 3]), [b, s, c.numHeads * hd]);
     return { out: proj(o, w, merged, `${p}.o_proj`, c.outputBias), kv };
   };

@@ -26,6 +26,10 @@ export interface Gpt2Config {
   maxPositions: number;
   layerNormEps: number;
   special: Partial<SpecialIds>;
+  /** dropout rates when the LM trains: embeddings, attention probabilities, sublayer outputs (residual branches) */
+  embdDropout: number;
+  attnDropout: number;
+  residDropout: number;
 }
 
 export const GPT2_SMALL: Gpt2Config = {
@@ -37,6 +41,9 @@ export const GPT2_SMALL: Gpt2Config = {
   maxPositions: 1024,
   layerNormEps: 1e-5,
   special: {},
+  embdDropout: 0.1,
+  attnDropout: 0.1,
+  residDropout: 0.1,
 };
 
 function parseConfig(json: Record<string, unknown>, file: string): Gpt2Config {
@@ -55,6 +62,9 @@ function parseConfig(json: Record<string, unknown>, file: string): Gpt2Config {
     maxPositions: f.int('n_positions'),
     layerNormEps: f.num('layer_norm_epsilon', 1e-5),
     special: definedIds({ bos: f.id('bos_token_id'), eos: f.id('eos_token_id'), pad: f.id('pad_token_id') }),
+    embdDropout: f.num('embd_pdrop', 0.1),
+    attnDropout: f.num('attn_pdrop', 0.1),
+    residDropout: f.num('resid_pdrop', 0.1),
   };
   if (cfg.hiddenSize % cfg.numHeads !== 0) throw new Error(`${file}: n_embd ${cfg.hiddenSize} is not divisible by n_head ${cfg.numHeads}`);
   return cfg;
@@ -80,6 +90,9 @@ function toHfConfig(cfg: Gpt2Config): Record<string, unknown> {
     bos_token_id: cfg.special.bos,
     eos_token_id: cfg.special.eos,
     pad_token_id: cfg.special.pad,
+    embd_pdrop: cfg.embdDropout,
+    attn_pdrop: cfg.attnDropout,
+    resid_pdrop: cfg.residDropout,
     tie_word_embeddings: true,
     torch_dtype: 'float32',
   };
@@ -130,7 +143,8 @@ function functions(cfg: Gpt2Config): LmFunctions {
     const kv = { k: splitHeads(o, part(1), cfg.numHeads), v: splitHeads(o, part(2), cfg.numHeads) };
     const q = splitHeads(o, at ? atRows(o, part(0), at) : part(0), cfg.numHeads);
     const all = withPast(o, kv, past);
-    const out = conv(o, w, mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias)), `${p}.attn.c_proj`);
+    const heads = attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias, { dropout: cfg.attnDropout });
+    const out = o.dropout(conv(o, w, mergeHeads(o, heads), `${p}.attn.c_proj`), cfg.residDropout);
     return { out, kv };
   };
 
@@ -141,7 +155,7 @@ function functions(cfg: Gpt2Config): LmFunctions {
       const pastLen = inp.past ? o.shape(inp.past.mask)[1]! : 0;
       const positions = inp.positionIds ?? positionsFrom(o, inp.attentionMask, inp.past?.mask);
       const bias = attentionBias(o, keyMaskOf(o, inp.attentionMask, inp.past?.mask), { queryLen: s, pastLen, causal: true });
-      let x = o.add(inp.embeds, o.gather(w('transformer.wpe.weight'), positions));
+      let x = o.dropout(o.add(inp.embeds, o.gather(w('transformer.wpe.weight'), positions)), cfg.embdDropout);
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
         x = o.checkpoint(x);
@@ -150,7 +164,7 @@ function functions(cfg: Gpt2Config): LmFunctions {
         const at = i === cfg.numLayers - 1 ? inp.at : undefined;
         const attn = attention(o, w, p, norm(o, w, x, `${p}.ln_1`), bias, inp.past?.layers[i], at);
         x = o.add(at ? atRows(o, x, at) : x, attn.out);
-        const mlp = conv(o, w, o.geluTanh(conv(o, w, norm(o, w, x, `${p}.ln_2`), `${p}.mlp.c_fc`)), `${p}.mlp.c_proj`);
+        const mlp = o.dropout(conv(o, w, o.geluTanh(conv(o, w, norm(o, w, x, `${p}.ln_2`), `${p}.mlp.c_fc`)), `${p}.mlp.c_proj`), cfg.residDropout);
         x = o.add(x, mlp);
         present.push(attn.kv);
       }

@@ -58,6 +58,10 @@ export interface DecoderConfig {
   rotaryDim?: number;
   /** Phi-3's fused projections: self_attn.qkv_proj (q | k | v rows) and mlp.gate_up_proj (gate | up rows) */
   fusedProjections?: boolean;
+  /** dropout when the LM trains: attention probabilities (attention_dropout); Phi-3's embd_pdrop / resid_pdrop */
+  attentionDropout?: number;
+  embdDropout?: number;
+  residDropout?: number;
   /**
    * LongRoPE (Phi-3): `invFreq` replaces ropeInvFreq in a run whose largest position + 1 exceeds
    * `originalMaxPositions` (ropeAttentionScale applies to both)
@@ -149,6 +153,7 @@ export function readDecoderConfig(f: ConfigFields, d: DecoderDefaults): DecoderC
     attentionBias: false,
     ropeStyle: 'half',
     special: definedIds({ bos: f.id('bos_token_id'), eos: f.id('eos_token_id'), pad: f.id('pad_token_id') }),
+    attentionDropout: f.num('attention_dropout', 0),
   };
 }
 
@@ -167,6 +172,7 @@ export function decoderHfFields(c: DecoderConfig): Record<string, unknown> {
     rope_theta: c.ropeTheta,
     rope_scaling: c.ropeScaling,
     tie_word_embeddings: c.tieWordEmbeddings,
+    attention_dropout: c.attentionDropout ?? 0,
     hidden_act: 'silu',
     bos_token_id: c.special.bos,
     eos_token_id: c.special.eos,
@@ -385,9 +391,9 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
     k = applyPartialRope(o, k, rope.cos, rope.sin, c.ropeStyle, rotaryDim);
     const kv = { k, v };
     const all = withPast(o, kv, past);
-    const context = attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias);
+    const context = attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias, { dropout: c.attentionDropout ?? 0 });
     const merged = o.reshape(o.transpose(context, [0, 2, 1, 3]), [b, sq, c.numHeads * hd]);
-    return { out: proj(o, w, merged, `${p}.o_proj`, c.outputBias), kv };
+    return { out: o.dropout(proj(o, w, merged, `${p}.o_proj`, c.outputBias), c.residDropout ?? 0), kv };
   };
 
   const mlp = <T>(o: Ops<T>, w: WeightOf<T>, i: number, x: T) => {
@@ -402,7 +408,7 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
       gate = proj(o, w, x, `${p}.gate_proj`);
       up = proj(o, w, x, `${p}.up_proj`);
     }
-    return proj(o, w, o.mul(o.silu(gate), up), `${p}.down_proj`);
+    return o.dropout(proj(o, w, o.mul(o.silu(gate), up), `${p}.down_proj`), c.residDropout ?? 0);
   };
 
   return {
@@ -415,7 +421,7 @@ export function decoderFunctions(c: DecoderConfig, hooks: DecoderHooks = {}): Lm
         if (!biases.has(window)) biases.set(window, decoderBias(o, inp.attentionMask, { pastMask: inp.past?.mask, window }));
         return biases.get(window)!;
       };
-      let x = inp.embeds;
+      let x = o.dropout(inp.embeds, c.embdDropout ?? 0);
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < c.numLayers; i++) {
         x = o.checkpoint(x);

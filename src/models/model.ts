@@ -1,5 +1,5 @@
 import type { Sym } from '../engine/onnx/index.js';
-import { programs, type ParamLookup, type Program, type ProgramBuilder, type ProgramResult } from '../engine/program.js';
+import { programs, type ParamLookup, type Program, type ProgramBuilder, type ProgramResult, type RunOptions } from '../engine/program.js';
 import type { HostTensor, ParamMap } from '../engine/tensor.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import type { LmFunctions, ModelFamily, ModelInfo, SpecialIds, WeightOf } from './lm.js';
@@ -92,9 +92,9 @@ export class LanguageModel {
   }
 
   /** Runs a program built around this model; `extra` resolves its other parameters (encoder, head, ...). */
-  run(program: Program, feeds: Record<string, HostTensor>, extra?: ParamLookup): Promise<ProgramResult> {
+  run(program: Program, feeds: Record<string, HostTensor>, extra?: ParamLookup, opts?: RunOptions): Promise<ProgramResult> {
     const keyed: Program = { key: `${this.arch}|${this.trainingSignature()}|${program.key}`, build: program.build };
-    return programs.run(keyed, feeds, (name) => (name.startsWith(LM) ? this.params.get(name.slice(LM.length)) : extra?.(name)));
+    return programs.run(keyed, feeds, (name) => (name.startsWith(LM) ? this.params.get(name.slice(LM.length)) : extra?.(name)), opts);
   }
 
   /** Which weights train (programs differ in the gradients they return): none, all, or the names. */

@@ -32,6 +32,10 @@ export interface ModernBertConfig {
   localRopeTheta: number;
   padTokenId: number;
   tieWordEmbeddings: boolean;
+  /** dropout rates when the LM trains: embedding_dropout, attention_dropout (probabilities and Wo's output), mlp_dropout */
+  embeddingDropout: number;
+  attentionDropout: number;
+  mlpDropout: number;
 }
 
 type Activation = 'gelu' | 'gelu_new' | 'relu' | 'silu';
@@ -58,6 +62,9 @@ export const MODERNBERT_BASE: ModernBertConfig = {
   localRopeTheta: 10000,
   padTokenId: 50283,
   tieWordEmbeddings: true,
+  embeddingDropout: 0,
+  attentionDropout: 0,
+  mlpDropout: 0,
 };
 
 /** rope_parameters (transformers v5 layout) of one attention type: its theta, refusing scaled variants. */
@@ -113,6 +120,9 @@ function parseConfig(json: Record<string, unknown>, file: string): ModernBertCon
     localRopeTheta: ropeTheta(json, 'sliding_attention', localTheta, file),
     padTokenId: f.id('pad_token_id') ?? 50283,
     tieWordEmbeddings: f.bool('tie_word_embeddings', true),
+    embeddingDropout: f.num('embedding_dropout', 0),
+    attentionDropout: f.num('attention_dropout', 0),
+    mlpDropout: f.num('mlp_dropout', 0),
   };
   if (cfg.hiddenSize % cfg.numHeads !== 0) throw new Error(`${file}: hidden_size ${cfg.hiddenSize} is not divisible by num_attention_heads ${cfg.numHeads}`);
   return cfg;
@@ -144,6 +154,9 @@ function toHfConfig(cfg: ModernBertConfig): Record<string, unknown> {
     local_rope_theta: cfg.localRopeTheta,
     pad_token_id: cfg.padTokenId,
     tie_word_embeddings: cfg.tieWordEmbeddings,
+    embedding_dropout: cfg.embeddingDropout,
+    attention_dropout: cfg.attentionDropout,
+    mlp_dropout: cfg.mlpDropout,
     torch_dtype: 'float32',
   };
 }
@@ -224,7 +237,8 @@ function functions(cfg: ModernBertConfig): LmFunctions {
     const k = rotate(o, part(1), rope.cos, rope.sin);
     const v = part(2);
     const all = withPast(o, { k, v }, past);
-    const out = lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, bias, { scale: 1 / Math.sqrt(headDim) })), `${p}.Wo`, cfg.attentionBias);
+    const context = mergeHeads(o, attend(o, q, all.k, all.v, bias, { scale: 1 / Math.sqrt(headDim), dropout: cfg.attentionDropout }));
+    const out = o.dropout(lin(o, w, context, `${p}.Wo`, cfg.attentionBias), cfg.attentionDropout);
     return { out, kv: { k, v } };
   };
 
@@ -255,7 +269,7 @@ function functions(cfg: ModernBertConfig): LmFunctions {
         }
         return local;
       };
-      let x = norm(o, w, inp.embeds, 'model.embeddings.norm');
+      let x = o.dropout(norm(o, w, inp.embeds, 'model.embeddings.norm'), cfg.embeddingDropout);
       const present: LayerKv<T>[] = [];
       for (let i = 0; i < cfg.numLayers; i++) {
         x = o.checkpoint(x);
@@ -268,7 +282,7 @@ function functions(cfg: ModernBertConfig): LmFunctions {
         const wi = lin(o, w, norm(o, w, x, `${p}.mlp_norm`), `${p}.mlp.Wi`, cfg.mlpBias);
         const input = o.slice(wi, [0, 0, 0], [b, s, cfg.intermediateSize]);
         const gate = o.slice(wi, [0, 0, cfg.intermediateSize], [b, s, cfg.intermediateSize]);
-        x = o.add(x, lin(o, w, o.mul(activate(o, cfg.hiddenActivation, input), gate), `${p}.mlp.Wo`, cfg.mlpBias));
+        x = o.add(x, lin(o, w, o.dropout(o.mul(activate(o, cfg.hiddenActivation, input), gate), cfg.mlpDropout), `${p}.mlp.Wo`, cfg.mlpBias));
       }
       x = o.checkpoint(x);
       return { hidden: norm(o, w, x, 'model.final_norm'), present };

@@ -75,6 +75,8 @@ function parseConfig(json: Record<string, unknown>, file: string): Phi3Config {
     partialRotaryFactor,
     ...(rotaryDim !== c.headDim && { rotaryDim }),
     ...(f.has('sliding_window') && { slidingWindow: f.int('sliding_window') }),
+    embdDropout: f.num('embd_pdrop', 0),
+    residDropout: f.num('resid_pdrop', 0),
   };
   if (scaling) {
     // Phi3Config renames the older "su" and "yarn" to "longrope"
@@ -95,6 +97,8 @@ function toHfConfig(c: Phi3Config): Record<string, unknown> {
     original_max_position_embeddings: c.originalMaxPositions,
     partial_rotary_factor: c.partialRotaryFactor,
     sliding_window: c.slidingWindow ?? null,
+    embd_pdrop: c.embdDropout ?? 0,
+    resid_pdrop: c.residDropout ?? 0,
   };
 }
 

@@ -6,6 +6,7 @@ import type { LanguageModel } from '../models/model.js';
 import type { PromptEncoder } from './encoder.js';
 import type { PrefixEncoder } from './prefix.js';
 import type { LmKind } from '../models/lm.js';
+import type { Rng } from '../util/rng.js';
 import { crossEntropyOn, type Head } from './heads.js';
 import { batchFeeds, paddedLength, paddedRows, spliceOn, type PromptBatch } from './ptuning.js';
 
@@ -59,7 +60,7 @@ export function answerScores(b: ProgramBuilder, lm: LanguageModel, head: Head, x
   return head.scoresOn(o, lm.fns.logits(o, w, read, cand));
 }
 
-type Output = { kind: 'train'; dropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
+type Output = { kind: 'train'; dropout: boolean; lmDropout: boolean } | { kind: 'scores' } | { kind: 'topk'; k: number; masked: boolean };
 
 /**
  * log-softmax over the classes, plus the fed `class_mask` (0 for allowed classes, -∞ for the others) when
@@ -87,6 +88,11 @@ export function topK(b: ProgramBuilder, scores: Sym, k: number, masked: boolean)
  */
 export class PTuningPrograms {
   private readonly signature: string;
+  /**
+   * The LM's own dropout in training steps (the rates its config gives, as in Hugging Face's training mode), drawn
+   * from this stream; null: none (the default, and what a frozen LM trains with)
+   */
+  lmDropout: Rng | null = null;
 
   /** `prefix`: deep prompts (keys and values at every layer), with or without an encoder for input rows */
   constructor(
@@ -129,7 +135,10 @@ export class PTuningPrograms {
     const sp = paddedLength(batch.ids[0]!.length, this.lm.info.maxPositions);
     const dropout = this.dropoutFeeds();
     const feeds = { ...this.feedsFor(batch, b, sp), ...dropout, targets: { data: Int32Array.from(targets), shape: [b] } };
-    const r = await this.lm.run(this.program(b, sp, { kind: 'train', dropout: dropout !== null }), feeds, this.lookup);
+    const lmDropout = this.lmDropout;
+    const r = await this.lm.run(this.program(b, sp, { kind: 'train', dropout: dropout !== null, lmDropout: lmDropout !== null }), feeds, this.lookup, {
+      ...(lmDropout && { dropout: (size, rate) => lmDropout.dropoutMask(size, rate) }),
+    });
     return { loss: r.outputs.loss!.data[0] as number, graded: r.graded };
   }
 
@@ -170,10 +179,12 @@ export class PTuningPrograms {
     const { lm, encoder, head, prefix } = this;
     const train = out.kind === 'train';
     const dropout = out.kind === 'train' && out.dropout;
+    const lmDropout = out.kind === 'train' && out.lmDropout;
     const what = out.kind === 'topk' ? `topk ${out.k}${out.masked ? ' masked' : ''}` : out.kind;
     return {
-      key: `ptune ${rows}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}`,
+      key: `ptune ${rows}x${sp} ${what} ${this.signature}${dropout ? ' dropout' : ''}${lmDropout ? ' lm-dropout' : ''}`,
       build: (b): ProgramGraph => {
+        if (lmDropout) b.o.dropoutMasks = [];
         const ints = (name: string, shape: number[]) => b.input(name, shape, 'int32');
         const ids = ints('ids', [rows, sp]);
         const prompts = encoder ? encoder.inProgram(b, train, dropout && encoder.hasDropout) : null;

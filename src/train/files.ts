@@ -86,6 +86,7 @@ const optimSchema = z
     tuneLm: z.boolean(),
     lmLr: fileNumber({ gt: 0 }),
     lmWeightDecay: fileNumber({ min: 0 }),
+    lmDropout: z.boolean().optional(),
   })
   .strict();
 

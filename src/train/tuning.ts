@@ -12,6 +12,7 @@ import { collate, renderExample, type RenderedExample } from '../prompt/render.j
 import { numPseudo, parseTemplate, validateFor, type Template } from '../prompt/template.js';
 import type { Progress } from '../util/progress.js';
 import { UserError } from '../util/errors.js';
+import { Rng } from '../util/rng.js';
 import { Adam, AdamW, decayGroups, type ParamGroup } from './optim.js';
 import { makeSchedule, type Schedule, type ScheduleConfig } from './schedule.js';
 import { memoryStore, runLoop, TrainingInterrupted, type DevResult, type LoopOptions, type TrainLoopConfig, type TrainResult } from './loop.js';
@@ -29,6 +30,11 @@ export interface OptimConfig {
   tuneLm: boolean;
   lmLr: number;
   lmWeightDecay: number;
+  /**
+   * with tuneLm: the LM trains with the dropout rates of its config, as in Hugging Face's training mode (`ptune
+   * train --tune-lm` sets it unless --no-lm-dropout); absent: without
+   */
+  lmDropout?: boolean;
 }
 
 export type MethodName = 'ptuning' | 'prefix' | 'prompt-tuning';
@@ -196,6 +202,7 @@ export class PTuning {
     } else this.prefix = null;
     this.head = userInput(() => makeHead(config.head, lm.tokenizer, lm.info.vocabSize, lm.info.hiddenSize));
     this.programs = new PTuningPrograms(lm, this.encoder, this.head, this.prefix);
+    if (config.optim.tuneLm && config.optim.lmDropout) this.programs.lmDropout = new Rng(config.loop.seed ^ 0x1d_d50f);
   }
 
   /** A run over `lm`, its prompt-tuning rows initialised from words when the config asks for it. */
@@ -317,6 +324,7 @@ export class PTuning {
     const optimizer = this.makeOptimizer();
     const encoder = this.encoder;
     const prefix = this.prefix;
+    const lmDropout = this.programs.lmDropout;
     return {
       config: c.loop,
       task: {
@@ -326,12 +334,13 @@ export class PTuning {
           const r = await this.evaluateItems(dv);
           return { score: r.metrics[primaryMetric(this.head)]!, metrics: r.metrics };
         },
-        ...((encoder?.hasDropout || prefix?.hasDropout) && {
-          saveState: () => ({ dropout: encoder?.dropoutState, prefixDropout: prefix?.dropoutState }),
+        ...((encoder?.hasDropout || prefix?.hasDropout || lmDropout) && {
+          saveState: () => ({ dropout: encoder?.dropoutState, prefixDropout: prefix?.dropoutState, lmDropout: lmDropout?.state() }),
           restoreState: (st: unknown) => {
-            const saved = st as { dropout?: number[]; prefixDropout?: number[] } | null;
+            const saved = st as { dropout?: number[]; prefixDropout?: number[]; lmDropout?: number[] } | null;
             if (saved?.dropout && encoder) encoder.dropoutState = saved.dropout;
             if (saved?.prefixDropout && prefix) prefix.dropoutState = saved.prefixDropout;
+            if (saved?.lmDropout && lmDropout) lmDropout.restore(saved.lmDropout);
           },
         }),
       },

@@ -39,6 +39,30 @@ export class Rng {
     return result / 0x100000000;
   }
 
+  /**
+   * A dropout mask from the next `size` draws: 0 where a draw is below `rate`, 1 / (1 − rate) elsewhere (the
+   * same draws as `size` calls of `next`, without their allocations).
+   */
+  dropoutMask(size: number, rate: number): Float32Array {
+    const out = new Float32Array(size);
+    const keep = 1 / (1 - rate);
+    const threshold = rate * 0x100000000;
+    let [a, b, c, d] = this.s;
+    for (let i = 0; i < size; i++) {
+      const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
+      const t = b << 9;
+      c ^= a;
+      d ^= b;
+      b ^= c;
+      a ^= d;
+      c ^= t;
+      d = rotl(d, 11);
+      out[i] = r < threshold ? 0 : keep;
+    }
+    this.s = [a, b, c, d];
+    return out;
+  }
+
   state(): number[] {
     return [...this.s];
   }

@@ -1,4 +1,4 @@
 /** The ONNX graph engine: symbolic Ops, reverse-mode autodiff and serialisation. */
 export { Graph, Sym, type DType } from './graph.js';
-export { OnnxOps } from './ops.js';
+export { OnnxOps, type DropoutMask } from './ops.js';
 export { gradients, savedForBackward } from './autodiff.js';

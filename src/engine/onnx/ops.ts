@@ -27,11 +27,27 @@ export function broadcastShape(a: number[], b: number[], what: string): number[]
  * The op vocabulary on symbolic tensors: every call appends ONNX nodes to `graph` and returns the result with
  * its inferred shape. Helpers beyond Ops<Sym> (sumTo, expandTo, pad, ...) serve the gradient rules.
  */
+/**
+ * A dropout mask input: each run feeds `shape` values, 0 with probability `rate` and 1 / (1 − rate) otherwise
+ * (from the caller's seeded stream, so that a resumed run draws the same masks).
+ */
+export interface DropoutMask {
+  name: string;
+  shape: number[];
+  rate: number;
+}
+
 export class OnnxOps implements Ops<Sym> {
   /** quantized weights by the name of the value standing for them (`quantized`) */
   private readonly handles = new Map<string, { w: QuantizedTensors<Sym>; layout: WeightLayout }>();
   /** quantized weights by the name of their data tensor (what a MatMulNBits node reads; its gradient rule looks it up) */
   private readonly byData = new Map<string, QuantizedTensors<Sym>>();
+
+  /**
+   * The dropout masks the graph reads (one input each, fed per run: see DropoutMask) when it is built as a training
+   * program with dropout on; null: `dropout` is the identity.
+   */
+  dropoutMasks: DropoutMask[] | null = null;
 
   constructor(readonly graph: Graph) {}
 
@@ -336,6 +352,13 @@ export class OnnxOps implements Ops<Sym> {
   cast(x: Sym, dtype: DType): Sym {
     if (x.dtype === dtype) return x;
     return this.graph.op1('Cast', [x], x.shape, dtype, { to: ELEM[dtype] });
+  }
+
+  dropout(x: Sym, rate: number): Sym {
+    if (!this.dropoutMasks || !(rate > 0)) return x;
+    const name = `dropout.mask:${this.dropoutMasks.length}`;
+    this.dropoutMasks.push({ name, shape: x.shape.slice(), rate });
+    return this.mul(x, this.graph.input(name, x.shape, 'float32'));
   }
 
   checkpoint(x: Sym): Sym {

@@ -1,0 +1,105 @@
+/**
+ * The LM's own dropout when it trains (`optim.lmDropout`, `ptune train --tune-lm`): masks drawn from a seeded
+ * stream and fed to the training program, the same masks in its backward pass (finite differences with the stream
+ * rewound), none in evaluation.
+ */
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createRandomModel } from '../src/models/load.js';
+import { SyntheticTokenizer } from '../src/models/common.js';
+import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
+import { Rng } from '../src/util/rng.js';
+
+test('Rng.dropoutMask makes its mask from the draws next() makes, and leaves the stream where they do', () => {
+  const a = new Rng(7);
+  const b = new Rng(7);
+  const mask = a.dropoutMask(10_001, 0.3);
+  const expected = Float32Array.from({ length: 10_001 }, () => (b.next() < 0.3 ? 0 : 1 / 0.7));
+  assert.deepEqual(mask, expected);
+  assert.deepEqual(a.state(), b.state());
+  const zeros = mask.filter((v) => v === 0).length / mask.length;
+  assert.ok(Math.abs(zeros - 0.3) < 0.02, `fraction dropped ${zeros}`);
+});
+
+const FAMILIES = [
+  ['bert', { hiddenDropout: 0.3, attentionDropout: 0.3 }, '[P*2] {x} [P] [MASK] .'],
+  ['gpt2', { embdDropout: 0.3, attnDropout: 0.3, residDropout: 0.3 }, '[P*2] {x} [P] [MASK]'],
+] as const;
+
+for (const [family, rates, template] of FAMILIES) {
+  test(`${family}: a tuned LM trains with its config's dropout — seeded, in the backward too, never in evaluation`, async () => {
+    const tok = new SyntheticTokenizer(40);
+    const lm = createRandomModel(family, { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 32, ...rates }, 5, tok, { trainable: true });
+    const cfg = (lmDropout: boolean): RunConfig => ({
+      version: 1,
+      model: 'random',
+      template,
+      head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
+      encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
+      maxLength: 16,
+      skipTooLong: false,
+      loop: DEFAULT_LOOP,
+      optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout },
+    });
+    const records = [{ x: 'w7 w8 w9', y: 'a' }, { x: 'w9', y: 'b' }, { x: 'w12 w13', y: 'a' }];
+    const plain = await PTuningSession.create(cfg(false), lm);
+    const s = await PTuningSession.create(cfg(true), lm);
+    assert.equal(plain.programs.lmDropout, null, 'lmDropout false: no stream');
+    const stream = s.programs.lmDropout!;
+    assert.ok(stream, 'lmDropout with tuneLm: a stream');
+    const { items } = s.prepare(records, 'dropout');
+
+    const plainLoss = (await plain.lossAndGrads(items)).loss;
+    const start = stream.state();
+    const lossAt = async () => {
+      stream.restore(start);
+      return (await s.lossAndGrads(items)).loss;
+    };
+    const first = await lossAt();
+    assert.notEqual(first, plainLoss, 'dropout changes the training loss');
+    assert.equal(await lossAt(), first, 'the same stream position, the same masks');
+    stream.restore(start);
+    await s.lossAndGrads(items);
+    assert.notEqual((await s.lossAndGrads(items)).loss, first, 'the next step draws new masks');
+
+    // masks of ones are no dropout at all
+    s.programs.lmDropout = { dropoutMask: (n: number) => new Float32Array(n).fill(1) } as unknown as Rng;
+    assert.ok(Math.abs((await s.lossAndGrads(items)).loss - plainLoss) < 1e-6, 'all kept: the plain loss');
+    s.programs.lmDropout = stream;
+
+    // evaluation reads no masks
+    const a = await plain.evaluateItems(items);
+    const b = await s.evaluateItems(items);
+    assert.deepEqual(b.metrics, a.metrics);
+
+    // the gradient of the masked loss, with the masks held fixed
+    stream.restore(start);
+    const params = s.trainedParams();
+    const { graded } = await s.lossAndGrads(items);
+    assert.equal(graded.length, params.size);
+    const grads = new Map([...params].map(([k, p]) => [k, Float32Array.from(p.grad)]));
+    let checked = 0;
+    // the encoder, and the first layer's MLP (its gradient passes every dropout site after it)
+    const firstMlp = [...params.keys()].find((k) => /\.0\.(intermediate\.dense|mlp\.c_fc)\.weight$/.test(k));
+    assert.ok(firstMlp, 'the first MLP weight trains');
+    for (const name of ['encoder.mlp_head.0.weight', firstMlp]) {
+      const p = params.get(name)!;
+      const g = grads.get(name)!;
+      const base = Float32Array.from(p.data);
+      for (const i of [0, Math.floor(base.length / 2), base.length - 1]) {
+        const eps = 4e-3;
+        const at = async (d: number) => {
+          p.data[i] = base[i]! + d;
+          const v = await lossAt();
+          p.data[i] = base[i]!;
+          return v;
+        };
+        const fd = ((await at(eps)) - (await at(-eps))) / (2 * eps);
+        const err = Math.abs(fd - g[i]!) / Math.max(1e-3, Math.abs(fd) + Math.abs(g[i]!));
+        assert.ok(err < 2e-2, `${name}[${i}]: finite difference ${fd} vs gradient ${g[i]}`);
+        checked++;
+      }
+    }
+    assert.equal(checked, 6);
+  });
+}
