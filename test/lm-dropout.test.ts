@@ -9,6 +9,7 @@ import { createRandomModel } from '../src/models/load.js';
 import { SyntheticTokenizer } from '../src/models/common.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 import { Rng } from '../src/util/rng.js';
+import { checkCentralDifferences } from './fixtures.js';
 
 test('Rng.dropoutMask makes its mask from the draws next() makes, and leaves the stream where they do', () => {
   const a = new Rng(7);
@@ -82,24 +83,7 @@ for (const [family, rates, template] of FAMILIES) {
     // the encoder, and the first layer's MLP (its gradient passes every dropout site after it)
     const firstMlp = [...params.keys()].find((k) => /\.0\.(intermediate\.dense|mlp\.c_fc)\.weight$/.test(k));
     assert.ok(firstMlp, 'the first MLP weight trains');
-    for (const name of ['encoder.mlp_head.0.weight', firstMlp]) {
-      const p = params.get(name)!;
-      const g = grads.get(name)!;
-      const base = Float32Array.from(p.data);
-      for (const i of [0, Math.floor(base.length / 2), base.length - 1]) {
-        const eps = 4e-3;
-        const at = async (d: number) => {
-          p.data[i] = base[i]! + d;
-          const v = await lossAt();
-          p.data[i] = base[i]!;
-          return v;
-        };
-        const fd = ((await at(eps)) - (await at(-eps))) / (2 * eps);
-        const err = Math.abs(fd - g[i]!) / Math.max(1e-3, Math.abs(fd) + Math.abs(g[i]!));
-        assert.ok(err < 2e-2, `${name}[${i}]: finite difference ${fd} vs gradient ${g[i]}`);
-        checked++;
-      }
-    }
+    for (const name of ['encoder.mlp_head.0.weight', firstMlp]) checked += await checkCentralDifferences(name, params.get(name)!, grads.get(name)!, lossAt);
     assert.equal(checked, 6);
   });
 }

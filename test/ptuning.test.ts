@@ -10,6 +10,7 @@ import { exportPeft, importPeft } from '../src/train/export.js';
 import { readRecords } from '../src/data/read.js';
 import { readSafetensors } from '../src/engine/safetensors.js';
 import type { LanguageModel } from '../src/models/model.js';
+import { checkCentralDifferences } from './fixtures.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const bertDir = path.join(shared, 'models/bert-mini-lama');
@@ -58,25 +59,7 @@ test('encoder gradient through the LM (the training program) matches central fin
   const grads = new Map([...params].map(([k, p]) => [k, Float32Array.from(p.grad)]));
   const lossAt = async () => (await s.lossAndGrads(items)).loss;
   let checked = 0;
-  for (const [name, p] of params) {
-    const g = grads.get(name)!;
-    const base = Float32Array.from(p.data);
-    for (const i of [0, Math.floor(base.length / 2), base.length - 1]) {
-      // float32 loss (~0.7, one ulp 6e-8) over 2·eps bounds the resolution at ~1e-5
-      const eps = 4e-3;
-      const at = async (d: number) => {
-        p.data[i] = base[i]! + d;
-        const v = await lossAt();
-        p.data[i] = base[i]!;
-        return v;
-      };
-      const fd = ((await at(eps)) - (await at(-eps))) / (2 * eps);
-      const err = Math.abs(fd - g[i]!) / Math.max(1e-3, Math.abs(fd) + Math.abs(g[i]!));
-      assert.ok(err < 2e-2, `${name}[${i}]: finite difference ${fd} vs gradient ${g[i]}`);
-      checked++;
-    }
-    assert.deepEqual(p.data, base);
-  }
+  for (const [name, p] of params) checked += await checkCentralDifferences(name, p, grads.get(name)!, lossAt);
   assert.ok(checked >= 12);
 });
 

@@ -24,42 +24,31 @@ export class Rng {
     this.s = [init(), init(), init(), init()];
   }
 
-  /** Uniform in [0, 1) with 32 random bits. */
-  next(): number {
-    let [a, b, c, d] = this.s;
-    const result = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
-    const t = b << 9;
-    c ^= a;
-    d ^= b;
-    b ^= c;
-    a ^= d;
-    c ^= t;
-    d = rotl(d, 11);
-    this.s = [a, b, c, d];
-    return result / 0x100000000;
+  /** The next 32 random bits, unsigned (one xoshiro128** step, in place). */
+  private bits(): number {
+    const s = this.s;
+    const result = Math.imul(rotl(Math.imul(s[1], 5), 7), 9) >>> 0;
+    const t = s[1] << 9;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl(s[3], 11);
+    return result;
   }
 
-  /**
-   * A dropout mask from the next `size` draws: 0 where a draw is below `rate`, 1 / (1 − rate) elsewhere (the
-   * same draws as `size` calls of `next`, without their allocations).
-   */
+  /** Uniform in [0, 1) with 32 random bits. */
+  next(): number {
+    return this.bits() / 0x100000000;
+  }
+
+  /** A dropout mask from the next `size` draws: 0 where a draw is below `rate`, 1 / (1 − rate) elsewhere. */
   dropoutMask(size: number, rate: number): Float32Array {
     const out = new Float32Array(size);
     const keep = 1 / (1 - rate);
     const threshold = rate * 0x100000000;
-    let [a, b, c, d] = this.s;
-    for (let i = 0; i < size; i++) {
-      const r = Math.imul(rotl(Math.imul(b, 5), 7), 9) >>> 0;
-      const t = b << 9;
-      c ^= a;
-      d ^= b;
-      b ^= c;
-      a ^= d;
-      c ^= t;
-      d = rotl(d, 11);
-      out[i] = r < threshold ? 0 : keep;
-    }
-    this.s = [a, b, c, d];
+    for (let i = 0; i < size; i++) out[i] = this.bits() < threshold ? 0 : keep;
     return out;
   }
 
