@@ -9,7 +9,7 @@ import { createRandomModel } from '../src/models/load.js';
 import { SyntheticTokenizer } from '../src/models/common.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 import { Rng } from '../src/util/rng.js';
-import { checkCentralDifferences } from './fixtures.js';
+import { checkCentralDifferences, withRuntime } from './fixtures.js';
 
 test('Rng.dropoutMask makes its mask from the draws next() makes, and leaves the stream where they do', () => {
   const a = new Rng(7);
@@ -87,3 +87,33 @@ for (const [family, rates, template] of FAMILIES) {
     assert.equal(checked, 6);
   });
 }
+
+test('with gradient checkpointing the recomputed layers read the same masks: the same loss and gradients', async () => {
+  const tok = new SyntheticTokenizer(40);
+  const lm = createRandomModel('bert', { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 32, hiddenDropout: 0.3, attentionDropout: 0.3 }, 6, tok, { trainable: true });
+  const cfg: RunConfig = {
+    version: 1,
+    model: 'random',
+    template: '{x} [P*2] [MASK] .',
+    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
+    encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
+    maxLength: 16,
+    skipTooLong: false,
+    loop: DEFAULT_LOOP,
+    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout: true },
+  };
+  const s = await PTuningSession.create(cfg, lm);
+  const { items } = s.prepare([{ x: 'w7 w8 w9', y: 'a' }, { x: 'w12', y: 'b' }], 'gc');
+  const stream = s.programs.lmDropout!;
+  const start = stream.state();
+  const step = async () => {
+    stream.restore(start);
+    const { loss, graded } = await s.lossAndGrads(items);
+    return { loss, grads: graded.map((p) => Float32Array.from(p.grad)) };
+  };
+  const plain = await step();
+  const recomputed = await withRuntime('gradientCheckpointing', true, step);
+  assert.ok(Math.abs(recomputed.loss - plain.loss) < 1e-6, `loss ${recomputed.loss} vs ${plain.loss}`);
+  assert.equal(recomputed.grads.length, plain.grads.length);
+  recomputed.grads.forEach((g, i) => g.forEach((v, j) => assert.ok(Math.abs(v - plain.grads[i]![j]!) < 1e-5, `gradient ${i}[${j}]: ${v} vs ${plain.grads[i]![j]}`)));
+});
