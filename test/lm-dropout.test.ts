@@ -22,6 +22,27 @@ test('Rng.dropoutMask makes its mask from the draws next() makes, and leaves the
   assert.ok(Math.abs(zeros - 0.3) < 0.02, `fraction dropped ${zeros}`);
 });
 
+/** A tiny random LM of `family` whose weights train, with these dropout rates in its config. */
+function tinyLm(family: 'bert' | 'gpt2', rates: Record<string, number>, seed: number) {
+  const dims = { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 32 };
+  return createRandomModel(family, { ...dims, ...rates }, seed, new SyntheticTokenizer(40), { trainable: true });
+}
+
+/** A label-head run over a tuned LM, with or without the LM's dropout. */
+function tunedConfig(template: string, lmDropout: boolean): RunConfig {
+  return {
+    version: 1,
+    model: 'random',
+    template,
+    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
+    encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
+    maxLength: 16,
+    skipTooLong: false,
+    loop: DEFAULT_LOOP,
+    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout },
+  };
+}
+
 const FAMILIES = [
   ['bert', { hiddenDropout: 0.3, attentionDropout: 0.3 }, '[P*2] {x} [P] [MASK] .'],
   ['gpt2', { embdDropout: 0.3, attnDropout: 0.3, residDropout: 0.3 }, '[P*2] {x} [P] [MASK]'],
@@ -29,22 +50,10 @@ const FAMILIES = [
 
 for (const [family, rates, template] of FAMILIES) {
   test(`${family}: a tuned LM trains with its config's dropout — seeded, in the backward too, never in evaluation`, async () => {
-    const tok = new SyntheticTokenizer(40);
-    const lm = createRandomModel(family, { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 32, ...rates }, 5, tok, { trainable: true });
-    const cfg = (lmDropout: boolean): RunConfig => ({
-      version: 1,
-      model: 'random',
-      template,
-      head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
-      encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
-      maxLength: 16,
-      skipTooLong: false,
-      loop: DEFAULT_LOOP,
-      optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout },
-    });
+    const lm = tinyLm(family, rates, 5);
     const records = [{ x: 'w7 w8 w9', y: 'a' }, { x: 'w9', y: 'b' }, { x: 'w12 w13', y: 'a' }];
-    const plain = await PTuningSession.create(cfg(false), lm);
-    const s = await PTuningSession.create(cfg(true), lm);
+    const plain = await PTuningSession.create(tunedConfig(template, false), lm);
+    const s = await PTuningSession.create(tunedConfig(template, true), lm);
     assert.equal(plain.programs.lmDropout, null, 'lmDropout false: no stream');
     const stream = s.programs.lmDropout!;
     assert.ok(stream, 'lmDropout with tuneLm: a stream');
@@ -89,20 +98,8 @@ for (const [family, rates, template] of FAMILIES) {
 }
 
 test('with gradient checkpointing the recomputed layers read the same masks: the same loss and gradients', async () => {
-  const tok = new SyntheticTokenizer(40);
-  const lm = createRandomModel('bert', { vocabSize: 40, hiddenSize: 8, numLayers: 2, numHeads: 2, intermediateSize: 16, maxPositions: 32, hiddenDropout: 0.3, attentionDropout: 0.3 }, 6, tok, { trainable: true });
-  const cfg: RunConfig = {
-    version: 1,
-    model: 'random',
-    template: '{x} [P*2] [MASK] .',
-    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
-    encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
-    maxLength: 16,
-    skipTooLong: false,
-    loop: DEFAULT_LOOP,
-    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout: true },
-  };
-  const s = await PTuningSession.create(cfg, lm);
+  const lm = tinyLm('bert', { hiddenDropout: 0.3, attentionDropout: 0.3 }, 6);
+  const s = await PTuningSession.create(tunedConfig('{x} [P*2] [MASK] .', true), lm);
   const { items } = s.prepare([{ x: 'w7 w8 w9', y: 'a' }, { x: 'w12', y: 'b' }], 'gc');
   const stream = s.programs.lmDropout!;
   const start = stream.state();

@@ -185,8 +185,8 @@ function functions(cfg: BertConfig): LmFunctions {
     const q = splitHeads(o, lin(o, w, xq, `${p}.attention.self.query`), heads);
     const kv = { k: splitHeads(o, lin(o, w, x, `${p}.attention.self.key`), heads), v: splitHeads(o, lin(o, w, x, `${p}.attention.self.value`), heads) };
     const all = withPast(o, kv, past);
-    const probsDrop = { dropout: cfg.attentionDropout };
-    const attn = o.dropout(lin(o, w, mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias, probsDrop)), `${p}.attention.output.dense`), cfg.hiddenDropout);
+    const context = mergeHeads(o, attend(o, q, all.k, all.v, at ? biasAt(o, bias, at) : bias, { dropout: cfg.attentionDropout }));
+    const attn = o.dropout(lin(o, w, context, `${p}.attention.output.dense`), cfg.hiddenDropout);
     x = norm(o, w, o.add(xq, attn), `${p}.attention.output.LayerNorm`);
     const ffn = o.dropout(lin(o, w, activation(o, cfg, lin(o, w, x, `${p}.intermediate.dense`)), `${p}.output.dense`), cfg.hiddenDropout);
     return { x: norm(o, w, o.add(x, ffn), `${p}.output.LayerNorm`), kv };

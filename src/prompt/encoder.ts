@@ -166,12 +166,7 @@ export class PromptEncoder {
   dropoutMasks(training: boolean): Float32Array[] | null {
     const p = this.config.dropout;
     if (!training || !this.hasDropout) return null;
-    const keep = 1 / (1 - p);
-    return Array.from({ length: this.lstm!.layers - 1 }, () => {
-      const mask = new Float32Array(this.config.numVirtualTokens * this.lstm!.mlpWidth);
-      for (let i = 0; i < mask.length; i++) mask[i] = this.dropoutRng.next() < p ? 0 : keep;
-      return mask;
-    });
+    return Array.from({ length: this.lstm!.layers - 1 }, () => this.dropoutRng.dropoutMask(this.config.numVirtualTokens * this.lstm!.mlpWidth, p));
   }
 
   /** The dropout stream's position, for checkpoints (exact resume with dropout). */

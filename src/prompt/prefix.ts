@@ -121,10 +121,7 @@ export class PrefixEncoder {
   dropoutFeeds(): Record<string, { data: Float32Array; shape: number[] }> | null {
     const p = this.config.dropout;
     if (!(p > 0)) return null;
-    const n = this.config.numVirtualTokens * this.width;
-    const keep = 1 / (1 - p);
-    const mask = new Float32Array(n);
-    for (let i = 0; i < n; i++) mask[i] = this.dropoutRng.next() < p ? 0 : keep;
+    const mask = this.dropoutRng.dropoutMask(this.config.numVirtualTokens * this.width, p);
     return { prefix_dropout: { data: mask, shape: [this.config.numVirtualTokens, this.width] } };
   }
 

@@ -24,10 +24,6 @@ export function broadcastShape(a: number[], b: number[], what: string): number[]
 }
 
 /**
- * The op vocabulary on symbolic tensors: every call appends ONNX nodes to `graph` and returns the result with
- * its inferred shape. Helpers beyond Ops<Sym> (sumTo, expandTo, pad, ...) serve the gradient rules.
- */
-/**
  * A dropout mask input: each run feeds `shape` values, 0 with probability `rate` and 1 / (1 − rate) otherwise
  * (from the caller's seeded stream, so that a resumed run draws the same masks).
  */
@@ -37,6 +33,10 @@ export interface DropoutMask {
   rate: number;
 }
 
+/**
+ * The op vocabulary on symbolic tensors: every call appends ONNX nodes to `graph` and returns the result with
+ * its inferred shape. Helpers beyond Ops<Sym> (sumTo, expandTo, pad, ...) serve the gradient rules.
+ */
 export class OnnxOps implements Ops<Sym> {
   /** quantized weights by the name of the value standing for them (`quantized`) */
   private readonly handles = new Map<string, { w: QuantizedTensors<Sym>; layout: WeightLayout }>();
