@@ -27,19 +27,46 @@ export class Parameter {
   private gradData: Float32Array | null = null;
   private adopted = false;
 
+  /**
+   * `storedShape`: the shape checkpoints hold it in when the host holds it wider (`shape`, each axis ≥, the
+   * values at the start of every axis and zeros after them); the same as `shape` otherwise.
+   */
   constructor(
     readonly name: string,
     readonly shape: number[],
     public data: Float32Array,
     public trainable = false,
+    readonly storedShape: number[] = shape,
   ) {
     if (data.length !== sizeOf(shape)) {
       throw new Error(`parameter "${name}": ${data.length} values do not fill shape [${shape}]`);
+    }
+    if (storedShape.length !== shape.length || storedShape.some((n, i) => n > shape[i]!)) {
+      throw new Error(`parameter "${name}": stored shape [${storedShape}] does not fit in [${shape}]`);
     }
   }
 
   get size(): number {
     return this.data.length;
+  }
+
+  /** The number of values checkpoints hold (the host's zero padding not counted). */
+  get storedSize(): number {
+    return sizeOf(this.storedShape);
+  }
+
+  /** `values` (the parameter's size: its values, gradient or moments) in the stored layout; the same array when the layouts agree. */
+  toStored(values: Float32Array = this.data): Float32Array {
+    return this.storedSize === this.size ? values : cropTo(values, this.shape, this.storedShape);
+  }
+
+  /** Values in the stored layout, or already in the host's, as the host holds them (zeros in the padding). */
+  fromStored(values: Float32Array): Float32Array {
+    if (values.length === this.size) return values;
+    if (values.length !== this.storedSize) {
+      throw new Error(`parameter "${this.name}": ${values.length} values for shape [${this.storedShape}]`);
+    }
+    return padTo(values, this.storedShape, this.shape);
   }
 
   /** The gradient (zeros when none was written). */
@@ -76,6 +103,41 @@ export class Parameter {
     }
     this.data.set(values);
   }
+}
+
+/** `src` (row-major, shape `from`) at the start of every axis of a zero array of shape `to` (each axis ≥). */
+export function padTo(src: Float32Array, from: readonly number[], to: readonly number[]): Float32Array {
+  const out = new Float32Array(sizeOf(to));
+  copyRegion(src, from, out, to, from);
+  return out;
+}
+
+/** The inverse of padTo: the `to`-shaped start of every axis of `src` (shape `from`). */
+export function cropTo(src: Float32Array, from: readonly number[], to: readonly number[]): Float32Array {
+  const out = new Float32Array(sizeOf(to));
+  copyRegion(src, from, out, to, to);
+  return out;
+}
+
+/** Copies the `region` at the origin of `src` to the origin of `dst`, a contiguous innermost run at a time. */
+function copyRegion(src: Float32Array, srcShape: readonly number[], dst: Float32Array, dstShape: readonly number[], region: readonly number[]): void {
+  const rank = region.length;
+  if (rank === 0) {
+    dst[0] = src[0]!;
+    return;
+  }
+  const strides = (shape: readonly number[]) => shape.map((_, i) => sizeOf(shape.slice(i + 1)));
+  const s = strides(srcShape);
+  const d = strides(dstShape);
+  const run = region[rank - 1]!;
+  const visit = (axis: number, from: number, to: number): void => {
+    if (axis === rank - 1) {
+      dst.set(src.subarray(from, from + run), to);
+      return;
+    }
+    for (let i = 0; i < region[axis]!; i++) visit(axis + 1, from + i * s[axis]!, to + i * d[axis]!);
+  };
+  visit(0, 0, 0);
 }
 
 /** Parameters by name, in a fixed order. */

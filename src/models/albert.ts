@@ -127,9 +127,9 @@ export function albertGroupOf(cfg: AlbertConfig, i: number): number {
 function weights(cfg: AlbertConfig): WeightSpec[] {
   const { hiddenSize: h, embeddingSize: e } = cfg;
   const specs: WeightSpec[] = [];
-  const linear = (p: string, out: number, inp: number) => {
-    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal' });
-    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros' });
+  const linear = (p: string, out: number, inp: number, inner?: 'out' | 'in') => {
+    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal', ...(inner && { inner: inner === 'out' ? 0 : 1 }) });
+    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   const norm = (p: string, n: number) => {
     specs.push({ name: `${p}.weight`, shape: [n], init: 'ones' });
@@ -148,8 +148,8 @@ function weights(cfg: AlbertConfig): WeightSpec[] {
       linear(`${p}.attention.value`, h, h);
       linear(`${p}.attention.dense`, h, h);
       norm(`${p}.attention.LayerNorm`, h);
-      linear(`${p}.ffn`, cfg.intermediateSize, h);
-      linear(`${p}.ffn_output`, h, cfg.intermediateSize);
+      linear(`${p}.ffn`, cfg.intermediateSize, h, 'out');
+      linear(`${p}.ffn_output`, h, cfg.intermediateSize, 'in');
       norm(`${p}.full_layer_layer_norm`, h);
     }
   }

@@ -1,9 +1,9 @@
 import { safetensorsIndex, type LazyTensor } from '../engine/safetensors-format.js';
-import { Parameter, type ParamMap } from '../engine/tensor.js';
+import type { ParamMap } from '../engine/tensor.js';
 import { readJson, where, type FileSource } from '../io/files.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { parameterFor, randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
 import { familyFor } from './families.js';
 import type { ModelFamily, SpecialIds } from './lm.js';
 import { LanguageModel } from './model.js';
@@ -17,6 +17,11 @@ import type { QuantizedStore } from './quantize.js';
 export interface AssembleOptions {
   /** the LM's weights train (joint tuning, fine-tuning); default false (frozen LM) */
   trainable?: boolean;
+  /**
+   * hold feed-forward inner widths that are multiples of 1,024 at `hostWidth` (zero-padded: the same values,
+   * faster matrix products); default true. Checkpoints ptune writes keep the stored shapes either way.
+   */
+  padFeedForward?: boolean;
 }
 
 /**
@@ -35,7 +40,7 @@ export async function loadModelFrom(source: FileSource, opts: AssembleOptions = 
   const config = family.parseConfig(json, configFile);
   const tokenizer = await HfTokenizer.fromSource(source);
   const stored = await checkpointFrom(source);
-  const params = readWeights(family.weights(config), stored, source.name);
+  const params = readWeights(family.weights(config), stored, source.name, opts.padFeedForward ?? true);
   return assemble(family, config, params, tokenizer, source.name, opts);
 }
 
@@ -79,11 +84,11 @@ export function assemble(
   return lm;
 }
 
-/** Each weight read from its file (aliases allowed), shape-checked, as a parameter. */
-export function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string): ParamMap {
+/** Each weight read from its file (aliases allowed), shape-checked, as a parameter (see `parameterFor`). */
+export function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string, pad: boolean): ParamMap {
   const located = locateWeights(specs, stored, dir);
   const params: ParamMap = new Map();
-  for (const spec of specs) params.set(spec.name, new Parameter(spec.name, spec.shape, located.get(spec.name)![1].read()));
+  for (const spec of specs) params.set(spec.name, parameterFor(spec, located.get(spec.name)![1].read(), pad));
   return params;
 }
 
@@ -147,7 +152,8 @@ export function createRandomModel(
 ): LanguageModel {
   const { family, config, tok, specs } = randomModelShape(modelType, overrides, tokenizer);
   const values = randomValues(specs, seed);
-  const params: ParamMap = new Map(specs.map((s) => [s.name, new Parameter(s.name, s.shape, values.get(s.name)!)]));
+  const pad = opts.padFeedForward ?? true;
+  const params: ParamMap = new Map(specs.map((s) => [s.name, parameterFor(s, values.get(s.name)!, pad)]));
   return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok));
 }
 

@@ -123,9 +123,9 @@ function weights(cfg: BertConfig): WeightSpec[] {
   const n = names(cfg);
   const h = cfg.hiddenSize;
   const specs: WeightSpec[] = [];
-  const linear = (p: string, out: number, inp: number) => {
-    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal' });
-    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros' });
+  const linear = (p: string, out: number, inp: number, inner?: 'out' | 'in') => {
+    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal', ...(inner && { inner: inner === 'out' ? 0 : 1 }) });
+    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   const norm = (p: string) => {
     specs.push({ name: `${p}.weight`, shape: [h], init: 'ones' });
@@ -142,8 +142,8 @@ function weights(cfg: BertConfig): WeightSpec[] {
     linear(`${p}.attention.self.value`, h, h);
     linear(`${p}.attention.output.dense`, h, h);
     norm(`${p}.attention.output.LayerNorm`);
-    linear(`${p}.intermediate.dense`, cfg.intermediateSize, h);
-    linear(`${p}.output.dense`, h, cfg.intermediateSize);
+    linear(`${p}.intermediate.dense`, cfg.intermediateSize, h, 'out');
+    linear(`${p}.output.dense`, h, cfg.intermediateSize, 'in');
     norm(`${p}.output.LayerNorm`);
   }
   linear(n.dense, h, h);

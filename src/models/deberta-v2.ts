@@ -160,9 +160,9 @@ const NO_MLM_HEAD =
 function weights(cfg: DebertaV2Config): WeightSpec[] {
   const { hiddenSize: h, embeddingSize: e } = cfg;
   const specs: WeightSpec[] = [];
-  const linear = (p: string, out: number, inp: number, bias = true) => {
-    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal' });
-    if (bias) specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros' });
+  const linear = (p: string, out: number, inp: number, bias = true, inner?: 'out' | 'in') => {
+    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal', ...(inner && { inner: inner === 'out' ? 0 : 1 }) });
+    if (bias) specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   const norm = (p: string, n = h) => {
     specs.push({ name: `${p}.weight`, shape: [n], init: 'ones' });
@@ -184,8 +184,8 @@ function weights(cfg: DebertaV2Config): WeightSpec[] {
     }
     linear(`${p}.attention.output.dense`, h, h);
     norm(`${p}.attention.output.LayerNorm`);
-    linear(`${p}.intermediate.dense`, cfg.intermediateSize, h);
-    linear(`${p}.output.dense`, h, cfg.intermediateSize);
+    linear(`${p}.intermediate.dense`, cfg.intermediateSize, h, true, 'out');
+    linear(`${p}.output.dense`, h, cfg.intermediateSize, true, 'in');
     norm(`${p}.output.LayerNorm`);
   }
   if (cfg.relativeAttention) specs.push({ name: 'deberta.encoder.rel_embeddings.weight', shape: [2 * attSpan(cfg), h], init: 'normal' });

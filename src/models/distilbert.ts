@@ -107,9 +107,9 @@ const layerPrefix = (i: number) => `distilbert.transformer.layer.${i}`;
 function weights(cfg: DistilBertConfig): WeightSpec[] {
   const h = cfg.hiddenSize;
   const specs: WeightSpec[] = [];
-  const linear = (p: string, out: number, inp: number) => {
-    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal' });
-    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros' });
+  const linear = (p: string, out: number, inp: number, inner?: 'out' | 'in') => {
+    specs.push({ name: `${p}.weight`, shape: [out, inp], init: 'normal', ...(inner && { inner: inner === 'out' ? 0 : 1 }) });
+    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   const norm = (p: string) => {
     specs.push({ name: `${p}.weight`, shape: [h], init: 'ones' });
@@ -122,8 +122,8 @@ function weights(cfg: DistilBertConfig): WeightSpec[] {
     const p = layerPrefix(i);
     for (const lin of ['q_lin', 'k_lin', 'v_lin', 'out_lin']) linear(`${p}.attention.${lin}`, h, h);
     norm(`${p}.sa_layer_norm`);
-    linear(`${p}.ffn.lin1`, cfg.intermediateSize, h);
-    linear(`${p}.ffn.lin2`, h, cfg.intermediateSize);
+    linear(`${p}.ffn.lin1`, cfg.intermediateSize, h, 'out');
+    linear(`${p}.ffn.lin2`, h, cfg.intermediateSize, 'in');
     norm(`${p}.output_layer_norm`);
   }
   linear('vocab_transform', h, h);

@@ -89,9 +89,9 @@ function weights(c: Gemma2Config): WeightSpec[] {
   const kv = c.numKvHeads * c.headDim;
   // Gemma stores its norms as offsets from 1 (initialised to 0)
   const specs: WeightSpec[] = [{ name: 'model.embed_tokens.weight', shape: [c.vocabSize, h], init: 'normal' }];
-  const linear = (name: string, out: number, inp: number, bias = false) => {
-    specs.push({ name: `${name}.weight`, shape: [out, inp], init: 'normal' });
-    if (bias) specs.push({ name: `${name}.bias`, shape: [out], init: 'zeros' });
+  const linear = (name: string, out: number, inp: number, bias = false, inner?: 'out' | 'in') => {
+    specs.push({ name: `${name}.weight`, shape: [out, inp], init: 'normal', ...(inner && { inner: inner === 'out' ? 0 : 1 }) });
+    if (bias) specs.push({ name: `${name}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   for (let i = 0; i < c.numLayers; i++) {
     const p = layerPrefix(i);
@@ -100,9 +100,9 @@ function weights(c: Gemma2Config): WeightSpec[] {
     linear(`${p}.self_attn.k_proj`, kv, h, c.attentionBias);
     linear(`${p}.self_attn.v_proj`, kv, h, c.attentionBias);
     linear(`${p}.self_attn.o_proj`, h, q, c.outputBias);
-    linear(`${p}.mlp.gate_proj`, c.intermediateSize, h);
-    linear(`${p}.mlp.up_proj`, c.intermediateSize, h);
-    linear(`${p}.mlp.down_proj`, h, c.intermediateSize);
+    linear(`${p}.mlp.gate_proj`, c.intermediateSize, h, false, 'out');
+    linear(`${p}.mlp.up_proj`, c.intermediateSize, h, false, 'out');
+    linear(`${p}.mlp.down_proj`, h, c.intermediateSize, false, 'in');
   }
   specs.push({ name: 'model.norm.weight', shape: [h], init: 'zeros' });
   if (!c.tieWordEmbeddings) specs.push({ name: 'lm_head.weight', shape: [c.vocabSize, h], init: 'normal' });

@@ -104,9 +104,10 @@ function weights(cfg: Gpt2Config): WeightSpec[] {
   const specs: WeightSpec[] = [];
   // GPT-2's init scales the residual projections by 1/sqrt(2 * layers)
   const residualStd = 0.02 / Math.sqrt(2 * cfg.numLayers);
-  const conv = (p: string, inp: number, out: number, std = 0.02) => {
-    specs.push({ name: `${p}.weight`, shape: [inp, out], init: 'normal', std });
-    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros' });
+  // Conv1D weights are [in, out]
+  const conv = (p: string, inp: number, out: number, std = 0.02, inner?: 'out' | 'in') => {
+    specs.push({ name: `${p}.weight`, shape: [inp, out], init: 'normal', std, ...(inner && { inner: inner === 'out' ? 1 : 0 }) });
+    specs.push({ name: `${p}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   const norm = (p: string) => {
     specs.push({ name: `${p}.weight`, shape: [h], init: 'ones' });
@@ -120,8 +121,8 @@ function weights(cfg: Gpt2Config): WeightSpec[] {
     conv(`${p}.attn.c_attn`, h, 3 * h);
     conv(`${p}.attn.c_proj`, h, h, residualStd);
     norm(`${p}.ln_2`);
-    conv(`${p}.mlp.c_fc`, h, cfg.intermediateSize);
-    conv(`${p}.mlp.c_proj`, cfg.intermediateSize, h, residualStd);
+    conv(`${p}.mlp.c_fc`, h, cfg.intermediateSize, 0.02, 'out');
+    conv(`${p}.mlp.c_proj`, cfg.intermediateSize, h, residualStd, 'in');
   }
   norm('transformer.ln_f');
   // the original OpenAI checkpoints store names without the `transformer.` prefix

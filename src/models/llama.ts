@@ -225,9 +225,9 @@ export function decoderWeights(c: DecoderConfig): WeightSpec[] {
   const q = c.numHeads * c.headDim;
   const kv = c.numKvHeads * c.headDim;
   const specs: WeightSpec[] = [{ name: 'model.embed_tokens.weight', shape: [c.vocabSize, h], init: 'normal' }];
-  const linear = (name: string, out: number, inp: number, bias = false) => {
-    specs.push({ name: `${name}.weight`, shape: [out, inp], init: 'normal' });
-    if (bias) specs.push({ name: `${name}.bias`, shape: [out], init: 'zeros' });
+  const linear = (name: string, out: number, inp: number, bias = false, inner?: 'out' | 'in') => {
+    specs.push({ name: `${name}.weight`, shape: [out, inp], init: 'normal', ...(inner && { inner: inner === 'out' ? 0 : 1 }) });
+    if (bias) specs.push({ name: `${name}.bias`, shape: [out], init: 'zeros', ...(inner === 'out' && { inner: 0 }) });
   };
   for (let i = 0; i < c.numLayers; i++) {
     const p = layerPrefix(i);
@@ -241,13 +241,14 @@ export function decoderWeights(c: DecoderConfig): WeightSpec[] {
     }
     linear(`${p}.self_attn.o_proj`, h, q, c.outputBias);
     specs.push({ name: `${p}.post_attention_layernorm.weight`, shape: [h], init: 'ones' });
+    // the fused gate | up rows are split at intermediate_size: that width stays as stored
     if (c.fusedProjections) {
       linear(`${p}.mlp.gate_up_proj`, 2 * c.intermediateSize, h);
     } else {
-      linear(`${p}.mlp.gate_proj`, c.intermediateSize, h);
-      linear(`${p}.mlp.up_proj`, c.intermediateSize, h);
+      linear(`${p}.mlp.gate_proj`, c.intermediateSize, h, false, 'out');
+      linear(`${p}.mlp.up_proj`, c.intermediateSize, h, false, 'out');
     }
-    linear(`${p}.mlp.down_proj`, h, c.intermediateSize);
+    linear(`${p}.mlp.down_proj`, h, c.intermediateSize, false, c.fusedProjections ? undefined : 'in');
   }
   specs.push({ name: 'model.norm.weight', shape: [h], init: 'ones' });
   if (!c.tieWordEmbeddings) specs.push({ name: 'lm_head.weight', shape: [c.vocabSize, h], init: 'normal' });

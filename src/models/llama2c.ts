@@ -111,9 +111,10 @@ export function llamaToHf(model: LanguageModel, outDir: string): void {
   fs.mkdirSync(outDir, { recursive: true });
   const tensors = new Map<string, { shape: number[]; data: Float32Array }>();
   for (const [name, p] of model.params) {
-    let data = p.data;
-    if (c.ropeStyle === 'interleaved' && /\.(q|k)_proj\.weight$/.test(name)) data = permuteForRotateHalf(data, p.shape[0]! / c.headDim, c.headDim, p.shape[1]!);
-    tensors.set(name, { shape: p.shape, data });
+    let data = p.toStored();
+    const shape = p.storedShape;
+    if (c.ropeStyle === 'interleaved' && /\.(q|k)_proj\.weight$/.test(name)) data = permuteForRotateHalf(data, shape[0]! / c.headDim, c.headDim, shape[1]!);
+    tensors.set(name, { shape, data });
   }
   writeSafetensors(path.join(outDir, 'model.safetensors'), tensors, { format: 'pt' });
   fs.writeFileSync(path.join(outDir, 'config.json'), JSON.stringify(llamaFamily.toHfConfig({ ...c, ropeStyle: 'half' }), null, 2) + '\n');

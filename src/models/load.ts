@@ -5,7 +5,7 @@ import { Parameter, type ParamMap } from '../engine/tensor.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import { Llama2cTokenizer } from '../tokenizers/llama2c.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { randomStream, type WeightSpec } from './common.js';
+import { parameterFor, randomStream, type WeightSpec } from './common.js';
 import {
   assemble, createRandomModel as createRandomFloatModel, locateWeights, randomFallbackIds, randomModelShape, type AssembleOptions,
 } from './assemble.js';
@@ -85,7 +85,7 @@ export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<L
   const params: ParamMap = new Map();
   for (const spec of specs) {
     if (store?.entries.has(spec.name)) continue;
-    params.set(spec.name, new Parameter(spec.name, spec.shape, located.get(spec.name)![1].read()));
+    params.set(spec.name, parameterFor(spec, located.get(spec.name)![1].read(), !q && (opts.padFeedForward ?? true)));
   }
   return assemble(family, config, params, tokenizer, dirOrFile, opts, {}, store);
 }
@@ -101,7 +101,7 @@ function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
     store = QuantizedStore.open(sourceChecksum([file], q.cacheDir ?? defaultQuantCache()), file, chosen, q, (name) => ckpt.weights.get(name)!);
   }
   for (const spec of specs) {
-    if (!store?.entries.has(spec.name)) params.set(spec.name, new Parameter(spec.name, spec.shape, ckpt.weights.get(spec.name)!));
+    if (!store?.entries.has(spec.name)) params.set(spec.name, parameterFor(spec, ckpt.weights.get(spec.name)!, !q && (opts.padFeedForward ?? true)));
     ckpt.weights.delete(spec.name);
   }
   return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts, {}, store);

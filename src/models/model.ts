@@ -28,7 +28,7 @@ export class LanguageModel {
     opts: { source: string; special: SpecialIds; quantized?: QuantizedStore },
   ) {
     let parameterCount = 0;
-    for (const p of params.values()) parameterCount += p.size;
+    for (const p of params.values()) parameterCount += p.storedSize;
     this.quantized = opts.quantized ?? null;
     const q = this.quantized;
     if (q) parameterCount += q.values;
@@ -57,7 +57,9 @@ export class LanguageModel {
     };
     this.fns = family.functions(config);
     // programs over quantized weights hold them as constants: keyed by the store too
-    this.arch = `${family.name}${JSON.stringify(config)}${q ? `|quantized ${q.key} ${q.settings.activations}` : ''}`;
+    // and by the host's layout: the same config with and without padded inner widths has other weight shapes
+    const padded = [...params.values()].some((p) => p.size !== p.storedSize);
+    this.arch = `${family.name}${JSON.stringify(config)}${q ? `|quantized ${q.key} ${q.settings.activations}` : ''}${padded ? '|padded' : ''}`;
   }
 
   /** the quantized linear weights (absent from `params`), or null */

@@ -50,7 +50,7 @@ function weightChecksum(lm: LanguageModel): string {
   };
   const q = lm.quantized;
   if (!q) {
-    for (const [name, p] of lm.params) add(name, p.shape, p.data);
+    for (const [name, p] of lm.params) add(name, p.storedShape, p.toStored());
     return h.digest('hex');
   }
   const saved = path.join(q.dir, 'float-weights.sha256');
@@ -61,7 +61,7 @@ function weightChecksum(lm: LanguageModel): string {
     // not computed yet
   }
   if (!forEachFloatWeight(lm.info.source, add)) {
-    for (const [name, p] of lm.params) add(name, p.shape, p.data);
+    for (const [name, p] of lm.params) add(name, p.storedShape, p.toStored());
     h.update(`quantized ${q.key}`);
     return h.digest('hex');
   }

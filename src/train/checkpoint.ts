@@ -77,20 +77,20 @@ export function resolveCheckpointDir(dir: string): string | null {
   return completeVersions(dir)[0]?.path ?? null;
 }
 
-/** Parameters' values as a safetensors file, by name. */
+/** Parameters' values as a safetensors file, by name, in their stored shapes (the host's padding cut off). */
 export function saveParams(file: string, params: Map<string, Parameter>, metadata?: Record<string, string>): void {
-  writeSafetensors(file, new Map([...params].map(([name, p]) => [name, { shape: p.shape, data: p.data }])), metadata);
+  writeSafetensors(file, new Map([...params].map(([name, p]) => [name, { shape: p.storedShape, data: p.toStored() }])), metadata);
 }
 
-/** Loads saved values into `params` by name; every parameter must be present with its shape (checked first). */
+/** Loads saved values into `params` by name; every parameter must be present with its stored shape (checked first). */
 export function loadParams(file: string, params: Map<string, Parameter>): void {
   const stored = readSafetensors(file).tensors;
   for (const [name, p] of params) {
     const t = stored.get(name);
     if (!t) throw new UserError(`${file}: tensor "${name}" is missing`);
-    if (t.shape.join(',') !== p.shape.join(',')) throw new UserError(`${file}: tensor "${name}" has shape [${t.shape}], expected [${p.shape}]`);
+    if (t.shape.join(',') !== p.storedShape.join(',')) throw new UserError(`${file}: tensor "${name}" has shape [${t.shape}], expected [${p.storedShape}]`);
   }
-  for (const [name, p] of params) p.set(stored.get(name)!.data);
+  for (const [name, p] of params) p.set(p.fromStored(stored.get(name)!.data));
 }
 
 /** Optimizer moments as `<param>.m` / `<param>.v` tensors; step counts and the kind in the metadata. */

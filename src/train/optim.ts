@@ -175,11 +175,9 @@ class AdamBase {
     const params = new Map<string, ParamOptimState>();
     for (const [name, s] of this.slots) {
       if (!s.m || !s.v || s.step === 0) continue;
-      params.set(name, {
-        step: s.step,
-        m: Float32Array.from(s.m),
-        v: Float32Array.from(s.v),
-      });
+      // in the parameter's stored layout, as checkpoints hold the parameter itself
+      const stored = (x: Float32Array) => (s.param.storedSize === s.param.size ? Float32Array.from(x) : s.param.toStored(x));
+      params.set(name, { step: s.step, m: stored(s.m), v: stored(s.v) });
     }
     return { kind: this.kind, params };
   }
@@ -191,20 +189,23 @@ class AdamBase {
       const slot = this.slots.get(name);
       if (!slot) throw new Error(`optimizer state: unknown parameter '${name}'`);
       if (!Number.isInteger(s.step) || s.step < 1) throw new Error(`optimizer state: '${name}' has step ${s.step}`);
-      if (s.m.length !== slot.param.size || s.v.length !== slot.param.size) {
-        throw new Error(`optimizer state: '${name}' moments have ${s.m.length}/${s.v.length} values, parameter has ${slot.param.size}`);
+      const fits = (x: Float32Array) => x.length === slot.param.size || x.length === slot.param.storedSize;
+      if (!fits(s.m) || !fits(s.v)) {
+        throw new Error(`optimizer state: '${name}' moments have ${s.m.length}/${s.v.length} values, parameter has ${slot.param.storedSize}`);
       }
     }
     this.disposeMoments();
     for (const [name, s] of state.params) {
       const slot = this.slots.get(name)!;
       slot.step = s.step;
+      const m = slot.param.fromStored(s.m);
+      const v = slot.param.fromStored(s.v);
       if (slot.m && this.arena?.holds(slot.m)) {
-        slot.m.set(s.m);
-        slot.v!.set(s.v);
+        slot.m.set(m);
+        slot.v!.set(v);
       } else {
-        slot.m = Float32Array.from(s.m);
-        slot.v = Float32Array.from(s.v);
+        slot.m = m === s.m ? Float32Array.from(m) : m;
+        slot.v = v === s.v ? Float32Array.from(v) : v;
       }
     }
   }
