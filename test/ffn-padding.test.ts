@@ -10,13 +10,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { createRandomModel } from '../src/models/load.js';
 import { hostWidth, SyntheticTokenizer } from '../src/models/common.js';
-import { cropTo, padTo, Parameter } from '../src/engine/tensor.js';
+import { cropTo, padInPlace, padTo, Parameter } from '../src/engine/tensor.js';
 import { readSafetensors } from '../src/engine/safetensors.js';
 import { loadParams, saveParams } from '../src/train/checkpoint.js';
 import { Adam } from '../src/train/optim.js';
 import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 
-test('padTo / cropTo: values at the start of every axis, zeros after them, and back', () => {
+test('padTo / padInPlace / cropTo: values at the start of every axis, zeros after them, and back', () => {
   const src = Float32Array.from({ length: 2 * 3 * 2 }, (_, i) => i + 1);
   const padded = padTo(src, [2, 3, 2], [3, 4, 2]);
   assert.equal(padded.length, 24);
@@ -25,6 +25,10 @@ test('padTo / cropTo: values at the start of every axis, zeros after them, and b
   assert.ok(padded.subarray(16).every((v) => v === 0));
   assert.deepEqual(cropTo(padded, [3, 4, 2], [2, 3, 2]), src);
   assert.deepEqual([...padTo(Float32Array.of(1, 2), [2], [4])], [1, 2, 0, 0]);
+  const inPlace = new Float32Array(24).fill(-1);
+  inPlace.set(src);
+  padInPlace(inPlace, [2, 3, 2], [3, 4, 2]);
+  assert.deepEqual(inPlace, padded);
   assert.equal(hostWidth(3072), 3104);
   assert.equal(hostWidth(1024), 1056);
   assert.equal(hostWidth(5632), 5632);
@@ -140,3 +144,45 @@ test('checkpoints and optimizer state hold the stored shapes, and load into a pa
     fs.rmSync(dir, { recursive: true, force: true });
   }
 });
+
+test('a checkpoint on disk loads padded straight into the host arrays (F32 and F16), equal to the stored shapes', async () => {
+  const { loadModel } = await import('../src/models/load.js');
+  const { writeSafetensors } = await import('../src/engine/safetensors.js');
+  const { HfTokenizer } = await import('../src/tokenizers/hf.js');
+  const mini = path.resolve('../shared/models/bert-mini-lama');
+  const tok = HfTokenizer.fromDir(mini);
+  const dims = { vocabSize: tok.vocabSize, hiddenSize: 8, numLayers: 1, numHeads: 2, intermediateSize: 1024, maxPositions: 32 };
+  const lm = createRandomModel('bert', dims, 4, tok, { padFeedForward: false });
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'ptune-pad-load-'));
+  try {
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.txt']) fs.copyFileSync(path.join(mini, f), path.join(dir, f));
+    fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(lm.family.toHfConfig(lm.config)));
+    const half = 'bert.encoder.layer.0.intermediate.dense.weight';
+    const toHalf = (x: Float32Array) => Uint16Array.from(x, f16);
+    const tensors = new Map([...lm.params].map(([n, p]) => [n, n === half ? { shape: p.shape, data: toHalf(p.data), dtype: 'F16' as const } : { shape: p.shape, data: p.data }]));
+    writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+    const padded = await loadModel(dir);
+    const plain = await loadModel(dir, { padFeedForward: false });
+    let widened = 0;
+    for (const [n, p] of padded.params) {
+      const q = plain.params.get(n)!;
+      assert.deepEqual(p.toStored(), q.data, `${n}: the stored values`);
+      if (p.size === p.storedSize) continue;
+      widened++;
+      assert.equal(p.data.reduce((s, v) => s + Math.abs(v), 0), q.data.reduce((s, v) => s + Math.abs(v), 0), `${n}: zeros in the padding`);
+    }
+    assert.equal(widened, 3, 'the up projection, its bias and the down projection');
+  } finally {
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+});
+
+/** float → IEEE 754 binary16 bits (round to nearest; normal range is enough here) */
+function f16(v: number): number {
+  const f = new Float32Array([v]);
+  const b = new Uint32Array(f.buffer)[0]!;
+  const sign = (b >>> 16) & 0x8000;
+  const exp = ((b >>> 23) & 0xff) - 127 + 15;
+  if (exp <= 0) return sign;
+  return sign | ((exp << 10) + Math.round((b & 0x7fffff) / 8192));
+}

@@ -119,29 +119,35 @@ function parseEntry(file: string, name: string, value: unknown, dataLen: number)
 }
 
 export function decode(raw: Uint8Array, dtype: string): Float32Array {
+  if (dtype === 'F32') {
+    // a fresh, aligned buffer read for this tensor alone: viewed in place, never copied
+    return raw.byteOffset % 4 === 0 ? new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4) : new Float32Array(raw.slice().buffer);
+  }
+  const out = new Float32Array(raw.byteLength / (BYTES[dtype] ?? 1));
+  decodeInto(raw, dtype, out);
+  return out;
+}
+
+/** `raw` (F32, F16, BF16 or F64 values) as float32 into `out`, which holds exactly as many values. */
+export function decodeInto(raw: Uint8Array, dtype: string, out: Float32Array): void {
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
+  const n = raw.byteLength / (BYTES[dtype] ?? 1);
+  if (!DECODABLE.has(dtype)) throw new Error(`unsupported dtype ${dtype}`);
+  if (out.length !== n) throw new Error(`decode: ${n} values into an array of ${out.length}`);
   switch (dtype) {
     case 'F32':
-      // a fresh, aligned buffer read for this tensor alone: viewed in place, never copied
-      return raw.byteOffset % 4 === 0 ? new Float32Array(raw.buffer, raw.byteOffset, raw.byteLength / 4) : new Float32Array(raw.slice().buffer);
-    case 'F16': {
-      const out = new Float32Array(raw.byteLength / 2);
-      for (let i = 0; i < out.length; i++) out[i] = halfToFloat(view.getUint16(2 * i, true));
-      return out;
-    }
+      new Uint8Array(out.buffer, out.byteOffset, out.byteLength).set(raw);
+      return;
+    case 'F16':
+      for (let i = 0; i < n; i++) out[i] = halfToFloat(view.getUint16(2 * i, true));
+      return;
     case 'BF16': {
-      const out = new Float32Array(raw.byteLength / 2);
-      const bits = new Uint32Array(out.buffer);
-      for (let i = 0; i < out.length; i++) bits[i] = view.getUint16(2 * i, true) << 16;
-      return out;
-    }
-    case 'F64': {
-      const out = new Float32Array(raw.byteLength / 8);
-      for (let i = 0; i < out.length; i++) out[i] = view.getFloat64(8 * i, true);
-      return out;
+      const bits = new Uint32Array(out.buffer, out.byteOffset, n);
+      for (let i = 0; i < n; i++) bits[i] = view.getUint16(2 * i, true) << 16;
+      return;
     }
     default:
-      throw new Error(`unsupported dtype ${dtype}`);
+      for (let i = 0; i < n; i++) out[i] = view.getFloat64(8 * i, true);
   }
 }
 
@@ -161,6 +167,8 @@ export interface LazyTensor {
   shape: number[];
   file: string;
   read(): Float32Array;
+  /** Reads the values into `out` (exactly as many), with no array of its own on the way for F32. */
+  readInto(out: Float32Array): void;
 }
 
 export function header(file: string, entries: [string, TensorToWrite][], metadata?: Record<string, string>): Uint8Array {
@@ -227,6 +235,10 @@ export function safetensorsIndex(bytes: Uint8Array, file: string): { tensors: Ma
       read: () => {
         if (!DECODABLE.has(e.dtype)) throw new Error(`${file}: tensor "${e.name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
         return decode(bytes.subarray(dataStart + e.start, dataStart + e.end), e.dtype);
+      },
+      readInto: (out) => {
+        if (!DECODABLE.has(e.dtype)) throw new Error(`${file}: tensor "${e.name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+        decodeInto(bytes.subarray(dataStart + e.start, dataStart + e.end), e.dtype, out);
       },
     });
   }

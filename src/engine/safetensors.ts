@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { DECODABLE, MAX_HEADER, bytesOf, decode, header, parseHeader, type LazyTensor, type SafetensorsFile, type StoredTensor, type TensorsToWrite } from './safetensors-format.js';
+import { DECODABLE, MAX_HEADER, bytesOf, decode, decodeInto, header, parseHeader, type LazyTensor, type SafetensorsFile, type StoredTensor, type TensorsToWrite } from './safetensors-format.js';
 
 export {
   halfToFloat, parseSafetensors, safetensorsBytes, safetensorsIndex,
@@ -45,13 +45,14 @@ export class SafetensorsReader {
     }
   }
 
-  /** The raw bytes of one tensor, read from its offsets. */
-  readBytes(name: string): Uint8Array {
+  /** The raw bytes of one tensor, read from its offsets (into `into`, exactly as many bytes, when given). */
+  readBytes(name: string, into?: Uint8Array): Uint8Array {
     const at = this.offsets.get(name);
     if (!at) throw new Error(`${this.file}: no tensor "${name}"`);
+    if (into && into.length !== at.end - at.start) throw new Error(`${this.file}: tensor "${name}": ${at.end - at.start} bytes into ${into.length}`);
     const fd = openOrThrow(this.file);
     try {
-      const out = new Uint8Array(at.end - at.start);
+      const out = into ?? new Uint8Array(at.end - at.start);
       let done = 0;
       while (done < out.length) {
         const n = fs.readSync(fd, out, done, out.length - done, this.dataStart + at.start + done);
@@ -70,6 +71,15 @@ export class SafetensorsReader {
     if (!e) throw new Error(`${this.file}: no tensor "${name}"`);
     if (!DECODABLE.has(e.dtype)) throw new Error(`${this.file}: tensor "${name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
     return { dtype: e.dtype, shape: e.shape, data: decode(this.readBytes(name), e.dtype), file: this.file };
+  }
+
+  /** One tensor's values into `out` (float32, exactly as many): F32 read straight into it. */
+  readInto(name: string, out: Float32Array): void {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`${this.file}: no tensor "${name}"`);
+    if (!DECODABLE.has(e.dtype)) throw new Error(`${this.file}: tensor "${name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+    if (e.dtype === 'F32') this.readBytes(name, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
+    else decodeInto(this.readBytes(name), e.dtype, out);
   }
 }
 
@@ -101,7 +111,7 @@ export function checkpointIndex(dir: string): Map<string, LazyTensor> {
   const out = new Map<string, LazyTensor>();
   const add = (reader: SafetensorsReader, name: string) => {
     const e = reader.entries.get(name)!;
-    out.set(name, { dtype: e.dtype, shape: e.shape, file: reader.file, read: () => reader.read(name).data });
+    out.set(name, { dtype: e.dtype, shape: e.shape, file: reader.file, read: () => reader.read(name).data, readInto: (o) => reader.readInto(name, o) });
   };
   if (fs.existsSync(single)) {
     const reader = new SafetensorsReader(single);

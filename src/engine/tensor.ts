@@ -119,6 +119,31 @@ export function cropTo(src: Float32Array, from: readonly number[], to: readonly 
   return out;
 }
 
+/**
+ * padTo within one array: `buf` (shape `to`) holds a `from`-shaped tensor in its first values; each innermost
+ * run moves to its padded place, the last first (a run never lands on one not yet moved), and the gaps are zeroed.
+ */
+export function padInPlace(buf: Float32Array, from: readonly number[], to: readonly number[]): void {
+  const rank = from.length;
+  if (buf.length !== sizeOf(to)) throw new Error(`padInPlace: ${buf.length} values for shape [${to}]`);
+  if (rank === 0) return;
+  const run = from[rank - 1]!;
+  const rows = sizeOf(from.slice(0, -1));
+  const outer = from.slice(0, -1);
+  const dst = to.map((_, i) => sizeOf(to.slice(i + 1)));
+  let end = buf.length;
+  for (let r = rows - 1; r >= 0; r--) {
+    let at = 0;
+    for (let i = outer.length - 1, rest = r; i >= 0; i--) {
+      at += (rest % outer[i]!) * dst[i]!;
+      rest = Math.floor(rest / outer[i]!);
+    }
+    buf.copyWithin(at, r * run, r * run + run);
+    buf.fill(0, at + run, end);
+    end = at;
+  }
+}
+
 /** Copies the `region` at the origin of `src` to the origin of `dst`, a contiguous innermost run at a time. */
 function copyRegion(src: Float32Array, srcShape: readonly number[], dst: Float32Array, dstShape: readonly number[], region: readonly number[]): void {
   const rank = region.length;

@@ -3,7 +3,7 @@ import type { ParamMap } from '../engine/tensor.js';
 import { readJson, where, type FileSource } from '../io/files.js';
 import { HfTokenizer } from '../tokenizers/hf.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
-import { parameterFor, randomValues, SyntheticTokenizer, type WeightSpec } from './common.js';
+import { parameterFor, randomStream, SyntheticTokenizer, type WeightSpec } from './common.js';
 import { familyFor } from './families.js';
 import type { ModelFamily, SpecialIds } from './lm.js';
 import { LanguageModel } from './model.js';
@@ -88,7 +88,7 @@ export function assemble(
 export function readWeights(specs: WeightSpec[], stored: Map<string, LazyTensor>, dir: string, pad: boolean): ParamMap {
   const located = locateWeights(specs, stored, dir);
   const params: ParamMap = new Map();
-  for (const spec of specs) params.set(spec.name, parameterFor(spec, located.get(spec.name)![1].read(), pad));
+  for (const spec of specs) params.set(spec.name, parameterFor(spec, located.get(spec.name)![1], pad));
   return params;
 }
 
@@ -151,9 +151,10 @@ export function createRandomModel(
   opts: AssembleOptions = {},
 ): LanguageModel {
   const { family, config, tok, specs } = randomModelShape(modelType, overrides, tokenizer);
-  const values = randomValues(specs, seed);
+  const next = randomStream(specs, seed);
   const pad = opts.padFeedForward ?? true;
-  const params: ParamMap = new Map(specs.map((s) => [s.name, parameterFor(s, values.get(s.name)!, pad)]));
+  const source = { read: () => next(true)!, readInto: (into: Float32Array) => void next(true, into) };
+  const params: ParamMap = new Map(specs.map((s) => [s.name, parameterFor(s, source, pad)]));
   return assemble(family, config, params, tok, `random ${family.name} (seed ${seed})`, opts, randomFallbackIds(family, tok));
 }
 

@@ -1,5 +1,5 @@
 import type { Ops } from '../engine/ops.js';
-import { padTo, Parameter } from '../engine/tensor.js';
+import { padInPlace, Parameter, sizeOf } from '../engine/tensor.js';
 import type { TextTokenizer } from '../tokenizers/tokenizer.js';
 import { mulberry32 } from '../util/rng.js';
 
@@ -183,30 +183,41 @@ export function hostWidth(n: number): number {
   return n % 1024 === 0 ? n + 32 : n;
 }
 
-/** A weight as the host holds it: its values from `data` (stored layout), the inner width widened with `pad`. */
-export function parameterFor(spec: WeightSpec, data: Float32Array, pad: boolean): Parameter {
-  if (!pad || spec.inner === undefined || hostWidth(spec.shape[spec.inner]!) === spec.shape[spec.inner]) {
-    return new Parameter(spec.name, spec.shape, data);
-  }
-  const host = spec.shape.slice();
-  host[spec.inner] = hostWidth(host[spec.inner]!);
-  return new Parameter(spec.name, host, padTo(data, spec.shape, host), false, spec.shape);
-}
-
-/** Deterministic values for `specs` (normal via mulberry32 + Box-Muller, i.i.d. in stored order). */
-export function randomValues(specs: WeightSpec[], seed: number): Map<string, Float32Array> {
-  const next = randomStream(specs, seed);
-  return new Map(specs.map((spec) => [spec.name, next(true)!]));
+/** Where a weight's values (stored layout) come from: read as an array, or written into one. */
+export interface WeightSource {
+  read(): Float32Array;
+  readInto(out: Float32Array): void;
 }
 
 /**
- * `randomValues` one tensor at a time, in order: each call returns the next spec's values, or with
- * `materialize` false only advances the generator past them (and returns null).
+ * A weight as the host holds it, its inner width widened with `pad`. A widened weight's values are written into
+ * the start of the host's own array and padded in place, so that no stored-layout copy as large as the weight
+ * is held beside it while a model loads; the others are the source's array as read.
  */
-export function randomStream(specs: readonly WeightSpec[], seed: number): (materialize: boolean) => Float32Array | null {
+export function parameterFor(spec: WeightSpec, source: Float32Array | WeightSource, pad: boolean): Parameter {
+  if (!pad || spec.inner === undefined || hostWidth(spec.shape[spec.inner]!) === spec.shape[spec.inner]) {
+    return new Parameter(spec.name, spec.shape, source instanceof Float32Array ? source : source.read());
+  }
+  const host = spec.shape.slice();
+  host[spec.inner] = hostWidth(host[spec.inner]!);
+  const data = new Float32Array(sizeOf(host));
+  const start = data.subarray(0, sizeOf(spec.shape));
+  if (source instanceof Float32Array) start.set(source);
+  else source.readInto(start);
+  padInPlace(data, spec.shape, host);
+  return new Parameter(spec.name, host, data, false, spec.shape);
+}
+
+/**
+ * Deterministic values for `specs` (normal via mulberry32 + Box-Muller, i.i.d. in stored order), one tensor at a
+ * time, in order: each call returns the next spec's values (written into `into`,
+ * which holds exactly as many, when given), or with `materialize` false only advances the generator past them
+ * (and returns null).
+ */
+export function randomStream(specs: readonly WeightSpec[], seed: number): (materialize: boolean, into?: Float32Array) => Float32Array | null {
   const next = mulberry32(seed);
   let at = 0;
-  return (materialize) => {
+  return (materialize, into) => {
     const spec = specs[at++];
     if (!spec) throw new Error('randomStream: no spec left');
     const size = spec.shape.reduce((a, b) => a * b, 1);
@@ -214,8 +225,10 @@ export function randomStream(specs: readonly WeightSpec[], seed: number): (mater
       if (spec.init === 'normal') for (let i = 0; i < size; i += 2) (next(), next());
       return null;
     }
-    const data = new Float32Array(size);
+    if (into && into.length !== size) throw new Error(`randomStream: ${size} values for "${spec.name}" into an array of ${into.length}`);
+    const data = into ?? new Float32Array(size);
     if (spec.init === 'ones') data.fill(1);
+    if (spec.init === 'zeros') data.fill(0);
     if (spec.init === 'normal') {
       const std = spec.std ?? 0.02;
       for (let i = 0; i < data.length; i += 2) {

@@ -85,7 +85,7 @@ export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<L
   const params: ParamMap = new Map();
   for (const spec of specs) {
     if (store?.entries.has(spec.name)) continue;
-    params.set(spec.name, parameterFor(spec, located.get(spec.name)![1].read(), !q && (opts.padFeedForward ?? true)));
+    params.set(spec.name, parameterFor(spec, located.get(spec.name)![1], !q && (opts.padFeedForward ?? true)));
   }
   return assemble(family, config, params, tokenizer, dirOrFile, opts, {}, store);
 }
