@@ -47,6 +47,11 @@ export interface CreateSessionOptions {
   constantFolding?: boolean;
   /** onnxruntime-node: ONNX Runtime's CPU memory arena for this session (default off; PTUNE_ORT_ARENA=1|0 overrides) */
   memArena?: boolean;
+  /**
+   * onnxruntime-node: ONNX Runtime's memory pattern, one block planned for all of a run's intermediates (default on,
+   * off with gradient checkpointing; PTUNE_ORT_MEMPATTERN=1|0 overrides)
+   */
+  memPattern?: boolean;
 }
 
 export interface RuntimeSession {
@@ -160,10 +165,10 @@ export class Runtime {
             // across runs (BERT-base P-tuning: ~1.14 GB held after 4 steps, against ~0.70 GB without); programs ask
             // for it where it pays (see compile in program.ts)
             enableCpuMemArena: env?.PTUNE_ORT_ARENA ? env.PTUNE_ORT_ARENA === '1' : (opts.memArena ?? false),
-            // the memory pattern (one block planned for all of a run's intermediates) is faster for repeated runs
-            // but holds more at once: with gradient checkpointing, the mode for memory, it is off (the 1.1B int4
-            // P-tuning step: 2,989 against 3,114 MiB at the same step time; BERT-base fp32 ~10 % slower without it)
-            enableMemPattern: env?.PTUNE_ORT_MEMPATTERN ? env.PTUNE_ORT_MEMPATTERN !== '0' : !this.gradientCheckpointing,
+            // the memory pattern (one block planned for all of a run's intermediates) holds more at once: with
+            // gradient checkpointing, the mode for memory, it is off (the 1.1B int4 P-tuning step: 2,989 against
+            // 3,114 MiB at the same step time); float training programs turn it off too (see compile in program.ts)
+            enableMemPattern: env?.PTUNE_ORT_MEMPATTERN ? env.PTUNE_ORT_MEMPATTERN !== '0' : !this.gradientCheckpointing && (opts.memPattern ?? true),
             // PTUNE_ORT_PROFILE=PREFIX: ONNX Runtime's per-node trace of every session, PREFIX_<date>.json (a diagnostic)
             ...(env?.PTUNE_ORT_PROFILE && { enableProfiling: true, profileFilePrefix: env.PTUNE_ORT_PROFILE }),
             extra: {
