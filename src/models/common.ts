@@ -210,9 +210,8 @@ export function parameterFor(spec: WeightSpec, source: Float32Array | WeightSour
 
 /**
  * Deterministic values for `specs` (normal via mulberry32 + Box-Muller, i.i.d. in stored order), one tensor at a
- * time, in order: each call returns the next spec's values (written into `into`,
- * which holds exactly as many, when given), or with `materialize` false only advances the generator past them
- * (and returns null).
+ * time: each call returns the next spec's values (written into `into`, which holds exactly as many, when given),
+ * or with `materialize` false only advances the generator past them (and returns null).
  */
 export function randomStream(specs: readonly WeightSpec[], seed: number): (materialize: boolean, into?: Float32Array) => Float32Array | null {
   const next = mulberry32(seed);
