@@ -14,7 +14,8 @@ import { cropTo, padInPlace, padTo, Parameter } from '../src/engine/tensor.js';
 import { readSafetensors } from '../src/engine/safetensors.js';
 import { loadParams, saveParams } from '../src/train/checkpoint.js';
 import { Adam } from '../src/train/optim.js';
-import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
+import { PTuningSession } from '../src/train/session.js';
+import { tunedLmConfig } from './fixtures.js';
 
 test('padTo / padInPlace / cropTo: values at the start of every axis, zeros after them, and back', () => {
   const src = Float32Array.from({ length: 2 * 3 * 2 }, (_, i) => i + 1);
@@ -60,20 +61,6 @@ function tinyLm(family: string, extra: Record<string, number>, pad: boolean) {
   return createRandomModel(family, dims, 3, new SyntheticTokenizer(40), { trainable: true, padFeedForward: pad });
 }
 
-function tunedConfig(template: string): RunConfig {
-  return {
-    version: 1,
-    model: 'random',
-    template,
-    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
-    encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
-    maxLength: 16,
-    skipTooLong: false,
-    loop: DEFAULT_LOOP,
-    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout: false },
-  };
-}
-
 for (const [family, template, extra] of FAMILIES) {
   test(`${family}: a padded inner width gives the stored shapes' loss, gradients and parameter count`, async () => {
     const padded = tinyLm(family, extra, true);
@@ -87,8 +74,8 @@ for (const [family, template, extra] of FAMILIES) {
     assert.equal(padded.info.parameterCount, plain.info.parameterCount);
 
     const records = [{ x: 'w7 w8 w9', y: 'a' }, { x: 'w9', y: 'b' }, { x: 'w12 w13', y: 'a' }];
-    const a = await PTuningSession.create(tunedConfig(template), padded);
-    const b = await PTuningSession.create(tunedConfig(template), plain);
+    const a = await PTuningSession.create(tunedLmConfig(template, false), padded);
+    const b = await PTuningSession.create(tunedLmConfig(template, false), plain);
     const ra = await a.lossAndGrads(a.prepare(records, 'padded').items);
     const rb = await b.lossAndGrads(b.prepare(records, 'plain').items);
     assert.ok(Math.abs(ra.loss - rb.loss) < 1e-5, `loss ${ra.loss} vs ${rb.loss}`);

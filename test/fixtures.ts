@@ -9,6 +9,7 @@ import type { TokenBatch } from '../src/models/forward.js';
 import { rowsAt } from '../src/models/common.js';
 import { main } from '../src/cli/main.js';
 import { getRuntime, type Runtime } from '../src/engine/runtime.js';
+import { DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
 
 export const shared = path.resolve(process.cwd(), '../shared');
 export const modelDir = (name: string): string => path.join(shared, 'models', name);
@@ -170,4 +171,19 @@ export async function checkCentralDifferences(name: string, p: { data: Float32Ar
   }
   assert.deepEqual(p.data, base);
   return entries.length;
+}
+
+/** A label-head run (labels a / b as w10 / w11, an MLP encoder) over a tuned LM, with or without the LM's dropout. */
+export function tunedLmConfig(template: string, lmDropout: boolean): RunConfig {
+  return {
+    version: 1,
+    model: 'random',
+    template,
+    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
+    encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
+    maxLength: 16,
+    skipTooLong: false,
+    loop: DEFAULT_LOOP,
+    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout },
+  };
 }

@@ -7,9 +7,9 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createRandomModel } from '../src/models/load.js';
 import { SyntheticTokenizer } from '../src/models/common.js';
-import { PTuningSession, DEFAULT_LOOP, DEFAULT_OPTIM, type RunConfig } from '../src/train/session.js';
+import { PTuningSession } from '../src/train/session.js';
 import { Rng } from '../src/util/rng.js';
-import { checkCentralDifferences, withRuntime } from './fixtures.js';
+import { checkCentralDifferences, tunedLmConfig, withRuntime } from './fixtures.js';
 
 test('Rng.dropoutMask makes its mask from the draws next() makes, and leaves the stream where they do', () => {
   const a = new Rng(7);
@@ -28,21 +28,6 @@ function tinyLm(family: 'bert' | 'gpt2', rates: Record<string, number>, seed: nu
   return createRandomModel(family, { ...dims, ...rates }, seed, new SyntheticTokenizer(40), { trainable: true });
 }
 
-/** A label-head run over a tuned LM, with or without the LM's dropout. */
-function tunedConfig(template: string, lmDropout: boolean): RunConfig {
-  return {
-    version: 1,
-    model: 'random',
-    template,
-    head: { kind: 'label', labelField: 'y', labelWords: { a: 'w10', b: 'w11' } },
-    encoder: { type: 'mlp', seed: 1, hiddenSize: 8 },
-    maxLength: 16,
-    skipTooLong: false,
-    loop: DEFAULT_LOOP,
-    optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout },
-  };
-}
-
 const FAMILIES = [
   ['bert', { hiddenDropout: 0.3, attentionDropout: 0.3 }, '[P*2] {x} [P] [MASK] .'],
   ['gpt2', { embdDropout: 0.3, attnDropout: 0.3, residDropout: 0.3 }, '[P*2] {x} [P] [MASK]'],
@@ -52,8 +37,8 @@ for (const [family, rates, template] of FAMILIES) {
   test(`${family}: a tuned LM trains with its config's dropout — seeded, in the backward too, never in evaluation`, async () => {
     const lm = tinyLm(family, rates, 5);
     const records = [{ x: 'w7 w8 w9', y: 'a' }, { x: 'w9', y: 'b' }, { x: 'w12 w13', y: 'a' }];
-    const plain = await PTuningSession.create(tunedConfig(template, false), lm);
-    const s = await PTuningSession.create(tunedConfig(template, true), lm);
+    const plain = await PTuningSession.create(tunedLmConfig(template, false), lm);
+    const s = await PTuningSession.create(tunedLmConfig(template, true), lm);
     assert.equal(plain.programs.lmDropout, null, 'lmDropout false: no stream');
     const stream = s.programs.lmDropout!;
     assert.ok(stream, 'lmDropout with tuneLm: a stream');
@@ -99,7 +84,7 @@ for (const [family, rates, template] of FAMILIES) {
 
 test('with gradient checkpointing the recomputed layers read the same masks: the same loss and gradients', async () => {
   const lm = tinyLm('bert', { hiddenDropout: 0.3, attentionDropout: 0.3 }, 6);
-  const s = await PTuningSession.create(tunedConfig('{x} [P*2] [MASK] .', true), lm);
+  const s = await PTuningSession.create(tunedLmConfig('{x} [P*2] [MASK] .', true), lm);
   const { items } = s.prepare([{ x: 'w7 w8 w9', y: 'a' }, { x: 'w12', y: 'b' }], 'gc');
   const stream = s.programs.lmDropout!;
   const start = stream.state();
