@@ -57,6 +57,7 @@ export class Parameter {
 
   /** `values` (the parameter's size: its values, gradient or moments) in the stored layout; the same array when the layouts agree. */
   toStored(values: Float32Array = this.data): Float32Array {
+    if (values.length !== this.size) throw new Error(`parameter "${this.name}": ${values.length} values for shape [${this.shape}]`);
     return this.storedSize === this.size ? values : cropTo(values, this.shape, this.storedShape);
   }
 

@@ -46,7 +46,9 @@ class ConstantBuilder extends ProgramBuilder {
     const p = this.lookup(name);
     if (!p) throw new Error(`export: no parameter "${name}"`);
     if (p.shape.join(',') !== shape.join(',')) throw new Error(`export: parameter "${name}" has shape [${p.shape}], the graph reads [${shape}]`);
-    const sym = this.g.constant(p.data, p.shape, 'float32', name.replace(/^lm\./, ''));
+    // in the stored shape: the host's padding of feed-forward widths is for ptune's own runtime, and the model's
+    // functions take their shapes from the tensors
+    const sym = this.g.constant(p.toStored(), p.storedShape, 'float32', name.replace(/^lm\./, ''));
     this.made.set(name, sym);
     return sym;
   }

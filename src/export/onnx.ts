@@ -57,7 +57,7 @@ export async function exportOnnx(run: PTuning, outDir: string, opts: OnnxExportO
   const tables: ExportTables = { prompts: run.encoder ? await run.encoder.table() : null, prefix: run.prefix ? await run.prefix.table() : null };
   const { builder, outputs, inputNames } = exportGraph(run, tables, { batch, length, topK });
   let weightBytes = (tables.prompts?.data.byteLength ?? 0) + (tables.prefix?.data.byteLength ?? 0);
-  for (const p of [...lm.params.values(), ...(head.params?.values() ?? [])]) weightBytes += p.data.byteLength;
+  for (const p of [...lm.params.values(), ...(head.params?.values() ?? [])]) weightBytes += p.storedSize * 4;
   const external = opts.externalData === true || ((opts.externalData ?? 'auto') === 'auto' && weightBytes > AUTO_EXTERNAL_BYTES);
 
   opts.beforeWrite?.();

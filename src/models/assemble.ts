@@ -19,7 +19,9 @@ export interface AssembleOptions {
   trainable?: boolean;
   /**
    * hold feed-forward inner widths that are multiples of 1,024 at `hostWidth` (zero-padded: the same values,
-   * faster matrix products); default true. Checkpoints ptune writes keep the stored shapes either way.
+   * faster native matrix products). Default true for weights read from disk or drawn at random; false for
+   * `loadModelFrom`, whose F32 weights stay views of the source's bytes (padding would copy them). Checkpoints
+   * ptune writes keep the stored shapes either way.
    */
   padFeedForward?: boolean;
 }
@@ -40,7 +42,7 @@ export async function loadModelFrom(source: FileSource, opts: AssembleOptions = 
   const config = family.parseConfig(json, configFile);
   const tokenizer = await HfTokenizer.fromSource(source);
   const stored = await checkpointFrom(source);
-  const params = readWeights(family.weights(config), stored, source.name, opts.padFeedForward ?? true);
+  const params = readWeights(family.weights(config), stored, source.name, opts.padFeedForward ?? false);
   return assemble(family, config, params, tokenizer, source.name, opts);
 }
 
