@@ -325,7 +325,7 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
   const session = await rt.createSession(model.bytes, {
     ...(external && { externalFolder: [...folders][0]! }),
     ...(b.external.size > 0 && { constantFolding: false }),
-    memArena: wantsArena(b, rt.gradientCheckpointing),
+    memArena: !!loss && wantsArena(b, rt.gradientCheckpointing),
     // A float training run's block is as large as everything its backward pass reads, and a block that size is
     // mapped fresh by the allocator on every run: its page faults were 15–25 % of a base-size step's time. Tensor
     // by tensor, the allocator reuses freed memory from run to run instead (below its mmap threshold, which the
@@ -343,11 +343,13 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
 const ARENA_MAX_PARAM_BYTES = 64 * 2 ** 20;
 
 /**
- * A program over small weights reuses its buffers from run to run in ONNX Runtime's arena: without it, every
- * run's gradients and intermediates are fresh pages of the allocator (bert-mini: full fine-tuning step 43–48 ms
- * against 80–85 ms, forward 11–14 against 14–16 ms; a two-relation `ptune lama` run peaks at 436 against 343 MB).
- * Over larger weights the arena's growth costs more memory than it saves time (BERT-base full fine-tuning: 2.91
- * against 2.41 GB for 15 % of the step). Not with gradient checkpointing, the mode for memory.
+ * A training program over small weights reuses its buffers from run to run in ONNX Runtime's arena (bert-mini's
+ * full fine-tuning step: 53–70 against 75–78 ms without it, with the ptune command's 32 MiB mmap threshold; 43–48
+ * against 80–85 ms with a 128 KiB one; a two-relation `ptune lama` run peaks at 436 against 343 MB). Inference
+ * programs run without it: the heap reuses their buffers as well (bert-mini forward 11–14 ms either way), and
+ * `ptune serve`, compiling a program per shape, held 556–639 MB with an arena per session against 280–295 MB
+ * without. Over larger weights the arena's growth costs more memory than it saves time (BERT-base full
+ * fine-tuning: 2.91 against 2.41 GB for 15 % of the step). Not with gradient checkpointing, the mode for memory.
  */
 function wantsArena(b: ProgramBuilder, recompute: boolean): boolean {
   if (recompute) return false;
