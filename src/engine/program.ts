@@ -325,7 +325,7 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
   const session = await rt.createSession(model.bytes, {
     ...(external && { externalFolder: [...folders][0]! }),
     ...(b.external.size > 0 && { constantFolding: false }),
-    memArena: !!loss && wantsArena(b, rt.gradientCheckpointing),
+    memArena: wantsArena(b, !!loss, rt.gradientCheckpointing),
     // A float training run's block is as large as everything its backward pass reads, and a block that size is
     // mapped fresh by the allocator on every run: its page faults were 15–25 % of a base-size step's time. Tensor
     // by tensor, the allocator reuses freed memory from run to run instead (below its mmap threshold, which the
@@ -351,8 +351,8 @@ const ARENA_MAX_PARAM_BYTES = 64 * 2 ** 20;
  * without. Over larger weights the arena's growth costs more memory than it saves time (BERT-base full
  * fine-tuning: 2.91 against 2.41 GB for 15 % of the step). Not with gradient checkpointing, the mode for memory.
  */
-function wantsArena(b: ProgramBuilder, recompute: boolean): boolean {
-  if (recompute) return false;
+function wantsArena(b: ProgramBuilder, training: boolean, recompute: boolean): boolean {
+  if (!training || recompute) return false;
   let bytes = 0;
   for (const { sym } of b.params.values()) bytes += sym.size * 4;
   return bytes <= ARENA_MAX_PARAM_BYTES;

@@ -128,6 +128,11 @@ export function decode(raw: Uint8Array, dtype: string): Float32Array {
   return out;
 }
 
+/** Throws unless a tensor's `dtype` decodes to float32, naming the file and the tensor. */
+export function assertDecodable(file: string, name: string, dtype: string): void {
+  if (!DECODABLE.has(dtype)) throw new Error(`${file}: tensor "${name}": unsupported dtype ${dtype} (as float: F32, F16, BF16, F64)`);
+}
+
 /** `raw` (F32, F16, BF16 or F64 values) as float32 into `out`, which holds exactly as many values. */
 export function decodeInto(raw: Uint8Array, dtype: string, out: Float32Array): void {
   const view = new DataView(raw.buffer, raw.byteOffset, raw.byteLength);
@@ -233,11 +238,11 @@ export function safetensorsIndex(bytes: Uint8Array, file: string): { tensors: Ma
       shape: e.shape,
       file,
       read: () => {
-        if (!DECODABLE.has(e.dtype)) throw new Error(`${file}: tensor "${e.name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+        assertDecodable(file, e.name, e.dtype);
         return decode(bytes.subarray(dataStart + e.start, dataStart + e.end), e.dtype);
       },
       readInto: (out) => {
-        if (!DECODABLE.has(e.dtype)) throw new Error(`${file}: tensor "${e.name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+        assertDecodable(file, e.name, e.dtype);
         decodeInto(bytes.subarray(dataStart + e.start, dataStart + e.end), e.dtype, out);
       },
     });

@@ -1,6 +1,6 @@
 import fs from 'node:fs';
 import path from 'node:path';
-import { DECODABLE, MAX_HEADER, bytesOf, decode, decodeInto, header, parseHeader, type LazyTensor, type SafetensorsFile, type StoredTensor, type TensorsToWrite } from './safetensors-format.js';
+import { MAX_HEADER, assertDecodable, bytesOf, decode, decodeInto, header, parseHeader, type LazyTensor, type SafetensorsFile, type StoredTensor, type TensorsToWrite } from './safetensors-format.js';
 
 export {
   halfToFloat, parseSafetensors, safetensorsBytes, safetensorsIndex,
@@ -67,19 +67,23 @@ export class SafetensorsReader {
 
   /** One tensor as float32 (F16, BF16 and F64 are converted). */
   read(name: string): StoredTensor {
-    const e = this.entries.get(name);
-    if (!e) throw new Error(`${this.file}: no tensor "${name}"`);
-    if (!DECODABLE.has(e.dtype)) throw new Error(`${this.file}: tensor "${name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+    const e = this.decodable(name);
     return { dtype: e.dtype, shape: e.shape, data: decode(this.readBytes(name), e.dtype), file: this.file };
   }
 
   /** One tensor's values into `out` (float32, exactly as many): F32 read straight into it. */
   readInto(name: string, out: Float32Array): void {
-    const e = this.entries.get(name);
-    if (!e) throw new Error(`${this.file}: no tensor "${name}"`);
-    if (!DECODABLE.has(e.dtype)) throw new Error(`${this.file}: tensor "${name}": unsupported dtype ${e.dtype} (as float: F32, F16, BF16, F64)`);
+    const e = this.decodable(name);
     if (e.dtype === 'F32') this.readBytes(name, new Uint8Array(out.buffer, out.byteOffset, out.byteLength));
     else decodeInto(this.readBytes(name), e.dtype, out);
+  }
+
+  /** The entry of a tensor that decodes to float32. */
+  private decodable(name: string): { dtype: string; shape: number[] } {
+    const e = this.entries.get(name);
+    if (!e) throw new Error(`${this.file}: no tensor "${name}"`);
+    assertDecodable(this.file, name, e.dtype);
+    return e;
   }
 }
 

@@ -109,14 +109,16 @@ export class Parameter {
 /** `src` (row-major, shape `from`) at the start of every axis of a zero array of shape `to` (each axis ≥). */
 export function padTo(src: Float32Array, from: readonly number[], to: readonly number[]): Float32Array {
   const out = new Float32Array(sizeOf(to));
-  copyRegion(src, from, out, to, from);
+  const run = from[from.length - 1] ?? 1;
+  runStarts(from, to).forEach((at, r) => out.set(src.subarray(r * run, r * run + run), at));
   return out;
 }
 
 /** The inverse of padTo: the `to`-shaped start of every axis of `src` (shape `from`). */
 export function cropTo(src: Float32Array, from: readonly number[], to: readonly number[]): Float32Array {
   const out = new Float32Array(sizeOf(to));
-  copyRegion(src, from, out, to, to);
+  const run = to[to.length - 1] ?? 1;
+  runStarts(to, from).forEach((at, r) => out.set(src.subarray(at, at + run), r * run));
   return out;
 }
 
@@ -125,45 +127,29 @@ export function cropTo(src: Float32Array, from: readonly number[], to: readonly 
  * run moves to its padded place, the last first (a run never lands on one not yet moved), and the gaps are zeroed.
  */
 export function padInPlace(buf: Float32Array, from: readonly number[], to: readonly number[]): void {
-  const rank = from.length;
   if (buf.length !== sizeOf(to)) throw new Error(`padInPlace: ${buf.length} values for shape [${to}]`);
-  if (rank === 0) return;
-  const run = from[rank - 1]!;
-  const rows = sizeOf(from.slice(0, -1));
-  const outer = from.slice(0, -1);
-  const dst = to.map((_, i) => sizeOf(to.slice(i + 1)));
+  const run = from[from.length - 1] ?? 1;
+  const starts = runStarts(from, to);
   let end = buf.length;
-  for (let r = rows - 1; r >= 0; r--) {
-    let at = 0;
-    for (let i = outer.length - 1, rest = r; i >= 0; i--) {
-      at += (rest % outer[i]!) * dst[i]!;
-      rest = Math.floor(rest / outer[i]!);
-    }
+  for (let r = starts.length - 1; r >= 0; r--) {
+    const at = starts[r]!;
     buf.copyWithin(at, r * run, r * run + run);
     buf.fill(0, at + run, end);
     end = at;
   }
 }
 
-/** Copies the `region` at the origin of `src` to the origin of `dst`, a contiguous innermost run at a time. */
-function copyRegion(src: Float32Array, srcShape: readonly number[], dst: Float32Array, dstShape: readonly number[], region: readonly number[]): void {
-  const rank = region.length;
-  if (rank === 0) {
-    dst[0] = src[0]!;
-    return;
+/**
+ * Where each innermost run of an `inner`-shaped tensor starts in an `outer`-shaped array that holds it at the
+ * start of every axis (each axis ≥), in row-major order.
+ */
+function runStarts(inner: readonly number[], outer: readonly number[]): number[] {
+  let starts = [0];
+  for (let axis = 0; axis < inner.length - 1; axis++) {
+    const stride = sizeOf(outer.slice(axis + 1));
+    starts = starts.flatMap((s) => Array.from({ length: inner[axis]! }, (_, i) => s + i * stride));
   }
-  const strides = (shape: readonly number[]) => shape.map((_, i) => sizeOf(shape.slice(i + 1)));
-  const s = strides(srcShape);
-  const d = strides(dstShape);
-  const run = region[rank - 1]!;
-  const visit = (axis: number, from: number, to: number): void => {
-    if (axis === rank - 1) {
-      dst.set(src.subarray(from, from + run), to);
-      return;
-    }
-    for (let i = 0; i < region[axis]!; i++) visit(axis + 1, from + i * s[axis]!, to + i * d[axis]!);
-  };
-  visit(0, 0, 0);
+  return starts;
 }
 
 /** Parameters by name, in a fixed order. */

@@ -202,11 +202,9 @@ export function parameterFor(spec: WeightSpec, source: Float32Array | WeightSour
   host[spec.inner] = hostWidth(host[spec.inner]!);
   const data = new Float32Array(sizeOf(host));
   const start = data.subarray(0, sizeOf(spec.shape));
-  if (source instanceof Float32Array && source.length !== start.length) {
-    throw new Error(`weight "${spec.name}": ${source.length} values for shape [${spec.shape}]`);
-  }
-  if (source instanceof Float32Array) start.set(source);
-  else source.readInto(start);
+  if (!(source instanceof Float32Array)) source.readInto(start);
+  else if (source.length === start.length) start.set(source);
+  else throw new Error(`weight "${spec.name}": ${source.length} values for shape [${spec.shape}]`);
   padInPlace(data, spec.shape, host);
   return new Parameter(spec.name, host, data, false, spec.shape);
 }

@@ -31,6 +31,11 @@ export interface LoadOptions extends AssembleOptions {
   quantize?: QuantizeOptions | 'int8' | 'int4' | 'none' | null;
 }
 
+/** Float weights read from disk hold padded inner widths unless asked not to; quantized models never do. */
+function padsFeedForward(opts: LoadOptions, q: QuantizeSettings | null): boolean {
+  return !q && (opts.padFeedForward ?? true);
+}
+
 function quantizeSettings(opts: LoadOptions): QuantizeSettings | null {
   const q = parseQuantize(opts.quantize);
   if (q && opts.trainable) throw new Error('quantized weights are frozen: quantize cannot be combined with a trainable LM (--tune-lm, fine-tuning)');
@@ -83,9 +88,10 @@ export async function loadModel(spec: string, opts: LoadOptions = {}): Promise<L
     store = QuantizedStore.open(checksum, dirOrFile, chosen, q, (name) => located.get(name)![1].read());
   }
   const params: ParamMap = new Map();
+  const pad = padsFeedForward(opts, q);
   for (const spec of specs) {
     if (store?.entries.has(spec.name)) continue;
-    params.set(spec.name, parameterFor(spec, located.get(spec.name)![1], !q && (opts.padFeedForward ?? true)));
+    params.set(spec.name, parameterFor(spec, located.get(spec.name)![1], pad));
   }
   return assemble(family, config, params, tokenizer, dirOrFile, opts, {}, store);
 }
@@ -100,8 +106,9 @@ function fromLlama2c(file: string, opts: LoadOptions): LanguageModel {
     const chosen = quantizedSpecs(llamaFamily as ModelFamily<unknown>, ckpt.config, specs);
     store = QuantizedStore.open(sourceChecksum([file], q.cacheDir ?? defaultQuantCache()), file, chosen, q, (name) => ckpt.weights.get(name)!);
   }
+  const pad = padsFeedForward(opts, q);
   for (const spec of specs) {
-    if (!store?.entries.has(spec.name)) params.set(spec.name, parameterFor(spec, ckpt.weights.get(spec.name)!, !q && (opts.padFeedForward ?? true)));
+    if (!store?.entries.has(spec.name)) params.set(spec.name, parameterFor(spec, ckpt.weights.get(spec.name)!, pad));
     ckpt.weights.delete(spec.name);
   }
   return assemble(llamaFamily as ModelFamily<unknown>, ckpt.config, params, ckpt.tokenizer, file, opts, {}, store);

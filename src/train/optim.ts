@@ -175,8 +175,11 @@ class AdamBase {
     const params = new Map<string, ParamOptimState>();
     for (const [name, s] of this.slots) {
       if (!s.m || !s.v || s.step === 0) continue;
-      // in the parameter's stored layout, as checkpoints hold the parameter itself
-      const stored = (x: Float32Array) => (s.param.storedSize === s.param.size ? Float32Array.from(x) : s.param.toStored(x));
+      // copies in the parameter's stored layout, as checkpoints hold the parameter itself
+      const stored = (x: Float32Array) => {
+        const y = s.param.toStored(x);
+        return y === x ? Float32Array.from(x) : y;
+      };
       params.set(name, { step: s.step, m: stored(s.m), v: stored(s.v) });
     }
     return { kind: this.kind, params };
