@@ -11,6 +11,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { readSafetensors, writeSafetensors } from '../src/engine/safetensors.js';
 import { epochOrder } from '../src/train/trainer.js';
+import { waitFor } from './fixtures.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const bert = path.join(shared, 'models/bert-mini-lama');
@@ -67,25 +68,19 @@ async function interrupt(a: string[], run: string, signals: NodeJS.Signals[], ga
   let stderr = '';
   child.stderr.on('data', (b) => (stderr += String(b)));
   const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((res) => child.on('exit', (code, signal) => res({ code, signal })));
-  const t0 = Date.now();
-  await new Promise<void>((resolve, reject) => {
-    const poll = setInterval(() => {
-      let n = 0;
-      try {
-        n = trainedSteps(run);
-      } catch {
-        /* not yet */
-      }
-      if (n >= 1) {
-        clearInterval(poll);
-        resolve();
-      } else if (Date.now() - t0 > 60_000) {
-        clearInterval(poll);
-        child.kill('SIGKILL');
-        reject(new Error('training did not log a step in 60 s'));
-      }
-    }, 10);
-  });
+  const logged = (): boolean => {
+    try {
+      return trainedSteps(run) >= 1;
+    } catch {
+      return false; // not yet
+    }
+  };
+  try {
+    await waitFor(logged, 60_000, 'training to log a step', 10);
+  } catch (err) {
+    child.kill('SIGKILL');
+    throw err;
+  }
   const sent = Date.now();
   for (const [i, s] of signals.entries()) {
     if (i > 0 && gapMs) await new Promise((r) => setTimeout(r, gapMs));

@@ -4,6 +4,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { waitFor } from './fixtures.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
 const bert = path.join(shared, 'models/bert-mini-lama');
@@ -58,26 +59,18 @@ for (const [what, extra, streams] of RESUMED) {
     const cut = path.join(dir, 'cut');
     const child = spawn('node', trainArgs(data, cut, extra), { stdio: 'ignore' });
     const state = path.join(cut, 'last', 'state.json');
-    await new Promise<void>((resolve, reject) => {
-      const t0 = Date.now();
-      const poll = setInterval(() => {
-        let step = 0;
-        try {
-          step = JSON.parse(fs.readFileSync(state, 'utf8')).step;
-        } catch {
-          /* not written yet */
-        }
-        if (step >= 16) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          resolve();
-        } else if (Date.now() - t0 > 90_000) {
-          clearInterval(poll);
-          child.kill('SIGKILL');
-          reject(new Error('training did not reach step 16 in 90 s'));
-        }
-      }, 20);
-    });
+    const step = (): number => {
+      try {
+        return JSON.parse(fs.readFileSync(state, 'utf8')).step;
+      } catch {
+        return 0; // not written yet
+      }
+    };
+    try {
+      await waitFor(() => step() >= 16, 90_000, 'training to reach step 16');
+    } finally {
+      child.kill('SIGKILL');
+    }
     await new Promise((res) => child.on('exit', res));
     const killedAt = JSON.parse(fs.readFileSync(state, 'utf8'));
     assert.ok(killedAt.step < 36 && !killedAt.finished, `killed too late: ${JSON.stringify(killedAt)}`);

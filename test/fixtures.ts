@@ -187,3 +187,19 @@ export function tunedLmConfig(template: string, lmDropout: boolean): RunConfig {
     optim: { ...DEFAULT_OPTIM, tuneLm: true, lmDropout },
   };
 }
+
+/** Resolves once `cond()` holds (checked every `everyMs`), rejects after `ms` naming `what`. */
+export function waitFor(cond: () => boolean, ms: number, what: string, everyMs = 20): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const t0 = Date.now();
+    const poll = setInterval(() => {
+      if (cond()) {
+        clearInterval(poll);
+        resolve();
+      } else if (Date.now() - t0 > ms) {
+        clearInterval(poll);
+        reject(new Error(`timed out waiting for ${what}`));
+      }
+    }, everyMs);
+  });
+}

@@ -9,7 +9,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { runCli } from './fixtures.js';
+import { runCli, waitFor } from './fixtures.js';
 import { writeSafetensors } from '../src/engine/safetensors.js';
 
 const shared = path.resolve(process.cwd(), '../shared');
@@ -183,21 +183,6 @@ test('export --out EXISTING is refused without --overwrite, and export never wri
   assertOneLine(self.text, /--out/);
   assert.deepEqual(snapshot(run), runBefore);
 });
-
-function waitFor(cond: () => boolean, ms: number, what: string): Promise<void> {
-  return new Promise((resolve, reject) => {
-    const t0 = Date.now();
-    const poll = setInterval(() => {
-      if (cond()) {
-        clearInterval(poll);
-        resolve();
-      } else if (Date.now() - t0 > ms) {
-        clearInterval(poll);
-        reject(new Error(`timed out waiting for ${what}`));
-      }
-    }, 20);
-  });
-}
 
 test('two train processes into one --out: the second is refused naming the first one\'s pid; the first run is not mixed', async () => {
   const dir = tmp();
