@@ -141,6 +141,7 @@ function weightedSum(enc: PromptEncoder): Program {
 const small: PromptEncoderConfig[] = [
   { type: 'lstm', numVirtualTokens: 5, tokenDim: 6, hiddenSize: 8, seed: 3 },
   { type: 'lstm', numVirtualTokens: 4, tokenDim: 6, hiddenSize: 5, lstmLayers: 3, preset: 'peft', seed: 4 },
+  { type: 'lstm', numVirtualTokens: 1, tokenDim: 5, hiddenSize: 4, seed: 7 },
   { type: 'mlp', numVirtualTokens: 4, tokenDim: 6, hiddenSize: 7, seed: 5 },
   { type: 'embedding', numVirtualTokens: 4, tokenDim: 6, seed: 6 },
 ];

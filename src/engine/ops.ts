@@ -44,6 +44,14 @@ export interface QuantizedTensors<T> {
   transposed?: QuantizedTensors<T>;
 }
 
+/** One direction of a torch.nn.LSTM layer: W_ih [4h, in], W_hh [4h, h], b_ih and b_hh [4h]; gate order i, f, g, o. */
+export interface LstmWeights<T> {
+  wih: T;
+  whh: T;
+  bih: T;
+  bhh: T;
+}
+
 /** How a quantized weight stands in for the float weight it replaces: torch nn.Linear [out, in] or Conv1D [in, out]. */
 export type WeightLayout = 'out-in' | 'in-out';
 
@@ -94,6 +102,12 @@ export interface Ops<T> {
    * it quantized; any other use sees its dequantized values.
    */
   quantized(w: QuantizedTensors<T>, layout: WeightLayout): T;
+
+  /**
+   * One bidirectional LSTM layer as torch.nn.LSTM computes it over one sequence (batch 1) from zero states:
+   * x [n, in] → [n, 2h], each row the forward direction's output then the backward direction's.
+   */
+  bilstm(x: T, forward: LstmWeights<T>, backward: LstmWeights<T>): T;
 
   // reductions and normalisation
   sum(x: T, axis: number, keepDims?: boolean): T;

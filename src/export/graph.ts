@@ -1,4 +1,4 @@
-import { OnnxOps, swapLast } from '../engine/onnx/ops.js';
+import { OnnxOps } from '../engine/onnx/ops.js';
 import type { Sym } from '../engine/onnx/index.js';
 import { ProgramBuilder } from '../engine/program.js';
 import type { Parameter } from '../engine/tensor.js';
@@ -10,8 +10,8 @@ const GELU_TANH_C = Math.sqrt(2 / Math.PI);
 
 /**
  * The op vocabulary in standard ONNX operators only (opset 17), for graphs that leave ptune: the exact GELU
- * through Erf, the tanh GELU written out, transposed matmuls as Transpose + MatMul (ONNX Runtime's optimiser
- * fuses them back). Everything else is already standard.
+ * through Erf, the tanh GELU written out. Everything else is already standard (transposed matmuls are Gemm, or
+ * Transpose + MatMul).
  */
 export class StandardOps extends OnnxOps {
   override gelu(x: Sym): Sym {
@@ -23,11 +23,6 @@ export class StandardOps extends OnnxOps {
     const cubic = this.mul(this.mul(x, x), x);
     const inner = this.mul(this.add(x, this.mul(cubic, this.scalar(0.044715))), this.scalar(GELU_TANH_C));
     return this.mul(this.mul(x, this.scalar(0.5)), this.add(this.tanh(inner), this.scalar(1)));
-  }
-
-  override fusedMatMul(a: Sym, b: Sym, transA: boolean, transB: boolean): Sym {
-    const t = (x: Sym, on: boolean) => (on ? this.transpose(x, swapLast(x.rank)) : x);
-    return super.fusedMatMul(t(a, transA), t(b, transB), false, false);
   }
 }
 

@@ -84,7 +84,7 @@ export function linearWeights(fns: LmFunctions, info: Pick<ModelInfo, 'tokenType
       let use: WeightLayout | null = null;
       if (sym.rank === 2) {
         if (n.op === 'Gemm' && i === 1 && !n.attrs?.transA) use = n.attrs?.transB ? 'out-in' : 'in-out';
-        else if ((n.op === 'FusedMatMul' || n.op === 'MatMul') && i === 0 && n.attrs?.transB && !n.attrs?.transA) use = 'out-in';
+        else if (n.op === 'Gemm' && i === 0 && n.attrs?.transB && !n.attrs?.transA) use = 'out-in';
       }
       const seen = layouts.get(name);
       layouts.set(name, seen === undefined || seen === use ? use : null);

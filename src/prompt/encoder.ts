@@ -148,7 +148,7 @@ export class PromptEncoder {
     const dims = this.lstm!;
     let x = emb;
     for (let l = 0; l < dims.layers; l++) {
-      x = lstmLayer(o, w, dims.hidden, x, l);
+      x = lstmLayer(o, w, x, l);
       if (dropout && l < dims.layers - 1) x = o.mul(x, dropout[l]!);
     }
     return linear(o.relu(linear(x, 'mlp_head.0')), 'mlp_head.2');
@@ -211,39 +211,12 @@ export class PromptEncoder {
   }
 }
 
-/**
- * One bidirectional LSTM layer over the whole sequence x [n, in] → [n, 2h] (forward | backward), as torch.nn.LSTM
- * with zero initial states: gates = x W_ihᵀ + b_ih + h W_hhᵀ + b_hh; c' = σ(f)·c + σ(i)·tanh(g); h' = σ(o)·tanh(c').
- * The two directions step together as a batch of two (the backward one reading the sequence reversed): each time
- * step is one set of nodes for both, which halves the program's nodes (at a few kilobytes per node, the node
- * count is what an LSTM this small costs). Only the recurrent weights are stacked (W_hh, [2, 4h, h]).
- */
-function lstmLayer<T>(o: Ops<T>, w: (name: string) => T, hs: number, x: T, layer: number): T {
-  const n = o.shape(x)[0]!;
-  const reversed = o.constInt(Array.from({ length: n }, (_, i) => n - 1 - i), [n]);
-  const p = (name: string, suffix: string) => w(`lstm_head.${name}_l${layer}${suffix}`);
-  const inputGates = (suffix: string, xs: T) => o.expandDims(o.dense(xs, p('weight_ih', suffix), o.add(p('bias_ih', suffix), p('bias_hh', suffix))), 0);
-  const xg = o.concat([inputGates('', x), inputGates('_reverse', o.gather(x, reversed))], 0); // [2, n, 4h]
-  const whh = o.concat([o.expandDims(p('weight_hh', ''), 0), o.expandDims(p('weight_hh', '_reverse'), 0)], 0); // [2, 4h, h]
-  const outs: T[] = [];
-  let h: T | null = null;
-  let c: T | null = null;
-  for (let t = 0; t < n; t++) {
-    let gates = o.slice(xg, [0, t, 0], [2, 1, 4 * hs]);
-    if (h) gates = o.add(gates, o.matmul(h, whh, true));
-    const gate = (k: number) => o.slice(gates, [0, 0, k * hs], [2, 1, hs]);
-    const i = o.sigmoid(gate(0));
-    const f = o.sigmoid(gate(1));
-    const g = o.tanh(gate(2));
-    const og = o.sigmoid(gate(3));
-    c = c ? o.add(o.mul(f, c), o.mul(i, g)) : o.mul(i, g);
-    h = o.mul(og, o.tanh(c)); // [2, 1, h]
-    outs.push(h);
-  }
-  const y = o.concat(outs, 1); // [2, n, h], each direction in its own time order
-  const fwd = o.reshape(o.slice(y, [0, 0, 0], [1, n, hs]), [n, hs]);
-  const bwd = o.gather(o.reshape(o.slice(y, [1, 0, 0], [1, n, hs]), [n, hs]), reversed);
-  return o.concat([fwd, bwd], 1);
+function lstmLayer<T>(o: Ops<T>, w: (name: string) => T, x: T, layer: number): T {
+  const direction = (suffix: string) => {
+    const p = (name: string) => w(`lstm_head.${name}_l${layer}${suffix}`);
+    return { wih: p('weight_ih'), whh: p('weight_hh'), bih: p('bias_ih'), bhh: p('bias_hh') };
+  };
+  return o.bilstm(x, direction(''), direction('_reverse'));
 }
 
 function normalise(cfg: PromptEncoderConfig): PromptEncoder['config'] {

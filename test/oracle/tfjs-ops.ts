@@ -1,5 +1,5 @@
 import { tf } from './backend.js';
-import type { Ops, QuantizedTensors } from '../../src/engine/ops.js';
+import type { LstmWeights, Ops, QuantizedTensors } from '../../src/engine/ops.js';
 
 type T = tf.Tensor;
 
@@ -128,6 +128,30 @@ export function dequantizeTf(w: QuantizedTensors<T>): T {
   });
 }
 
+/** torch.nn.LSTM's equations unrolled, one direction at a time: x [n, in] → [n, 2h]. */
+function bilstm(x: T, fwd: LstmWeights<T>, bwd: LstmWeights<T>): T {
+  const n = x.shape[0]!;
+  const direction = (p: LstmWeights<T>, reverse: boolean): T => {
+    const hs = p.whh.shape[1]!;
+    const gates = tf.add(tf.matMul(x, p.wih, false, true), tf.add(p.bih, p.bhh)); // [n, 4h]
+    const out: T[] = new Array(n);
+    let h: T | null = null;
+    let c: T | null = null;
+    for (let k = 0; k < n; k++) {
+      const t = reverse ? n - 1 - k : k;
+      let z = tf.slice(gates, [t, 0], [1, 4 * hs]);
+      if (h) z = tf.add(z, tf.matMul(h, p.whh, false, true));
+      const [i, f, g, o] = tf.split(z, 4, 1) as [T, T, T, T];
+      const ig = tf.mul(tf.sigmoid(i), tf.tanh(g));
+      c = c ? tf.add(tf.mul(tf.sigmoid(f), c), ig) : ig;
+      h = tf.mul(tf.sigmoid(o), tf.tanh(c));
+      out[t] = h;
+    }
+    return tf.concat(out, 0);
+  };
+  return tf.concat([direction(fwd, false), direction(bwd, true)], 1);
+}
+
 /** The op vocabulary on tfjs tensors (the test oracle): every op is differentiable through tfjs's tape. */
 export const tfOps: Ops<T> = {
   shape: (x) => x.shape.slice(),
@@ -172,6 +196,7 @@ export const tfOps: Ops<T> = {
   logSoftmax: (x, axis = -1) => alongLastAxis(x, axis, (t) => tf.logSoftmax(t)),
   layerNorm,
   rmsNorm,
+  bilstm,
 
   gather,
   concat: (xs, axis) => tf.concat(xs, axis),

@@ -1,5 +1,6 @@
 import { Sym } from './graph.js';
 import type { Graph, GraphNode } from './graph.js';
+import { lstmGrads } from './lstm.js';
 import { GELU_TANH, OnnxOps } from './ops.js';
 
 type Rule = (o: OnnxOps, n: GraphNode, g: Sym, needs: boolean[]) => (Sym | undefined)[];
@@ -11,12 +12,12 @@ const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
 
 /**
  * Gradients of y = op(a) @ op(b) (op: optional transpose of the last two axes), reduced to the operands' shapes
- * (a 2-D weight folds the batch in). Transposes are read in place by FusedMatMul, never materialised.
+ * (a 2-D weight folds the batch in).
  */
 function matmulGrads(o: OnnxOps, a: Sym, b: Sym, g: Sym, needs: boolean[], transA: boolean, transB: boolean): (Sym | undefined)[] {
-  if (transA) throw new Error('onnx autodiff: FusedMatMul with transA is not differentiated');
+  if (transA) throw new Error('onnx autodiff: a matmul with transA is not differentiated');
   // y = a @ op(b): da = g @ op(b)ᵀ
-  const ga = needs[0] ? o.sumTo(o.fusedMatMul(g, b, false, !transB), a.shape) : undefined;
+  const ga = needs[0] ? o.sumTo(o.matmulTransposed(g, b, false, !transB), a.shape) : undefined;
   let gb: Sym | undefined;
   if (needs[1]) {
     // d op(b) = aᵀ @ g; for transB, db = gᵀ @ a
@@ -25,9 +26,9 @@ function matmulGrads(o: OnnxOps, a: Sym, b: Sym, g: Sym, needs: boolean[], trans
       const n = g.shape[g.rank - 1]!;
       const a2 = o.reshape(a, [-1, k]);
       const g2 = o.reshape(g, [-1, n]);
-      gb = transB ? o.fusedMatMul(g2, a2, true, false) : o.fusedMatMul(a2, g2, true, false);
+      gb = transB ? o.matmulTransposed(g2, a2, true, false) : o.matmulTransposed(a2, g2, true, false);
     } else {
-      gb = o.sumTo(transB ? o.fusedMatMul(g, a, true, false) : o.fusedMatMul(a, g, true, false), b.shape);
+      gb = o.sumTo(transB ? o.matmulTransposed(g, a, true, false) : o.matmulTransposed(a, g, true, false), b.shape);
     }
   }
   return [ga, gb];
@@ -112,7 +113,6 @@ const RULES: Record<string, Rule> = {
     const bias = n.inputSyms[4];
     return [needs[0] ? o.channelDenseBackward(g, w) : undefined, undefined, undefined, undefined, bias && needs[4] ? o.sumTo(g, bias.shape) : undefined];
   },
-  FusedMatMul: (o, n, g, needs) => matmulGrads(o, n.inputSyms[0]!, n.inputSyms[1]!, g, needs, !!n.attrs!.transA, !!n.attrs!.transB),
   Transpose: (o, n, g) => {
     const perm = n.attrs!.perm as number[];
     const inverse = perm.map((_, i) => perm.indexOf(i));
@@ -144,6 +144,9 @@ const RULES: Record<string, Rule> = {
     if (!needs[0]) return [];
     const [table, ids] = n.inputSyms as [Sym, Sym];
     const axis = n.attrs!.axis as number;
+    // a constant permutation of the rows (an LSTM's gate order): the inverse permutation, no scatter into zeros
+    const inverse = axis === 0 ? inversePermutation(ids, table.shape[0]!) : null;
+    if (inverse) return [o.gather(g, o.constInt(inverse, [inverse.length]))];
     const idx = o.reshape(o.cast(ids, 'int64'), [...ids.shape, 1]);
     const scatter = (shape: number[], updates: Sym) =>
       o.graph.op1('ScatterND', [o.zeros(shape), idx, updates], shape, 'float32', { reduction: 'add' });
@@ -177,6 +180,7 @@ const RULES: Record<string, Rule> = {
     const y = n.outputSyms[0]!;
     return [o.sub(g, o.mul(o.exp(y), o.sum(g, n.attrs!.axis as number, true)))];
   },
+  LSTM: lstmGrads,
   LayerNormalization: (o, n, g, needs) => {
     const [x, gamma, beta] = n.inputSyms as [Sym, Sym, Sym];
     const [, mean, invStd] = n.outputSyms as [Sym, Sym, Sym];
@@ -196,6 +200,20 @@ function keptShape(n: GraphNode): number[] {
   const x = n.inputSyms[0]!;
   const axes = n.op === 'ReduceSum' ? readInts(n.inputSyms[1]!) : (n.attrs!.axes as number[]);
   return x.shape.map((d, i) => (axes.includes(i) ? 1 : d));
+}
+
+/** For constant 1-D ids that hold each of 0..rows−1 once, the inverse permutation; else null. */
+function inversePermutation(ids: Sym, rows: number): number[] | null {
+  if (ids.rank !== 1 || ids.shape[0] !== rows) return null;
+  const data = ids.graph.constantData(ids);
+  if (!data) return null;
+  const inverse = new Array<number>(rows).fill(-1);
+  for (let k = 0; k < rows; k++) {
+    const j = Number(data[k]);
+    if (!(j >= 0 && j < rows) || inverse[j] !== -1) return null;
+    inverse[j] = k;
+  }
+  return inverse;
 }
 
 function readInts(s: Sym): number[] {

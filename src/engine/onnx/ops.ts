@@ -1,6 +1,7 @@
-import type { Ops, QuantizedTensors, WeightLayout } from '../ops.js';
+import type { LstmWeights, Ops, QuantizedTensors, WeightLayout } from '../ops.js';
 import { blockCount, rowBytes } from '../quant.js';
 import { Graph, Sym, type DType } from './graph.js';
+import { lstmLayer } from './lstm.js';
 import { ELEM } from './proto.js';
 
 const GELU_TANH_C = Math.sqrt(2 / Math.PI);
@@ -99,15 +100,15 @@ export class OnnxOps implements Ops<Sym> {
     // a quantized [V, H] output projection times rows [N, H]ᵀ: the rows through the quantized kernel, transposed
     const h = this.handles.get(a.name);
     if (h?.layout === 'out-in' && transposeB && b.rank === 2) return this.transpose(this.quantizedDense(b, h.w), [1, 0]);
-    return transposeB ? this.fusedMatMul(a, b, false, true) : this.fusedMatMul(a, b, false, false);
+    return this.matmulTransposed(a, b, false, transposeB);
   }
 
   /**
-   * a @ b over the last two axes with either operand transposed in place: ORT's FusedMatMul reads the operand
-   * transposed instead of materialising the transpose (which, for a weight, constant folding would otherwise
-   * turn into a second copy of it). Plain MatMul when neither is transposed.
+   * a @ b over the last two axes with either operand transposed. Matrices go through Gemm, which reads a
+   * transposed operand in place (a Transpose of a weight would, under constant folding, become a second copy
+   * of it); batched operands through Transpose + MatMul, which ONNX Runtime fuses into its FusedMatMul.
    */
-  fusedMatMul(a: Sym, b: Sym, transA: boolean, transB: boolean): Sym {
+  matmulTransposed(a: Sym, b: Sym, transA: boolean, transB: boolean): Sym {
     if (a.rank < 2 || b.rank < 2) throw new Error(`onnx MatMul: operands must have rank >= 2, got [${a.shape}] and [${b.shape}]`);
     const last2 = (x: Sym, t: boolean) => (t ? (x.shape.slice(-2).reverse() as [number, number]) : (x.shape.slice(-2) as [number, number]));
     const [m, k] = last2(a, transA);
@@ -115,7 +116,13 @@ export class OnnxOps implements Ops<Sym> {
     if (k !== k2) throw new Error(`onnx MatMul: inner dimensions differ: [${a.shape}]${transA ? 'ᵀ' : ''} x [${b.shape}]${transB ? 'ᵀ' : ''}`);
     const batch = broadcastShape(a.shape.slice(0, -2), b.shape.slice(0, -2), 'MatMul');
     if (!transA && !transB) return this.graph.op1('MatMul', [a, b], [...batch, m, n], a.dtype);
-    return this.graph.op1('FusedMatMul', [a, b], [...batch, m, n], a.dtype, { transA: +transA, transB: +transB }, 'com.microsoft');
+    if (a.rank === 2 && b.rank === 2) return this.graph.op1('Gemm', [a, b], [m, n], a.dtype, { transA: +transA, transB: +transB });
+    if (!transA && b.rank === 2) {
+      const rows = this.graph.op1('Gemm', [this.reshape(a, [-1, k]), b], [a.size / k, n], a.dtype, { transB: 1 });
+      return this.reshape(rows, [...batch, m, n]);
+    }
+    const t = (x: Sym, on: boolean) => (on ? this.transpose(x, swapLast(x.rank)) : x);
+    return this.graph.op1('MatMul', [t(a, transA), t(b, transB)], [...batch, m, n], a.dtype);
   }
 
   linear(x: Sym, w: Sym, bias?: Sym): Sym {
@@ -246,6 +253,10 @@ export class OnnxOps implements Ops<Sym> {
     const x2 = x.rank === 2 ? x : this.reshape(x, [rows, k]);
     const y = this.graph.op1('Gemm', bias ? [x2, w, bias] : [x2, w], [rows, n], 'float32', { transB: +transB });
     return x.rank === 2 ? y : this.reshape(y, [...lead, n]);
+  }
+
+  bilstm(x: Sym, forward: LstmWeights<Sym>, backward: LstmWeights<Sym>): Sym {
+    return lstmLayer(this, x, forward, backward);
   }
 
   sum(x: Sym, axis: number, keepDims = false): Sym {
@@ -387,6 +398,16 @@ export class OnnxOps implements Ops<Sym> {
   expandTo(x: Sym, shape: number[]): Sym {
     if (x.shape.join(',') === shape.join(',')) return x;
     return this.graph.op1('Expand', [x, this.graph.ints(shape)], shape, x.dtype);
+  }
+
+  /** x cut along `axis` into `parts` equal pieces, one Split node. */
+  split(x: Sym, axis: number, parts: number): Sym[] {
+    const ax = norm(axis, x.rank);
+    if (parts === 1) return [x];
+    const size = x.shape[ax]! / parts;
+    if (!Number.isInteger(size)) throw new Error(`onnx Split: axis ${ax} of [${x.shape}] does not split into ${parts}`);
+    const outs = Array.from({ length: parts }, () => ({ shape: x.shape.map((d, i) => (i === ax ? size : d)), dtype: x.dtype }));
+    return this.graph.node('Split', [x, this.graph.ints(Array(parts).fill(size))], outs, { axis: ax });
   }
 
   /** Zero padding: `before[i]` and `after[i]` elements around axis i. */
