@@ -85,6 +85,23 @@ test('kept at 16 bits, the backward reads no float32 value of the forward run ab
   }
 });
 
+test('kept at 16 bits: values computed from the weights alone (the LSTM encoder\'s stacked weights) stay float32', () => {
+  const halves = (weighted: boolean): string[] => {
+    const encoder = new PromptEncoder({ type: 'lstm', numVirtualTokens: 9, tokenDim: 64, seed: 1 });
+    const b = new ProgramBuilder();
+    const y = encoder.inProgram(b, true, false);
+    const hidden = b.o.tanh(b.o.matmul(b.input('x', [9, 64]), y, true)); // an activation: data times the encoder's rows
+    const loss = b.o.sum(b.o.reshape(b.o.mul(hidden, hidden), [-1]), 0);
+    const params = [...b.params.values()].map((p) => p.sym);
+    const weights = weighted ? new Set(params.map((s) => s.name)) : undefined;
+    gradients(b.o, loss, b.o.constFloat([1], loss.shape), params, { savedActivations: 'float16', halfMinSize: 64, weights });
+    return b.g.nodes.filter((n) => n.op === 'Cast' && n.outputSyms[0]!.dtype === 'float16').map((n) => n.inputs[0]!);
+  };
+  assert.ok(halves(false).length > 0, 'without the weights named, the encoder\'s values are taken for activations');
+  const kept = halves(true);
+  assert.equal(kept.length, 1, `only the activation is kept at 16 bits: ${kept.join(', ')}`);
+});
+
 async function ptuneStep(opts: LoadOptions, saved: SavedActivations): Promise<{ loss: number; grad: Float32Array }> {
   const lm: LanguageModel = await loadModel(modelDir('bert-mini-lama'), opts);
   try {

@@ -303,7 +303,8 @@ async function compile(program: Program, lookup: ParamLookup): Promise<Compiled>
     const keys = Object.keys(wrt);
     const targets = [...keys.map((k) => wrt[k]!), ...graded.map(([, p]) => p.sym)];
     const saved = rt.savedActivations === 'auto' ? (b.quantized ? 'float16' : 'float32') : rt.savedActivations;
-    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets, { recompute: rt.gradientCheckpointing, savedActivations: saved });
+    const weights = new Set([...b.params.values()].map((p) => p.sym.name));
+    const grads = gradients(b.o, loss, b.o.constFloat([1], loss.shape), targets, { recompute: rt.gradientCheckpointing, savedActivations: saved, weights });
     keys.forEach((k, i) => (all[WRT + k] = grads[i]!));
     graded.forEach(([name], i) => (all[GRAD + name] = grads[keys.length + i]!));
   } else if (Object.keys(wrt).length) {

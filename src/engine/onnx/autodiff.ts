@@ -235,7 +235,10 @@ export function gradients(o: OnnxOps, y: Sym, dy: Sym, wrt: Sym[], opts: Gradien
   // which forward values the backward reads: from a first construction of it, then taken back
   backward(o, nodes, y, dy, wrt, null, null);
   const min = opts.halfMinSize ?? HALF_MIN_SIZE;
-  const saved = savedForBackward(graph, nodes.length).filter((s) => s.dtype === 'float32' && s.size >= min);
+  // activations only: a value computed from weights and constants alone (an LSTM's stacked weights) stays float32
+  const weights = opts.weights ?? new Set<string>();
+  const activations = varyingValues(graph, nodes, graph.inputs.filter((s) => !weights.has(s.name)));
+  const saved = savedForBackward(graph, nodes.length).filter((s) => s.dtype === 'float32' && s.size >= min && activations.has(s.name));
   graph.nodes.length = nodes.length;
   return backward(o, nodes, y, dy, wrt, null, new HalfSaved(o, nodes, new Set(saved.map((s) => s.name))));
 }
@@ -247,6 +250,8 @@ export interface GradientOptions {
   savedActivations?: 'float32' | 'float16';
   /** values smaller than this (elements) stay float32 (default 65,536) */
   halfMinSize?: number;
+  /** the graph inputs that are weights (with savedActivations: values depending on them alone stay float32) */
+  weights?: ReadonlySet<string>;
 }
 
 const HALF_MIN_SIZE = 1 << 16;
@@ -290,8 +295,8 @@ function backward(o: OnnxOps, nodes: GraphNode[], y: Sym, dy: Sym, wrt: Sym[], r
       if (!needs[k] || !gk) return;
       const name = half?.original(s.name) ?? s.name;
       const list = pending.get(name) ?? [];
-      // dense parts are summed as they arrive: a weight read at every step of a recurrence (an LSTM's) would
-      // otherwise keep one gradient per step alive until the end of the backward pass
+      // dense parts are summed as they arrive: a weight read many times (in each layer, at each step of a
+      // recurrence) would otherwise keep one gradient per read alive until the end of the backward pass
       const dense = scatterParts.has(gk) ? -1 : list.findIndex((p) => !scatterParts.has(p));
       if (dense >= 0) list[dense] = o.add(list[dense]!, gk);
       else list.push(gk);
@@ -319,9 +324,9 @@ export function savedForBackward(graph: Graph, forwardNodes: number): Sym[] {
   return [...saved.values()];
 }
 
-/** The graph's inputs and the values of `nodes` that depend on one (the rest is computed from constants alone). */
-function varyingValues(graph: Graph, nodes: GraphNode[]): Set<string> {
-  const varying = new Set(graph.inputs.map((s) => s.name));
+/** The graph's inputs (or those given) and the values of `nodes` that depend on one (the rest is computed from constants alone). */
+function varyingValues(graph: Graph, nodes: GraphNode[], inputs: Sym[] = graph.inputs): Set<string> {
+  const varying = new Set(inputs.map((s) => s.name));
   for (const n of nodes) if (n.inputs.some((i) => varying.has(i))) for (const o of n.outputs) varying.add(o);
   return varying;
 }

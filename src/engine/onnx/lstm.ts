@@ -44,14 +44,15 @@ export function lstmLayer(o: OnnxOps, x: Sym, fwd: LstmWeights<Sym>, bwd: LstmWe
  * Then dW = dZᵀ X, dR = dZᵀ H_prev, dB = Σ_k dZ (twice: input and recurrent biases), dX = dZ W.
  */
 export function lstmGrads(o: OnnxOps, node: GraphNode, gy: Sym, needs: boolean[]): (Sym | undefined)[] {
-  const [x, w, r] = node.inputSyms as [Sym, Sym, Sym, Sym];
-  const b = node.inputSyms[3]!;
+  const [x, w, r, b] = node.inputSyms as [Sym, Sym, Sym, Sym];
+  if (node.inputSyms.length !== 4 || x.shape[1] !== 1 || w.shape[0] !== 2) throw new Error('onnx autodiff: only a bidirectional LSTM over one sequence from zero states (lstmLayer) is differentiated');
   const y = node.outputSyms[0]!;
   const n = x.shape[0]!;
   const width = x.shape[2]!;
   const h = r.shape[2]!;
   const steps = [...Array(n).keys()];
-  // rows of a [2n, ·] table (direction-major, positions in order) in each direction's processing order
+  // rows of a [2n, ·] table (direction-major, positions in order) in each direction's processing order; its own
+  // inverse, so it also takes processing order back to positions
   const order = o.constInt([...steps, ...steps.map((k) => 2 * n - 1 - k)], [2 * n]);
   const byStep = (t: Sym, cols: number) => o.reshape(o.gather(o.reshape(t, [2 * n, cols]), order), [2, n, cols]);
   const directions = (t: Sym) => byStep(o.transpose(o.reshape(t, [n, 2, h]), [1, 0, 2]), h); // [n, 2, 1, h] → [2, n, h]
@@ -62,7 +63,8 @@ export function lstmGrads(o: OnnxOps, node: GraphNode, gy: Sym, needs: boolean[]
   const xs = o.reshape(o.gather(x2, o.constInt([...steps, ...steps.map((k) => n - 1 - k)], [2 * n])), [2, n, width]);
   const hPrev = shifted(directions(y));
   const bias = o.reshape(o.add(o.slice(b, [0, 0], [2, 4 * h]), o.slice(b, [0, 4 * h], [2, 4 * h])), [2, 1, 4 * h]);
-  const z = o.add(o.add(o.matmul(xs, w, true), o.matmul(hPrev, r, true)), bias);
+  const fromInputs = o.add(o.matmul(xs, w, true), bias);
+  const z = n === 1 ? fromInputs : o.add(fromInputs, o.matmul(hPrev, r, true));
   const gate = (j: number) => o.slice(z, [0, 0, j * h], [2, n, h]);
   const i = o.sigmoid(gate(0));
   const og = o.sigmoid(gate(1));

@@ -106,7 +106,8 @@ export class OnnxOps implements Ops<Sym> {
   /**
    * a @ b over the last two axes with either operand transposed. Matrices go through Gemm, which reads a
    * transposed operand in place (a Transpose of a weight would, under constant folding, become a second copy
-   * of it); batched operands through Transpose + MatMul, which ONNX Runtime fuses into its FusedMatMul.
+   * of it), and so do batched rows times a matrix (the rows folded into one); other batched operands go through
+   * Transpose + MatMul, which ONNX Runtime fuses into its FusedMatMul.
    */
   matmulTransposed(a: Sym, b: Sym, transA: boolean, transB: boolean): Sym {
     if (a.rank < 2 || b.rank < 2) throw new Error(`onnx MatMul: operands must have rank >= 2, got [${a.shape}] and [${b.shape}]`);
@@ -118,6 +119,7 @@ export class OnnxOps implements Ops<Sym> {
     if (!transA && !transB) return this.graph.op1('MatMul', [a, b], [...batch, m, n], a.dtype);
     if (a.rank === 2 && b.rank === 2) return this.graph.op1('Gemm', [a, b], [m, n], a.dtype, { transA: +transA, transB: +transB });
     if (!transA && b.rank === 2) {
+      // transB here: the plain product returned above
       const rows = this.graph.op1('Gemm', [this.reshape(a, [-1, k]), b], [a.size / k, n], a.dtype, { transB: 1 });
       return this.reshape(rows, [...batch, m, n]);
     }
