@@ -122,15 +122,7 @@ const RULES: Record<string, Rule> = {
   Expand: (o, n, g) => [o.sumTo(g, n.inputSyms[0]!.shape)],
   Identity: (_o, _n, g) => [g],
   Cast: (o, n, g) => [n.inputSyms[0]!.dtype === 'float32' ? g : undefined],
-  Slice: (o, n, g) => {
-    const x = n.inputSyms[0]!;
-    const starts = readInts(n.inputSyms[1]!);
-    const axes = readInts(n.inputSyms[3]!);
-    const before = x.shape.map(() => 0);
-    axes.forEach((ax, i) => (before[ax] = starts[i]!));
-    const after = x.shape.map((d, i) => d - before[i]! - g.shape[i]!);
-    return [o.pad(g, before, after)];
-  },
+  Slice: (o, n, g) => [padSlice(o, n.inputSyms[0]!.shape, g, sliceBegin(n))],
   Concat: (o, n, g) => {
     const axis = n.attrs!.axis as number;
     let offset = 0;
@@ -194,6 +186,36 @@ const RULES: Record<string, Rule> = {
     return [gx, needs[1] ? o.sumTo(o.mul(g, xhat), gamma.shape) : undefined, needs[2] ? o.sumTo(g, beta.shape) : undefined];
   },
 };
+
+/** Where a Slice node's output starts in its input (steps of 1: as OnnxOps.slice makes them). */
+function sliceBegin(n: GraphNode): number[] {
+  const starts = readInts(n.inputSyms[1]!);
+  const axes = readInts(n.inputSyms[3]!);
+  const begin = n.inputSyms[0]!.shape.map(() => 0);
+  axes.forEach((ax, i) => (begin[ax] = starts[i]!));
+  return begin;
+}
+
+/** The gradient of a slice starting at `begin` of a value shaped `shape`: g zero-padded to that shape. */
+function padSlice(o: OnnxOps, shape: number[], g: Sym, begin: number[]): Sym {
+  return o.pad(g, begin, shape.map((d, i) => d - begin[i]! - g.shape[i]!));
+}
+
+/**
+ * The summed gradients of slices of one value: their concatenation when they tile it along one axis, else the
+ * sum of each zero-padded.
+ */
+function joinSlices(o: OnnxOps, shape: number[], pieces: { g: Sym; begin: number[] }[]): Sym {
+  const differ = shape.map((d, i) => pieces.some((p) => p.begin[i] !== 0 || p.g.shape[i] !== d));
+  const axis = differ.indexOf(true);
+  if (axis >= 0 && differ.lastIndexOf(true) === axis) {
+    const ordered = pieces.slice().sort((a, b) => a.begin[axis]! - b.begin[axis]!);
+    let at = 0;
+    for (const p of ordered) at = p.begin[axis] === at ? at + p.g.shape[axis]! : NaN;
+    if (at === shape[axis]) return o.concat(ordered.map((p) => p.g), axis);
+  }
+  return pieces.map((p) => padSlice(o, shape, p.g, p.begin)).reduce((a, b) => o.add(a, b));
+}
 
 /** shape of a reduction's output with the reduced axes kept as 1 */
 function keptShape(n: GraphNode): number[] {
@@ -262,7 +284,18 @@ function backward(o: OnnxOps, nodes: GraphNode[], y: Sym, dy: Sym, wrt: Sym[], r
     if (n.inputs.some((i) => active.has(i))) for (const s of n.outputSyms) if (s.dtype === 'float32') active.add(s.name);
   }
   const pending = new Map<string, Sym[]>([[y.name, [dy]]]);
+  // the gradients of slices of a value, kept apart until the value's gradient is complete: slices that tile it
+  // along one axis (a fused q | k | v projection split into three) are concatenated, one pass instead of a
+  // zero-padded copy of each and their sum
+  const sliced = new Map<string, { shape: number[]; pieces: { g: Sym; begin: number[] }[] }>();
   const total = (name: string): Sym | undefined => {
+    const cut = sliced.get(name);
+    if (cut) {
+      sliced.delete(name);
+      const list = pending.get(name) ?? [];
+      list.push(joinSlices(o, cut.shape, cut.pieces));
+      pending.set(name, list);
+    }
     const parts = pending.get(name);
     if (!parts) return undefined;
     // a gathered table's gradient rows are scattered straight into the rest of its gradient (a tied embedding's
@@ -289,7 +322,16 @@ function backward(o: OnnxOps, nodes: GraphNode[], y: Sym, dy: Sym, wrt: Sym[], r
     const rule = RULES[n.domain === 'com.microsoft' || !n.domain ? n.op : ''];
     if (!rule) throw new Error(`onnx autodiff: no gradient rule for ${n.domain ? n.domain + '.' : ''}${n.op}`);
     // inside a checkpointed segment the rule reads the recomputed node; its gradients go to the original inputs
-    const grads = rule(o, recompute?.node(i, g) ?? half?.node(n, g) ?? n, g, needs);
+    const read = recompute?.node(i, g) ?? half?.node(n, g) ?? n; // (a segment's recomputation starts here, Slice or not)
+    if (n.op === 'Slice' && !n.domain) {
+      const x = n.inputSyms[0]!;
+      const name = half?.original(x.name) ?? x.name;
+      const cut = sliced.get(name) ?? { shape: x.shape, pieces: [] };
+      cut.pieces.push({ g, begin: sliceBegin(n) });
+      sliced.set(name, cut);
+      continue;
+    }
+    const grads = rule(o, read, g, needs);
     n.inputSyms.forEach((s, k) => {
       const gk = grads[k];
       if (!needs[k] || !gk) return;
