@@ -7,6 +7,8 @@ import { applyRope, ropeAt } from '../src/models/llama.js';
 import { createRandomModel } from '../src/models/load.js';
 import { hiddenStates } from '../src/models/forward.js';
 import { rowsAt } from '../src/models/common.js';
+import { ProgramBuilder } from '../src/engine/program.js';
+import { gradients } from '../src/engine/onnx/autodiff.js';
 import { tf, initOracle, tfOps, maxAbsDiff } from './oracle/index.js';
 import { rand as randValues, rssAfter } from './fixtures.js';
 
@@ -117,6 +119,22 @@ test('Gather gradient: rows picked several times accumulate, along axis 0 and al
   assert.deepEqual(Array.from(grads[0]!.subarray(8, 16)), Array(8).fill(0), 'row 1 was never picked');
   await checkGradients({ name: 'gather 2-D ids', shapes: [[10, 4]], f: (o, [t]) => o.gather(t!, o.constInt([1, 2, 2, 9, 0, 1], [2, 3])) }, note(t));
   await checkGradients({ name: 'gather columns', shapes: [[6, 10]], f: (o, [t]) => o.gather(t!, o.constInt([4, 2, 4, 9], [4]), 1) }, note(t));
+});
+
+test('Slice gradients: slices tiling a value along one axis are concatenated; partial and overlapping ones are padded and summed', async (t) => {
+  await checkGradients({ name: 'three tiles, out of order', shapes: [[2, 3, 12]], f: (o, [x]) => o.concat([8, 0, 4].map((at, i) => o.scale(o.slice(x!, [0, 0, at], [2, 3, 4]), i + 1)), 1) }, note(t));
+  await checkGradients({ name: 'two of three tiles', shapes: [[2, 3, 12]], f: (o, [x]) => o.add(o.slice(x!, [0, 0, 0], [2, 3, 4]), o.slice(x!, [0, 0, 8], [2, 3, 4])) }, note(t));
+  await checkGradients({ name: 'overlapping slices', shapes: [[2, 3, 12]], f: (o, [x]) => o.mul(o.slice(x!, [0, 0, 0], [2, 3, 8]), o.slice(x!, [0, 0, 4], [2, 3, 8])) }, note(t));
+  await checkGradients({ name: 'tiles along two axes', shapes: [[4, 6]], f: (o, [x]) => { const [l, r] = [o.slice(x!, [2, 0], [2, 3]), o.slice(x!, [2, 3], [2, 3])]; return o.add(o.slice(x!, [0, 0], [2, 6]), o.concat([o.mul(l, r), o.mul(r, r)], 1)); } }, note(t));
+  await checkGradients({ name: 'a permutation of rows', shapes: [[5, 3]], f: (o, [x]) => o.mul(o.gather(x!, o.constInt([3, 0, 4, 1, 2], [5])), o.gather(x!, o.constInt([1, 1, 0, 4, 2], [5]))) }, note(t));
+  const b = new ProgramBuilder();
+  const x = b.input('x', [2, 3, 12]);
+  const parts = [0, 4, 8].map((at, i) => b.o.scale(b.o.tanh(b.o.slice(x, [0, 0, at], [2, 3, 4])), i + 1));
+  const loss = b.o.sum(b.o.reshape(b.o.add(b.o.add(parts[0]!, parts[1]!), parts[2]!), [-1]), 0);
+  const forward = b.g.nodes.length;
+  gradients(b.o, loss, b.o.constFloat([1], loss.shape), [x]);
+  const ops = b.g.nodes.slice(forward).map((n) => n.op);
+  assert.ok(ops.includes('Concat') && !ops.includes('Pad'), `the backward of three tiles: ${ops.join(' ')}`);
 });
 
 test('matmul gradients: plain, batched, with a transposed operand, and a 2-D weight under batched rows', async (t) => {
