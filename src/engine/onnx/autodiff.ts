@@ -122,7 +122,6 @@ const RULES: Record<string, Rule> = {
   Expand: (o, n, g) => [o.sumTo(g, n.inputSyms[0]!.shape)],
   Identity: (_o, _n, g) => [g],
   Cast: (o, n, g) => [n.inputSyms[0]!.dtype === 'float32' ? g : undefined],
-  Slice: (o, n, g) => [padSlice(o, n.inputSyms[0]!.shape, g, sliceBegin(n))],
   Concat: (o, n, g) => {
     const axis = n.attrs!.axis as number;
     let offset = 0;
@@ -319,11 +318,11 @@ function backward(o: OnnxOps, nodes: GraphNode[], y: Sym, dy: Sym, wrt: Sym[], r
     if (!g) continue;
     const needs = n.inputs.map((name) => active.has(half?.original(name) ?? name));
     if (!needs.some(Boolean)) continue;
-    const rule = RULES[n.domain === 'com.microsoft' || !n.domain ? n.op : ''];
-    if (!rule) throw new Error(`onnx autodiff: no gradient rule for ${n.domain ? n.domain + '.' : ''}${n.op}`);
     // inside a checkpointed segment the rule reads the recomputed node; its gradients go to the original inputs
-    const read = recompute?.node(i, g) ?? half?.node(n, g) ?? n; // (a segment's recomputation starts here, Slice or not)
+    // (the segment's recomputation starts at the first of its nodes the backward meets, a slice too)
+    const read = recompute?.node(i, g) ?? half?.node(n, g) ?? n;
     if (n.op === 'Slice' && !n.domain) {
+      // a slice's gradient waits in `sliced` for the others of its value (joined in `total`)
       const x = n.inputSyms[0]!;
       const name = half?.original(x.name) ?? x.name;
       const cut = sliced.get(name) ?? { shape: x.shape, pieces: [] };
@@ -331,6 +330,8 @@ function backward(o: OnnxOps, nodes: GraphNode[], y: Sym, dy: Sym, wrt: Sym[], r
       sliced.set(name, cut);
       continue;
     }
+    const rule = RULES[n.domain === 'com.microsoft' || !n.domain ? n.op : ''];
+    if (!rule) throw new Error(`onnx autodiff: no gradient rule for ${n.domain ? n.domain + '.' : ''}${n.op}`);
     const grads = rule(o, read, g, needs);
     n.inputSyms.forEach((s, k) => {
       const gk = grads[k];
